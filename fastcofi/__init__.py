@@ -1,0 +1,11 @@
+"""fastcofi: collaborative filtering by low-rank matrix factorization.
+
+Importing the package does no work and changes no environment variable.
+"""
+
+from .model import MatrixFactorization
+from .ratings import Ratings
+from .solvers import ConvergenceWarning
+
+__all__ = ["MatrixFactorization", "Ratings", "ConvergenceWarning", "__version__"]
+__version__ = "0.1.0"

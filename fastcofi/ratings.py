@@ -1,0 +1,443 @@
+"""`Ratings`: the immutable sparse store of observed ratings."""
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = ["Ratings"]
+
+_DUPLICATE_POLICIES = ("error", "last", "mean")
+# Rows per chunk are chosen so that a chunk holds about this many ratings: enough work to hide
+# the scheduling cost, and enough chunks to balance two to a few dozen threads.
+_RATINGS_PER_CHUNK = 2048
+_MAX_CHUNKS = 1024
+
+
+def _as_id_array(ids, name):
+    """External ids as a 1-D array of integers or of unicode strings."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-dimensional, found shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        return arr
+    if arr.dtype.kind == "b":
+        raise ValueError(f"{name} must hold integer or string ids, found booleans")
+    if arr.dtype.kind == "f":
+        if arr.size and not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must hold integer or string ids, found non-finite floats")
+        as_int = arr.astype(np.int64)
+        if not np.array_equal(as_int, arr):
+            bad = arr[np.flatnonzero(as_int != arr)[0]]
+            raise ValueError(f"{name} must hold integer or string ids, found the float {bad.item()!r}")
+        return as_int
+    if arr.dtype.kind == "U":
+        return arr
+    if arr.dtype.kind in "OS":
+        kinds = {type(v) for v in arr.tolist()}
+        if kinds <= {str}:
+            return arr.astype(str)
+        if kinds <= {bytes}:
+            return arr.astype(str)
+        if all(issubclass(t, (int, np.integer)) and not issubclass(t, bool) for t in kinds):
+            return arr.astype(np.int64)
+        names = ", ".join(sorted(t.__name__ for t in kinds))
+        raise ValueError(f"{name} must hold integers or strings (one kind), found {names}")
+    raise ValueError(f"{name} must hold integer or string ids, found dtype {arr.dtype}")
+
+
+def _index_dtype(n):
+    return np.int32 if n < np.iinfo(np.int32).max else np.int64
+
+
+def _declare_ids(rated_ids, declared, name):
+    """Sorted unique ids and the dense index of every rated id."""
+    if declared is None:
+        uniq, index = np.unique(rated_ids, return_inverse=True)
+        return uniq, index.reshape(-1)
+    declared = _as_id_array(declared, f"all_{name}s")
+    uniq = np.unique(declared)
+    if uniq.size and rated_ids.size and (uniq.dtype.kind == "U") != (rated_ids.dtype.kind == "U"):
+        raise ValueError(
+            f"all_{name}s holds {'strings' if uniq.dtype.kind == 'U' else 'integers'} but the "
+            f"{name} ids of the ratings do not"
+        )
+    index = np.searchsorted(uniq, rated_ids)
+    index_clipped = np.minimum(index, max(uniq.size - 1, 0))
+    missing = (index >= uniq.size) | (uniq[index_clipped] != rated_ids) if uniq.size else None
+    if uniq.size == 0 or np.any(missing):
+        first = rated_ids[0] if uniq.size == 0 else rated_ids[np.flatnonzero(missing)[0]]
+        raise ValueError(f"{name} id {first.item()!r} has a rating but is not in all_{name}s")
+    return uniq, index
+
+
+def _chunks(indptr):
+    """Row boundaries of chunks with about equal numbers of ratings (int64)."""
+    n_rows = indptr.shape[0] - 1
+    nnz = int(indptr[-1])
+    n_chunks = int(min(max(1, n_rows), _MAX_CHUNKS, max(1, nnz // _RATINGS_PER_CHUNK)))
+    targets = (nnz * np.arange(n_chunks + 1, dtype=np.float64) / n_chunks).astype(np.int64)
+    bounds = np.searchsorted(indptr, targets, side="left").astype(np.int64)
+    bounds[0], bounds[-1] = 0, n_rows
+    return np.unique(bounds)
+
+
+def _readonly(*arrays):
+    for a in arrays:
+        if a is not None:
+            a.flags.writeable = False
+
+
+class Ratings:
+    """Observed ratings of items by users, stored sparsely; immutable.
+
+    Build it with :meth:`from_arrays`, :meth:`from_dense` or :meth:`from_scipy`. External user and
+    item ids (integers or strings) are mapped to dense indices in sorted order of the unique ids.
+
+    Attributes
+    ----------
+    n_users, n_items, nnz : int
+    user_ids : ndarray of shape (n_users,)
+        External id of each user index (integers or unicode strings).
+    item_ids : ndarray of shape (n_items,)
+        External id of each item index.
+    values : ndarray of shape (nnz,), float64 (or the ``dtype`` asked for)
+        The ratings in by-item order (item index, then user index).
+    timestamps : ndarray of shape (nnz,) or None
+        Aligned with ``values``.
+    by_item : tuple (indptr, indices, values)
+        CSR with one row per item: ``indptr`` int64 of shape (n_items + 1,), ``indices`` the user
+        index of each rating (int32, int64 only past 2**31 users), ``values`` as above.
+    by_user : tuple (indptr, indices, values)
+        CSR with one row per user; ``indices`` are item indices.
+    """
+
+    __slots__ = (
+        "_user_ids",
+        "_item_ids",
+        "_by_item",
+        "_by_user",
+        "_timestamps",
+        "_item_chunks",
+        "_user_chunks",
+    )
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(
+            "build Ratings with Ratings.from_arrays, Ratings.from_dense or Ratings.from_scipy"
+        )
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def _from_indices(cls, user_ids, item_ids, users, items, values, timestamps, duplicates):
+        """Build from dense indices (any int dtype); checks duplicates and sorts into both CSRs."""
+        n_users, n_items = len(user_ids), len(item_ids)
+        users = users.astype(_index_dtype(n_users), copy=False)
+        items = items.astype(_index_dtype(n_items), copy=False)
+        order = np.arange(values.shape[0], dtype=np.int64)
+        # Two stable counting sorts give item-major order, users ascending within each item,
+        # and repeated (item, user) pairs adjacent in input order.
+        order, _ = _kernels.stable_order_by_key(users, n_users, order)
+        order, item_indptr = _kernels.stable_order_by_key(items, n_items, order)
+        row_users = users[order]
+        row_items = items[order]
+        same = (row_users[1:] == row_users[:-1]) & (row_items[1:] == row_items[:-1])
+        sorted_values = values[order]
+        if np.any(same):
+            if duplicates == "error":
+                cls._raise_first_duplicate(order, same, user_ids, item_ids, users, items)
+            # Keep the last member of each group (stable sorts put it last): its timestamp wins.
+            last_of_group = np.concatenate([~same, [True]])
+            if duplicates == "mean":
+                starts = np.flatnonzero(np.concatenate([[True], ~same]))
+                sums = np.add.reduceat(sorted_values.astype(np.float64), starts)
+                sorted_values = (sums / np.diff(np.append(starts, same.shape[0] + 1))).astype(
+                    values.dtype
+                )
+            else:
+                sorted_values = sorted_values[last_of_group]
+            order = order[last_of_group]
+            row_users = row_users[last_of_group]
+            row_items = row_items[last_of_group]
+            item_indptr = np.zeros(n_items + 1, dtype=np.int64)
+            np.cumsum(np.bincount(row_items, minlength=n_items), out=item_indptr[1:])
+        ts = None if timestamps is None else timestamps[order]
+        by_user_order, user_indptr = _kernels.stable_order_by_key(
+            row_users, n_users, np.arange(order.shape[0], dtype=np.int64)
+        )
+        obj = object.__new__(cls)
+        obj._user_ids = user_ids
+        obj._item_ids = item_ids
+        obj._by_item = (item_indptr, row_users, sorted_values)
+        obj._by_user = (user_indptr, row_items[by_user_order], sorted_values[by_user_order])
+        obj._timestamps = ts
+        obj._item_chunks = _chunks(item_indptr)
+        obj._user_chunks = _chunks(user_indptr)
+        _readonly(user_ids, item_ids, *obj._by_item, *obj._by_user, ts)
+        _readonly(obj._item_chunks, obj._user_chunks)
+        return obj
+
+    @staticmethod
+    def _raise_first_duplicate(order, same, user_ids, item_ids, users, items):
+        # same[p] is True when sorted position p + 1 repeats the pair at position p.
+        later = int(order[1:][same].min())
+        earlier = int(np.flatnonzero((users == users[later]) & (items == items[later]))[0])
+        raise ValueError(
+            f"duplicated rating for user {user_ids[users[later]].item()!r} and item "
+            f"{item_ids[items[later]].item()!r} (input rows {earlier} and {later}); "
+            "pass duplicates='last' or duplicates='mean' to resolve repeated pairs"
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        users,
+        items,
+        values,
+        *,
+        all_users=None,
+        all_items=None,
+        duplicates="error",
+        dtype=np.float64,
+        timestamps=None,
+    ):
+        """Build from parallel arrays of user ids, item ids and ratings (COO form).
+
+        Parameters
+        ----------
+        users, items : array-like of shape (nnz,)
+            External ids, integers or strings.
+        values : array-like of shape (nnz,)
+            Ratings, finite numbers.
+        all_users, all_items : array-like, optional
+            Every id to give an index, including ids without ratings (they get empty rows). Every
+            rated id must be among them.
+        duplicates : {"error", "last", "mean"}
+            What to do with a repeated (user, item) pair: raise naming the first one, keep the
+            last in input order, or average them.
+        dtype : {numpy.float64, numpy.float32}
+            Storage type of the values.
+        timestamps : array-like of shape (nnz,), optional
+            Kept aligned with the ratings (the last one for resolved duplicates).
+
+        Returns
+        -------
+        Ratings
+        """
+        if duplicates not in _DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, found {duplicates!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be float64 or float32, found {dtype}")
+        users = _as_id_array(users, "users")
+        items = _as_id_array(items, "items")
+        raw_values = np.asarray(values)
+        if raw_values.ndim != 1:
+            raise ValueError(f"values must be 1-dimensional, found shape {raw_values.shape}")
+        if raw_values.dtype.kind not in "iuf":
+            raise ValueError(f"values must be numbers, found dtype {raw_values.dtype}")
+        lengths = {"users": users.shape[0], "items": items.shape[0], "values": raw_values.shape[0]}
+        if timestamps is not None:
+            timestamps = np.asarray(timestamps)
+            if timestamps.ndim != 1 or timestamps.dtype.kind not in "iuf":
+                raise ValueError("timestamps must be a 1-dimensional array of numbers")
+            lengths["timestamps"] = timestamps.shape[0]
+        if len(set(lengths.values())) != 1:
+            found = ", ".join(f"{k} has {v}" for k, v in lengths.items())
+            raise ValueError(f"users, items and values must have the same length; found {found}")
+        if raw_values.shape[0] == 0:
+            raise ValueError("no ratings: users, items and values are empty")
+        finite = np.isfinite(raw_values)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise ValueError(
+                f"ratings must be finite; found {raw_values[bad]!r} at position {bad} "
+                f"(user {users[bad].item()!r}, item {items[bad].item()!r})"
+            )
+        vals = raw_values.astype(dtype, copy=False)
+        if dtype == np.float32 and raw_values.dtype.kind == "f" and not np.isfinite(vals).all():
+            raise ValueError("ratings overflow float32; use dtype=np.float64")
+        user_ids, user_index = _declare_ids(users, all_users, "user")
+        item_ids, item_index = _declare_ids(items, all_items, "item")
+        return cls._from_indices(
+            user_ids, item_ids, user_index, item_index, vals, timestamps, duplicates
+        )
+
+    @classmethod
+    def from_dense(cls, matrix, rated=None, *, user_ids=None, item_ids=None):
+        """Build from the tutorial's dense layout, items x users.
+
+        Parameters
+        ----------
+        matrix : array-like of shape (n_items, n_users)
+            Ratings.
+        rated : array-like of shape (n_items, n_users) of bool, optional
+            True where a rating exists. Without it, 0 means unrated; with it, a 0 is a real rating
+            and unrated entries may hold anything (NaN included).
+        user_ids, item_ids : array-like, optional
+            External ids of the columns / rows; default ``0..n-1``.
+
+        Returns
+        -------
+        Ratings
+        """
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2:
+            raise ValueError(f"matrix must be 2-dimensional (items x users), found shape {matrix.shape}")
+        if matrix.dtype.kind not in "iufb":
+            raise ValueError(f"matrix must hold numbers, found dtype {matrix.dtype}")
+        if rated is None:
+            mask = matrix != 0
+        else:
+            mask = np.asarray(rated)
+            if mask.shape != matrix.shape:
+                raise ValueError(
+                    f"rated must have the shape of matrix {matrix.shape}, found {mask.shape}"
+                )
+            mask = mask.astype(bool)
+        n_items, n_users = matrix.shape
+        user_ids = np.arange(n_users) if user_ids is None else _as_id_array(user_ids, "user_ids")
+        item_ids = np.arange(n_items) if item_ids is None else _as_id_array(item_ids, "item_ids")
+        if user_ids.shape[0] != n_users or item_ids.shape[0] != n_items:
+            raise ValueError(
+                f"expected {n_users} user_ids and {n_items} item_ids for a matrix of shape "
+                f"{matrix.shape}, found {user_ids.shape[0]} and {item_ids.shape[0]}"
+            )
+        item_idx, user_idx = np.nonzero(mask)
+        return cls.from_arrays(
+            user_ids[user_idx],
+            item_ids[item_idx],
+            matrix[item_idx, user_idx].astype(np.float64),
+            all_users=user_ids,
+            all_items=item_ids,
+        )
+
+    @classmethod
+    def from_scipy(cls, matrix, *, user_ids=None, item_ids=None):
+        """Build from a scipy sparse matrix or array, items x users; stored entries are ratings.
+
+        Explicitly stored zeros are ratings of 0; repeated coordinates are an error.
+        """
+        import scipy.sparse as sp
+
+        if not sp.issparse(matrix):
+            raise ValueError(f"expected a scipy sparse matrix or array, found {type(matrix).__name__}")
+        if matrix.ndim != 2:
+            raise ValueError(f"expected a 2-dimensional sparse matrix, found {matrix.ndim} dimensions")
+        coo = matrix.tocoo()
+        n_items, n_users = coo.shape
+        user_ids = np.arange(n_users) if user_ids is None else _as_id_array(user_ids, "user_ids")
+        item_ids = np.arange(n_items) if item_ids is None else _as_id_array(item_ids, "item_ids")
+        if user_ids.shape[0] != n_users or item_ids.shape[0] != n_items:
+            raise ValueError(
+                f"expected {n_users} user_ids and {n_items} item_ids for a matrix of shape "
+                f"{coo.shape}, found {user_ids.shape[0]} and {item_ids.shape[0]}"
+            )
+        return cls.from_arrays(
+            user_ids[coo.col],
+            item_ids[coo.row],
+            np.asarray(coo.data, dtype=np.float64),
+            all_users=user_ids,
+            all_items=item_ids,
+        )
+
+    # -- attributes ---------------------------------------------------------------------------
+    @property
+    def n_users(self):
+        return int(self._user_ids.shape[0])
+
+    @property
+    def n_items(self):
+        return int(self._item_ids.shape[0])
+
+    @property
+    def nnz(self):
+        return int(self._by_item[2].shape[0])
+
+    @property
+    def user_ids(self):
+        return self._user_ids
+
+    @property
+    def item_ids(self):
+        return self._item_ids
+
+    @property
+    def values(self):
+        return self._by_item[2]
+
+    @property
+    def timestamps(self):
+        return self._timestamps
+
+    @property
+    def by_item(self):
+        return self._by_item
+
+    @property
+    def by_user(self):
+        return self._by_user
+
+    def coo(self):
+        """Dense indices and values in by-item order.
+
+        Returns
+        -------
+        users : ndarray of shape (nnz,), int32 or int64
+        items : ndarray of shape (nnz,), int32 or int64
+        values : ndarray of shape (nnz,)
+        """
+        indptr, users, values = self._by_item
+        items = np.repeat(np.arange(self.n_items, dtype=users.dtype), np.diff(indptr))
+        return users, items, values
+
+    def __repr__(self):
+        return f"Ratings(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz})"
+
+
+def lookup(known_ids, query):
+    """Dense indices of external ids in the sorted array ``known_ids``.
+
+    A query whose type differs from the ids' (a string against integer ids, say) is parsed into
+    the ids' type where that is exact (``"42"`` -> 42); anything else is unknown.
+
+    Returns
+    -------
+    index : ndarray of int64, the shape of ``query``; -1 where unknown
+    known : ndarray of bool, the shape of ``query``
+    """
+    query = np.asarray(query)
+    shape = query.shape
+    flat = query.reshape(-1)
+    parsable = np.ones(flat.shape, dtype=bool)
+    if known_ids.dtype.kind == "U":
+        if flat.dtype.kind != "U":
+            flat = flat.astype(str)
+    elif flat.dtype.kind not in "iu":
+        parsed = [_parse_int(value) for value in flat.tolist()]
+        parsable = np.array([v is not None for v in parsed], dtype=bool)
+        flat = np.array([0 if v is None else v for v in parsed], dtype=np.int64)
+    if known_ids.shape[0] == 0:
+        return np.full(shape, -1, dtype=np.int64), np.zeros(shape, dtype=bool)
+    index = np.searchsorted(known_ids, flat)
+    clipped = np.minimum(index, known_ids.shape[0] - 1)
+    known = (known_ids[clipped] == flat) & parsable
+    index = np.where(known, clipped, -1).astype(np.int64)
+    return index.reshape(shape), known.reshape(shape)
+
+
+def _parse_int(value):
+    """An id typed as text or float, as the integer it names exactly; None otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if np.isfinite(value) and float(value).is_integer() else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
