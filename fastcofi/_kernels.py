@@ -70,45 +70,42 @@ def cost_and_grad(
     item_partial = np.zeros(n_item_chunks)
     user_partial = np.zeros(n_user_chunks)
 
+    # Rows are indexed as A[r, f], never taken as views: a view inside the loop costs an atomic
+    # reference-count update per rating, which threads then contend for.
     for c in prange(n_item_chunks):
         total = 0.0
         for i in range(item_chunks[c], item_chunks[c + 1]):
-            x = X[i]
-            g = X_grad[i]
             norm2 = 0.0
             for f in range(k):
-                g[f] = reg * x[f]
-                norm2 += x[f] * x[f]
+                X_grad[i, f] = reg * X[i, f]
+                norm2 += X[i, f] * X[i, f]
             total += 0.5 * reg * norm2
             offset = item_offset[i]
             for p in range(item_indptr[i], item_indptr[i + 1]):
-                theta = Theta[item_users[p]]
+                j = item_users[p]
                 err = offset - item_values[p]
                 for f in range(k):
-                    err += x[f] * theta[f]
+                    err += X[i, f] * Theta[j, f]
                 total += 0.5 * err * err
                 for f in range(k):
-                    g[f] += err * theta[f]
+                    X_grad[i, f] += err * Theta[j, f]
         item_partial[c] = total
 
     for c in prange(n_user_chunks):
         total = 0.0
         for j in range(user_chunks[c], user_chunks[c + 1]):
-            theta = Theta[j]
-            g = Theta_grad[j]
             norm2 = 0.0
             for f in range(k):
-                g[f] = reg * theta[f]
-                norm2 += theta[f] * theta[f]
+                Theta_grad[j, f] = reg * Theta[j, f]
+                norm2 += Theta[j, f] * Theta[j, f]
             total += 0.5 * reg * norm2
             for p in range(user_indptr[j], user_indptr[j + 1]):
                 i = user_items[p]
-                x = X[i]
                 err = item_offset[i] - user_values[p]
                 for f in range(k):
-                    err += x[f] * theta[f]
+                    err += X[i, f] * Theta[j, f]
                 for f in range(k):
-                    g[f] += err * x[f]
+                    Theta_grad[j, f] += err * X[i, f]
         user_partial[c] = total
 
     cost = 0.0

@@ -15,7 +15,10 @@ _MAX_CHUNKS = 1024
 
 def _as_id_array(ids, name):
     """External ids as a 1-D array of integers or of unicode strings."""
-    arr = np.asarray(ids)
+    # A list mixing ints and strings would silently become strings under np.asarray.
+    arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=object)
+    if arr.dtype == object and arr.ndim == 1 and arr.size:
+        arr = np.asarray(arr.tolist()) if _one_kind(arr) else arr
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-dimensional, found shape {arr.shape}")
     if arr.dtype.kind in "iu":
@@ -43,6 +46,15 @@ def _as_id_array(ids, name):
         names = ", ".join(sorted(t.__name__ for t in kinds))
         raise ValueError(f"{name} must hold integers or strings (one kind), found {names}")
     raise ValueError(f"{name} must hold integer or string ids, found dtype {arr.dtype}")
+
+
+def _one_kind(values):
+    """True when ids are all strings or all (non-boolean) numbers."""
+    kinds = {type(v) for v in values.tolist()}
+    return kinds <= {str} or all(
+        issubclass(t, (int, float, np.integer, np.floating)) and not issubclass(t, bool)
+        for t in kinds
+    )
 
 
 def _index_dtype(n):
@@ -250,7 +262,7 @@ class Ratings:
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
             raise ValueError(
-                f"ratings must be finite; found {raw_values[bad]!r} at position {bad} "
+                f"ratings must be finite; found {raw_values[bad].item()!r} at position {bad} "
                 f"(user {users[bad].item()!r}, item {items[bad].item()!r})"
             )
         vals = raw_values.astype(dtype, copy=False)
@@ -439,5 +451,8 @@ def _parse_int(value):
         try:
             return int(value.strip())
         except ValueError:
-            return None
+            try:
+                return _parse_int(float(value))
+            except ValueError:
+                return None
     return None

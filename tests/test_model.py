@@ -1,0 +1,225 @@
+import warnings
+
+import numpy as np
+import pytest
+
+from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, reference
+from fastcofi.demo import toy_ratings_with_new_user
+
+
+def _planted(seed=0, n_users=120, n_items=80, rank=3, noise=0.1, density=0.4):
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(n_users, rank))
+    V = rng.normal(size=(n_items, rank))
+    full = 3.0 + V @ U.T + noise * rng.normal(size=(n_items, n_users))
+    mask = rng.random((n_items, n_users)) < density
+    item_idx, user_idx = np.nonzero(mask)
+    test = rng.random(item_idx.shape[0]) < 0.1
+    train = Ratings.from_arrays(
+        user_idx[~test], item_idx[~test], full[item_idx[~test], user_idx[~test]],
+        all_users=np.arange(n_users), all_items=np.arange(n_items),
+    )
+    return train, (user_idx[test], item_idx[test], full[item_idx[test], user_idx[test]])
+
+
+def test_fit_returns_self_and_init_only_stores_params():
+    model = MatrixFactorization(4, reg=2.0, random_state=1)
+    assert not hasattr(model, "item_factors_")
+    assert model.get_params()["reg"] == 2.0
+    ratings, _ = toy_ratings_with_new_user()
+    assert model.fit(ratings) is model
+    assert model.item_factors_.shape == (10, 4) and model.user_factors_.shape == (6, 4)
+    assert len(model.history_["cost"]) == len(model.history_["seconds"]) == model.n_iter_
+
+
+def test_toy_solution_is_a_stationary_point_of_the_dense_reference():
+    """The tutorial's known answer: CG ends where the dense objective's gradient vanishes."""
+    ratings, _ = toy_ratings_with_new_user()
+    model = MatrixFactorization(3, reg=1.0, max_iter=2000, tol=1e-8, random_state=0)
+    with warnings.catch_warnings():
+        # at this tol scipy may end on "precision loss", which is the stationary point we want
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(ratings)
+    dense = np.zeros((10, 6))
+    users, items, values = ratings.coo()
+    dense[items, users] = values
+    did_rate = dense != 0
+    norm, mean = reference.normalize_ratings(dense, did_rate)
+    np.testing.assert_allclose(model.item_means_, mean.ravel())
+    X, Theta = model.item_factors_, model.user_factors_
+    assert model.result_.fun == pytest.approx(reference.cost(X, Theta, norm, did_rate, 1.0))
+    gx, gt = reference.gradient(X, Theta, norm, did_rate, 1.0)
+    assert max(np.abs(gx).max(), np.abs(gt).max()) < 1e-6
+    # and the fit explains the ratings better than the item means alone
+    pred = X @ Theta.T + mean
+    assert np.sum(((pred - dense) * did_rate) ** 2) < 0.5 * np.sum((norm * did_rate) ** 2)
+
+
+def test_strong_regularization_gives_the_item_means():
+    ratings, _ = toy_ratings_with_new_user()
+    model = MatrixFactorization(3, reg=30.0, random_state=0).fit(ratings)
+    assert np.abs(model.item_factors_ @ model.user_factors_.T).max() < 1e-3
+
+
+def test_refit_with_same_seed_is_identical_and_other_seed_differs():
+    train, _ = _planted()
+    a = MatrixFactorization(5, reg=1.0, max_iter=30, random_state=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a.fit(train)
+        first = a.item_factors_.copy()
+        a.fit(train)
+        b = MatrixFactorization(5, reg=1.0, max_iter=30, random_state=7).fit(train)
+        c = MatrixFactorization(5, reg=1.0, max_iter=30, random_state=8).fit(train)
+    np.testing.assert_array_equal(first, a.item_factors_)
+    np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
+    assert not np.array_equal(a.item_factors_, c.item_factors_)
+
+
+def test_planted_low_rank_problem_is_recovered_near_the_noise_level():
+    train, (u, i, y) = _planted(rank=3, noise=0.1)
+    # One factor more than the planted rank: item means estimated from ~50 ratings each leave an
+    # item-specific offset that the extra factor absorbs.
+    model = MatrixFactorization(4, reg=0.1, max_iter=1000, tol=1e-6, random_state=0).fit(train)
+    rmse = np.sqrt(np.mean((model.predict(u, i) - y) ** 2))
+    baseline = np.sqrt(np.mean((model.item_means_[i] - y) ** 2))
+    assert rmse < 0.15 and baseline > 1.0
+
+
+def test_thread_count_does_not_change_the_model():
+    train, _ = _planted()
+    kwargs = dict(n_factors=4, reg=1.0, max_iter=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        one = MatrixFactorization(**kwargs, n_threads=1).fit(train)
+        two = MatrixFactorization(**kwargs, n_threads=2).fit(train)
+    np.testing.assert_array_equal(one.item_factors_, two.item_factors_)
+
+
+def test_convergence_warning_names_scipys_reason():
+    train, _ = _planted()
+    with pytest.warns(ConvergenceWarning, match="Maximum number of iterations"):
+        MatrixFactorization(3, max_iter=2, random_state=0).fit(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        MatrixFactorization(3, reg=10.0, max_iter=1000, random_state=0).fit(train)
+
+
+def test_tol_zero_disables_the_gradient_test():
+    train, _ = _planted()
+    with pytest.warns(ConvergenceWarning):
+        model = MatrixFactorization(3, reg=10.0, max_iter=60, tol=0, random_state=0).fit(train)
+    converged = MatrixFactorization(3, reg=10.0, max_iter=60, random_state=0).fit(train)
+    assert model.n_iter_ > converged.n_iter_
+
+
+def test_callback_can_stop_and_validation_history_is_recorded():
+    train, (u, i, y) = _planted()
+    validation = Ratings.from_arrays(u, i, y)
+    seen = []
+
+    def callback(iteration, info):
+        seen.append((iteration, info["cost"], info["val_rmse"]))
+        return iteration == 5
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # stopping on request is no warning
+        model = MatrixFactorization(3, random_state=0).fit(
+            train, validation=validation, callback=callback
+        )
+    assert model.n_iter_ == 5 and [s[0] for s in seen] == [1, 2, 3, 4, 5]
+    assert model.history_["val_rmse"] == [s[2] for s in seen]
+    assert model.history_["val_rmse"][-1] < model.history_["val_rmse"][0]
+    assert np.all(np.diff(model.history_["cost"]) <= 0)
+
+
+def test_predict_fallbacks_and_clipping():
+    ratings = Ratings.from_arrays(["a", "a", "b"], ["x", "y", "x"], [1.0, 5.0, 3.0])
+    model = MatrixFactorization(2, reg=0.1, random_state=0).fit(ratings)
+    assert model.global_mean_ == 3.0 and model.rating_range_ == (1.0, 5.0)
+    pred = model.predict(["a", "zz", "zz", "a"], ["x", "x", "nope", "nope"])
+    assert pred.shape == (4,)
+    assert pred[1] == model.item_means_[0] == 2.0  # unknown user, known item: item mean
+    assert pred[2] == pred[3] == 3.0  # unknown item: global mean
+    assert np.all((pred >= 1.0) & (pred <= 5.0))
+    assert isinstance(model.predict("a", "y"), float)
+    grid = model.predict(np.array([["a"], ["b"]]), np.array(["x", "y"]))
+    assert grid.shape == (2, 2)
+
+
+def test_recommend_checkerboard():
+    """Two taste groups: each user should be offered the unseen items of their own group."""
+    n = 20
+    users, items, values = [], [], []
+    rng = np.random.default_rng(0)
+    for u in range(n):
+        for i in range(n):
+            if rng.random() < 0.6:
+                users.append(u)
+                items.append(i)
+                values.append(5.0 if (u % 2) == (i % 2) else 1.0)
+    ratings = Ratings.from_arrays(users, items, values, all_users=range(n), all_items=range(n))
+    model = MatrixFactorization(2, reg=0.1, max_iter=500, random_state=0).fit(ratings)
+    rated = {(u, i) for u, i in zip(users, items)}
+    for u in range(n):
+        unseen_own = {i for i in range(n) if i % 2 == u % 2 and (u, i) not in rated}
+        ids, scores = model.recommend(u, n=len(unseen_own))
+        assert set(ids.tolist()) == unseen_own
+        assert np.all(np.diff(scores) <= 0)
+
+
+def test_recommend_options_and_batch_padding():
+    ratings = Ratings.from_arrays([1, 1, 2], [10, 20, 10], [4.0, 2.0, 5.0], all_items=[10, 20, 30])
+    model = MatrixFactorization(2, reg=0.1, random_state=0).fit(ratings)
+    ids, scores = model.recommend(1, n=5)
+    assert list(ids) == [30] and scores.shape == (1,)
+    ids, _ = model.recommend(1, n=5, exclude_seen=False, filter_items=[20])
+    assert sorted(ids) == [10, 30]
+    ids, _ = model.recommend(2, n=5, items=[20, 99])
+    assert list(ids) == [20]
+    ids, scores = model.recommend([1, 2], n=3)
+    assert ids.shape == scores.shape == (2, 3)
+    assert list(ids[0]) == [30, -1, -1] and np.isneginf(scores[0, 1:]).all()
+    with pytest.raises(KeyError, match="unknown user 7"):
+        model.recommend(7)
+    assert model.recommend("2", n=1)[0].shape == (1,)
+
+
+def test_recommend_string_ids_pad_with_empty_string():
+    ratings = Ratings.from_arrays(["u", "v"], ["a", "b"], [4.0, 2.0])
+    model = MatrixFactorization(2, random_state=0).fit(ratings)
+    ids, _ = model.recommend(["u"], n=3)
+    assert list(ids[0]) == ["b", "", ""]
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_factors": 0}, "n_factors"),
+        ({"reg": -1.0}, "reg"),
+        ({"max_iter": 1.5}, "max_iter"),
+        ({"tol": float("nan")}, "tol"),
+        ({"normalize": "z"}, "normalize"),
+        ({"solver": "sgd"}, "solver"),
+        ({"n_threads": 0}, "n_threads"),
+    ],
+)
+def test_bad_params_are_reported_at_fit(params, match):
+    ratings, _ = toy_ratings_with_new_user()
+    with pytest.raises(ValueError, match=match):
+        MatrixFactorization(**params).fit(ratings)
+
+
+def test_unfitted_model_and_wrong_input_type():
+    with pytest.raises(AttributeError, match="not fitted"):
+        MatrixFactorization().predict([1], [1])
+    with pytest.raises(TypeError, match="fastcofi.Ratings"):
+        MatrixFactorization().fit(np.ones((3, 3)))
+
+
+def test_normalize_none_trains_on_raw_ratings():
+    train, (u, i, y) = _planted()
+    model = MatrixFactorization(4, reg=1.0, normalize="none", max_iter=500, random_state=0)
+    model.fit(train)
+    assert np.all(model.item_means_ == 0)
+    assert np.sqrt(np.mean((model.predict(u, i) - y) ** 2)) < 0.6

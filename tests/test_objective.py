@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from scipy.optimize import check_grad
+
+from fastcofi import Ratings, reference
+from fastcofi.objective import FlatObjective, cost_and_grad
+
+from .strategies import relative_error, sparse_problems
+
+
+@given(sparse_problems())
+def test_cost_and_grad_equals_dense_reference(problem):
+    ratings, dense, mask, X, Theta, reg = problem
+    cost, item_grad, user_grad = cost_and_grad(X, Theta, ratings, reg)
+    ref_cost = reference.cost(X, Theta, dense, mask, reg)
+    ref_x, ref_theta = reference.gradient(X, Theta, dense, mask, reg)
+    assert abs(cost - ref_cost) / (1 + abs(ref_cost)) <= 1e-9
+    assert relative_error(item_grad, ref_x) <= 1e-9
+    assert relative_error(user_grad, ref_theta) <= 1e-9
+    assert item_grad.dtype == np.float64 and user_grad.dtype == np.float64
+
+
+@given(sparse_problems(max_items=12, max_users=12, max_factors=4))
+def test_gradient_matches_finite_differences(problem):
+    ratings, _, _, X, Theta, reg = problem
+    objective = FlatObjective(ratings, X.shape[1], reg)
+    x0 = objective.pack(X, Theta)
+    error = check_grad(lambda v: objective(v)[0], lambda v: objective(v)[1], x0)
+    assert error <= 1e-5 * (1 + np.linalg.norm(objective(x0)[1]))
+
+
+def _random_problem(seed, n_items=300, n_users=200, nnz=6000, k=7):
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(n_items * n_users, size=nnz, replace=False)
+    ratings = Ratings.from_arrays(
+        flat % n_users, flat // n_users, rng.integers(1, 6, nnz),
+        all_users=np.arange(n_users), all_items=np.arange(n_items),
+    )
+    X = rng.normal(size=(ratings.n_items, k))
+    Theta = rng.normal(size=(ratings.n_users, k))
+    return ratings, X, Theta
+
+
+def test_parallel_equals_serial_bit_for_bit():
+    ratings, X, Theta = _random_problem(1, nnz=20000)
+    assert ratings._item_chunks.shape[0] > 3  # several chunks, so threads really split the work
+    serial = cost_and_grad(X, Theta, ratings, 0.7, n_threads=1)
+    parallel = cost_and_grad(X, Theta, ratings, 0.7, n_threads=2)
+    assert serial[0] == parallel[0]
+    np.testing.assert_array_equal(serial[1], parallel[1])
+    np.testing.assert_array_equal(serial[2], parallel[2])
+
+
+def test_flat_objective_returns_fresh_gradient_each_call():
+    ratings, X, Theta = _random_problem(2)
+    objective = FlatObjective(ratings, X.shape[1], 1.0)
+    x = objective.pack(X, Theta)
+    _, g1 = objective(x)
+    kept = g1.copy()
+    _, g2 = objective(x * 0.5)
+    assert g1 is not g2
+    np.testing.assert_array_equal(g1, kept)  # the first gradient was not overwritten
+
+
+def test_item_offset_shifts_every_prediction():
+    ratings, X, Theta = _random_problem(3, nnz=500)
+    offset = np.linspace(-1, 1, ratings.n_items)
+    users, items, values = ratings.coo()
+    shifted = Ratings.from_arrays(
+        ratings.user_ids[users], ratings.item_ids[items], values - offset[items],
+        all_users=ratings.user_ids, all_items=ratings.item_ids,
+    )
+    objective = FlatObjective(ratings, X.shape[1], 0.3, item_offset=offset)
+    cost, grad = objective(objective.pack(X, Theta))
+    ref_cost, ref_x, ref_theta = cost_and_grad(X, Theta, shifted, 0.3)
+    assert abs(cost - ref_cost) <= 1e-9 * (1 + abs(ref_cost))
+    assert relative_error(grad, np.concatenate([ref_x.ravel(), ref_theta.ravel()])) <= 1e-9
+
+
+def test_accepts_read_only_and_non_contiguous_factors():
+    ratings, X, Theta = _random_problem(4, nnz=800)
+    expected = cost_and_grad(X, Theta, ratings, 1.0)
+    X_ro = X.copy()
+    X_ro.flags.writeable = False
+    Theta_f = np.asfortranarray(Theta)
+    got = cost_and_grad(X_ro, Theta_f, ratings, 1.0)
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize(
+    "x_shape, theta_shape, match",
+    [((5, 3), (200, 3), "rows"), ((300, 3), (200, 4), "same number of columns"),
+     ((300,), (200, 3), "2-dimensional")],
+)
+def test_bad_shapes_raise_clear_errors(x_shape, theta_shape, match):
+    ratings, _, _ = _random_problem(5, nnz=500)
+    with pytest.raises(ValueError, match=match):
+        cost_and_grad(np.zeros(x_shape), np.zeros(theta_shape), ratings, 1.0)
+
+
+def test_rejects_non_ratings_and_bad_thread_counts():
+    ratings, X, Theta = _random_problem(6, nnz=300)
+    with pytest.raises(TypeError, match="fastcofi.Ratings"):
+        cost_and_grad(X, Theta, np.ones((3, 3)), 1.0)
+    with pytest.raises(ValueError, match="n_threads"):
+        cost_and_grad(X, Theta, ratings, 1.0, n_threads=0)

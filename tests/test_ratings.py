@@ -1,0 +1,178 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastcofi import Ratings
+from fastcofi.ratings import lookup
+
+
+def _dense_of(ratings):
+    dense = np.zeros((ratings.n_items, ratings.n_users))
+    users, items, values = ratings.coo()
+    dense[items, users] = values
+    return dense
+
+
+def test_from_arrays_maps_string_ids_in_sorted_order():
+    r = Ratings.from_arrays(["bob", "amy", "bob"], ["z", "x", "x"], [1.0, 2.0, 3.0])
+    assert list(r.user_ids) == ["amy", "bob"]
+    assert list(r.item_ids) == ["x", "z"]
+    assert (r.n_users, r.n_items, r.nnz) == (2, 2, 3)
+    np.testing.assert_array_equal(_dense_of(r), [[2.0, 3.0], [0.0, 1.0]])
+
+
+def test_by_item_and_by_user_csr_agree_and_are_sorted():
+    rng = np.random.default_rng(0)
+    flat = rng.choice(50 * 40, size=400, replace=False)
+    r = Ratings.from_arrays(flat % 40, flat // 40, rng.normal(size=400))
+    ip, iu, iv = r.by_item
+    up, ui, uv = r.by_user
+    assert ip.dtype == np.int64 and iu.dtype == np.int32 and iv.dtype == np.float64
+    assert ip[-1] == up[-1] == 400
+    by_item = {(i, int(iu[p])): iv[p] for i in range(r.n_items) for p in range(ip[i], ip[i + 1])}
+    by_user = {(int(ui[p]), j): uv[p] for j in range(r.n_users) for p in range(up[j], up[j + 1])}
+    assert by_item == by_user
+    for i in range(r.n_items):
+        assert np.all(np.diff(iu[ip[i] : ip[i + 1]]) > 0)
+    np.testing.assert_array_equal(r.values, iv)
+
+
+def test_declared_ids_get_empty_rows():
+    r = Ratings.from_arrays([1], [10], [4.0], all_users=[3, 1, 2], all_items=[10, 20])
+    assert list(r.user_ids) == [1, 2, 3] and list(r.item_ids) == [10, 20]
+    np.testing.assert_array_equal(np.diff(r.by_user[0]), [1, 0, 0])
+    np.testing.assert_array_equal(np.diff(r.by_item[0]), [1, 0])
+
+
+def test_rated_id_missing_from_declared_ids_is_an_error():
+    with pytest.raises(ValueError, match="user id 7 has a rating but is not in all_users"):
+        Ratings.from_arrays([7], [1], [4.0], all_users=[1, 2])
+
+
+def test_duplicates_error_names_first_pair_and_rows():
+    with pytest.raises(ValueError, match=r"user 'u' and item 2 \(input rows 1 and 3\)"):
+        Ratings.from_arrays(["u", "u", "v", "u", "v"], [1, 2, 1, 2, 1], [1, 2, 3, 4, 5])
+
+
+def test_duplicates_last_and_mean():
+    args = (["u", "u", "v", "u"], [1, 2, 1, 2], [1.0, 2.0, 3.0, 5.0])
+    last = Ratings.from_arrays(*args, duplicates="last", timestamps=[10, 20, 30, 40])
+    mean = Ratings.from_arrays(*args, duplicates="mean")
+    assert last.nnz == mean.nnz == 3
+    np.testing.assert_array_equal(_dense_of(last), [[1.0, 3.0], [5.0, 0.0]])
+    np.testing.assert_array_equal(_dense_of(mean), [[1.0, 3.0], [3.5, 0.0]])
+    np.testing.assert_array_equal(last.timestamps, [10, 30, 40])
+
+
+@pytest.mark.parametrize(
+    "users, items, values, match",
+    [
+        ([1, 2], [1], [1.0, 2.0], "same length"),
+        ([], [], [], "no ratings"),
+        ([1, 2], [1, 2], [1.0, np.nan], r"finite; found nan at position 1 \(user 2, item 2\)"),
+        ([1, 2], [1, 2], [1.0, np.inf], "finite"),
+        ([1, 2], [1, 2], ["a", "b"], "numbers"),
+        ([1, "a"], [1, 2], [1.0, 2.0], "one kind"),
+        ([1.5, 2], [1, 2], [1.0, 2.0], "float 1.5"),
+        ([[1, 2]], [[1, 2]], [[1.0, 2.0]], "1-dimensional"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(users, items, values, match):
+    with pytest.raises(ValueError, match=match):
+        Ratings.from_arrays(users, items, values)
+
+
+def test_bad_duplicates_policy_and_dtype():
+    with pytest.raises(ValueError, match="duplicates must be one of"):
+        Ratings.from_arrays([1], [1], [1.0], duplicates="first")
+    with pytest.raises(ValueError, match="float64 or float32"):
+        Ratings.from_arrays([1], [1], [1.0], dtype=np.int32)
+
+
+def test_float32_storage():
+    r = Ratings.from_arrays([1, 2], [1, 1], [1.5, 2.5], dtype=np.float32)
+    assert r.values.dtype == np.float32 and r.by_user[2].dtype == np.float32
+
+
+def test_immutable():
+    r = Ratings.from_arrays([1, 2], [1, 1], [1.5, 2.5])
+    with pytest.raises(ValueError):
+        r.values[0] = 3.0
+    with pytest.raises(ValueError):
+        r.by_user[1][0] = 3
+    with pytest.raises(AttributeError):
+        r.nnz = 3
+    with pytest.raises(TypeError):
+        Ratings()
+
+
+def test_from_dense_zero_means_unrated_unless_mask_given():
+    matrix = np.array([[5.0, 0.0], [0.0, 3.0], [0.0, 0.0]])
+    r = Ratings.from_dense(matrix)
+    assert (r.n_items, r.n_users, r.nnz) == (3, 2, 2)
+    rated = np.array([[True, True], [False, True], [False, False]])
+    r0 = Ratings.from_dense(matrix, rated, user_ids=["a", "b"], item_ids=[7, 8, 9])
+    assert r0.nnz == 3 and list(r0.user_ids) == ["a", "b"]
+    np.testing.assert_array_equal(_dense_of(r0), matrix)
+    with pytest.raises(ValueError, match="shape"):
+        Ratings.from_dense(matrix, rated[:2])
+
+
+def test_from_dense_nan_in_unrated_entries_is_fine_with_a_mask():
+    matrix = np.array([[np.nan, 2.0]])
+    r = Ratings.from_dense(matrix, ~np.isnan(matrix))
+    assert r.nnz == 1
+    with pytest.raises(ValueError, match="finite"):
+        Ratings.from_dense(matrix)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil"])
+def test_from_scipy_keeps_explicit_zeros(fmt):
+    coo = sp.coo_matrix(([0.0, 4.0, 2.0], ([0, 1, 2], [1, 0, 1])), shape=(4, 3))
+    r = Ratings.from_scipy(coo.asformat(fmt) if fmt != "lil" else coo.tolil())
+    assert (r.n_items, r.n_users) == (4, 3)
+    if fmt != "lil":  # lil drops explicit zeros on conversion
+        assert r.nnz == 3
+    np.testing.assert_array_equal(_dense_of(r), coo.toarray())
+
+
+def test_from_scipy_array_and_errors():
+    arr = sp.csr_array(np.array([[1.0, 0.0], [0.0, 2.0]]))
+    assert Ratings.from_scipy(arr).nnz == 2
+    with pytest.raises(ValueError, match="scipy sparse"):
+        Ratings.from_scipy(np.eye(2))
+
+
+@given(
+    st.lists(st.tuples(st.integers(-5, 5), st.text("abc", min_size=1, max_size=2),
+                       st.floats(-10, 10)), min_size=1, max_size=40)
+)
+def test_round_trip_against_dict(triples):
+    """Every policy agrees with a plain-dict model of what it should keep."""
+    users, items, values = zip(*triples)
+    last = {}
+    groups = {}
+    for u, i, v in triples:
+        last[(u, i)] = v
+        groups.setdefault((u, i), []).append(v)
+    for policy, expected in [("last", last), ("mean", {k: np.mean(v) for k, v in groups.items()})]:
+        r = Ratings.from_arrays(users, items, values, duplicates=policy)
+        u, i, v = r.coo()
+        got = {(int(r.user_ids[a]), str(r.item_ids[b])): c for a, b, c in zip(u, i, v)}
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12)
+    if len(groups) < len(triples):
+        with pytest.raises(ValueError, match="duplicated rating"):
+            Ratings.from_arrays(users, items, values)
+
+
+def test_lookup_matches_types_and_marks_unknown():
+    ids = np.array([3, 10, 42])
+    index, known = lookup(ids, ["42", 3, "x", 7, 10.0, "10.5"])
+    np.testing.assert_array_equal(index, [2, 0, -1, -1, 1, -1])
+    np.testing.assert_array_equal(known, [True, True, False, False, True, False])
+    index, known = lookup(np.array(["a", "b"]), np.array(["b", "c"]))
+    np.testing.assert_array_equal(index, [1, -1])
