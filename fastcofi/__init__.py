@@ -3,9 +3,20 @@
 Importing the package does no work and changes no environment variable.
 """
 
+from . import datasets
+from .io import RatingsFileError, read_ratings, read_titles
 from .model import MatrixFactorization
 from .ratings import Ratings
 from .solvers import ConvergenceWarning
 
-__all__ = ["MatrixFactorization", "Ratings", "ConvergenceWarning", "__version__"]
+__all__ = [
+    "MatrixFactorization",
+    "Ratings",
+    "read_ratings",
+    "read_titles",
+    "RatingsFileError",
+    "ConvergenceWarning",
+    "datasets",
+    "__version__",
+]
 __version__ = "0.1.0"

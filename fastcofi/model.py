@@ -8,39 +8,56 @@ import numpy as np
 from . import serving
 from .objective import FlatObjective
 from .ratings import Ratings, lookup
-from .solvers import minimize_cg
+from .solvers import minimize_als, minimize_scipy
 
 __all__ = ["MatrixFactorization"]
 
 logger = logging.getLogger("fastcofi")
 
-_NORMALIZE = ("item_mean", "none")
-_SOLVERS = ("cg",)
+_NORMALIZE = ("item_mean", "biases", "none")
+_SOLVERS = ("cg", "lbfgs", "als")
+_SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 
 
 class MatrixFactorization:
     """Low-rank matrix factorization of explicit ratings (the tutorial's collaborative filtering).
 
-    Predicts ``item_factors_[i] . user_factors_[j] + item_means_[i]`` and learns the factors by
-    minimizing ``1/2 sum_observed (x_i . theta_j - (y_ij - mean_i))^2 + reg/2 (|X|^2 + |Theta|^2)``
-    with scipy's nonlinear conjugate gradient.
+    Predicts ``mu + b_item[i] + b_user[j] + item_factors_[i] . user_factors_[j]`` and learns it by
+    minimizing ``1/2 sum_observed (prediction - rating)^2 + reg/2 (|X|^2 + |Theta|^2)
+    + reg_bias/2 (|b_item|^2 + |b_user|^2)``. What ``mu`` and the biases are depends on
+    ``normalize``:
+
+    - ``"item_mean"`` (the tutorial's): ``mu`` = 0, ``b_item`` = each item's mean rating (fixed),
+      ``b_user`` = 0;
+    - ``"biases"``: ``mu`` = the global mean, ``b_item`` and ``b_user`` learned with the factors;
+    - ``"none"``: the raw ratings are factorized.
 
     Parameters
     ----------
     n_factors : int, default 10
         Latent dimension k.
     reg : float, default 10.0
-        L2 regularization of both factor matrices.
-    normalize : {"item_mean", "none"}, default "item_mean"
-        ``"item_mean"`` subtracts each item's mean rating before factorizing (the tutorial's
-        normalization); ``"none"`` factorizes the raw ratings.
-    solver : {"cg"}, default "cg"
-        scipy's ``minimize(method="CG", jac=True)`` on the fused Numba objective.
-    max_iter : int, default 200
-        Iterations at most.
+        L2 regularization of both factor matrices (on the sum over ratings, as in the tutorial).
+    normalize : {"item_mean", "biases", "none"}, default "item_mean"
+    reg_bias : float, optional
+        L2 regularization of the learned biases (``normalize="biases"``); default ``reg``.
+    reg_weighting : {"none", "count"}, default "none"
+        ``"count"`` multiplies each row's penalty by its number of ratings (ALS-WR's weighting):
+        users and items with many ratings are shrunk as much per rating as those with few.
+    solver : {"cg", "lbfgs", "als"}, default "cg"
+        ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused Numba objective
+        (the tutorial's trainer); ``"lbfgs"``: L-BFGS-B on the same objective; ``"als"``:
+        alternating least squares, closed-form row solves in parallel.
+    max_iter : int, default 300
+        Iterations at most (ALS: sweeps over users and items).
     tol : float, default 1e-4
-        Stop when the gradient's largest entry falls below ``tol`` times its initial value;
-        0 disables this test.
+        CG / L-BFGS: stop when the gradient's largest entry falls below ``tol`` times its initial
+        value. ALS: stop when a sweep lowers the cost by less than ``tol`` relative. 0 disables.
+    patience : int, default 10
+        With a validation set, stop once its RMSE has not improved for this many iterations and
+        keep the best iterate.
+    clip : bool or (float, float), default True
+        Clip predictions to the training ratings' range (True), to a given range, or not (False).
     init_scale : float, default 0.1
         Standard deviation of the normal random initial factors.
     random_state : int, numpy.random.Generator or None
@@ -58,15 +75,19 @@ class MatrixFactorization:
         External ids, in the order of the factor rows.
     global_mean_ : float
         Mean training rating.
-    item_means_ : ndarray of shape (n_items,), float64
-        Each item's mean training rating (``"item_mean"``; the global mean for an item without
-        ratings), zeros under ``"none"``.
+    item_means_ : ndarray of shape (n_items,), float64 or None
+        ``"item_mean"``: each item's mean training rating (the global mean for an item without
+        ratings). None otherwise.
+    item_bias_, user_bias_ : ndarray of shape (n_items,) / (n_users,), float64 or None
+        ``"biases"``: the learned biases (added to ``global_mean_``). None otherwise.
     rating_range_ : tuple (float, float)
-        Smallest and largest training rating; predictions are clipped to it.
+        Smallest and largest training rating.
     n_iter_ : int
-    result_ : scipy.optimize.OptimizeResult
+    result_ : scipy.optimize.OptimizeResult or None (ALS)
     history_ : dict of lists
         ``"cost"`` and ``"seconds"`` per iteration, and ``"val_rmse"`` with a validation set.
+    best_iteration_ : int
+        The iteration whose parameters the model holds (the last one without validation).
     """
 
     def __init__(
@@ -75,9 +96,13 @@ class MatrixFactorization:
         *,
         reg=10.0,
         normalize="item_mean",
+        reg_bias=None,
+        reg_weighting="none",
         solver="cg",
-        max_iter=200,
+        max_iter=300,
         tol=1e-4,
+        patience=10,
+        clip=True,
         init_scale=0.1,
         random_state=None,
         n_threads=None,
@@ -86,28 +111,41 @@ class MatrixFactorization:
         self.n_factors = n_factors
         self.reg = reg
         self.normalize = normalize
+        self.reg_bias = reg_bias
+        self.reg_weighting = reg_weighting
         self.solver = solver
         self.max_iter = max_iter
         self.tol = tol
+        self.patience = patience
+        self.clip = clip
         self.init_scale = init_scale
         self.random_state = random_state
         self.n_threads = n_threads
         self.verbose = verbose
 
-    def get_params(self):
+    _PARAMS = (
+        "n_factors", "reg", "normalize", "reg_bias", "reg_weighting", "solver", "max_iter", "tol", "patience",
+        "clip", "init_scale", "random_state", "n_threads", "verbose",
+    )
+
+    def get_params(self, deep=True):
         """Hyperparameters as a dict (scikit-learn style)."""
-        return {
-            "n_factors": self.n_factors,
-            "reg": self.reg,
-            "normalize": self.normalize,
-            "solver": self.solver,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "init_scale": self.init_scale,
-            "random_state": self.random_state,
-            "n_threads": self.n_threads,
-            "verbose": self.verbose,
-        }
+        return {name: getattr(self, name) for name in self._PARAMS}
+
+    def set_params(self, **params):
+        """Set hyperparameters (scikit-learn style); returns self."""
+        for name, value in params.items():
+            if name not in self._PARAMS:
+                raise ValueError(f"unknown parameter {name!r}; expected one of {self._PARAMS}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        defaults = type(self)().get_params()
+        changed = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_params().items() if v is not defaults[k] and v != defaults[k]
+        )
+        return f"{type(self).__name__}({changed})"
 
     def _check_params(self):
         def positive_int(name):
@@ -124,25 +162,42 @@ class MatrixFactorization:
 
         positive_int("n_factors")
         positive_int("max_iter")
+        positive_int("patience")
         non_negative("reg")
         non_negative("tol")
         non_negative("init_scale")
+        if self.reg_bias is not None:
+            non_negative("reg_bias")
         if self.normalize not in _NORMALIZE:
             raise ValueError(f"normalize must be one of {_NORMALIZE}, found {self.normalize!r}")
+        if self.reg_weighting not in ("none", "count"):
+            raise ValueError(
+                f"reg_weighting must be 'none' or 'count', found {self.reg_weighting!r}"
+            )
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {_SOLVERS}, found {self.solver!r}")
         if self.n_threads is not None:
             positive_int("n_threads")
+        clip = self.clip
+        if not isinstance(clip, bool):
+            try:
+                low, high = (float(v) for v in clip)
+            except (TypeError, ValueError):
+                raise ValueError(f"clip must be True, False or (low, high), found {clip!r}") from None
+            if not low <= high:
+                raise ValueError(f"clip must have low <= high, found {clip!r}")
 
     # -- training -----------------------------------------------------------------------------
     def fit(self, ratings, *, validation=None, callback=None):
-        """Learn the factors from ``ratings``.
+        """Learn the model from ``ratings``.
 
         Parameters
         ----------
         ratings : Ratings
         validation : Ratings, optional
-            Held-out ratings; their RMSE after each iteration goes to ``history_["val_rmse"]``.
+            Held-out ratings: their RMSE after each iteration goes to ``history_["val_rmse"]``,
+            training stops once it has not improved for ``patience`` iterations, and the model
+            keeps the best iterate.
         callback : callable, optional
             ``callback(iteration, info) -> bool``; ``info`` holds this iteration's ``"cost"``,
             ``"seconds"`` (and ``"val_rmse"``); returning True stops training.
@@ -159,40 +214,58 @@ class MatrixFactorization:
                 f"validation must be a fastcofi.Ratings, found {type(validation).__name__}"
             )
         n_items, n_users, k = ratings.n_items, ratings.n_users, int(self.n_factors)
-        item_indptr, _, values = ratings.by_item
-        counts = np.diff(item_indptr)
-        sums = np.bincount(ratings.coo()[1], weights=values, minlength=n_items)
+        values = ratings.values
         global_mean = float(values.mean(dtype=np.float64))
+        learn_biases = self.normalize == "biases"
+        item_means = None
         if self.normalize == "item_mean":
+            counts = np.diff(ratings.by_item[0])
+            sums = np.bincount(ratings.coo()[1], weights=values, minlength=n_items)
             # An item with no rating (declared only) is predicted at the global mean.
             item_means = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
-        else:
-            item_means = np.zeros(n_items)
-
+        reg_bias = self.reg if self.reg_bias is None else self.reg_bias
+        objective = FlatObjective(
+            ratings,
+            k,
+            self.reg,
+            mu=global_mean if learn_biases else 0.0,
+            item_bias=item_means,
+            learn_biases=learn_biases,
+            reg_bias=reg_bias,
+            count_weighted=self.reg_weighting == "count",
+            n_threads=self.n_threads,
+        )
         rng = np.random.default_rng(self.random_state)
         scale = float(self.init_scale)
-        X0 = rng.normal(0.0, scale, size=(n_items, k))
-        Theta0 = rng.normal(0.0, scale, size=(n_users, k))
-        objective = FlatObjective(ratings, k, self.reg, item_means, self.n_threads)
+        params = objective.pack(
+            rng.normal(0.0, scale, size=(n_items, k)),
+            rng.normal(0.0, scale, size=(n_users, k)),
+            np.zeros(n_items),
+            np.zeros(n_users),
+        )
 
-        val_rmse = []
-        val_index = None
+        val_pairs = None
         if validation is not None:
-            users = lookup(ratings.user_ids, validation.user_ids)[0]
-            items = lookup(ratings.item_ids, validation.item_ids)[0]
             v_users, v_items, v_values = validation.coo()
-            val_index = (users[v_users], items[v_items], np.asarray(v_values, dtype=np.float64))
-        rating_range = (float(values.min()), float(values.max()))
+            val_pairs = (
+                lookup(ratings.user_ids, validation.user_ids)[0][v_users],
+                lookup(ratings.item_ids, validation.item_ids)[0][v_items],
+                np.asarray(v_values, dtype=np.float64),
+            )
+        self._set_state(ratings, objective, params, global_mean, item_means)
+        best = {"rmse": np.inf, "iteration": 0, "params": None}
 
-        def on_iteration(iteration, params, history):
+        def on_iteration(iteration, current, history):
             info = {key: values[-1] for key, values in history.items()}
-            if val_index is not None:
-                X, Theta = objective.unpack(params)
-                pred = _predict_indices(
-                    X, Theta, item_means, global_mean, rating_range, val_index[0], val_index[1]
-                )
-                info["val_rmse"] = float(np.sqrt(np.mean((pred - val_index[2]) ** 2)))
-                val_rmse.append(info["val_rmse"])
+            stop = False
+            if val_pairs is not None:
+                self._set_state(ratings, objective, current, global_mean, item_means)
+                pred = self._predict_indices(val_pairs[0], val_pairs[1])
+                info["val_rmse"] = float(np.sqrt(np.mean((pred - val_pairs[2]) ** 2)))
+                history.setdefault("val_rmse", []).append(info["val_rmse"])
+                if info["val_rmse"] < best["rmse"]:
+                    best.update(rmse=info["val_rmse"], iteration=iteration, params=current.copy())
+                stop = iteration - best["iteration"] >= self.patience
             if self.verbose:
                 extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
                 print(
@@ -200,30 +273,48 @@ class MatrixFactorization:
                     file=sys.stderr,
                 )
             logger.debug("iteration %d: %s", iteration, info)
-            return bool(callback(iteration, info)) if callback is not None else False
+            if callback is not None and callback(iteration, info):
+                stop = True
+            return stop
 
-        result, history = minimize_cg(
-            objective,
-            objective.pack(X0, Theta0),
-            max_iter=self.max_iter,
-            tol=self.tol,
-            on_iteration=on_iteration,
-        )
-        if val_index is not None:
-            history["val_rmse"] = val_rmse
-        X, Theta = objective.unpack(result.x)
+        if self.solver == "als":
+            params, history, _ = minimize_als(
+                objective, params, fit_bias=learn_biases, max_iter=self.max_iter, tol=self.tol,
+                on_iteration=on_iteration,
+            )
+            result = None
+            n_iter = len(history["cost"])
+        else:
+            result, history = minimize_scipy(
+                objective, params, method=_SCIPY_METHODS[self.solver], max_iter=self.max_iter,
+                tol=self.tol, on_iteration=on_iteration,
+            )
+            params = result.x
+            n_iter = int(result.nit)
+        if val_pairs is not None and best["params"] is not None:
+            params = best["params"]
+        if val_pairs is not None and "val_rmse" not in history:
+            history["val_rmse"] = []
+        self._set_state(ratings, objective, params, global_mean, item_means)
+        self.n_iter_ = n_iter
+        self.best_iteration_ = best["iteration"] if best["params"] is not None else n_iter
+        self.result_ = result
+        self.history_ = history
+        return self
+
+    def _set_state(self, ratings, objective, params, global_mean, item_means):
+        X, Theta, item_bias, user_bias = objective.unpack(np.array(params, dtype=np.float64))
+        learned = objective.learn_biases
         self.item_factors_ = np.ascontiguousarray(X)
         self.user_factors_ = np.ascontiguousarray(Theta)
         self.item_ids_ = ratings.item_ids
         self.user_ids_ = ratings.user_ids
         self.global_mean_ = global_mean
         self.item_means_ = item_means
-        self.rating_range_ = rating_range
-        self.n_iter_ = int(result.nit)
-        self.result_ = result
-        self.history_ = history
+        self.item_bias_ = np.array(item_bias) if learned else None
+        self.user_bias_ = np.array(user_bias) if learned else None
+        self.rating_range_ = (float(ratings.values.min()), float(ratings.values.max()))
         self._seen = ratings.by_user[:2]
-        return self
 
     # -- prediction ---------------------------------------------------------------------------
     def _check_fitted(self):
@@ -232,11 +323,49 @@ class MatrixFactorization:
                 f"this {type(self).__name__} is not fitted yet; call fit(ratings) first"
             )
 
-    def predict(self, users, items):
-        """Predicted ratings for pairs of external ids, clipped to ``rating_range_``.
+    def _offsets(self):
+        """(mu, per-item offset, per-user offset) such that the score is mu + both + X . Theta."""
+        n_items, n_users = self.item_factors_.shape[0], self.user_factors_.shape[0]
+        if self.item_bias_ is not None:
+            return self.global_mean_, self.item_bias_, self.user_bias_
+        if self.item_means_ is not None:
+            return 0.0, self.item_means_, np.zeros(n_users)
+        return 0.0, np.zeros(n_items), np.zeros(n_users)
 
-        A user or item unseen in training gets a fallback instead of an error: an unknown user
-        of a known item gets the item's mean, an unknown item the global mean.
+    def _clip_range(self):
+        if self.clip is True:
+            return self.rating_range_
+        if self.clip is False:
+            return None
+        return tuple(float(v) for v in self.clip)
+
+    def _predict_indices(self, u_index, i_index):
+        """Predictions for dense indices, -1 meaning unknown (see `predict`)."""
+        mu, item_off, user_off = self._offsets()
+        u_known = u_index >= 0
+        i_known = i_index >= 0
+        both = u_known & i_known
+        pred = np.full(u_index.shape, self.global_mean_, dtype=np.float64)
+        # Fallbacks: what is known of an unseen user's item or an unseen item's user.
+        if self.normalize != "none":
+            pred[i_known] = mu + item_off[i_index[i_known]]
+            only_user = u_known & ~i_known
+            pred[only_user] = mu + user_off[u_index[only_user]] if self.item_bias_ is not None else self.global_mean_
+        ui, ii = u_index[both], i_index[both]
+        pred[both] = (
+            mu + item_off[ii] + user_off[ui]
+            + np.einsum("ij,ij->i", self.item_factors_[ii], self.user_factors_[ui])
+        )
+        bounds = self._clip_range()
+        if bounds is not None:
+            np.clip(pred, bounds[0], bounds[1], out=pred)
+        return pred
+
+    def predict(self, users, items):
+        """Predicted ratings for pairs of external ids, clipped as ``clip`` says.
+
+        A user or item unseen in training gets a fallback instead of an error: the global mean
+        plus whatever is known (an item's mean or bias, a user's bias).
 
         Parameters
         ----------
@@ -244,21 +373,14 @@ class MatrixFactorization:
 
         Returns
         -------
-        ndarray of float64, the broadcast shape (0-dimensional for two scalars)
+        ndarray of float64, the broadcast shape (a float for two scalars)
         """
         self._check_fitted()
         users, items = np.broadcast_arrays(np.asarray(users), np.asarray(items))
-        u_index = lookup(self.user_ids_, users)[0]
-        i_index = lookup(self.item_ids_, items)[0]
-        return _predict_indices(
-            self.item_factors_,
-            self.user_factors_,
-            self.item_means_,
-            self.global_mean_,
-            self.rating_range_,
-            u_index,
-            i_index,
+        pred = self._predict_indices(
+            lookup(self.user_ids_, users)[0], lookup(self.item_ids_, items)[0]
         )
+        return pred if pred.ndim else float(pred)
 
     def recommend(self, user, n=10, *, exclude_seen=True, items=None, filter_items=None):
         """Top-``n`` items for a user (or each user of an array), best first.
@@ -289,15 +411,3 @@ class MatrixFactorization:
         self._check_fitted()
         return serving.recommend(self, user, n, exclude_seen, items, filter_items)
 
-
-def _predict_indices(X, Theta, item_means, global_mean, rating_range, u_index, i_index):
-    """Predictions for dense indices, -1 meaning unknown (see `MatrixFactorization.predict`)."""
-    u_known = u_index >= 0
-    i_known = i_index >= 0
-    both = u_known & i_known
-    pred = np.full(u_index.shape, global_mean, dtype=np.float64)
-    pred[i_known] = item_means[i_index[i_known]]
-    ui, ii = u_index[both], i_index[both]
-    pred[both] += np.einsum("ij,ij->i", X[ii], Theta[ui])
-    np.clip(pred, rating_range[0], rating_range[1], out=pred)
-    return pred if pred.ndim else pred[()]

@@ -54,18 +54,21 @@ def _check_factors(item_factors, user_factors, ratings):
     return X, Theta
 
 
-def _evaluate(X, Theta, item_offset, ratings, reg, X_grad, Theta_grad):
+def _evaluate(X, Theta, item_bias, user_bias, mu, ratings, reg, reg_bias, weights, grads):
     return _kernels.cost_and_grad(
         X,
         Theta,
-        item_offset,
+        item_bias,
+        user_bias,
+        float(mu),
         *ratings.by_item,
         ratings._item_chunks,
         *ratings.by_user,
         ratings._user_chunks,
         float(reg),
-        X_grad,
-        Theta_grad,
+        float(reg_bias),
+        *weights,
+        *grads,
     )
 
 
@@ -73,7 +76,7 @@ def cost_and_grad(item_factors, user_factors, ratings, reg, *, n_threads=None):
     """The tutorial's cost and both gradients over the observed ratings only.
 
     ``1/2 sum_observed (x_i . theta_j - y_ij)^2 + reg/2 (|X|^2 + |Theta|^2)`` on ``ratings.values``
-    as stored (no normalization).
+    as stored (no normalization, no biases).
 
     Parameters
     ----------
@@ -95,58 +98,114 @@ def cost_and_grad(item_factors, user_factors, ratings, reg, *, n_threads=None):
     X, Theta = _check_factors(item_factors, user_factors, ratings)
     X_grad = np.empty_like(X)
     Theta_grad = np.empty_like(Theta)
-    offset = np.zeros(ratings.n_items)
+    item_zeros, user_zeros = np.zeros(ratings.n_items), np.zeros(ratings.n_users)
+    weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
+    grads = (X_grad, Theta_grad, np.empty(ratings.n_items), np.empty(ratings.n_users))
     with threads(n_threads):
-        cost = _evaluate(X, Theta, offset, ratings, reg, X_grad, Theta_grad)
+        cost = _evaluate(X, Theta, item_zeros, user_zeros, 0.0, ratings, reg, 0.0, weights, grads)
     return float(cost), X_grad, Theta_grad
 
 
 class FlatObjective:
-    """``fun(params) -> (cost, gradient)`` over the flat vector ``[X.ravel(), Theta.ravel()]``.
+    """``fun(params) -> (cost, gradient)`` over one flat float64 parameter vector, for scipy.
 
-    The gradient is a fresh array on every call: scipy's CG keeps the previous gradient by
-    reference and subtracts it from the new one.
+    The vector is ``[X.ravel(), Theta.ravel()]``, followed by ``[item_bias, user_bias]`` when the
+    biases are learned. The prediction is ``X[i] . Theta[j] + mu + item_bias[i] + user_bias[j]``;
+    with fixed biases (mean normalization: ``item_bias`` = item means, ``mu`` = 0) the biases are
+    constants. The gradient is a fresh array on every call: scipy's CG keeps the previous gradient
+    by reference and subtracts it from the new one.
 
     Parameters
     ----------
     ratings : Ratings
     n_factors : int
     reg : float
-    item_offset : ndarray of shape (n_items,), optional
-        Added to every prediction of the item (the item mean under mean normalization).
+        Regularization of the factors.
+    mu : float
+        Global offset.
+    item_bias, user_bias : ndarray, optional
+        Fixed biases (zeros by default); ignored when ``learn_biases``.
+    learn_biases : bool
+        Optimize the biases too, regularized by ``reg_bias``.
+    reg_bias : float
+    count_weighted : bool
+        Multiply each row's penalty by its number of ratings (ALS-WR's weighting).
     n_threads : int, optional
     """
 
-    def __init__(self, ratings, n_factors, reg, item_offset=None, n_threads=None):
+    def __init__(
+        self,
+        ratings,
+        n_factors,
+        reg,
+        *,
+        mu=0.0,
+        item_bias=None,
+        user_bias=None,
+        learn_biases=False,
+        reg_bias=0.0,
+        count_weighted=False,
+        n_threads=None,
+    ):
         self.ratings = ratings
         self.n_factors = int(n_factors)
         self.reg = float(reg)
-        if item_offset is None:
-            item_offset = np.zeros(ratings.n_items)
-        self.item_offset = np.ascontiguousarray(item_offset, dtype=np.float64)
+        self.mu = float(mu)
+        self.learn_biases = bool(learn_biases)
+        self.reg_bias = float(reg_bias) if learn_biases else 0.0
+        self.item_bias = (
+            np.zeros(ratings.n_items) if item_bias is None
+            else np.ascontiguousarray(item_bias, dtype=np.float64)
+        )
+        self.user_bias = (
+            np.zeros(ratings.n_users) if user_bias is None
+            else np.ascontiguousarray(user_bias, dtype=np.float64)
+        )
+        if count_weighted:
+            self.weights = (
+                np.diff(ratings.by_item[0]).astype(np.float64),
+                np.diff(ratings.by_user[0]).astype(np.float64),
+            )
+        else:
+            self.weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
         self.n_threads = n_threads
         self.n_evaluations = 0
 
     @property
     def size(self):
-        return (self.ratings.n_items + self.ratings.n_users) * self.n_factors
+        r = self.ratings
+        return (r.n_items + r.n_users) * (self.n_factors + (1 if self.learn_biases else 0))
 
-    def pack(self, item_factors, user_factors):
-        return np.concatenate([np.ravel(item_factors), np.ravel(user_factors)]).astype(np.float64)
+    def pack(self, item_factors, user_factors, item_bias=None, user_bias=None):
+        parts = [np.ravel(item_factors), np.ravel(user_factors)]
+        if self.learn_biases:
+            parts += [np.ravel(item_bias), np.ravel(user_bias)]
+        return np.concatenate(parts).astype(np.float64)
 
     def unpack(self, params):
-        """Views of ``params`` as (item_factors, user_factors)."""
-        split = self.ratings.n_items * self.n_factors
-        X = params[:split].reshape(self.ratings.n_items, self.n_factors)
-        Theta = params[split:].reshape(self.ratings.n_users, self.n_factors)
-        return X, Theta
+        """Views of ``params`` as (item_factors, user_factors, item_bias, user_bias)."""
+        n_items, n_users, k = self.ratings.n_items, self.ratings.n_users, self.n_factors
+        split = n_items * k
+        end = split + n_users * k
+        X = params[:split].reshape(n_items, k)
+        Theta = params[split:end].reshape(n_users, k)
+        if not self.learn_biases:
+            return X, Theta, self.item_bias, self.user_bias
+        return X, Theta, params[end : end + n_items], params[end + n_items :]
 
     def __call__(self, params):
         params = np.ascontiguousarray(params, dtype=np.float64)
         grad = np.empty_like(params)
-        X, Theta = self.unpack(params)
-        X_grad, Theta_grad = self.unpack(grad)
+        X, Theta, item_bias, user_bias = self.unpack(params)
+        if self.learn_biases:
+            grads = self.unpack(grad)
+        else:
+            X_grad, Theta_grad, _, _ = self.unpack(grad)
+            grads = (X_grad, Theta_grad, np.empty_like(item_bias), np.empty_like(user_bias))
         with threads(self.n_threads):
-            cost = _evaluate(X, Theta, self.item_offset, self.ratings, self.reg, X_grad, Theta_grad)
+            cost = _evaluate(
+                X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
+                self.weights, grads,
+            )
         self.n_evaluations += 1
         return float(cost), grad

@@ -352,6 +352,13 @@ class Ratings:
             all_items=item_ids,
         )
 
+    @classmethod
+    def from_dataframe(cls, df, *, user="user", item="item", rating="rating", **kwargs):
+        """Build from a pandas DataFrame's columns; see `fastcofi.io.ratings_from_dataframe`."""
+        from .io import ratings_from_dataframe
+
+        return ratings_from_dataframe(df, user=user, item=item, rating=rating, **kwargs)
+
     # -- attributes ---------------------------------------------------------------------------
     @property
     def n_users(self):

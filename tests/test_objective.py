@@ -71,7 +71,7 @@ def test_item_offset_shifts_every_prediction():
         ratings.user_ids[users], ratings.item_ids[items], values - offset[items],
         all_users=ratings.user_ids, all_items=ratings.item_ids,
     )
-    objective = FlatObjective(ratings, X.shape[1], 0.3, item_offset=offset)
+    objective = FlatObjective(ratings, X.shape[1], 0.3, item_bias=offset)
     cost, grad = objective(objective.pack(X, Theta))
     ref_cost, ref_x, ref_theta = cost_and_grad(X, Theta, shifted, 0.3)
     assert abs(cost - ref_cost) <= 1e-9 * (1 + abs(ref_cost))
