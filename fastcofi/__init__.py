@@ -3,7 +3,8 @@
 Importing the package does no work and changes no environment variable.
 """
 
-from . import datasets
+from . import datasets, metrics, split
+from .evaluation import cross_validate
 from .io import RatingsFileError, read_ratings, read_titles
 from .model import MatrixFactorization
 from .ratings import Ratings
@@ -17,6 +18,9 @@ __all__ = [
     "RatingsFileError",
     "ConvergenceWarning",
     "datasets",
+    "metrics",
+    "split",
+    "cross_validate",
     "__version__",
 ]
 __version__ = "0.1.0"
