@@ -71,8 +71,10 @@ def run_demo(reg=DEMO_REG, n_factors=3, max_iter=100, random_state=0):
     ranking : list of (title, predicted rating), highest first
     """
     ratings, titles = toy_ratings_with_new_user()
+    # The tutorial's model: item-mean normalization and a plain (unweighted) penalty.
     model = MatrixFactorization(
-        n_factors, reg=reg, max_iter=max_iter, random_state=random_state, n_threads=1
+        n_factors, reg=reg, normalize="item_mean", reg_weighting="none", max_iter=max_iter,
+        tol=1e-4, random_state=random_state, n_threads=1,
     )
     model.fit(ratings)
     movies = model.item_ids_

@@ -36,21 +36,23 @@ class MatrixFactorization:
     ----------
     n_factors : int, default 10
         Latent dimension k.
-    reg : float, default 10.0
-        L2 regularization of both factor matrices (on the sum over ratings, as in the tutorial).
-    normalize : {"item_mean", "biases", "none"}, default "item_mean"
-    reg_bias : float, optional
-        L2 regularization of the learned biases (``normalize="biases"``); default ``reg``.
-    reg_weighting : {"none", "count"}, default "none"
+    reg : float, default 0.13
+        L2 regularization of both factor matrices (on the sum over ratings, as in the tutorial;
+        per rating of the row under the default count weighting).
+    normalize : {"item_mean", "biases", "none"}, default "biases"
+    reg_bias : float or None, default 0.05
+        L2 regularization of the learned biases (``normalize="biases"``); None means ``reg``.
+    reg_weighting : {"none", "count"}, default "count"
         ``"count"`` multiplies each row's penalty by its number of ratings (ALS-WR's weighting):
         users and items with many ratings are shrunk as much per rating as those with few.
+        ``"none"`` is the tutorial's plain penalty.
     solver : {"cg", "lbfgs", "als"}, default "cg"
         ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused Numba objective
         (the tutorial's trainer); ``"lbfgs"``: L-BFGS-B on the same objective; ``"als"``:
         alternating least squares, closed-form row solves in parallel.
     max_iter : int, default 300
         Iterations at most (ALS: sweeps over users and items).
-    tol : float, default 1e-4
+    tol : float, default 3e-3
         CG / L-BFGS: stop when the gradient's largest entry falls below ``tol`` times its initial
         value. ALS: stop when a sweep lowers the cost by less than ``tol`` relative. 0 disables.
     patience : int, default 10
@@ -94,13 +96,13 @@ class MatrixFactorization:
         self,
         n_factors=10,
         *,
-        reg=10.0,
-        normalize="item_mean",
-        reg_bias=None,
-        reg_weighting="none",
+        reg=0.13,
+        normalize="biases",
+        reg_bias=0.05,
+        reg_weighting="count",
         solver="cg",
         max_iter=300,
-        tol=1e-4,
+        tol=3e-3,
         patience=10,
         clip=True,
         init_scale=0.1,
@@ -381,6 +383,13 @@ class MatrixFactorization:
             lookup(self.user_ids_, users)[0], lookup(self.item_ids_, items)[0]
         )
         return pred if pred.ndim else float(pred)
+
+    def save(self, path):
+        """Write the fitted model to one ``.npz`` file (arrays only, atomically); see `load_model`."""
+        from .io import save_model
+
+        self._check_fitted()
+        save_model(self, path)
 
     def recommend(self, user, n=10, *, exclude_seen=True, items=None, filter_items=None):
         """Top-``n`` items for a user (or each user of an array), best first.

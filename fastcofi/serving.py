@@ -46,7 +46,8 @@ def _candidate_mask(model, items, filter_items):
 
 
 def _user_scores(model, u):
-    return model.item_factors_ @ model.user_factors_[u] + model.item_means_
+    mu, item_offset, user_offset = model._offsets()
+    return model.item_factors_ @ model.user_factors_[u] + (item_offset + (mu + user_offset[u]))
 
 
 def recommend(model, user, n, exclude_seen, items, filter_items):

@@ -72,7 +72,7 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None):
         start = time.perf_counter()
         _, grad0 = objective(x0)
         gtol = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else 0.0
-        options["gtol" if method == "CG" else "pgtol"] = gtol
+        options["gtol"] = gtol
         result = optimize.minimize(
             objective, x0, method=method, jac=True, callback=scipy_callback, options=options
         )

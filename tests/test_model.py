@@ -6,6 +6,9 @@ import pytest
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, reference
 from fastcofi.demo import toy_ratings_with_new_user
 
+# The tutorial's model: item-mean normalization and a plain penalty on the summed cost.
+TUTORIAL = dict(normalize="item_mean", reg_weighting="none")
+
 
 def _planted(seed=0, n_users=120, n_items=80, rank=3, noise=0.1, density=0.4):
     rng = np.random.default_rng(seed)
@@ -35,7 +38,7 @@ def test_fit_returns_self_and_init_only_stores_params():
 def test_toy_solution_is_a_stationary_point_of_the_dense_reference():
     """The tutorial's known answer: CG ends where the dense objective's gradient vanishes."""
     ratings, _ = toy_ratings_with_new_user()
-    model = MatrixFactorization(3, reg=1.0, max_iter=2000, tol=1e-8, random_state=0)
+    model = MatrixFactorization(3, reg=1.0, max_iter=2000, tol=1e-8, random_state=0, **TUTORIAL)
     with warnings.catch_warnings():
         # at this tol scipy may end on "precision loss", which is the stationary point we want
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -57,7 +60,7 @@ def test_toy_solution_is_a_stationary_point_of_the_dense_reference():
 
 def test_strong_regularization_gives_the_item_means():
     ratings, _ = toy_ratings_with_new_user()
-    model = MatrixFactorization(3, reg=30.0, random_state=0).fit(ratings)
+    model = MatrixFactorization(3, reg=30.0, random_state=0, **TUTORIAL).fit(ratings)
     assert np.abs(model.item_factors_ @ model.user_factors_.T).max() < 1e-3
 
 
@@ -80,7 +83,8 @@ def test_planted_low_rank_problem_is_recovered_near_the_noise_level():
     train, (u, i, y) = _planted(rank=3, noise=0.1)
     # One factor more than the planted rank: item means estimated from ~50 ratings each leave an
     # item-specific offset that the extra factor absorbs.
-    model = MatrixFactorization(4, reg=0.1, max_iter=1000, tol=1e-6, random_state=0).fit(train)
+    model = MatrixFactorization(4, reg=0.1, max_iter=1000, tol=1e-6, random_state=0, **TUTORIAL)
+    model.fit(train)
     rmse = np.sqrt(np.mean((model.predict(u, i) - y) ** 2))
     baseline = np.sqrt(np.mean((model.item_means_[i] - y) ** 2))
     assert rmse < 0.15 and baseline > 1.0
@@ -135,7 +139,7 @@ def test_callback_can_stop_and_validation_history_is_recorded():
 
 def test_predict_fallbacks_and_clipping():
     ratings = Ratings.from_arrays(["a", "a", "b"], ["x", "y", "x"], [1.0, 5.0, 3.0])
-    model = MatrixFactorization(2, reg=0.1, random_state=0).fit(ratings)
+    model = MatrixFactorization(2, reg=0.1, random_state=0, **TUTORIAL).fit(ratings)
     assert model.global_mean_ == 3.0 and model.rating_range_ == (1.0, 5.0)
     pred = model.predict(["a", "zz", "zz", "a"], ["x", "x", "nope", "nope"])
     assert pred.shape == (4,)
@@ -219,7 +223,9 @@ def test_unfitted_model_and_wrong_input_type():
 
 def test_normalize_none_trains_on_raw_ratings():
     train, (u, i, y) = _planted()
-    model = MatrixFactorization(4, reg=1.0, normalize="none", max_iter=500, random_state=0)
+    model = MatrixFactorization(
+        4, reg=1.0, normalize="none", reg_weighting="none", max_iter=500, random_state=0
+    )
     model.fit(train)
     assert model.item_means_ is None and model.item_bias_ is None
     assert np.sqrt(np.mean((model.predict(u, i) - y) ** 2)) < 0.6

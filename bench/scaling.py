@@ -1,0 +1,165 @@
+"""Scaling table for one objective evaluation: kernel vs vectorized vs dense reference.
+
+    python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
+
+Writes bench/results/objective_scaling.json (medians, ratios, environment) and, when matplotlib
+is installed, bench/results/objective_scaling.png (log-log time vs ratings). Cells that would need
+more than 8 GB are recorded as skipped with the reason.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import scipy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.problems import (  # noqa: E402
+    MEMORY_LIMIT,
+    SIZES,
+    Vectorized,
+    dense_bytes,
+    dense_cost_and_grad,
+    dense_inputs,
+    factors_for,
+    ratings_for,
+    vectorized_bytes,
+)
+from fastcofi.objective import cost_and_grad  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_seconds(fn, repeats, budget=20.0):
+    fn()  # compiled / warmed before timing
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget and len(times) >= 3:
+            break
+    return float(np.median(times)), len(times)
+
+
+def environment():
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "numba": numba.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "threading_layer": _threading_layer(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _threading_layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "not initialized"
+
+
+def run(sizes, factors, repeats):
+    rows = []
+    for size in sizes:
+        ratings = ratings_for(size)
+        for k in factors:
+            X, Theta = factors_for(ratings, k)
+            row = {"size": size, "nnz": ratings.nnz, "n_items": ratings.n_items,
+                   "n_users": ratings.n_users, "k": k}
+            for threads in (1, 2):
+                seconds, n = median_seconds(
+                    lambda: cost_and_grad(X, Theta, ratings, 1.0, n_threads=threads), repeats
+                )
+                row[f"kernel_{threads}t_s"] = seconds
+            row["kernel_ratings_per_s"] = ratings.nnz / row["kernel_2t_s"]
+            row["thread_speedup"] = row["kernel_1t_s"] / row["kernel_2t_s"]
+            if vectorized_bytes(size, k) > MEMORY_LIMIT:
+                row["vectorized_s"] = None
+                row["vectorized_skipped"] = f"needs > {MEMORY_LIMIT / 1e9:.0f} GB"
+            else:
+                vec = Vectorized(ratings)
+                row["vectorized_s"], _ = median_seconds(lambda: vec(X, Theta, 1.0), repeats)
+                row["speedup_vs_vectorized"] = row["vectorized_s"] / row["kernel_2t_s"]
+            n_items, n_users, _ = SIZES[size]
+            if dense_bytes(size, k) > MEMORY_LIMIT or n_items * n_users > 5000 * 5000:
+                row["dense_s"] = None
+                row["dense_skipped"] = "beyond 5k x 5k items x users (the issue's cut-off)"
+            else:
+                dense, mask = dense_inputs(size)
+                row["dense_s"], _ = median_seconds(
+                    lambda: dense_cost_and_grad(X, Theta, dense, mask, 1.0), repeats
+                )
+                row["speedup_vs_dense"] = row["dense_s"] / row["kernel_2t_s"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for k in sorted({r["k"] for r in rows}):
+        cells = sorted((r for r in rows if r["k"] == k), key=lambda r: r["nnz"])
+        nnz = [r["nnz"] for r in cells]
+        ax.loglog(nnz, [r["kernel_2t_s"] for r in cells], "o-", label=f"kernel, 2 threads, k={k}")
+        vec = [(r["nnz"], r["vectorized_s"]) for r in cells if r.get("vectorized_s")]
+        if vec:
+            ax.loglog(*zip(*vec), "s--", alpha=0.6, label=f"vectorized numpy/scipy, k={k}")
+        dense = [(r["nnz"], r["dense_s"]) for r in cells if r.get("dense_s")]
+        if dense:
+            ax.loglog(*zip(*dense), "^:", alpha=0.6, label=f"dense reference, k={k}")
+    ax.set_xlabel("ratings")
+    ax.set_ylabel("seconds per cost + gradient evaluation")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--factors", default="10,50,100")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default=str(RESULTS / "objective_scaling"))
+    args = parser.parse_args()
+    rows = run(args.sizes.split(","), [int(k) for k in args.factors.split(",")], args.repeats)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    slopes = {}
+    for k in sorted({r["k"] for r in rows}):
+        cells = [r for r in rows if r["k"] == k and r["size"] != "ml100k"]
+        if len(cells) >= 2:
+            slope = np.polyfit(np.log([r["nnz"] for r in cells]),
+                               np.log([r["kernel_2t_s"] for r in cells]), 1)[0]
+            slopes[str(k)] = float(slope)
+    doc = {"environment": environment(), "rows": rows, "loglog_slope_by_k": slopes}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out.with_suffix(".json"))
+    plot(rows, out.with_suffix(".png"))
+    print(json.dumps({"loglog_slope_by_k": slopes}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.optimize import check_grad
+
+from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, _kernels
+from fastcofi.objective import FlatObjective
+
+from .strategies import relative_error, sparse_problems
+
+
+def _problem(seed=0, n_users=60, n_items=40, density=0.3):
+    """Planted rank-3 ratings plus noise: a well-determined minimum for the solvers to agree on."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n_items, n_users)) < density
+    items, users = np.nonzero(mask)
+    planted = 3.0 + rng.normal(size=(n_items, 3)) @ rng.normal(size=(n_users, 3)).T
+    values = planted[items, users] + 0.3 * rng.normal(size=items.shape[0])
+    return Ratings.from_arrays(users, items, values, all_users=range(n_users), all_items=range(n_items))
+
+
+def _dense_objective(ratings, X, Theta, bi, bu, mu, reg, reg_bias, weighted):
+    users, items, values = ratings.coo()
+    err = np.einsum("ij,ij->i", X[items], Theta[users]) + mu + bi[items] + bu[users] - values
+    wi = np.diff(ratings.by_item[0]) if weighted else np.ones(ratings.n_items)
+    wu = np.diff(ratings.by_user[0]) if weighted else np.ones(ratings.n_users)
+    penalty = reg * (wi @ np.sum(X**2, axis=1) + wu @ np.sum(Theta**2, axis=1))
+    penalty += reg_bias * (wi @ bi**2 + wu @ bu**2)
+    return 0.5 * err @ err + 0.5 * penalty
+
+
+@given(sparse_problems(max_items=15, max_users=15, max_factors=4), st.booleans())
+def test_biased_weighted_objective_matches_formula_and_finite_differences(problem, weighted):
+    ratings, _, _, X, Theta, reg = problem
+    rng = np.random.default_rng(0)
+    bi, bu = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
+    objective = FlatObjective(
+        ratings, X.shape[1], reg, mu=0.7, learn_biases=True, reg_bias=0.3, count_weighted=weighted
+    )
+    x0 = objective.pack(X, Theta, bi, bu)
+    cost, grad = objective(x0)
+    expected = _dense_objective(ratings, X, Theta, bi, bu, 0.7, reg, 0.3, weighted)
+    assert abs(cost - expected) <= 1e-9 * (1 + abs(expected))
+    error = check_grad(lambda v: objective(v)[0], lambda v: objective(v)[1], x0)
+    assert error <= 1e-5 * (1 + np.linalg.norm(grad))
+
+
+@given(st.integers(0, 10_000), st.integers(1, 6), st.booleans(), st.integers(0, 12))
+def test_row_solve_equals_normal_equations(seed, k, fit_bias, n):
+    rng = np.random.default_rng(seed)
+    F = rng.normal(size=(15, k))
+    col_offset = rng.normal(size=15)
+    cols = rng.choice(15, size=n, replace=False).astype(np.int32)
+    values = rng.normal(size=n)
+    reg, reg_bias, row_offset = 0.7, 0.2, 0.4
+    A = np.empty((k + 1, k + 1))
+    b = np.empty(k + 1)
+    out = np.empty(k)
+    beta = _kernels.solve_row(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b, out)
+    design = np.hstack([F[cols], np.ones((n, 1))]) if fit_bias else F[cols]
+    target = values - col_offset[cols] - row_offset
+    penalty = np.diag([reg] * k + ([reg_bias] if fit_bias else []))
+    expected = np.linalg.solve(design.T @ design + penalty, design.T @ target)
+    assert relative_error(out, expected[:k]) <= 1e-10
+    assert beta == pytest.approx(expected[k] if fit_bias else 0.0, abs=1e-10)
+
+
+def test_row_solve_reports_a_singular_system():
+    F = np.zeros((3, 2))
+    out = np.ones(2)
+    beta = _kernels.solve_row(
+        np.array([0], dtype=np.int32), np.array([1.0]), F, np.zeros(3), 0.0, 0.0, 0.0, False,
+        np.empty((3, 3)), np.empty(3), out,
+    )
+    assert np.isnan(beta) and np.all(out == 0)
+
+
+@pytest.mark.parametrize("normalize", ["item_mean", "biases", "none"])
+@pytest.mark.parametrize("weighting", ["none", "count"])
+def test_all_solvers_reach_the_same_cost(normalize, weighting):
+    ratings = _problem()
+    reg = 1.0 if weighting == "count" else 10.0
+    costs = {}
+    for solver in ("cg", "lbfgs", "als"):
+        model = MatrixFactorization(
+            3, reg=reg, reg_bias=0.1, normalize=normalize, reg_weighting=weighting, solver=solver,
+            max_iter=3000, tol=1e-9, random_state=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(ratings)
+        costs[solver] = model.history_["cost"][-1]
+    assert costs["cg"] == pytest.approx(costs["als"], rel=1e-4)
+    assert costs["lbfgs"] == pytest.approx(costs["als"], rel=1e-4)
+
+
+def test_als_never_increases_the_cost_and_has_no_scipy_result():
+    model = MatrixFactorization(4, solver="als", random_state=0).fit(_problem())
+    assert model.result_ is None
+    assert np.all(np.diff(model.history_["cost"]) <= 1e-9 * model.history_["cost"][0])
+
+
+def test_biases_fallbacks():
+    ratings = Ratings.from_arrays(["a", "a", "b"], ["x", "y", "x"], [1.0, 5.0, 3.0])
+    model = MatrixFactorization(2, normalize="biases", random_state=0).fit(ratings)
+    mu, bi, bu = model.global_mean_, model.item_bias_, model.user_bias_
+    pred = model.predict(["new", "a", "new"], ["y", "new", "new"])
+    np.testing.assert_allclose(pred, np.clip([mu + bi[1], mu + bu[0], mu], 1.0, 5.0))
+    assert model.item_means_ is None
+
+
+def test_early_stopping_keeps_the_best_iterate():
+    ratings = _problem(1, n_users=150, n_items=100, density=0.2)
+    users, items, values = ratings.coo()
+    rng = np.random.default_rng(0)
+    test = rng.random(values.shape[0]) < 0.2
+    train = Ratings.from_arrays(users[~test], items[~test], values[~test],
+                                all_users=range(150), all_items=range(100))
+    validation = Ratings.from_arrays(users[test], items[test], values[test])
+    model = MatrixFactorization(
+        20, reg=0.001, normalize="biases", reg_weighting="none", solver="als", max_iter=500, tol=0,
+        patience=5,
+        random_state=0,
+    ).fit(train, validation=validation)
+    history = model.history_["val_rmse"]
+    best = int(np.argmin(history)) + 1
+    assert model.best_iteration_ == best < model.n_iter_ <= best + 5
+    pred = model.predict(users[test], items[test])
+    assert np.sqrt(np.mean((pred - values[test]) ** 2)) == pytest.approx(min(history))
+
+
+def test_clip_options():
+    ratings = Ratings.from_arrays([1, 1, 2, 2], [1, 2, 1, 2], [1.0, 5.0, 5.0, 1.0])
+    kwargs = dict(n_factors=2, reg=1e-4, reg_bias=1e-4, reg_weighting="none", random_state=0,
+                  max_iter=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clipped = MatrixFactorization(**kwargs).fit(ratings)
+        raw = MatrixFactorization(**kwargs, clip=False).fit(ratings)
+        narrow = MatrixFactorization(**kwargs, clip=(2.0, 4.0)).fit(ratings)
+    users, items = [1, 1, 2, 2], [1, 2, 1, 2]
+    assert clipped.predict(users, items).min() >= 1.0 and clipped.predict(users, items).max() <= 5.0
+    assert np.all((narrow.predict(users, items) >= 2.0) & (narrow.predict(users, items) <= 4.0))
+    assert raw.predict(users, items).max() > 4.9
+    with pytest.raises(ValueError, match="clip"):
+        MatrixFactorization(clip=(5, 1)).fit(ratings)
