@@ -18,6 +18,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import scipy
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -79,11 +80,16 @@ def run(sizes, factors, repeats):
             X, Theta = factors_for(ratings, k)
             row = {"size": size, "nnz": ratings.nnz, "n_items": ratings.n_items,
                    "n_users": ratings.n_users, "k": k}
-            for threads in (1, 2):
-                seconds, n = median_seconds(
-                    lambda: cost_and_grad(X, Theta, ratings, 1.0, n_threads=threads), repeats
-                )
-                row[f"kernel_{threads}t_s"] = seconds
+            # OpenBLAS workers busy-wait for a while after each BLAS call (data generation, the
+            # other formulations); a kernel thread sharing a core with one is descheduled. Park
+            # them first, as fit() does by capping BLAS at one thread.
+            with threadpool_limits(limits=1, user_api="blas"):
+                time.sleep(0.5)
+                for threads in (1, 2):
+                    seconds, n = median_seconds(
+                        lambda: cost_and_grad(X, Theta, ratings, 1.0, n_threads=threads), repeats
+                    )
+                    row[f"kernel_{threads}t_s"] = seconds
             row["kernel_ratings_per_s"] = ratings.nnz / row["kernel_2t_s"]
             row["thread_speedup"] = row["kernel_1t_s"] / row["kernel_2t_s"]
             if vectorized_bytes(size, k) > MEMORY_LIMIT:

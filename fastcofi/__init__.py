@@ -5,7 +5,7 @@ Importing the package does no work and changes no environment variable.
 
 from . import datasets, metrics, split
 from .evaluation import cross_validate
-from .io import RatingsFileError, read_ratings, read_titles
+from .io import ModelFileError, RatingsFileError, load_model, read_ratings, read_titles
 from .model import MatrixFactorization
 from .ratings import Ratings
 from .solvers import ConvergenceWarning
@@ -16,6 +16,8 @@ __all__ = [
     "read_ratings",
     "read_titles",
     "RatingsFileError",
+    "load_model",
+    "ModelFileError",
     "ConvergenceWarning",
     "datasets",
     "metrics",
