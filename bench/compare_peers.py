@@ -1,0 +1,182 @@
+"""fastcofi side by side with Surprise and cornac on MovieLens 100K (BENCHMARKS.md protocols).
+
+    python3 bench/compare_peers.py [--data ../shared/data/ml-100k] [--peers-python /path/to/venv/bin/python]
+
+Protocol A: official folds u1..u5, mean RMSE/MAE, median fit seconds. Protocol B: u.data in file
+order, test rows ``default_rng(42).permutation(n)[:20000]``, fit seeds 0, 1, 2 averaged.
+Predictions are clipped to 1..5. Fit time excludes reading files and JIT compilation (the
+kernels are loaded from numba's cache by one warm-up fit first).
+
+The peers are optional and never dependencies: they run in a separate interpreter
+(``--peers-python``, a virtualenv with scikit-surprise and cornac) that reads the same arrays;
+when it is missing their rows are left out. Writes bench/results/peers.json and peers.md.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastcofi import MatrixFactorization, Ratings  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+
+PEER_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+spec = json.load(open(sys.argv[1]))
+out = []
+for fold in spec["folds"]:
+    train = np.load(fold["train"]); test = np.load(fold["test"])
+    for name in spec["models"]:
+        for seed in fold["seeds"]:
+            if name.startswith("surprise"):
+                import pandas as pd
+                from surprise import SVD, SVDpp, BaselineOnly, Dataset, Reader
+                df = pd.DataFrame(train[:, :3], columns=["u", "i", "r"])
+                data = Dataset.load_from_df(df, Reader(rating_scale=(1, 5)))
+                trainset = data.build_full_trainset()
+                algo = {"surprise_svd": lambda: SVD(random_state=seed),
+                        "surprise_svdpp": lambda: SVDpp(random_state=seed),
+                        "surprise_baseline": lambda: BaselineOnly(verbose=False)}[name]()
+                t = time.perf_counter(); algo.fit(trainset); fit = time.perf_counter() - t
+                pred = np.array([algo.predict(int(u), int(i)).est for u, i in test[:, :2]])
+            else:
+                import cornac
+                from cornac.models import MF
+                triples = [(str(u), str(i), float(r)) for u, i, r in train[:, :3]]
+                ds = cornac.data.Dataset.from_uir(triples, seed=seed)
+                model = MF(seed=seed, verbose=False)
+                t = time.perf_counter(); model.fit(ds); fit = time.perf_counter() - t
+                pred = []
+                for u, i in test[:, :2]:
+                    uid = ds.uid_map.get(str(u)); iid = ds.iid_map.get(str(i))
+                    if uid is None or iid is None:
+                        pred.append(ds.global_mean)
+                    else:
+                        pred.append(float(model.score(uid, iid)))
+                pred = np.array(pred)
+            pred = np.clip(pred, 1, 5)
+            err = pred - test[:, 2]
+            out.append({"model": name, "fold": fold["name"], "seed": seed, "fit_s": fit,
+                        "rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))})
+            print(json.dumps(out[-1]), flush=True)
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def load_tab(path):
+    return np.loadtxt(path, dtype=np.int64)
+
+
+def folds(data, protocol):
+    if protocol == "A":
+        for k in range(1, 6):
+            yield f"u{k}", load_tab(data / f"u{k}.base"), load_tab(data / f"u{k}.test"), [0]
+    else:
+        rows = load_tab(data / "u.data")
+        perm = np.random.default_rng(42).permutation(rows.shape[0])
+        n_test = int(rows.shape[0] * 0.2)
+        yield "B", rows[perm[n_test:]], rows[perm[:n_test]], [0, 1, 2]
+
+
+def fastcofi_rows(data, protocol, configs):
+    out = []
+    tiny = Ratings.from_arrays([0, 1, 1], [0, 0, 1], [1.0, 2.0, 3.0])
+    for name, params in configs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            MatrixFactorization(**params, random_state=0).fit(tiny)  # load the cached kernels
+        for fold, train, test, seeds in folds(data, protocol):
+            ratings = Ratings.from_arrays(train[:, 0], train[:, 1], train[:, 2].astype(float))
+            for seed in seeds:
+                model = MatrixFactorization(**params, random_state=seed)
+                t = time.perf_counter()
+                model.fit(ratings)
+                fit = time.perf_counter() - t
+                err = model.predict(test[:, 0], test[:, 1]) - test[:, 2]
+                out.append({"model": name, "fold": fold, "seed": seed, "fit_s": fit,
+                            "rmse": float(np.sqrt(np.mean(err**2))),
+                            "mae": float(np.mean(np.abs(err))), "n_iter": model.n_iter_})
+    return out
+
+
+def peer_rows(data, protocol, python, models):
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {"models": models, "folds": []}
+        for fold, train, test, seeds in folds(data, protocol):
+            paths = {}
+            for part, arr in (("train", train), ("test", test)):
+                paths[part] = os.path.join(tmp, f"{fold}_{part}.npy")
+                np.save(paths[part], arr)
+            spec["folds"].append({"name": fold, "seeds": seeds, **paths})
+        spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
+        Path(spec_path).write_text(json.dumps(spec))
+        script = os.path.join(tmp, "peers.py")
+        Path(script).write_text(PEER_SCRIPT)
+        subprocess.run([python, script, spec_path, out_path], check=True)
+        return json.loads(Path(out_path).read_text())
+
+
+def summarize(rows):
+    table = {}
+    for row in rows:
+        table.setdefault(row["model"], []).append(row)
+    return {
+        name: {
+            "rmse": float(np.mean([r["rmse"] for r in rs])),
+            "mae": float(np.mean([r["mae"] for r in rs])),
+            "fit_s_median": float(np.median([r["fit_s"] for r in rs])),
+            "n_fits": len(rs),
+        }
+        for name, rs in table.items()
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_data = Path(os.environ.get("FASTCOFI_TEST_DATA", REPO.parent / "shared" / "data"))
+    parser.add_argument("--data", default=str(default_data / "ml-100k"))
+    parser.add_argument("--peers-python", default=None)
+    parser.add_argument("--peers", default="surprise_svd,surprise_svdpp,cornac_mf")
+    parser.add_argument("--protocols", default="A,B")
+    args = parser.parse_args()
+    data = Path(args.data)
+    configs = {
+        "fastcofi (defaults, CG)": {},
+        "fastcofi (defaults, ALS)": {"solver": "als"},
+        "fastcofi (tutorial: item mean, k=10, reg 10, CG)": {
+            "normalize": "item_mean", "reg": 10.0, "reg_weighting": "none", "tol": 1e-4,
+        },
+    }
+    report = {}
+    for protocol in args.protocols.split(","):
+        rows = fastcofi_rows(data, protocol, configs)
+        if args.peers_python:
+            rows += peer_rows(data, protocol, args.peers_python, args.peers.split(","))
+        report[protocol] = {"summary": summarize(rows), "rows": rows}
+        print(json.dumps({protocol: report[protocol]["summary"]}, indent=1), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "peers.json").write_text(json.dumps(report, indent=1))
+    lines = []
+    for protocol, doc in report.items():
+        lines += [f"Protocol {protocol}", "", "| model | RMSE | MAE | fit s (median) |", "|---|---|---|---|"]
+        for name, s in sorted(doc["summary"].items(), key=lambda kv: kv[1]["rmse"]):
+            lines.append(f"| {name} | {s['rmse']:.4f} | {s['mae']:.4f} | {s['fit_s_median']:.3f} |")
+        lines.append("")
+    (RESULTS / "peers.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
