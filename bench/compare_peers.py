@@ -101,13 +101,16 @@ def fastcofi_rows(data, protocol, configs):
             ratings = Ratings.from_arrays(train[:, 0], train[:, 1], train[:, 2].astype(float))
             for seed in seeds:
                 model = MatrixFactorization(**params, random_state=seed)
-                t = time.perf_counter()
-                model.fit(ratings)
-                fit = time.perf_counter() - t
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    t = time.perf_counter()
+                    model.fit(ratings)
+                    fit = time.perf_counter() - t
                 err = model.predict(test[:, 0], test[:, 1]) - test[:, 2]
                 out.append({"model": name, "fold": fold, "seed": seed, "fit_s": fit,
                             "rmse": float(np.sqrt(np.mean(err**2))),
-                            "mae": float(np.mean(np.abs(err))), "n_iter": model.n_iter_})
+                            "mae": float(np.mean(np.abs(err))), "n_iter": model.n_iter_,
+                            "converged": not caught})
     return out
 
 

@@ -1,5 +1,11 @@
 """`Ratings`: the immutable sparse store of observed ratings."""
 
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
 from . import _kernels
@@ -408,6 +414,127 @@ class Ratings:
         indptr, users, values = self._by_item
         items = np.repeat(np.arange(self.n_items, dtype=users.dtype), np.diff(indptr))
         return users, items, values
+
+    # -- persistence --------------------------------------------------------------------------
+    _FORMAT = "fastcofi-ratings"
+    _VERSION = 1
+    _ARRAYS = (
+        "user_ids", "item_ids", "item_indptr", "item_users", "item_values",
+        "user_indptr", "user_items", "user_values", "timestamps",
+    )
+
+    def save(self, folder):
+        """Write to ``folder`` as ``.npy`` files plus ``header.json``, so `load` can memory-map them.
+
+        The folder is written under a temporary name beside it and renamed into place, so an
+        interrupted save never leaves a half-written folder under ``folder``. An existing
+        folder is replaced.
+        """
+        folder = Path(folder)
+        arrays = dict(
+            zip(self._ARRAYS, (self._user_ids, self._item_ids, *self._by_item, *self._by_user,
+                               self._timestamps))
+        )
+        header = {
+            "format": self._FORMAT,
+            "version": self._VERSION,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "nnz": self.nnz,
+            "arrays": [name for name, a in arrays.items() if a is not None],
+        }
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            for name, array in arrays.items():
+                if array is not None:
+                    np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            (tmp / "header.json").write_text(json.dumps(header))
+            if folder.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+                os.replace(folder, old / "previous")
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, folder, mmap=True):
+        """Read a folder written by `save`; with ``mmap`` the arrays are memory-mapped read-only.
+
+        Raises
+        ------
+        ValueError
+            When the folder is not a fastcofi ratings folder or its arrays are inconsistent.
+        """
+        folder = Path(folder)
+        header_path = folder / "header.json"
+        if not header_path.is_file():
+            raise ValueError(f"{folder}: not a fastcofi ratings folder (no header.json)")
+        try:
+            header = json.loads(header_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{header_path}: invalid JSON header ({exc})") from None
+        if not isinstance(header, dict) or header.get("format") != cls._FORMAT:
+            raise ValueError(f"{header_path}: not a fastcofi ratings header")
+        if header.get("version") != cls._VERSION:
+            raise ValueError(
+                f"{header_path}: format version {header.get('version')!r} is not supported "
+                f"(this fastcofi reads version {cls._VERSION})"
+            )
+        arrays = {}
+        for name in cls._ARRAYS:
+            path = folder / f"{name}.npy"
+            if name in header.get("arrays", ()):
+                try:
+                    arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise ValueError(f"{path}: cannot be read as an array ({exc})") from None
+            else:
+                arrays[name] = None
+        obj = object.__new__(cls)
+        obj._user_ids, obj._item_ids = arrays["user_ids"], arrays["item_ids"]
+        obj._by_item = (arrays["item_indptr"], arrays["item_users"], arrays["item_values"])
+        obj._by_user = (arrays["user_indptr"], arrays["user_items"], arrays["user_values"])
+        obj._timestamps = arrays["timestamps"]
+        obj._check_loaded(folder, header)
+        obj._item_chunks = _chunks(np.asarray(obj._by_item[0]))
+        obj._user_chunks = _chunks(np.asarray(obj._by_user[0]))
+        _readonly(obj._user_ids, obj._item_ids, *obj._by_item, *obj._by_user, obj._timestamps)
+        _readonly(obj._item_chunks, obj._user_chunks)
+        return obj
+
+    def _check_loaded(self, folder, header):
+        n_users, n_items, nnz = header.get("n_users"), header.get("n_items"), header.get("nnz")
+        problems = []
+        if self._user_ids is None or self._user_ids.shape != (n_users,):
+            problems.append(f"user_ids should have {n_users} entries")
+        if self._item_ids is None or self._item_ids.shape != (n_items,):
+            problems.append(f"item_ids should have {n_items} entries")
+        for side, (indptr, indices, values), rows, cols in (
+            ("item", self._by_item, n_items, n_users),
+            ("user", self._by_user, n_users, n_items),
+        ):
+            if indptr is None or indices is None or values is None:
+                problems.append(f"the by-{side} CSR is incomplete")
+                continue
+            if indptr.shape != (rows + 1,) or indptr.dtype.kind != "i":
+                problems.append(f"{side}_indptr should be {rows + 1} integers")
+            elif indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+                problems.append(f"{side}_indptr is not a valid CSR index")
+            if indices.shape != (nnz,) or indices.dtype.kind != "i":
+                problems.append(f"the by-{side} indices should be {nnz} integers")
+            elif nnz and (indices.min() < 0 or indices.max() >= cols):
+                problems.append(f"the by-{side} indices are out of range")
+            if values.shape != (nnz,) or values.dtype not in (np.float64, np.float32):
+                problems.append(f"the by-{side} values should be {nnz} floats")
+        if self._timestamps is not None and self._timestamps.shape != (nnz,):
+            problems.append(f"timestamps should have {nnz} entries")
+        if problems:
+            raise ValueError(f"{folder}: corrupt ratings folder: " + "; ".join(problems))
 
     def __repr__(self):
         return f"Ratings(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz})"

@@ -176,3 +176,39 @@ def test_lookup_matches_types_and_marks_unknown():
     np.testing.assert_array_equal(known, [True, True, False, False, True, False])
     index, known = lookup(np.array(["a", "b"]), np.array(["b", "c"]))
     np.testing.assert_array_equal(index, [1, -1])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    r = Ratings.from_arrays(["b", "a", "b"], [3, 1, 1], [1.0, 2.0, 3.5], timestamps=[5, 6, 7],
+                            all_items=[1, 2, 3])
+    r.save(tmp_path / "r")
+    for mmap in (True, False):
+        back = Ratings.load(tmp_path / "r", mmap=mmap)
+        assert (back.n_users, back.n_items, back.nnz) == (2, 3, 3)
+        np.testing.assert_array_equal(back.user_ids, r.user_ids)
+        for a, b in zip(back.by_item + back.by_user, r.by_item + r.by_user):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(back.timestamps, r.timestamps)
+        with pytest.raises(ValueError):
+            back.values[0] = 1.0
+    r2 = Ratings.from_arrays([1], [1], [4.0])
+    r2.save(tmp_path / "r")  # replaces the folder
+    assert Ratings.load(tmp_path / "r").nnz == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no temporary folders left
+
+
+def test_load_rejects_foreign_and_corrupt_folders(tmp_path):
+    with pytest.raises(ValueError, match="no header.json"):
+        Ratings.load(tmp_path)
+    r = Ratings.from_arrays([1, 2], [1, 2], [4.0, 5.0])
+    r.save(tmp_path / "r")
+    np.save(tmp_path / "r" / "item_users.npy", np.array([0, 7], dtype=np.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        Ratings.load(tmp_path / "r")
+    (tmp_path / "r" / "header.json").write_text('{"format": "fastcofi-ratings", "version": 9}')
+    with pytest.raises(ValueError, match="version 9"):
+        Ratings.load(tmp_path / "r")
+    r.save(tmp_path / "p")
+    np.save(tmp_path / "p" / "user_ids.npy", np.array([1, "x"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="user_ids.npy: cannot be read"):
+        Ratings.load(tmp_path / "p")
