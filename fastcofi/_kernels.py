@@ -231,3 +231,251 @@ def solve_rows(
             if fit_bias:
                 out_bias[r] = beta
     return failures.sum()
+
+
+# -- serving -------------------------------------------------------------------------------------
+# Top-n selection keeps a min-heap of the n best (score, index) pairs seen so far, "best" meaning
+# the higher score and, between equal scores, the smaller index; the root is the worst kept pair.
+# One pass over the scores, O(n_items log n), no full sort. Excluded items carry a score of -inf
+# (NaN is excluded too) and are never selected.
+
+
+@nb.njit(cache=True, nogil=True)
+def _worse(s1, i1, s2, i2):
+    """True when (s1, i1) ranks below (s2, i2): a lower score, or an equal score, larger index."""
+    return s1 < s2 or (s1 == s2 and i1 > i2)
+
+
+@nb.njit(cache=True, nogil=True)
+def _sift_down(heap_s, heap_i, size, pos):
+    s, i = heap_s[pos], heap_i[pos]
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        right = child + 1
+        if right < size and _worse(heap_s[right], heap_i[right], heap_s[child], heap_i[child]):
+            child = right
+        if not _worse(heap_s[child], heap_i[child], s, i):
+            break
+        heap_s[pos], heap_i[pos] = heap_s[child], heap_i[child]
+        pos = child
+    heap_s[pos], heap_i[pos] = s, i
+
+
+@nb.njit(cache=True, nogil=True)
+def select_top_n(scores, n, out_index, out_scores):
+    """The ``n`` best finite entries of ``scores``, best first, into ``out_index`` / ``out_scores``.
+
+    Entries that are -inf or NaN are skipped. Equal scores are ordered by the smaller index first.
+    ``out_*`` need room for ``n``; returns how many were written (fewer than ``n`` when there are
+    fewer candidates). The outputs are used as the heap, so no scratch is allocated.
+    """
+    size = 0
+    if n <= 0:
+        return 0
+    for i in range(scores.shape[0]):
+        s = scores[i]
+        if not s > -np.inf:
+            continue
+        if size < n:
+            # Sift the new pair up from the end.
+            pos = size
+            size += 1
+            while pos > 0:
+                parent = (pos - 1) // 2
+                if not _worse(s, i, out_scores[parent], out_index[parent]):
+                    break
+                out_scores[pos], out_index[pos] = out_scores[parent], out_index[parent]
+                pos = parent
+            out_scores[pos], out_index[pos] = s, i
+        elif _worse(out_scores[0], out_index[0], s, i):
+            out_scores[0], out_index[0] = s, i
+            _sift_down(out_scores, out_index, size, 0)
+    # Heap sort: move the worst kept pair to the end, repeatedly; leaves them best first.
+    for end in range(size - 1, 0, -1):
+        s, i = out_scores[0], out_index[0]
+        out_scores[0], out_index[0] = out_scores[end], out_index[end]
+        out_scores[end], out_index[end] = s, i
+        _sift_down(out_scores, out_index, end, 0)
+    return size
+
+
+@nb.njit(cache=True, nogil=True)
+def _finish_row(scores, item_off, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask):
+    """Turn dot products into scores in place: add the offsets, set excluded items to -inf."""
+    for i in range(scores.shape[0]):
+        scores[i] = scores[i] + item_off[i] + base
+    if exclude_seen:
+        for p in range(seen_indptr[u], seen_indptr[u + 1]):
+            scores[seen_items[p]] = -np.inf
+    if use_mask:
+        for i in range(scores.shape[0]):
+            if not mask[i]:
+                scores[i] = -np.inf
+
+
+@nb.njit(cache=True, nogil=True)
+def top_n_one(
+    scores, item_off, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask, n,
+    out_index, out_scores,
+):
+    """Top-``n`` items of one user from their dot products ``scores`` (overwritten); serial.
+
+    The score of item ``i`` is ``scores[i] + item_off[i] + base``; the items of row ``u`` of the
+    CSR (``seen_indptr``, ``seen_items``) are left out when ``exclude_seen``, and so are the
+    items where ``mask`` is False when ``use_mask``. Returns how many were written.
+    """
+    _finish_row(scores, item_off, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask)
+    return select_top_n(scores, n, out_index, out_scores)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def top_n_batch(
+    scores, users, item_off, mu, user_off, seen_indptr, seen_items, exclude_seen, mask, use_mask,
+    n, out_index, out_scores,
+):
+    """`top_n_one` for each row of ``scores`` (user ``users[r]``), in parallel over rows.
+
+    Row ``r`` of ``out_index`` / ``out_scores`` receives the top-n, padded with -1 and -inf; each
+    thread writes only the rows it owns.
+    """
+    for r in prange(scores.shape[0]):
+        u = users[r]
+        _finish_row(
+            scores[r], item_off, mu + user_off[u], seen_indptr, seen_items, u, exclude_seen, mask,
+            use_mask,
+        )
+        count = select_top_n(scores[r], n, out_index[r], out_scores[r])
+        for q in range(count, n):
+            out_index[r, q] = -1
+            out_scores[r, q] = -np.inf
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+def cosine_top_n(F, norms, q, n, out_index, out_scores):
+    """Rows of ``F`` most cosine-similar to row ``q`` (itself left out), best first.
+
+    ``norms`` holds each row's Euclidean norm; a zero-norm row has similarity 0 with everything.
+    Returns how many were written.
+    """
+    k = F.shape[1]
+    sims = np.empty(F.shape[0])
+    qn = norms[q]
+    for i in range(F.shape[0]):
+        denom = norms[i] * qn
+        if denom > 0.0:
+            acc = 0.0
+            for f in range(k):
+                acc += F[i, f] * F[q, f]
+            sims[i] = acc / denom
+        else:
+            sims[i] = 0.0
+    sims[q] = -np.inf
+    return select_top_n(sims, n, out_index, out_scores)
+
+
+@nb.njit(cache=True, nogil=True)
+def lookup_int(known_ids, query, out):
+    """``out[p]`` = the position of ``query[p]`` in the sorted ``known_ids`` or -1 (bisection)."""
+    m = known_ids.shape[0]
+    for p in range(query.shape[0]):
+        value = query[p]
+        lo, hi = 0, m
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if known_ids[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[p] = lo if lo < m and known_ids[lo] == value else -1
+
+
+@nb.njit(cache=True, nogil=True)
+def _fold_known(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out):
+    """`solve_row` on the ratings whose ``index`` is >= 0; returns ``(beta, status)``."""
+    m = 0
+    for p in range(index.shape[0]):
+        if index[p] >= 0:
+            m += 1
+    cols = np.empty(m, dtype=np.int64)
+    vals = np.empty(m)
+    q = 0
+    for p in range(index.shape[0]):
+        if index[p] >= 0:
+            cols[q] = index[p]
+            vals[q] = values[p]
+            q += 1
+    weight = float(m) if count_weighted else 1.0
+    k = F.shape[1]
+    d = k + 1 if fit_bias else k
+    A = np.empty((d, d))
+    b = np.empty(d)
+    beta = solve_row(
+        cols, vals, F, col_offset, 0.0, reg * weight, reg_bias * weight, fit_bias, A, b, out
+    )
+    if np.isnan(beta):
+        for f in range(k):
+            out[f] = 0.0
+        return 0.0, 2
+    return beta, 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _has_repeat(values):
+    if values.shape[0] < 2:
+        return False
+    ordered = np.sort(values)
+    for p in range(1, ordered.shape[0]):
+        if ordered[p] == ordered[p - 1]:
+            return True
+    return False
+
+
+@nb.njit(cache=True, nogil=True)
+def _all_finite(values):
+    for p in range(values.shape[0]):
+        if not np.isfinite(values[p]):
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def fold_in_row(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out):
+    """A new row's factors from its ratings with ``F`` fixed: the training row solve, `solve_row`.
+
+    ``index[p]`` is the column of ``values[p]``, -1 for an unknown column (ignored). With
+    ``count_weighted`` the penalties are multiplied by the number of known ratings, as in
+    training. Writes ``out`` (length k) and returns ``(beta, status)``: status 0 on success, 1
+    when a known column repeats, 2 when the system is not positive definite (``out`` and
+    ``beta`` are zeros, as training leaves such a row), 3 when a value is not finite.
+    """
+    if not _all_finite(values):
+        return 0.0, 3
+    m = 0
+    for p in range(index.shape[0]):
+        if index[p] >= 0:
+            m += 1
+    known = np.empty(m, dtype=np.int64)
+    q = 0
+    for p in range(index.shape[0]):
+        if index[p] >= 0:
+            known[q] = index[p]
+            q += 1
+    if _has_repeat(known):
+        return 0.0, 1
+    return _fold_known(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out)
+
+
+@nb.njit(cache=True, nogil=True)
+def fold_in_ids(
+    known_ids, query, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, index, out
+):
+    """`fold_in_row` from integer external ids: looks ``query`` up in the sorted ``known_ids``
+    (writing ``index``, -1 for unknown), then solves. Status 1 when any id repeats."""
+    if not _all_finite(values):
+        return 0.0, 3
+    if _has_repeat(query):
+        return 0.0, 1
+    lookup_int(known_ids, query, index)
+    return _fold_known(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out)

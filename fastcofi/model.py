@@ -420,3 +420,144 @@ class MatrixFactorization:
         self._check_fitted()
         return serving.recommend(self, user, n, exclude_seen, items, filter_items)
 
+    # -- new users ----------------------------------------------------------------------------
+    def fold_in(self, items, values):
+        """A new user's factors (and bias) from their ratings, the item side held fixed.
+
+        Solves the same regularized least-squares row as ALS training does for a user (the
+        kernel `fastcofi._kernels.solve_row`), with the same normalization, biases and
+        regularization (under ``reg_weighting="count"`` the penalty is scaled by the number of
+        known rated items). A training user's own ratings give back their trained factors once
+        training has converged. No retraining; microseconds.
+
+        Parameters
+        ----------
+        items : array-like of item ids, shape (m,)
+            Must not repeat. Items the model does not know are ignored.
+        values : array-like of float, shape (m,)
+            The user's ratings of ``items``, on the training scale.
+
+        Returns
+        -------
+        user_vector : ndarray of shape (n_factors,), float64
+            All zeros when no rated item is known.
+        user_bias : float
+            0.0 unless ``normalize="biases"``.
+
+        Raises
+        ------
+        ValueError
+            Repeated items, mismatched shapes or non-finite values.
+        """
+        self._check_fitted()
+        return serving.fold_in(self, items, values)
+
+    def recommend_new_user(self, items, values, n=10, *, exclude_seen=True):
+        """Top-``n`` items for a user known only by their ratings (folded in, see `fold_in`).
+
+        Parameters
+        ----------
+        items, values : array-like, shape (m,)
+            The user's ratings; unknown items are ignored.
+        n : int
+        exclude_seen : bool
+            Leave out the items in ``items``.
+
+        Returns
+        -------
+        item_ids : ndarray of shape (min(n, candidates),)
+        scores : ndarray of float64, same shape; raw predicted ratings, best first
+        """
+        self._check_fitted()
+        return serving.recommend_new_user(self, items, values, n, exclude_seen)
+
+    def predict_new_user(self, items, values, candidate_items):
+        """Predicted ratings of ``candidate_items`` by a user known only by their ratings.
+
+        Clipped like `predict`; an unknown candidate gets `predict`'s fallback (the global mean,
+        plus the folded-in bias under ``normalize="biases"``).
+
+        Returns
+        -------
+        ndarray of float64, the shape of ``candidate_items``
+        """
+        self._check_fitted()
+        return serving.predict_new_user(self, items, values, candidate_items)
+
+    def add_users(self, ratings):
+        """A new model that also holds the users of ``ratings``, folded in; ``self`` is untouched.
+
+        Each new user is solved as in `fold_in` (ratings of unknown items ignored) and can then
+        be recommended by id; their rated items count as seen. The item side is shared.
+
+        Parameters
+        ----------
+        ratings : Ratings
+            Ratings by users that are not in the model (ids of the model's type).
+
+        Returns
+        -------
+        MatrixFactorization
+
+        Raises
+        ------
+        ValueError
+            A user id that already exists in the model.
+        """
+        self._check_fitted()
+        return serving.add_users(self, ratings)
+
+    # -- similarity and clusters --------------------------------------------------------------
+    def similar_items(self, item, n=10):
+        """The ``n`` items whose factors are most cosine-similar to ``item``'s (itself excluded).
+
+        Returns
+        -------
+        item_ids : ndarray of shape (min(n, n_items - 1),)
+        similarities : ndarray of float64 in [-1, 1], same shape, best first
+
+        Raises
+        ------
+        KeyError
+            For an item id not in the model.
+        """
+        self._check_fitted()
+        return serving.similar(self, item, n, "item")
+
+    def similar_users(self, user, n=10):
+        """The ``n`` users most cosine-similar to ``user`` in factor space (itself excluded).
+
+        Returns
+        -------
+        user_ids : ndarray of shape (min(n, n_users - 1),)
+        similarities : ndarray of float64, same shape, best first
+
+        Raises
+        ------
+        KeyError
+            For a user id not in the model.
+        """
+        self._check_fitted()
+        return serving.similar(self, user, n, "user")
+
+    def cluster_users(self, n_clusters, *, random_state=None):
+        """Group the users by their learned preferences: k-means (scipy's ``kmeans2``, k-means++
+        seeding from ``random_state``) on ``user_factors_``.
+
+        Returns
+        -------
+        fastcofi.serving.UserClusters
+            ``.labels`` (aligned with ``user_ids_``), ``.centers``, ``.recommend(cluster, n)``.
+        """
+        self._check_fitted()
+        return serving.cluster_users(self, n_clusters, random_state)
+
+    def warm_up(self):
+        """Run every serving kernel once on tiny inputs, so no request pays for compilation.
+
+        The kernels are compiled (or loaded from numba's cache) for this model's own array
+        types (a loaded model's arrays are read-only, a different type). Returns self.
+        """
+        self._check_fitted()
+        serving.warm_up(self)
+        return self

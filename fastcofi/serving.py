@@ -1,28 +1,105 @@
-"""Recommendations from a fitted model: scoring, exclusions and top-n selection."""
+"""Serving a fitted model: recommend (one user or a batch), fold-in, similar items, clusters.
 
+Everything here only reads the model, so a fitted model can serve many threads at once. Scoring
+and top-n selection run in Numba kernels (`fastcofi._kernels`) that release the GIL:
+
+- one user (`recommend` with a scalar, `recommend_new_user`, cluster recommendations): BLAS
+  computes ``X @ theta``, then a serial kernel adds the offsets, masks the excluded items and
+  keeps the best ``n`` in a heap, in one pass; nothing is sorted but the ``n`` kept;
+- many users (`recommend` with an array): chunks of users (a score buffer of about 32 MiB,
+  whatever the number of users), each scored by one BLAS product and finished by a kernel
+  parallel over the chunk's users;
+- similar items / users: a serial kernel of cosine similarities and the same heap selection;
+- a new user (`fold_in`): the training row solve, `fastcofi._kernels.solve_row`, with the items
+  fixed and the same offsets, biases and regularization as ALS training.
+
+Thread safety: the serial kernels share nothing. Numba's parallel kernels may only be entered
+from several threads at once under the ``tbb`` or ``omp`` threading layers; under ``workqueue``
+(or before numba has chosen a layer) calls into parallel kernels are serialized by a lock.
+
+Ties: items with equal scores are ranked by their position in ``item_ids_`` (smaller first).
+"""
+
+import threading
+from contextlib import nullcontext
+
+import numba
 import numpy as np
 
-from .ratings import lookup
+from . import _kernels
+from .ratings import Ratings, lookup
 
-__all__ = ["recommend", "top_n"]
+__all__ = ["UserClusters", "fold_in", "recommend", "similar"]
+
+_THREAD_SAFE_LAYERS = ("tbb", "omp")
+_PARALLEL_LOCK = threading.Lock()
+_layer_safe = False
+_NO_MASK = np.ones(0, dtype=np.bool_)
+# Scores held at once by the batch path (users per chunk x items): 32 MiB of float64, whatever
+# the number of users.
+_BATCH_CELLS = 1 << 22
+# Chunks of the parallel row solves of add_users.
+_MAX_CHUNKS = 256
 
 
-def top_n(scores, n):
-    """Indices of the ``n`` largest finite scores, best first (partial selection, then a short sort).
+def _parallel_guard():
+    """A lock around parallel kernel calls unless numba runs on a thread-safe threading layer."""
+    return nullcontext() if _layer_safe else _PARALLEL_LOCK
 
-    Ties are broken by the smaller index, so results are deterministic.
-    """
-    candidates = np.flatnonzero(np.isfinite(scores)) if not np.all(np.isfinite(scores)) else None
-    pool = scores if candidates is None else scores[candidates]
-    n = min(int(n), pool.shape[0])
-    if n <= 0:
-        return np.empty(0, dtype=np.int64)
-    if n < pool.shape[0]:
-        part = np.argpartition(-pool, n - 1)[:n]
-    else:
-        part = np.arange(pool.shape[0])
-    best = part[np.lexsort((part, -pool[part]))]
-    return best if candidates is None else candidates[best]
+
+def _note_layer():
+    global _layer_safe
+    try:
+        _layer_safe = numba.threading_layer() in _THREAD_SAFE_LAYERS
+    except ValueError:  # no parallel kernel has run yet
+        pass
+
+
+class _State:
+    """Arrays the kernels need, derived once per fitted state of a model (kept in ``_serving``)."""
+
+    __slots__ = (
+        "Theta", "X", "col_offset", "int_items", "item_norms", "item_off", "key", "mu",
+        "seen_indptr", "seen_items", "user_norms", "user_off",
+    )
+
+    def __init__(self, model, key):
+        self.key = key
+        mu, item_off, user_off = model._offsets()
+        self.X = np.ascontiguousarray(model.item_factors_, dtype=np.float64)
+        self.Theta = np.ascontiguousarray(model.user_factors_, dtype=np.float64)
+        self.mu = float(mu)
+        self.item_off = np.ascontiguousarray(item_off, dtype=np.float64)
+        self.user_off = np.ascontiguousarray(user_off, dtype=np.float64)
+        # The user solve's column offsets exactly as ALS training forms them: mu + item offset.
+        self.col_offset = self.mu + self.item_off
+        indptr, items = model._seen
+        self.seen_indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.seen_items = np.ascontiguousarray(items)
+        self.item_norms = None
+        self.user_norms = None
+        self.int_items = model.item_ids_.dtype == np.int64
+
+
+def _state(model):
+    """The model's serving state, rebuilt when a fitted array was replaced (e.g. by a refit)."""
+    d = model.__dict__
+    state = d.get("_serving")
+    if state is not None:
+        key = state.key
+        if (
+            key[0] is d["item_factors_"] and key[1] is d["user_factors_"]
+            and key[2] is d["item_bias_"] and key[3] is d["user_bias_"]
+            and key[4] is d["item_means_"] and key[5] is d["global_mean_"] and key[6] is d["_seen"]
+        ):
+            return state
+    key = (
+        d["item_factors_"], d["user_factors_"], d["item_bias_"], d["user_bias_"],
+        d["item_means_"], d["global_mean_"], d["_seen"],
+    )
+    state = _State(model, key)
+    d["_serving"] = state  # a benign race: every thread builds the same state
+    return state
 
 
 def _check_n(n):
@@ -31,51 +108,397 @@ def _check_n(n):
     return int(n)
 
 
+def _indices(known_ids, query):
+    """Dense indices of a 1-D array of external ids (-1 where unknown), int64."""
+    if known_ids.dtype.kind in "iu" and query.dtype.kind in "iu":
+        out = np.empty(query.shape[0], dtype=np.int64)
+        _kernels.lookup_int(known_ids, np.array(query, dtype=np.int64), out)
+        return out
+    return lookup(known_ids, query)[0]
+
+
+def _one_index(known_ids, value, what):
+    """The dense index of one external id; KeyError naming it when unknown."""
+    index = _indices(known_ids, np.asarray(value).reshape(1))[0]
+    if index < 0:
+        raise KeyError(f"unknown {what} {_plain(value)!r}: not in the model's {what}s")
+    return int(index)
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _candidate_mask(model, items, filter_items):
+    """(mask, use_mask): the candidate items as a boolean mask, or no mask at all."""
+    if items is None and filter_items is None:
+        return _NO_MASK, False
     n_items = model.item_factors_.shape[0]
     if items is None:
-        mask = np.ones(n_items, dtype=bool)
+        mask = np.ones(n_items, dtype=np.bool_)
     else:
-        index, known = lookup(model.item_ids_, np.atleast_1d(np.asarray(items)))
-        mask = np.zeros(n_items, dtype=bool)
-        mask[index[known]] = True
+        index = _indices(model.item_ids_, np.atleast_1d(np.asarray(items)).reshape(-1))
+        mask = np.zeros(n_items, dtype=np.bool_)
+        mask[index[index >= 0]] = True
     if filter_items is not None:
-        index, known = lookup(model.item_ids_, np.atleast_1d(np.asarray(filter_items)))
-        mask[index[known]] = False
-    return mask
+        index = _indices(model.item_ids_, np.atleast_1d(np.asarray(filter_items)).reshape(-1))
+        mask[index[index >= 0]] = False
+    return mask, True
 
 
-def _user_scores(model, u):
-    mu, item_offset, user_offset = model._offsets()
-    return model.item_factors_ @ model.user_factors_[u] + (item_offset + (mu + user_offset[u]))
+def _pad_id(ids):
+    return "" if ids.dtype.kind == "U" else -1
+
+
+def _ids_of(known_ids, index):
+    """External ids for dense indices, the padding id where an index is -1."""
+    if known_ids.shape[0] == 0:
+        return np.full(index.shape, _pad_id(known_ids), dtype=known_ids.dtype)
+    out = known_ids[np.maximum(index, 0)]
+    if index.size and index.min() < 0:
+        out[index < 0] = _pad_id(known_ids)
+    return out
+
+
+def _top_one(state, theta, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask, n,
+             item_ids):
+    """Top-n for one user vector ``theta``: BLAS scores, then the serial selection kernel."""
+    n_eff = min(n, state.X.shape[0])
+    scores = state.X @ theta
+    out_index = np.empty(n_eff, dtype=np.int64)
+    out_scores = np.empty(n_eff)
+    count = _kernels.top_n_one(
+        scores, state.item_off, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask,
+        n_eff, out_index, out_scores,
+    )
+    return item_ids[out_index[:count]], out_scores[:count]
+
+
+def _batch_rows(n_items):
+    """Users per chunk of the batch path: a score buffer of about ``_BATCH_CELLS`` floats."""
+    return max(1, _BATCH_CELLS // max(n_items, 1))
 
 
 def recommend(model, user, n, exclude_seen, items, filter_items):
     """See `MatrixFactorization.recommend`."""
     n = _check_n(n)
-    batch = np.ndim(user) > 0
-    users = np.atleast_1d(np.asarray(user))
-    index, known = lookup(model.user_ids_, users)
-    if not known.all():
-        missing = users[np.flatnonzero(~known)[0]]
-        raise KeyError(f"unknown user {missing.item()!r}: not in the model's training users")
-    mask = _candidate_mask(model, items, filter_items)
-    seen_indptr, seen_items = model._seen
-    id_rows, score_rows = [], []
-    for u in index:
-        scores = _user_scores(model, u)
-        scores[~mask] = -np.inf
-        if exclude_seen:
-            scores[seen_items[seen_indptr[u] : seen_indptr[u + 1]]] = -np.inf
-        best = top_n(scores, n)
-        id_rows.append(model.item_ids_[best])
-        score_rows.append(scores[best])
-    if not batch:
-        return id_rows[0], score_rows[0]
-    pad_id = "" if model.item_ids_.dtype.kind == "U" else -1
-    ids = np.full((len(index), n), pad_id, dtype=model.item_ids_.dtype)
-    out = np.full((len(index), n), -np.inf)
-    for row, (i, s) in enumerate(zip(id_rows, score_rows)):
-        ids[row, : i.shape[0]] = i
-        out[row, : s.shape[0]] = s
-    return ids, out
+    state = _state(model)
+    mask, use_mask = _candidate_mask(model, items, filter_items)
+    exclude_seen = bool(exclude_seen)
+    if np.ndim(user) == 0:
+        u = _one_index(model.user_ids_, user, "user")
+        return _top_one(
+            state, state.Theta[u], state.mu + state.user_off[u], state.seen_indptr,
+            state.seen_items, u, exclude_seen, mask, use_mask, n, model.item_ids_,
+        )
+    users = np.asarray(user).reshape(-1)
+    index = _indices(model.user_ids_, users)
+    if users.size and index.min() < 0:
+        missing = users[np.flatnonzero(index < 0)[0]]
+        raise KeyError(f"unknown user {_plain(missing)!r}: not in the model's training users")
+    n_query = users.shape[0]
+    out_index = np.empty((n_query, n), dtype=np.int64)
+    out_scores = np.empty((n_query, n))
+    if n_query and n:
+        from .objective import threads
+
+        X = state.X
+        rows = min(n_query, _batch_rows(X.shape[0]))
+        buffer = np.empty((rows, X.shape[0]))
+        for start in range(0, n_query, rows):
+            stop = min(start + rows, n_query)
+            chunk = index[start:stop]
+            scores = buffer[: stop - start]
+            np.matmul(state.Theta[chunk], X.T, out=scores)  # BLAS; releases the GIL
+            with threads(model.n_threads), _parallel_guard():
+                _kernels.top_n_batch(
+                    scores, chunk, state.item_off, state.mu, state.user_off, state.seen_indptr,
+                    state.seen_items, exclude_seen, mask, use_mask, n, out_index[start:stop],
+                    out_scores[start:stop],
+                )
+                _note_layer()
+    return _ids_of(model.item_ids_, out_index), out_scores
+
+
+# -- fold-in ------------------------------------------------------------------------------------
+def _fold(model, items, values):
+    """(user_vector, user_bias, dense indices of ``items``, -1 when unknown) of a new user."""
+    state = _state(model)
+    items = np.asarray(items)
+    # Fresh, writable, contiguous arrays: the kernels then always see the same types.
+    values = np.array(values, dtype=np.float64)
+    if items.ndim != 1 or values.shape != items.shape:
+        raise ValueError(
+            f"items and values must be 1-D arrays of one length, found shapes {items.shape} and "
+            f"{values.shape}"
+        )
+    w = np.empty(state.X.shape[1])
+    reg = float(model.reg)
+    reg_bias = reg if model.reg_bias is None else float(model.reg_bias)
+    count_weighted = model.reg_weighting == "count"
+    fit_bias = model.normalize == "biases"
+    if items.dtype.kind in "iu" and state.int_items:
+        index = np.empty(items.shape[0], dtype=np.int64)
+        beta, status = _kernels.fold_in_ids(
+            model.item_ids_, np.array(items, dtype=np.int64), values, state.X,
+            state.col_offset, reg, reg_bias, count_weighted, fit_bias, index, w,
+        )
+    else:
+        index = _indices(model.item_ids_, items)
+        beta, status = _kernels.fold_in_row(
+            index, values, state.X, state.col_offset, reg, reg_bias, count_weighted,
+            fit_bias, w,
+        )
+        if status in (0, 2) and index.size and index.min() < 0:
+            unknown = items[index < 0]
+            if np.unique(unknown).shape[0] != unknown.shape[0]:
+                status = 1
+    if status == 1:
+        uniq, counts = np.unique(items, return_counts=True)
+        raise ValueError(
+            f"items must not repeat; item {_plain(uniq[counts > 1][0])!r} appears twice"
+        )
+    if status == 3:
+        raise ValueError("values must be finite numbers, found NaN or infinity")
+    return w, float(beta), index, state
+
+
+def fold_in(model, items, values):
+    """See `MatrixFactorization.fold_in`."""
+    w, beta, _, _ = _fold(model, items, values)
+    return w, beta
+
+
+def recommend_new_user(model, items, values, n, exclude_seen):
+    """See `MatrixFactorization.recommend_new_user`."""
+    n = _check_n(n)
+    w, beta, index, state = _fold(model, items, values)
+    known = index[index >= 0]
+    seen_indptr = np.array([0, known.shape[0]], dtype=np.int64)
+    return _top_one(
+        state, w, state.mu + beta, seen_indptr, known, 0, bool(exclude_seen), _NO_MASK, False, n,
+        model.item_ids_,
+    )
+
+
+def predict_new_user(model, items, values, candidate_items):
+    """See `MatrixFactorization.predict_new_user`."""
+    w, beta, _, state = _fold(model, items, values)
+    candidates = np.asarray(candidate_items)
+    cand = _indices(model.item_ids_, candidates.reshape(-1)).reshape(candidates.shape)
+    known = cand >= 0
+    # An unknown candidate gets predict's fallback for a known user and an unknown item.
+    pred = np.full(cand.shape, state.mu + beta if model.item_bias_ is not None
+                   else model.global_mean_)
+    ci = cand[known]
+    pred[known] = state.item_off[ci] + (state.mu + beta) + state.X[ci] @ w
+    bounds = model._clip_range()
+    if bounds is not None:
+        np.clip(pred, bounds[0], bounds[1], out=pred)
+    return pred
+
+
+def add_users(model, ratings):
+    """See `MatrixFactorization.add_users`."""
+    import copy
+
+    if not isinstance(ratings, Ratings):
+        raise TypeError(f"ratings must be a fastcofi.Ratings, found {type(ratings).__name__}")
+    state = _state(model)
+    old_ids = model.user_ids_
+    new_ids = ratings.user_ids
+    if (old_ids.dtype.kind == "U") != (new_ids.dtype.kind == "U") and old_ids.shape[0]:
+        kind = "strings" if old_ids.dtype.kind == "U" else "integers"
+        raise TypeError(f"ratings user ids must be {kind}, like the model's, found {new_ids.dtype}")
+    clash = _indices(old_ids, new_ids) >= 0
+    if clash.any():
+        raise ValueError(
+            f"user {_plain(new_ids[np.flatnonzero(clash)[0]])!r} is already in the model; "
+            "add_users takes new users only"
+        )
+    # Ratings of items the model does not know are ignored, as in fold_in.
+    indptr, cols, values = ratings.by_user
+    col_index = _indices(model.item_ids_, ratings.item_ids)[np.asarray(cols)]
+    keep = col_index >= 0
+    n_new = new_ids.shape[0]
+    row_of = np.repeat(np.arange(n_new, dtype=np.int64), np.diff(np.asarray(indptr)))
+    counts = np.bincount(row_of[keep], minlength=n_new).astype(np.int64)
+    new_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    seen_dtype = state.seen_items.dtype
+    new_cols = col_index[keep].astype(seen_dtype)
+    new_values = np.ascontiguousarray(np.asarray(values)[keep], dtype=np.float64)
+
+    k = state.X.shape[1]
+    Theta_new = np.zeros((n_new, k))
+    bias_new = np.zeros(n_new)
+    fit_bias = model.normalize == "biases"
+    weights = counts.astype(np.float64) if model.reg_weighting == "count" else np.ones(n_new)
+    reg_bias = model.reg if model.reg_bias is None else model.reg_bias
+    if n_new:
+        n_chunks = int(min(_MAX_CHUNKS, n_new))
+        chunks = (np.arange(n_chunks + 1, dtype=np.int64) * n_new) // n_chunks
+        from .objective import threads
+
+        with threads(model.n_threads), _parallel_guard():
+            _kernels.solve_rows(
+                new_indptr, new_cols, new_values, chunks, state.X, state.col_offset,
+                np.zeros(n_new), float(model.reg), float(reg_bias), weights, fit_bias,
+                Theta_new, bias_new,
+            )
+            _note_layer()
+
+    # Merge, keeping the user ids sorted so that lookups still work.
+    all_ids = np.concatenate([old_ids, new_ids])
+    order = np.argsort(all_ids, kind="stable")
+    all_counts = np.concatenate([np.diff(state.seen_indptr), counts])[order]
+    starts = np.concatenate([state.seen_indptr[:-1], state.seen_items.shape[0] + new_indptr[:-1]])
+    merged_indptr = np.concatenate([[0], np.cumsum(all_counts)]).astype(np.int64)
+    total = int(merged_indptr[-1])
+    source = np.repeat(starts[order] - merged_indptr[:-1], all_counts) + np.arange(total)
+    merged_items = np.concatenate([state.seen_items, new_cols])[source]
+
+    new = copy.copy(model)
+    new.__dict__.pop("_serving", None)
+    new.user_ids_ = all_ids[order]
+    new.user_factors_ = np.concatenate([state.Theta, Theta_new])[order]
+    if model.user_bias_ is not None:
+        new.user_bias_ = np.concatenate([model.user_bias_, bias_new])[order]
+    new._seen = (merged_indptr, merged_items)
+    return new
+
+
+# -- similarity ---------------------------------------------------------------------------------
+def _norms(F):
+    return np.sqrt(np.einsum("ij,ij->i", F, F))
+
+
+def similar(model, query, n, side):
+    """Cosine top-``n`` of an item (``side="item"``) or a user; see `similar_items`."""
+    n = _check_n(n)
+    state = _state(model)
+    if side == "item":
+        ids, F = model.item_ids_, state.X
+        if state.item_norms is None:
+            state.item_norms = _norms(F)
+        norms = state.item_norms
+    else:
+        ids, F = model.user_ids_, state.Theta
+        if state.user_norms is None:
+            state.user_norms = _norms(F)
+        norms = state.user_norms
+    q = _one_index(ids, query, side)
+    n_eff = min(n, F.shape[0])
+    out_index = np.empty(n_eff, dtype=np.int64)
+    out_scores = np.empty(n_eff)
+    count = _kernels.cosine_top_n(F, norms, q, n_eff, out_index, out_scores)
+    return ids[out_index[:count]], out_scores[:count]
+
+
+# -- clusters -----------------------------------------------------------------------------------
+class UserClusters:
+    """Users grouped by k-means on their factors (`MatrixFactorization.cluster_users`).
+
+    Attributes
+    ----------
+    labels : ndarray of shape (n_users,), int64
+        The cluster of each user, aligned with the model's ``user_ids_``.
+    centers : ndarray of shape (n_clusters, n_factors), float64
+        Cluster centers in factor space.
+    user_bias : ndarray of shape (n_clusters,), float64
+        Mean user offset (bias) of each cluster's members (zeros without biases).
+    sizes : ndarray of shape (n_clusters,), int64
+    """
+
+    def __init__(self, model, labels, centers):
+        self._model = model
+        self.labels = labels
+        self.centers = centers
+        n_clusters = centers.shape[0]
+        self.sizes = np.bincount(labels, minlength=n_clusters).astype(np.int64)
+        user_off = _state(model).user_off
+        sums = np.bincount(labels, weights=user_off, minlength=n_clusters)
+        self.user_bias = np.where(self.sizes > 0, sums / np.maximum(self.sizes, 1), 0.0)
+
+    def __repr__(self):
+        return f"UserClusters(n_clusters={self.centers.shape[0]}, sizes={self.sizes.tolist()})"
+
+    def members(self, cluster):
+        """External ids of the users in ``cluster``."""
+        return self._model.user_ids_[self.labels == self._check_cluster(cluster)]
+
+    def _check_cluster(self, cluster):
+        n_clusters = self.centers.shape[0]
+        if isinstance(cluster, bool) or not isinstance(cluster, (int, np.integer)) or not (
+            0 <= cluster < n_clusters
+        ):
+            raise ValueError(f"cluster must be an integer in [0, {n_clusters}), found {cluster!r}")
+        return int(cluster)
+
+    def recommend(self, cluster, n=10):
+        """The items the cluster rates highest: scored against its center, best first.
+
+        The score of item ``i`` is ``mu + item_offset[i] + mean member bias + X[i] . center``
+        (raw, not clipped). No item is excluded.
+
+        Returns
+        -------
+        item_ids : ndarray of shape (min(n, n_items),)
+        scores : ndarray of float64, same shape
+        """
+        c = self._check_cluster(cluster)
+        n = _check_n(n)
+        model = self._model
+        state = _state(model)
+        no_seen = np.zeros(1, dtype=np.int64)
+        return _top_one(
+            state, self.centers[c], state.mu + float(self.user_bias[c]), no_seen, no_seen, 0,
+            False, _NO_MASK, False, n, model.item_ids_,
+        )
+
+
+def cluster_users(model, n_clusters, random_state):
+    """See `MatrixFactorization.cluster_users`."""
+    from scipy.cluster.vq import kmeans2
+
+    n_users = model.user_factors_.shape[0]
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or not (
+        1 <= n_clusters <= n_users
+    ):
+        raise ValueError(
+            f"n_clusters must be an integer in [1, {n_users}] (the number of users), found "
+            f"{n_clusters!r}"
+        )
+    rng = np.random.default_rng(random_state)
+    data = np.array(model.user_factors_, dtype=np.float64)
+    centers, labels = kmeans2(data, int(n_clusters), iter=50, minit="++", rng=rng)
+    return UserClusters(model, labels.astype(np.int64), np.ascontiguousarray(centers))
+
+
+# -- warm-up ------------------------------------------------------------------------------------
+def warm_up(model):
+    """Call every serving kernel once with the model's own array types (compiles or loads them)."""
+    n_items, n_users = model.item_factors_.shape[0], model.user_factors_.shape[0]
+    if n_items == 0:
+        return
+    item = model.item_ids_[0]
+    if n_users:
+        user = model.user_ids_[0]
+        recommend(model, user, 1, True, None, None)
+        recommend(model, user, 1, True, [item], [item])
+        recommend(model, model.user_ids_[:1], 1, True, None, None)
+        similar(model, user, 1, "user")
+        UserClusters(model, np.zeros(n_users, dtype=np.int64),
+                     np.zeros((1, model.item_factors_.shape[1]))).recommend(0, 1)
+    similar(model, item, 1, "item")
+    recommend_new_user(model, model.item_ids_[:1], [model.rating_range_[1]], 1, True)
+    predict_new_user(model, model.item_ids_[:1], [model.rating_range_[1]], model.item_ids_[:1])
+    # add_users' kernel, on one made-up user (the model is not changed).
+    state = _state(model)
+    k = state.X.shape[1]
+    with _parallel_guard():
+        _kernels.solve_rows(
+            np.array([0, 1], dtype=np.int64), np.zeros(1, dtype=state.seen_items.dtype),
+            np.ones(1), np.array([0, 1], dtype=np.int64), state.X, state.col_offset, np.zeros(1),
+            1.0, 1.0, np.ones(1), model.normalize == "biases", np.zeros((1, k)), np.zeros(1),
+        )
+        _note_layer()

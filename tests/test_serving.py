@@ -1,0 +1,477 @@
+"""Serving: recommend (one user, batches), fold-in, add_users, similarity, clusters, threads."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastcofi import MatrixFactorization, Ratings, _kernels, load_model, serving
+
+from .conftest import REPO
+
+
+def close(a, b, tol):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.max(np.abs(a - b)) / (1 + np.max(np.abs(b))) <= tol
+
+
+def low_rank_ratings(n_users=60, n_items=40, k=3, density=0.4, seed=0, str_ids=False):
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=(n_items, k)) @ rng.normal(size=(n_users, k)).T
+    rated = rng.random((n_items, n_users)) < density
+    items, users = np.nonzero(rated)
+    values = np.clip(np.round(3 + truth[items, users]), 1, 5)
+    if str_ids:
+        users = np.array([f"u{u:03d}" for u in users])
+        items = np.array([f"i{i:03d}" for i in items])
+    return Ratings.from_arrays(users, items, values)
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    return low_rank_ratings()
+
+
+@pytest.fixture(scope="module")
+def model(ratings):
+    return MatrixFactorization(4, random_state=0).fit(ratings)
+
+
+def brute_force(model, u, n, exclude_seen=True, mask=None):
+    """Reference top-n by a full sort (ties: smaller item index first)."""
+    mu, item_off, user_off = model._offsets()
+    scores = model.item_factors_ @ model.user_factors_[u] + item_off + mu + user_off[u]
+    if exclude_seen:
+        indptr, items = model._seen
+        scores[items[indptr[u] : indptr[u + 1]]] = -np.inf
+    if mask is not None:
+        scores[~mask] = -np.inf
+    order = np.lexsort((np.arange(scores.shape[0]), -scores))
+    order = order[np.isfinite(scores[order])][:n]
+    return order, scores[order]
+
+
+# -- recommend ------------------------------------------------------------------------------------
+def test_checkerboard_known_answer():
+    """Two taste groups: each user is offered the unseen items of their own group, best first."""
+    n = 20
+    rng = np.random.default_rng(0)
+    users, items, values = [], [], []
+    for u in range(n):
+        for i in range(n):
+            if rng.random() < 0.6:
+                users.append(u)
+                items.append(i)
+                values.append(5.0 if u % 2 == i % 2 else 1.0)
+    model = MatrixFactorization(2, reg=0.1, max_iter=500, random_state=0).fit(
+        Ratings.from_arrays(users, items, values, all_users=range(n), all_items=range(n))
+    )
+    rated = set(zip(users, items))
+    batch_ids, batch_scores = model.recommend(np.arange(n), n=n)
+    for u in range(n):
+        unseen_own = {i for i in range(n) if i % 2 == u % 2 and (u, i) not in rated}
+        ids, scores = model.recommend(u, n=len(unseen_own))
+        assert set(ids.tolist()) == unseen_own
+        assert np.all(np.diff(scores) <= 0)
+        unseen = n - sum((u, i) in rated for i in range(n))
+        assert batch_ids[u, : len(unseen_own)].tolist() == ids.tolist()
+        assert np.isneginf(batch_scores[u, unseen:]).all() and (batch_ids[u, unseen:] == -1).all()
+
+
+def test_matches_brute_force_and_batch(model):
+    n_users = model.user_factors_.shape[0]
+    batch_ids, batch_scores = model.recommend(model.user_ids_, n=7)
+    assert batch_ids.shape == batch_scores.shape == (n_users, 7)
+    for u in range(n_users):
+        order, scores = brute_force(model, u, 7)
+        ids, got = model.recommend(model.user_ids_[u], n=7)
+        assert ids.tolist() == model.item_ids_[order].tolist()
+        assert close(got, scores, 1e-12)
+        assert batch_ids[u].tolist() == ids.tolist()
+        assert close(batch_scores[u], got, 1e-12)
+
+
+def test_exclusions(model):
+    u = 3
+    user = model.user_ids_[u]
+    n_items = model.item_factors_.shape[0]
+    indptr, seen = model._seen
+    seen_ids = set(model.item_ids_[seen[indptr[u] : indptr[u + 1]]].tolist())
+    ids, _ = model.recommend(user, n=n_items)
+    assert set(ids.tolist()) == set(model.item_ids_.tolist()) - seen_ids
+    ids, _ = model.recommend(user, n=n_items, exclude_seen=False)
+    assert sorted(ids.tolist()) == sorted(model.item_ids_.tolist())
+    candidates = model.item_ids_[::3]
+    blocked = model.item_ids_[::6]
+    ids, scores = model.recommend(
+        user, n=n_items, exclude_seen=False, items=[*candidates, 999], filter_items=blocked
+    )
+    assert set(ids.tolist()) == set(candidates.tolist()) - set(blocked.tolist())
+    mask = np.isin(model.item_ids_, candidates) & ~np.isin(model.item_ids_, blocked)
+    order, expected = brute_force(model, u, n_items, exclude_seen=False, mask=mask)
+    assert ids.tolist() == model.item_ids_[order].tolist() and close(scores, expected, 1e-12)
+    # The same options in a batch.
+    b_ids, _ = model.recommend([user, user], n=3, items=candidates, filter_items=blocked)
+    assert b_ids[0].tolist() == b_ids[1].tolist()
+    assert set(b_ids[0].tolist()) <= set(candidates.tolist()) - set(blocked.tolist())
+
+
+def test_padding_shapes_and_errors(model):
+    user = model.user_ids_[0]
+    ids, scores = model.recommend(user, n=5, items=model.item_ids_[:2], exclude_seen=False)
+    assert ids.shape == scores.shape == (2,)
+    ids, scores = model.recommend([user], n=4, items=model.item_ids_[:2], exclude_seen=False)
+    assert ids.shape == (1, 4) and ids[0, 2:].tolist() == [-1, -1]
+    assert np.isneginf(scores[0, 2:]).all() and np.isfinite(scores[0, :2]).all()
+    assert model.recommend(user, n=0)[0].shape == (0,)
+    assert model.recommend([user], n=0)[0].shape == (1, 0)
+    assert model.recommend(np.array([], dtype=np.int64), n=3)[0].shape == (0, 3)
+    assert model.recommend(str(user), n=2)[0].shape == (2,)  # "7" names integer id 7
+    with pytest.raises(KeyError, match="unknown user 12345"):
+        model.recommend(12345)
+    with pytest.raises(KeyError, match="unknown user 12345"):
+        model.recommend([user, 12345])
+    with pytest.raises(ValueError, match="n must be"):
+        model.recommend(user, n=-1)
+
+
+def test_string_ids_and_padding():
+    model = MatrixFactorization(3, random_state=0).fit(low_rank_ratings(20, 12, str_ids=True))
+    ids, _ = model.recommend("u001", n=3)
+    assert ids.dtype.kind == "U" and ids.shape == (3,)
+    batch, _ = model.recommend(["u001", "u002"], n=12)
+    assert batch.dtype.kind == "U" and batch[0, :3].tolist() == ids.tolist()
+    assert "" in batch[0].tolist()  # padded where seen items were left out
+    sim, _ = model.similar_items("i003", n=2)
+    assert sim.dtype.kind == "U" and "i003" not in sim.tolist()
+    w, _ = model.fold_in(["i001", "i002", "nope"], [5.0, 1.0, 3.0])
+    assert w.shape == (3,)
+    with pytest.raises(ValueError, match="repeat"):
+        model.fold_in(["i001", "i001"], [5.0, 1.0])
+    with pytest.raises(ValueError, match="repeat"):
+        model.fold_in(["x", "x"], [5.0, 1.0])
+
+
+def test_read_only_loaded_model(model, tmp_path):
+    path = tmp_path / "m.npz"
+    model.save(path)
+    loaded = load_model(path)
+    assert not loaded.item_factors_.flags.writeable and not loaded._seen[1].flags.writeable
+    loaded.warm_up()
+    users = model.user_ids_[:5]
+    for a, b in zip(loaded.recommend(users, n=5), model.recommend(users, n=5)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(loaded.recommend(users[0], n=5), model.recommend(users[0], n=5)):
+        np.testing.assert_array_equal(a, b)
+    items = model.item_ids_[:6]
+    values = np.arange(6, dtype=float) % 5 + 1
+    assert close(loaded.fold_in(items, values)[0], model.fold_in(items, values)[0], 1e-12)
+    similar = loaded.similar_items(items[0], 3)[0]
+    assert similar.tolist() == model.similar_items(items[0], 3)[0].tolist()
+    grown = loaded.add_users(Ratings.from_arrays([10**6], [items[0]], [4.0]))
+    assert grown.recommend(10**6, n=3)[0].shape == (3,)
+
+
+def test_refit_invalidates_serving_state(ratings):
+    model = MatrixFactorization(2, random_state=0).fit(ratings)
+    before = model.recommend(model.user_ids_[0], n=5)
+    model.set_params(n_factors=3, random_state=1).fit(ratings)
+    ids, scores = model.recommend(model.user_ids_[0], n=5)
+    order, expected = brute_force(model, 0, 5)
+    assert ids.tolist() == model.item_ids_[order].tolist() and close(scores, expected, 1e-12)
+    assert not np.allclose(scores, before[1])
+
+
+# -- top-n selection ------------------------------------------------------------------------------
+@given(
+    st.lists(st.sampled_from([-np.inf, np.nan, -2.0, -1.0, 0.0, 0.5, 1.0, 3.0]), max_size=60)
+    | st.lists(st.floats(-1e6, 1e6), max_size=60),
+    st.integers(0, 70),
+)
+def test_select_top_n_matches_full_sort(values, n):
+    """Ties are ranked by the smaller index; -inf and NaN are never selected."""
+    scores = np.array(values, dtype=np.float64)
+    out_index = np.empty(max(n, 0), dtype=np.int64)
+    out_scores = np.empty(max(n, 0))
+    count = _kernels.select_top_n(scores, n, out_index, out_scores)
+    finite = np.flatnonzero(scores > -np.inf)
+    expected = finite[np.lexsort((finite, -scores[finite]))][:n]
+    assert count == expected.shape[0]
+    assert out_index[:count].tolist() == expected.tolist()
+    assert out_scores[:count].tolist() == scores[expected].tolist()
+
+
+# -- fold-in --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("normalize", ["biases", "item_mean", "none"])
+def test_fold_in_reproduces_converged_training_user(normalize):
+    ratings = low_rank_ratings(80, 50, density=0.5, seed=1)
+    model = MatrixFactorization(
+        3, solver="als", normalize=normalize, max_iter=2000, tol=1e-13, random_state=0
+    ).fit(ratings)
+    indptr, items, values = ratings.by_user
+    for u in range(0, ratings.n_users, 7):
+        rated = model.item_ids_[items[indptr[u] : indptr[u + 1]]]
+        w, beta = model.fold_in(rated, values[indptr[u] : indptr[u + 1]])
+        assert close(w, model.user_factors_[u], 1e-4)
+        if normalize == "biases":
+            assert abs(beta - model.user_bias_[u]) < 1e-4
+        else:
+            assert beta == 0.0
+        ids, scores = model.recommend_new_user(rated, values[indptr[u] : indptr[u + 1]], n=10)
+        t_ids, t_scores = model.recommend(model.user_ids_[u], n=10)
+        assert ids.tolist() == t_ids.tolist()
+        assert np.max(np.abs(scores - t_scores)) < 0.03
+
+
+@pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+@pytest.mark.parametrize("normalize, weighting", [("biases", "count"), ("biases", "none"),
+                                                  ("item_mean", "count"), ("none", "none")])
+def test_fold_in_solves_the_normal_equations(model, ratings, normalize, weighting):
+    m = MatrixFactorization(4, normalize=normalize, reg_weighting=weighting, reg=0.3, reg_bias=0.07,
+                            max_iter=5, random_state=0).fit(ratings)
+    rng = np.random.default_rng(3)
+    pick = rng.choice(m.item_factors_.shape[0], 9, replace=False)
+    values = rng.integers(1, 6, 9).astype(float)
+    items = np.concatenate([m.item_ids_[pick], [-17, 10**9]])  # two unknown items, ignored
+    w, beta = m.fold_in(items, np.concatenate([values, [5.0, 1.0]]))
+    mu, item_off, _ = m._offsets()
+    F = m.item_factors_[pick]
+    target = values - (mu + item_off[pick])
+    scale = 9.0 if weighting == "count" else 1.0
+    if normalize == "biases":
+        F = np.hstack([F, np.ones((9, 1))])
+        penalty = np.diag([0.3] * 4 + [0.07]) * scale
+    else:
+        penalty = 0.3 * scale * np.eye(4)
+    # Least squares of the stacked system [F; sqrt(penalty)] x = [target; 0].
+    stacked = np.vstack([F, np.sqrt(penalty)])
+    x = np.linalg.lstsq(stacked, np.concatenate([target, np.zeros(len(penalty))]), rcond=None)[0]
+    assert close(w, x[:4], 1e-9)
+    assert abs(beta - (x[4] if normalize == "biases" else 0.0)) < 1e-9
+    pred = m.predict_new_user(items, np.concatenate([values, [5.0, 1.0]]), m.item_ids_[:3])
+    expected = np.clip(mu + item_off[:3] + beta + m.item_factors_[:3] @ w, *m.rating_range_)
+    assert close(pred, expected, 1e-12)
+
+
+def test_fold_in_edge_cases(model):
+    k = model.item_factors_.shape[1]
+    w, beta = model.fold_in([], [])
+    assert w.shape == (k,) and not w.any() and beta == 0.0
+    w, beta = model.fold_in([10**9], [4.0])  # only unknown items: nothing to learn from
+    assert not w.any() and beta == 0.0
+    with pytest.raises(ValueError, match="item 3 appears twice"):
+        model.fold_in([3, 5, 3], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="appears twice"):
+        model.fold_in([10**9, 10**9], [1.0, 2.0])
+    with pytest.raises(ValueError, match="one length"):
+        model.fold_in([3, 5], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        model.fold_in([3], [np.nan])
+    ids, _ = model.recommend_new_user([model.item_ids_[0]], [5.0], n=100)
+    assert model.item_ids_[0] not in ids.tolist()
+    ids, _ = model.recommend_new_user([model.item_ids_[0]], [5.0], n=100, exclude_seen=False)
+    assert model.item_ids_[0] in ids.tolist()
+    # An unknown candidate gets predict's fallback for a known user, unknown item.
+    pred = model.predict_new_user([model.item_ids_[0]], [5.0], [10**9])
+    assert pred.shape == (1,) and np.isfinite(pred).all()
+
+
+# -- add_users ------------------------------------------------------------------------------------
+def test_add_users(model):
+    snapshot = {name: np.array(getattr(model, name), copy=True)
+                for name in ("user_factors_", "user_ids_", "user_bias_")}
+    seen_before = tuple(np.array(a, copy=True) for a in model._seen)
+    before = model.recommend(model.user_ids_, n=5)
+    items = model.item_ids_
+    new = Ratings.from_arrays(
+        [-3, -3, -3, 500, 500, 25000], [items[0], items[1], 10**9, items[2], items[3], items[4]],
+        [5.0, 1.0, 3.0, 4.0, 2.0, 5.0],
+    )
+    grown = model.add_users(new)
+    # The original is untouched.
+    for name, value in snapshot.items():
+        np.testing.assert_array_equal(getattr(model, name), value)
+    for a, b in zip(model._seen, seen_before):
+        np.testing.assert_array_equal(a, b)
+    assert model.user_factors_.shape[0] == snapshot["user_ids_"].shape[0]
+    # The grown model: ids sorted, old users unchanged, new users as fold_in / recommend_new_user.
+    assert np.all(np.diff(grown.user_ids_) > 0)
+    assert grown.user_ids_.shape[0] == model.user_ids_.shape[0] + 3
+    after = grown.recommend(model.user_ids_, n=5)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert close(after[1], before[1], 1e-12)
+    for user, its, vals in [(-3, [items[0], items[1], 10**9], [5.0, 1.0, 3.0]),
+                            (500, [items[2], items[3]], [4.0, 2.0]), (25000, [items[4]], [5.0])]:
+        u = int(np.searchsorted(grown.user_ids_, user))
+        w, beta = model.fold_in(its, vals)
+        assert close(grown.user_factors_[u], w, 1e-12)
+        assert abs(grown.user_bias_[u] - beta) < 1e-12
+        ids, scores = grown.recommend(user, n=8)
+        e_ids, e_scores = model.recommend_new_user(its, vals, n=8)
+        assert ids.tolist() == e_ids.tolist() and close(scores, e_scores, 1e-12)
+        assert not set(ids.tolist()) & set(its)
+    with pytest.raises(ValueError, match="already in the model"):
+        grown.add_users(Ratings.from_arrays([500], [items[0]], [3.0]))
+    with pytest.raises(ValueError, match="already in the model"):
+        model.add_users(Ratings.from_arrays([model.user_ids_[2]], [items[0]], [3.0]))
+    with pytest.raises(TypeError, match="Ratings"):
+        model.add_users([(1, 2, 3.0)])
+
+
+# -- similarity and clusters ----------------------------------------------------------------------
+def test_similar_items_and_users(model):
+    planted = MatrixFactorization(4)
+    planted.__dict__.update(model.__dict__)
+    planted.__dict__.pop("_serving", None)
+    X = np.array(model.item_factors_, copy=True)
+    X[7] = 2.5 * X[3]  # the same direction: cosine 1
+    planted.item_factors_ = X
+    ids, sims = planted.similar_items(planted.item_ids_[3], n=5)
+    assert ids[0] == planted.item_ids_[7] and abs(sims[0] - 1.0) < 1e-12
+    assert planted.item_ids_[3] not in ids.tolist() and np.all(np.diff(sims) <= 0)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    expected = Xn @ Xn[3]
+    expected[3] = -np.inf
+    assert close(sims, np.sort(expected)[::-1][:5], 1e-12)
+    Theta = model.user_factors_
+    ids, sims = model.similar_users(model.user_ids_[0], n=3)
+    Tn = Theta / np.linalg.norm(Theta, axis=1, keepdims=True)
+    expected = Tn @ Tn[0]
+    expected[0] = -np.inf
+    assert ids.tolist() == model.user_ids_[np.argsort(-expected)[:3]].tolist()
+    assert close(sims, np.sort(expected)[::-1][:3], 1e-12)
+    with pytest.raises(KeyError, match="unknown item"):
+        model.similar_items(10**9)
+    with pytest.raises(KeyError, match="unknown user"):
+        model.similar_users(10**9)
+
+
+def test_cluster_users_recovers_planted_groups(model):
+    rng = np.random.default_rng(5)
+    planted = MatrixFactorization(4)
+    planted.__dict__.update(model.__dict__)
+    planted.__dict__.pop("_serving", None)
+    n_users = model.user_factors_.shape[0]
+    truth = rng.integers(0, 3, n_users)
+    centers = 3.0 * np.eye(4)[:3]
+    planted.user_factors_ = centers[truth] + rng.normal(0, 0.05, size=(n_users, 4))
+    clusters = planted.cluster_users(3, random_state=0)
+    assert clusters.labels.shape == (n_users,) and clusters.centers.shape == (3, 4)
+    # The same partition as the planted one, whatever the numbering.
+    for c in range(3):
+        assert np.unique(truth[clusters.labels == c]).shape[0] == 1
+    assert np.unique(clusters.labels).shape[0] == 3
+    again = planted.cluster_users(3, random_state=0)
+    np.testing.assert_array_equal(again.labels, clusters.labels)
+    c = int(clusters.labels[0])
+    members = planted.user_ids_[clusters.labels == c]
+    assert set(clusters.members(c).tolist()) == set(members.tolist())
+    ids, scores = clusters.recommend(c, n=5)
+    mu, item_off, user_off = planted._offsets()
+    expected = planted.item_factors_ @ clusters.centers[c] + item_off + mu
+    expected += user_off[clusters.labels == c].mean()
+    assert ids.tolist() == planted.item_ids_[np.argsort(-expected)[:5]].tolist()
+    assert close(scores, np.sort(expected)[::-1][:5], 1e-12)
+    with pytest.raises(ValueError, match="cluster must be"):
+        clusters.recommend(3)
+    with pytest.raises(ValueError, match="n_clusters"):
+        planted.cluster_users(0)
+
+
+# -- warm-up, threads -----------------------------------------------------------------------------
+SERVING_KERNELS = ("top_n_one", "top_n_batch", "cosine_top_n", "lookup_int", "fold_in_ids",
+                   "fold_in_row", "solve_rows")
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"), reason="no JIT")
+def test_no_compilation_after_warm_up(model, tmp_path):
+    model.save(tmp_path / "m.npz")
+    for m in (model, load_model(tmp_path / "m.npz")):
+        m.warm_up()
+        before = {name: len(getattr(_kernels, name).signatures) for name in SERVING_KERNELS}
+        user, item = m.user_ids_[1], m.item_ids_[2]
+        m.recommend(user, n=3)
+        m.recommend(int(user), n=3, items=[item], filter_items=[item])
+        m.recommend(list(m.user_ids_[:3]), n=4, exclude_seen=False)
+        m.recommend(m.user_ids_[:3].astype(np.int32), n=4, filter_items=[item])
+        m.fold_in([item], [4])
+        m.fold_in(np.array([item, 10**9], dtype=np.int32), np.array([4, 1], dtype=np.int64))
+        m.recommend_new_user([item], [4.0], n=2)
+        m.predict_new_user([item], [4.0], [item])
+        m.similar_items(item, 2)
+        m.similar_users(user, 2)
+        m.cluster_users(2, random_state=0).recommend(1, 3)
+        m.add_users(Ratings.from_arrays([10**7], [item], [4.0]))
+        after = {name: len(getattr(_kernels, name).signatures) for name in SERVING_KERNELS}
+        assert after == before
+
+
+def test_concurrent_calls_match_serial(model):
+    users = model.user_ids_
+    items = model.item_ids_
+
+    def calls(j):
+        u = users[j % len(users)]
+        return [
+            model.recommend(u, n=5),
+            model.recommend(users[j % 7 : j % 7 + 25], n=6),
+            model.fold_in(items[j % 5 : j % 5 + 8], np.arange(8.0) % 5 + 1),
+            model.recommend_new_user(items[:6], np.arange(6.0) % 5 + 1, n=4),
+            model.similar_items(items[j % len(items)], n=4),
+            model.similar_users(u, n=4),
+        ]
+
+    serial = [calls(j) for j in range(48)]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(calls, range(48)))
+    for s_rows, p_rows in zip(serial, parallel):
+        for s, p in zip(s_rows, p_rows):
+            for a, b in zip(s, p):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_batches_under_workqueue_layer():
+    """Numba's workqueue layer is not thread-safe: the serving lock must make batches safe."""
+    script = textwrap.dedent(
+        """
+        import numba, numpy as np
+        from concurrent.futures import ThreadPoolExecutor
+        from fastcofi import MatrixFactorization, Ratings
+        rng = np.random.default_rng(0)
+        users, items = rng.integers(0, 200, 3000), rng.integers(0, 300, 3000)
+        r = Ratings.from_arrays(users, items, rng.integers(1, 6, 3000).astype(float),
+                                duplicates="last")
+        m = MatrixFactorization(8, max_iter=5, random_state=0).fit(r)
+        expected = m.recommend(m.user_ids_, n=10)
+        def work(j):
+            return m.recommend(m.user_ids_, n=10)
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(32)))
+        for ids, scores in results:
+            assert (ids == expected[0]).all() and (scores == expected[1]).all()
+        assert numba.threading_layer() == "workqueue", numba.threading_layer()
+        print("ok")
+        """
+    )
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+def test_parallel_guard_tracks_layer():
+    """After a batch has run, the lock is skipped exactly on the thread-safe layers."""
+    import numba
+
+    model = MatrixFactorization(2, max_iter=3, random_state=0).fit(low_rank_ratings(10, 8))
+    model.recommend(model.user_ids_, n=2)
+    safe = numba.threading_layer() in ("tbb", "omp")
+    assert (serving._parallel_guard() is serving._PARALLEL_LOCK) != safe
