@@ -237,6 +237,15 @@ def _cmd_info(args):
     return 0
 
 
+# -- serve -----------------------------------------------------------------------------------
+def _cmd_serve(args):
+    from .server import serve
+
+    limits = {"max_n": args.max_n, "max_body": args.max_body, "threads": args.threads}
+    return serve(args.model, args.host, args.port, verbose=args.verbose,
+                 **{name: value for name, value in limits.items() if value is not None})
+
+
 # -- parser ----------------------------------------------------------------------------------
 def _build_parser():
     parser = _Parser(
@@ -303,6 +312,20 @@ def _build_parser():
     info.add_argument("model", metavar="MODEL")
     info.add_argument("--json", action="store_true", help="print one JSON document")
     info.set_defaults(func=_cmd_info)
+
+    serve = sub.add_parser("serve", help="HTTP JSON service over a model file (until SIGTERM)")
+    serve.add_argument("model", metavar="MODEL")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000,
+                       help="port (default 8000; 0 picks a free one, printed on stdout)")
+    # Defaults live in fastcofi.server (not imported here: http.server slows every command).
+    serve.add_argument("--max-n", type=int, help="largest n a request may ask for (default 1000)")
+    serve.add_argument("--max-body", type=int, metavar="BYTES",
+                       help="largest POST body in bytes (default 1048576)")
+    serve.add_argument("--threads", type=int, help="connections served at once (default 16)")
+    serve.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -1,11 +1,13 @@
 """The estimator: `MatrixFactorization`."""
 
 import logging
+import os
 import sys
 
 import numpy as np
 
 from . import serving
+from .checkpoint import read_checkpoint, write_checkpoint
 from .objective import FlatObjective
 from .ratings import Ratings, lookup
 from .solvers import minimize_als, minimize_scipy
@@ -190,7 +192,10 @@ class MatrixFactorization:
                 raise ValueError(f"clip must have low <= high, found {clip!r}")
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, ratings, *, validation=None, callback=None):
+    def fit(
+        self, ratings, *, validation=None, callback=None, checkpoint=None, checkpoint_every=10,
+        resume=False,
+    ):
         """Learn the model from ``ratings``.
 
         Parameters
@@ -203,6 +208,15 @@ class MatrixFactorization:
         callback : callable, optional
             ``callback(iteration, info) -> bool``; ``info`` holds this iteration's ``"cost"``,
             ``"seconds"`` (and ``"val_rmse"``); returning True stops training.
+        checkpoint : str or path-like, optional
+            File (``.npz``) where the parameters, iteration count and history are written
+            atomically every ``checkpoint_every`` iterations and at the end.
+        checkpoint_every : int, default 10
+        resume : bool, default False
+            Continue from ``checkpoint`` when it exists, with the iterations left of ``max_iter``.
+            scipy does not expose CG's search direction (nor L-BFGS's memory), so a resumed run
+            restarts them from the steepest descent; early stopping restarts its count too. A
+            checkpoint written for other data or settings is refused.
 
         Returns
         -------
@@ -246,6 +260,30 @@ class MatrixFactorization:
             np.zeros(n_users),
         )
 
+        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer, found {checkpoint_every!r}")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint path")
+        fingerprint = {
+            **{key: self.get_params()[key] for key in
+               ("n_factors", "normalize", "reg", "reg_bias", "reg_weighting", "solver")},
+            "n_users": n_users, "n_items": n_items, "nnz": ratings.nnz,
+            "ratings_sum": float(values.sum(dtype=np.float64)),
+        }
+        done, prior = 0, {}
+        if resume and os.path.exists(checkpoint):
+            params, done, prior = read_checkpoint(checkpoint, fingerprint)
+            if params.shape != (objective.size,):
+                raise ValueError(f"{checkpoint}: parameter vector has the wrong size")
+        prior_seconds = prior["seconds"][-1] if prior.get("seconds") else 0.0
+
+        def merged(history):
+            out = {key: list(prior.get(key, [])) for key in history}
+            for key, values_ in history.items():
+                shift = prior_seconds if key == "seconds" else 0.0
+                out[key] += [v + shift for v in values_]
+            return out
+
         val_pairs = None
         if validation is not None:
             v_users, v_items, v_values = validation.coo()
@@ -257,8 +295,10 @@ class MatrixFactorization:
         self._set_state(ratings, objective, params, global_mean, item_means)
         best = {"rmse": np.inf, "iteration": 0, "params": None}
 
-        def on_iteration(iteration, current, history):
-            info = {key: values[-1] for key, values in history.items()}
+        def on_iteration(local_iteration, current, history):
+            iteration = done + local_iteration
+            info = {key: values_[-1] for key, values_ in history.items()}
+            info["seconds"] += prior_seconds
             stop = False
             if val_pairs is not None:
                 self._set_state(ratings, objective, current, global_mean, item_means)
@@ -267,7 +307,7 @@ class MatrixFactorization:
                 history.setdefault("val_rmse", []).append(info["val_rmse"])
                 if info["val_rmse"] < best["rmse"]:
                     best.update(rmse=info["val_rmse"], iteration=iteration, params=current.copy())
-                stop = iteration - best["iteration"] >= self.patience
+                stop = iteration - max(best["iteration"], done) >= self.patience
             if self.verbose:
                 extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
                 print(
@@ -277,22 +317,31 @@ class MatrixFactorization:
             logger.debug("iteration %d: %s", iteration, info)
             if callback is not None and callback(iteration, info):
                 stop = True
+            if checkpoint is not None and iteration % checkpoint_every == 0:
+                write_checkpoint(checkpoint, current, iteration, merged(history), fingerprint)
             return stop
 
-        if self.solver == "als":
+        remaining = int(self.max_iter) - done
+        if remaining <= 0:
+            result, history, n_iter = None, {key: [] for key in prior}, 0
+        elif self.solver == "als":
             params, history, _ = minimize_als(
-                objective, params, fit_bias=learn_biases, max_iter=self.max_iter, tol=self.tol,
+                objective, params, fit_bias=learn_biases, max_iter=remaining, tol=self.tol,
                 on_iteration=on_iteration,
             )
             result = None
             n_iter = len(history["cost"])
         else:
             result, history = minimize_scipy(
-                objective, params, method=_SCIPY_METHODS[self.solver], max_iter=self.max_iter,
+                objective, params, method=_SCIPY_METHODS[self.solver], max_iter=remaining,
                 tol=self.tol, on_iteration=on_iteration,
             )
             params = result.x
             n_iter = int(result.nit)
+        history = merged(history)
+        n_iter += done
+        if checkpoint is not None:
+            write_checkpoint(checkpoint, params, n_iter, history, fingerprint)
         if val_pairs is not None and best["params"] is not None:
             params = best["params"]
         if val_pairs is not None and "val_rmse" not in history:

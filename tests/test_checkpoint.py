@@ -1,0 +1,104 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+from fastcofi import ConvergenceWarning, MatrixFactorization
+from fastcofi.checkpoint import read_checkpoint
+from fastcofi.datasets import synthetic
+
+from .conftest import REPO
+
+PARAMS = dict(n_factors=5, reg=0.13, solver="cg", tol=0, random_state=0)
+
+
+def _data():
+    return synthetic(300, 200, 6000, rank=4, noise=0.3, seed=1)
+
+
+def _fit(max_iter, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return MatrixFactorization(**PARAMS, max_iter=max_iter).fit(_data(), **kwargs)
+
+
+def test_checkpoint_is_written_and_resume_continues(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    full = _fit(60)
+    first = _fit(30, checkpoint=path, checkpoint_every=10)
+    params, iteration, history = read_checkpoint(path, _fingerprint_of(first, path))
+    assert iteration == 30 and len(history["cost"]) == 30
+    resumed = _fit(60, checkpoint=path, resume=True)
+    assert resumed.n_iter_ == 60 and len(resumed.history_["cost"]) == 60
+    assert resumed.history_["cost"][:30] == first.history_["cost"]
+    assert np.all(np.diff(resumed.history_["seconds"]) >= 0)
+    # CG restarts its direction on resume, so the path differs a little from an unbroken run
+    assert resumed.history_["cost"][-1] == pytest.approx(full.history_["cost"][-1], rel=0.01)
+    again = _fit(60, checkpoint=path, resume=True)  # budget already spent: nothing to do
+    np.testing.assert_array_equal(again.item_factors_, resumed.item_factors_)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
+
+
+def _fingerprint_of(model, path):
+    import json
+
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["fingerprint"]))
+
+
+def test_resume_refuses_other_settings_and_needs_a_path(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    _fit(10, checkpoint=path)
+    with pytest.raises(ValueError, match="differs in reg"):
+        MatrixFactorization(**{**PARAMS, "reg": 0.5}, max_iter=20).fit(
+            _data(), checkpoint=path, resume=True
+        )
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        MatrixFactorization().fit(_data(), resume=True)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable checkpoint"):
+        _fit(20, checkpoint=path, resume=True)
+
+
+KILLED = textwrap.dedent(
+    """
+    import os, signal, sys, warnings
+    sys.path.insert(0, {repo!r})
+    from fastcofi import MatrixFactorization
+    from fastcofi.datasets import synthetic
+    warnings.simplefilter("ignore")
+
+    def die(iteration, info):
+        if iteration == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    MatrixFactorization(**{params!r}, max_iter={budget}).fit(
+        synthetic(300, 200, 6000, rank=4, noise=0.3, seed=1),
+        checkpoint={path!r}, checkpoint_every=7, callback=die,
+    )
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget, tol, rel", [(80, 0, 0.01), (3000, 1e-6, 0.001)])
+def test_sigkill_mid_training_then_resume(tmp_path, budget, tol, rel):
+    path = tmp_path / "ckpt.npz"
+    params = {**PARAMS, "tol": tol}
+    script = KILLED.format(repo=str(REPO), kill_at=40, params=params, budget=budget, path=str(path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]  # no partial file left
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        resumed = MatrixFactorization(**params, max_iter=budget).fit(
+            _data(), checkpoint=path, resume=True
+        )
+        unbroken = MatrixFactorization(**params, max_iter=budget).fit(_data())
+    assert resumed.history_["cost"][34] == unbroken.history_["cost"][34]  # the first 35 replayed
+    assert resumed.history_["cost"][-1] == pytest.approx(unbroken.history_["cost"][-1], rel=rel)
