@@ -129,7 +129,10 @@ def _cmd_train(args):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(train, validation=test, callback=progress)
+        model.fit(
+            train, validation=test, callback=progress, checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every, resume=args.resume,
+        )
     for warning in caught:
         print(f"fastcofi: warning: {str(warning.message).splitlines()[0]}", file=sys.stderr)
     if titles:
@@ -267,7 +270,7 @@ def _build_parser():
                        help="rating file (MovieLens, CSV/TSV, Parquet, .gz, .zip)")
     train.add_argument("--format", choices=FORMATS, help="file format (detected when not given)")
     train.add_argument("--factors", type=int, help="number of latent factors (default 10)")
-    train.add_argument("--reg", type=float, help="regularization (default 10)")
+    train.add_argument("--reg", type=float, help="regularization (default 0.13)")
     train.add_argument("--max-iter", type=int, help="iterations at most (default 300)")
     train.add_argument("--solver", choices=("cg", "lbfgs", "als"), help="optimizer (default cg)")
     train.add_argument("--normalize", choices=("item_mean", "biases", "none"),
@@ -281,6 +284,11 @@ def _build_parser():
     train.add_argument("--titles", metavar="FILE",
                        help="item titles (u.item, movies.dat, movies.csv)")
     train.add_argument("-o", "--output", metavar="MODEL", required=True, help="model file to write")
+    train.add_argument("--checkpoint", metavar="FILE",
+                       help="write the training state to FILE every --checkpoint-every iterations")
+    train.add_argument("--checkpoint-every", type=int, default=10, metavar="N")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from --checkpoint when it exists (CG restarts its direction)")
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="RMSE, MAE and ranking metrics on a rating file")

@@ -1440,7 +1440,7 @@ def _readonly_copy(arr):
     return arr
 
 
-def load_model(path):
+def load_model(path, *, warm=False):
     """Load a model written by :func:`save_model` (``MatrixFactorization.save``).
 
     Nothing in the file is executed: it is read with ``allow_pickle=False`` and every member is
@@ -1450,6 +1450,8 @@ def load_model(path):
     Parameters
     ----------
     path : str or PathLike
+    warm : bool, default False
+        Run each serving kernel once (``model.warm_up()``) so the first request compiles nothing.
 
     Returns
     -------
@@ -1464,6 +1466,8 @@ def load_model(path):
         The path does not exist.
     """
     model, _ = _load_model(path)
+    if warm:
+        model.warm_up()
     return model
 
 

@@ -544,10 +544,7 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
-        model = load_model(model_path)
-        warm_up = getattr(model, "warm_up", None)
-        if callable(warm_up):
-            warm_up()
+        model = load_model(model_path, warm=True)
         server = make_server(model, host, port, max_n=max_n, max_body=max_body,
                              threads=threads, verbose=verbose)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},

@@ -301,3 +301,18 @@ def test_evaluate_bad_data(model_path, tmp_path, capsys):
     code, out, err = run(capsys, "evaluate", model_path, bad, "--json")
     assert_error(code, err, "u.data:2")
     assert out == ""
+
+
+def test_train_checkpoint_and_resume(data, tmp_path, capsys):
+    ckpt = tmp_path / "state.npz"
+    args = ["train", data["ratings"], "--factors", "3", "--solver", "cg", "--seed", "1"]
+    code, _, err = run(capsys, *args, "--max-iter", "10", "--checkpoint", ckpt,
+                       "--checkpoint-every", "5", "-o", tmp_path / "a.npz")
+    assert code == 0, err
+    assert ckpt.is_file()
+    code, _, err = run(capsys, *args, "--max-iter", "20", "--checkpoint", ckpt, "--resume",
+                       "-o", tmp_path / "b.npz")
+    assert code == 0, err
+    first_iter = [line for line in err.splitlines() if line.startswith("iter")][0]
+    assert first_iter.split()[1] == "11"  # resumed after the 10 iterations already done
+    assert load_model(tmp_path / "b.npz").n_iter_ == 20
