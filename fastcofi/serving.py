@@ -119,7 +119,9 @@ def _indices(known_ids, query):
 
 def _one_index(known_ids, value, what):
     """The dense index of one external id; KeyError naming it when unknown."""
-    index = _indices(known_ids, np.asarray(value).reshape(1))[0]
+    # numpy, not the lookup kernel: a one-off command line call then never waits for numba to
+    # load its compiled code, which costs more than the whole answer.
+    index = lookup(known_ids, np.asarray(value).reshape(1))[0][0]
     if index < 0:
         raise KeyError(f"unknown {what} {_plain(value)!r}: not in the model's {what}s")
     return int(index)
@@ -162,16 +164,34 @@ def _ids_of(known_ids, index):
 
 def _top_one(state, theta, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask, n,
              item_ids):
-    """Top-n for one user vector ``theta``: BLAS scores, then the serial selection kernel."""
-    n_eff = min(n, state.X.shape[0])
+    """Top-n for one user vector ``theta``: BLAS scores, then numpy's partial selection.
+
+    Plain numpy here (the batch path has its kernel): it is as fast for one user, safe from any
+    thread, and keeps numba's start-up cost out of one-off command-line answers.
+    """
     scores = state.X @ theta
-    out_index = np.empty(n_eff, dtype=np.int64)
-    out_scores = np.empty(n_eff)
-    count = _kernels.top_n_one(
-        scores, state.item_off, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask,
-        n_eff, out_index, out_scores,
-    )
-    return item_ids[out_index[:count]], out_scores[:count]
+    scores += state.item_off  # the user's own offset (base) moves every score alike: added last
+    if use_mask:
+        scores[~mask] = -np.inf
+    if exclude_seen and u >= 0:
+        scores[seen_items[seen_indptr[u] : seen_indptr[u + 1]]] = -np.inf
+    best = _top_n_numpy(scores, n)
+    return item_ids[best], scores[best] + base
+
+
+def _top_n_numpy(scores, n):
+    """Indices of the n largest finite scores, best first; ties by the smaller index."""
+    size = scores.shape[0]
+    n = min(int(n), size)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    part = np.argpartition(scores, size - n)[size - n :] if n < size else np.arange(size)
+    cut = scores[part].min()
+    if n < size and np.count_nonzero(scores >= cut) > n:
+        # The partition cut through a tie: decide it by index, as the batch kernel does.
+        part = np.flatnonzero(scores >= cut)
+    best = part[np.lexsort((part, -scores[part]))][:n]
+    return best[np.isfinite(scores[best])]
 
 
 def _batch_rows(n_items):

@@ -8,8 +8,6 @@ import time
 import warnings
 
 import numpy as np
-from scipy import optimize
-from threadpoolctl import threadpool_limits
 
 from . import _kernels
 from .objective import threads
@@ -52,6 +50,10 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None):
     result : scipy.optimize.OptimizeResult
     history : dict of lists ``"cost"`` and ``"seconds"``, one entry per iteration
     """
+    # Imported here: scipy.optimize takes most of a second to import, which serving never needs.
+    from scipy import optimize
+    from threadpoolctl import threadpool_limits
+
     history = {"cost": [], "seconds": []}
 
     def scipy_callback(intermediate_result):

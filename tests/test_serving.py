@@ -385,7 +385,7 @@ def test_cluster_users_recovers_planted_groups(model):
 
 
 # -- warm-up, threads -----------------------------------------------------------------------------
-SERVING_KERNELS = ("top_n_one", "top_n_batch", "cosine_top_n", "lookup_int", "fold_in_ids",
+SERVING_KERNELS = ("top_n_batch", "cosine_top_n", "lookup_int", "fold_in_ids",
                    "fold_in_row", "solve_rows")
 
 
