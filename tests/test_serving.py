@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from fastcofi import MatrixFactorization, Ratings, _kernels, load_model, serving
 
-from .conftest import REPO
+from .conftest import JIT_DISABLED, REPO
+
+needs_jit = pytest.mark.skipif(JIT_DISABLED, reason="numba's threading layers exist only with the JIT on")
 
 
 def close(a, b, tol):
@@ -389,7 +391,7 @@ SERVING_KERNELS = ("top_n_batch", "cosine_top_n", "lookup_int", "fold_in_ids",
                    "fold_in_row", "solve_rows")
 
 
-@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"), reason="no JIT")
+@needs_jit
 def test_no_compilation_after_warm_up(model, tmp_path):
     model.save(tmp_path / "m.npz")
     for m in (model, load_model(tmp_path / "m.npz")):
@@ -436,6 +438,7 @@ def test_concurrent_calls_match_serial(model):
                 np.testing.assert_array_equal(a, b)
 
 
+@needs_jit
 def test_concurrent_batches_under_workqueue_layer():
     """Numba's workqueue layer is not thread-safe: the serving lock must make batches safe."""
     script = textwrap.dedent(
