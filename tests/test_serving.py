@@ -469,6 +469,7 @@ def test_concurrent_batches_under_workqueue_layer():
     assert done.stdout.strip() == "ok"
 
 
+@needs_jit
 @pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
 def test_parallel_guard_tracks_layer():
     """After a batch has run, the lock is skipped exactly on the thread-safe layers."""
