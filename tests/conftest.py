@@ -32,7 +32,7 @@ def shared_data_dir():
 @pytest.fixture
 def ml100k():
     folder = shared_data_dir() / "ml-100k"
-    if not (folder / "u1.base").is_file():
+    if not all((folder / name).is_file() for name in ("u.data", "u1.base", "u.item")):
         pytest.skip(f"MovieLens 100K not found at {folder} (set FASTCOFI_TEST_DATA)")
     return folder
 

@@ -15,7 +15,6 @@ from fastcofi.split import (
     temporal_split,
 )
 
-from .conftest import shared_data_dir
 
 
 def _coo(seed, n_users=12, n_items=9, density=0.5, string_ids=False):
@@ -256,17 +255,9 @@ def test_temporal_split_needs_timestamps():
 
 
 # -- real data -------------------------------------------------------------------------------
-@pytest.fixture
-def ml100k_dir():
-    folder = shared_data_dir() / "ml-100k"
-    if not (folder / "u.data").is_file():
-        pytest.skip(f"MovieLens 100K not found at {folder} (set FASTCOFI_TEST_DATA)")
-    return folder
-
-
 @pytest.mark.realdata
-def test_protocol_b_reproduces_the_benchmark_split(ml100k_dir):
-    users, items, values, ts = np.loadtxt(ml100k_dir / "u.data", dtype=np.int64, unpack=True)
+def test_protocol_b_reproduces_the_benchmark_split(ml100k):
+    users, items, values, ts = np.loadtxt(ml100k / "u.data", dtype=np.int64, unpack=True)
     n = users.shape[0]
     _, test_rows = random_split_indices(n, 0.2, random_state=42)
     digest = hashlib.sha256(np.sort(test_rows).astype("<i8").tobytes()).hexdigest()
@@ -284,8 +275,8 @@ def test_protocol_b_reproduces_the_benchmark_split(ml100k_dir):
 @pytest.mark.parametrize(
     "which, n_folds, sizes", [("u", 5, (80000, 20000)), ("ua", 1, (90570, 9430))]
 )
-def test_official_folds(ml100k_dir, which, n_folds, sizes):
-    folds = official_folds(ml100k_dir, which)
+def test_official_folds(ml100k, which, n_folds, sizes):
+    folds = official_folds(ml100k, which)
     assert len(folds) == n_folds
     for train, test in folds:
         assert (train.nnz, test.nnz) == sizes
