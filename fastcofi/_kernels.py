@@ -21,24 +21,83 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 @nb.njit(cache=True, nogil=True)
-def stable_order_by_key(keys, n_keys, order):
-    """Return ``order`` stably re-sorted by ``keys[order]`` (a counting sort, O(n + n_keys)).
+def row_major_order(rows, cols, n_rows):
+    """Permutation sorting entries by row, then column, equal pairs kept in input order.
 
-    Returns the new order and the CSR ``indptr`` of the key groups (int64, length n_keys + 1).
+    A counting sort by row, then a stable sort of each row's columns (rows in parallel).
+    Returns the permutation (int64) and the row ``indptr`` (int64, length n_rows + 1).
     """
-    indptr = np.zeros(n_keys + 1, dtype=np.int64)
-    for p in range(order.shape[0]):
-        indptr[keys[order[p]] + 1] += 1
-    for r in range(n_keys):
+    nnz = rows.shape[0]
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    for p in range(nnz):
+        indptr[rows[p] + 1] += 1
+    for r in range(n_rows):
         indptr[r + 1] += indptr[r]
     fill = indptr[:-1].copy()
-    out = np.empty_like(order)
-    for p in range(order.shape[0]):
-        q = order[p]
-        key = keys[q]
-        out[fill[key]] = q
-        fill[key] += 1
-    return out, indptr
+    order = np.empty(nnz, dtype=np.int64)
+    for p in range(nnz):
+        r = rows[p]
+        order[fill[r]] = p
+        fill[r] += 1
+    _sort_rows_by_key(order, indptr, cols)
+    return order, indptr
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _sort_rows_by_key(order, indptr, keys):
+    for r in prange(indptr.shape[0] - 1):
+        start, end = indptr[r], indptr[r + 1]
+        in_order = True
+        for q in range(start + 1, end):
+            if keys[order[q]] < keys[order[q - 1]]:
+                in_order = False
+                break
+        if not in_order:
+            segment = order[start:end].copy()
+            # mergesort is stable: repeated pairs stay in input order
+            rank = np.argsort(keys[segment], kind="mergesort")
+            for q in range(end - start):
+                order[start + q] = segment[rank[q]]
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_rows(order, indptr, cols, values, out_cols, out_values):
+    """``out_cols = cols[order]``, ``out_values = values[order]`` in one pass; returns whether two
+    neighbours within a row share a column (a repeated pair)."""
+    repeated = False
+    for r in range(indptr.shape[0] - 1):
+        previous = -1
+        for q in range(indptr[r], indptr[r + 1]):
+            p = order[q]
+            c = cols[p]
+            out_cols[q] = c
+            out_values[q] = values[p]
+            if c == previous:
+                repeated = True
+            previous = c
+    return repeated
+
+
+@nb.njit(cache=True, nogil=True)
+def transpose_csr(indptr, indices, values, n_cols, out_indices, out_values):
+    """The CSR of the transpose: writes ``out_indices`` / ``out_values``, returns its indptr.
+
+    A stable counting sort by column, so each output row lists its entries by ascending row.
+    """
+    out_indptr = np.zeros(n_cols + 1, dtype=np.int64)
+    for p in range(indices.shape[0]):
+        out_indptr[indices[p] + 1] += 1
+    for c in range(n_cols):
+        out_indptr[c + 1] += out_indptr[c]
+    fill = out_indptr[:-1].copy()
+    for r in range(indptr.shape[0] - 1):
+        for p in range(indptr[r], indptr[r + 1]):
+            c = indices[p]
+            q = fill[c]
+            out_indices[q] = r
+            out_values[q] = values[p]
+            fill[c] = q + 1
+    return out_indptr
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)

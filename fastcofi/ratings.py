@@ -151,19 +151,17 @@ class Ratings:
         n_users, n_items = len(user_ids), len(item_ids)
         users = users.astype(_index_dtype(n_users), copy=False)
         items = items.astype(_index_dtype(n_items), copy=False)
-        order = np.arange(values.shape[0], dtype=np.int64)
-        # Two stable counting sorts give item-major order, users ascending within each item,
-        # and repeated (item, user) pairs adjacent in input order.
-        order, _ = _kernels.stable_order_by_key(users, n_users, order)
-        order, item_indptr = _kernels.stable_order_by_key(items, n_items, order)
-        row_users = users[order]
-        row_items = items[order]
-        same = (row_users[1:] == row_users[:-1]) & (row_items[1:] == row_items[:-1])
-        sorted_values = values[order]
-        if np.any(same):
+        order, item_indptr = _kernels.row_major_order(items, users, n_items)
+        row_users = np.empty_like(users)
+        sorted_values = np.empty_like(values)
+        if _kernels.gather_rows(order, item_indptr, users, values, row_users, sorted_values):
+            # same[p]: sorted position p + 1 repeats the (item, user) pair at position p.
+            same = row_users[1:] == row_users[:-1]
+            row_starts = item_indptr[1:-1]
+            same[row_starts[(row_starts > 0) & (row_starts < same.shape[0] + 1)] - 1] = False
             if duplicates == "error":
                 cls._raise_first_duplicate(order, same, user_ids, item_ids, users, items)
-            # Keep the last member of each group (stable sorts put it last): its timestamp wins.
+            # Keep the last member of each group (the sort keeps input order): its timestamp wins.
             last_of_group = np.concatenate([~same, [True]])
             if duplicates == "mean":
                 starts = np.flatnonzero(np.concatenate([[True], ~same]))
@@ -175,18 +173,20 @@ class Ratings:
                 sorted_values = sorted_values[last_of_group]
             order = order[last_of_group]
             row_users = row_users[last_of_group]
-            row_items = row_items[last_of_group]
             item_indptr = np.zeros(n_items + 1, dtype=np.int64)
-            np.cumsum(np.bincount(row_items, minlength=n_items), out=item_indptr[1:])
+            np.cumsum(np.bincount(items[order], minlength=n_items), out=item_indptr[1:])
         ts = None if timestamps is None else timestamps[order]
-        by_user_order, user_indptr = _kernels.stable_order_by_key(
-            row_users, n_users, np.arange(order.shape[0], dtype=np.int64)
+        del order
+        user_items = np.empty(row_users.shape[0], dtype=items.dtype)
+        user_values = np.empty_like(sorted_values)
+        user_indptr = _kernels.transpose_csr(
+            item_indptr, row_users, sorted_values, n_users, user_items, user_values
         )
         obj = object.__new__(cls)
         obj._user_ids = user_ids
         obj._item_ids = item_ids
         obj._by_item = (item_indptr, row_users, sorted_values)
-        obj._by_user = (user_indptr, row_items[by_user_order], sorted_values[by_user_order])
+        obj._by_user = (user_indptr, user_items, user_values)
         obj._timestamps = ts
         obj._item_chunks = _chunks(item_indptr)
         obj._user_chunks = _chunks(user_indptr)
