@@ -1,4 +1,3 @@
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ def test_checkpoint_is_written_and_resume_continues(tmp_path):
     path = tmp_path / "ckpt.npz"
     full = _fit(60)
     first = _fit(30, checkpoint=path, checkpoint_every=10)
-    params, iteration, history = read_checkpoint(path, _fingerprint_of(first, path))
+    params, iteration, history = read_checkpoint(path, _stored_fingerprint(path))
     assert iteration == 30 and len(history["cost"]) == 30
     resumed = _fit(60, checkpoint=path, resume=True)
     assert resumed.n_iter_ == 60 and len(resumed.history_["cost"]) == 60
@@ -44,7 +43,7 @@ def test_checkpoint_is_written_and_resume_continues(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
 
 
-def _fingerprint_of(model, path):
+def _stored_fingerprint(path):
     import json
 
     with np.load(path, allow_pickle=False) as data:
