@@ -60,12 +60,13 @@ def _sort_rows_by_key(order, indptr, keys):
                 order[start + q] = segment[rank[q]]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def gather_rows(order, indptr, cols, values, out_cols, out_values):
-    """``out_cols = cols[order]``, ``out_values = values[order]`` in one pass; returns whether two
-    neighbours within a row share a column (a repeated pair)."""
-    repeated = False
-    for r in range(indptr.shape[0] - 1):
+    """``out_cols = cols[order]``, ``out_values = values[order]``, rows in parallel; returns
+    whether two neighbours within a row share a column (a repeated pair)."""
+    n_rows = indptr.shape[0] - 1
+    repeated = np.zeros(n_rows, dtype=np.bool_)
+    for r in prange(n_rows):
         previous = -1
         for q in range(indptr[r], indptr[r + 1]):
             p = order[q]
@@ -73,9 +74,18 @@ def gather_rows(order, indptr, cols, values, out_cols, out_values):
             out_cols[q] = c
             out_values[q] = values[p]
             if c == previous:
-                repeated = True
+                repeated[r] = True
             previous = c
-    return repeated
+    return repeated.any()
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def take(values, order):
+    """``values[order]`` with the gather spread over threads."""
+    out = np.empty(order.shape[0], dtype=values.dtype)
+    for q in prange(order.shape[0]):
+        out[q] = values[order[q]]
+    return out
 
 
 @nb.njit(cache=True, nogil=True)

@@ -175,7 +175,7 @@ class Ratings:
             row_users = row_users[last_of_group]
             item_indptr = np.zeros(n_items + 1, dtype=np.int64)
             np.cumsum(np.bincount(items[order], minlength=n_items), out=item_indptr[1:])
-        ts = None if timestamps is None else timestamps[order]
+        ts = None if timestamps is None else _kernels.take(timestamps, order)
         del order
         user_items = np.empty(row_users.shape[0], dtype=items.dtype)
         user_values = np.empty_like(sorted_values)
