@@ -178,8 +178,35 @@ def _cmd_recommend(args):
     from .io import load_model
 
     model = load_model(args.model)
+    if args.cluster is not None:
+        return _recommend_cluster(model, args)
     user = _typed_id(model.user_ids_, args.user, "--user")
     ids, scores = model.recommend(user, n=args.n, exclude_seen=not args.include_seen)
+    rows = _item_rows(model, ids, scores)
+    if args.json:
+        _print_json({"user": user, "recommendations": rows})
+        return 0
+    if not rows:
+        print(f"no items to recommend to user {user}")
+    _print_rows(rows)
+    return 0
+
+
+def _recommend_cluster(model, args):
+    clusters = model.cluster_users(args.clusters, random_state=args.seed)
+    ids, scores = clusters.recommend(args.cluster, n=args.n)
+    rows = _item_rows(model, ids, scores)
+    size = int((clusters.labels == args.cluster).sum())
+    if args.json:
+        _print_json({"cluster": args.cluster, "n_clusters": args.clusters, "n_users": size,
+                     "recommendations": rows})
+        return 0
+    print(f"cluster {args.cluster} of {args.clusters} ({size} users)")
+    _print_rows(rows)
+    return 0
+
+
+def _item_rows(model, ids, scores):
     rows = []
     for item, score in zip(ids.tolist(), scores.tolist()):
         row = {"item": item, "score": float(score)}
@@ -187,15 +214,13 @@ def _cmd_recommend(args):
         if title is not None:
             row["title"] = title
         rows.append(row)
-    if args.json:
-        _print_json({"user": user, "recommendations": rows})
-        return 0
-    if not rows:
-        print(f"no items to recommend to user {user}")
+    return rows
+
+
+def _print_rows(rows):
     for rank, row in enumerate(rows, start=1):
         title = f"  {row['title']}" if "title" in row else ""
         print(f"{rank:3d}. item {row['item']}  score {row['score']:.3f}{title}")
-    return 0
 
 
 def _cmd_predict(args):
@@ -300,9 +325,15 @@ def _build_parser():
     evaluate.add_argument("--json", action="store_true", help="print one JSON document")
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    recommend = sub.add_parser("recommend", help="top items for a user of the model")
+    recommend = sub.add_parser("recommend", help="top items for a user (or a user cluster)")
     recommend.add_argument("model", metavar="MODEL")
-    recommend.add_argument("--user", required=True, metavar="ID")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="ID")
+    who.add_argument("--cluster", type=int, metavar="C",
+                     help="items cluster C of --clusters k-means user groups rates highest")
+    recommend.add_argument("--clusters", type=int, default=8, metavar="K",
+                           help="number of user clusters for --cluster (default 8)")
+    recommend.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     recommend.add_argument("-n", type=int, default=10, help="number of items (default 10)")
     recommend.add_argument("--include-seen", action="store_true",
                            help="also rank the items the user rated in training")

@@ -316,3 +316,20 @@ def test_train_checkpoint_and_resume(data, tmp_path, capsys):
     first_iter = [line for line in err.splitlines() if line.startswith("iter")][0]
     assert first_iter.split()[1] == "11"  # resumed after the 10 iterations already done
     assert load_model(tmp_path / "b.npz").n_iter_ == 20
+
+
+def test_recommend_for_a_user_cluster(data, tmp_path, capsys):
+    model_path = tmp_path / "m.npz"
+    assert run(capsys, "train", data["ratings"], *TRAIN, "-o", model_path)[0] == 0
+    code, out, err = run(capsys, "recommend", model_path, "--cluster", "1", "--clusters", "3",
+                         "-n", "4", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    model = load_model(model_path)
+    clusters = model.cluster_users(3, random_state=0)
+    ids, scores = clusters.recommend(1, n=4)
+    assert [r["item"] for r in doc["recommendations"]] == ids.tolist()
+    assert doc["n_users"] == int((clusters.labels == 1).sum())
+    code, _, err = run(capsys, "recommend", model_path, "--cluster", "5", "--clusters", "3")
+    assert code == 2 and err.startswith("fastcofi: error:") and "cluster" in err
+    assert run(capsys, "recommend", model_path, "--cluster", "1", "--user", "1")[0] == 2
