@@ -55,8 +55,8 @@ class MatrixFactorization:
     max_iter : int, default 300
         Iterations at most (ALS: sweeps over users and items).
     tol : float, default 3e-3
-        CG / L-BFGS: stop when the gradient's largest entry falls below ``tol`` times its initial
-        value. ALS: stop when a sweep lowers the cost by less than ``tol`` relative. 0 disables.
+        Stop when the gradient's largest entry falls below ``tol`` times its initial value (the
+        same test for every solver); 0 disables it.
     patience : int, default 10
         With a validation set, stop once its RMSE has not improved for this many iterations and
         keep the best iterate.

@@ -88,8 +88,9 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
 
     Each iteration solves every user row with the items fixed, then every item row with the
     users fixed (closed-form regularized least squares, `fastcofi._kernels.solve_rows`), so the
-    cost never increases. Stops when an iteration lowers the cost by less than ``tol`` times its
-    value (relative decrease), after ``max_iter`` iterations, or when ``on_iteration`` asks.
+    cost never increases. Stops, as the scipy solvers do, once the gradient's largest entry is
+    below ``tol`` times its value at the start (0 disables the test), when a sweep no longer
+    lowers the cost at all, after ``max_iter`` iterations, or when ``on_iteration`` asks.
 
     Parameters
     ----------
@@ -111,7 +112,8 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     zeros_items, zeros_users = np.zeros(ratings.n_items), np.zeros(ratings.n_users)
     history = {"cost": [], "seconds": []}
     start = time.perf_counter()
-    previous = objective(params)[0]
+    previous, grad0 = objective(params)
+    threshold = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else -1.0
     converged = False
     with threads(objective.n_threads):
         for iteration in range(1, int(max_iter) + 1):
@@ -132,12 +134,12 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
                 *ratings.by_item, ratings._item_chunks, Theta, *item_offsets,
                 objective.reg, objective.reg_bias, objective.weights[0], fit_bias, X, item_bias,
             )
-            cost = objective(params)[0]
+            cost, grad = objective(params)
             history["cost"].append(cost)
             history["seconds"].append(time.perf_counter() - start)
             if on_iteration is not None and on_iteration(iteration, params, history):
                 return params, history, True
-            if previous - cost <= tol * abs(previous):
+            if np.max(np.abs(grad)) <= threshold or cost >= previous:
                 converged = True
                 break
             previous = cost
