@@ -229,3 +229,15 @@ def test_normalize_none_trains_on_raw_ratings():
     model.fit(train)
     assert model.item_means_ is None and model.item_bias_ is None
     assert np.sqrt(np.mean((model.predict(u, i) - y) ** 2)) < 0.6
+
+
+def test_float32_ratings_train_to_the_float64_model():
+    train, (u, i, y) = _planted()
+    users, items, values = train.coo()
+    train32 = Ratings.from_arrays(users, items, values, dtype=np.float32,
+                                  all_users=train.user_ids, all_items=train.item_ids)
+    kwargs = dict(n_factors=4, solver="als", max_iter=500, tol=1e-4, random_state=0)
+    m64 = MatrixFactorization(**kwargs).fit(train)
+    m32 = MatrixFactorization(**kwargs).fit(train32)
+    assert m32.history_["cost"][-1] == pytest.approx(m64.history_["cost"][-1], rel=1e-5)
+    np.testing.assert_allclose(m32.predict(u, i), m64.predict(u, i), atol=1e-4)

@@ -106,3 +106,20 @@ def test_rejects_non_ratings_and_bad_thread_counts():
         cost_and_grad(X, Theta, np.ones((3, 3)), 1.0)
     with pytest.raises(ValueError, match="n_threads"):
         cost_and_grad(X, Theta, ratings, 1.0, n_threads=0)
+
+
+def test_float32_ratings_match_float64_at_float32_tolerance():
+    rng = np.random.default_rng(7)
+    flat = rng.choice(300 * 200, size=5000, replace=False)
+    values = rng.normal(3.0, 1.0, 5000)  # not exactly representable in float32
+    args = (flat % 200, flat // 200, values)
+    r64 = Ratings.from_arrays(*args)
+    r32 = Ratings.from_arrays(*args, dtype=np.float32)
+    assert r32.values.dtype == np.float32
+    X = rng.normal(size=(r64.n_items, 6))
+    Theta = rng.normal(size=(r64.n_users, 6))
+    c64, x64, t64 = cost_and_grad(X, Theta, r64, 0.5)
+    c32, x32, t32 = cost_and_grad(X, Theta, r32, 0.5)
+    assert x32.dtype == np.float64  # accumulation stays in float64
+    assert abs(c32 - c64) / abs(c64) <= 1e-6
+    assert relative_error(x32, x64) <= 1e-6 and relative_error(t32, t64) <= 1e-6
