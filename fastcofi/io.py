@@ -26,7 +26,7 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
-from .ratings import Ratings
+from .ratings import Ratings, unique_ids
 
 __all__ = [
     "ModelFileError",
@@ -803,8 +803,7 @@ def _dense_ids(ids):
     """Sorted unique ids and the index of each, int32 where it fits.
 
     ``ids`` is an int64 array, a fixed-width bytes array, or ``(labels, codes)`` from a
-    dictionary encoding. Integer ids in a compact range are mapped by a lookup table (O(n)),
-    which is several times faster than sorting tens of millions of them.
+    dictionary encoding; integers go to `fastcofi.ratings.unique_ids`.
     """
     if isinstance(ids, tuple):
         labels, codes = ids
@@ -819,18 +818,7 @@ def _dense_ids(ids):
         if labels.shape[0] != uniq.shape[0] or np.unique(labels).shape[0] != labels.shape[0]:
             labels, index = np.unique(labels[index], return_inverse=True)
         return labels, index.reshape(-1)
-    lo, hi = int(ids.min()), int(ids.max())
-    span = hi - lo + 1
-    if span <= 4 * ids.shape[0] + (1 << 20):
-        present = np.zeros(span, dtype=np.bool_)
-        shifted = ids - lo
-        present[shifted] = True
-        uniq = np.flatnonzero(present) + lo
-        lookup = np.cumsum(present, dtype=np.int64) - 1
-        index_dtype = np.int32 if uniq.shape[0] < 2**31 - 1 else np.int64
-        return uniq.astype(np.int64), lookup.astype(index_dtype)[shifted]
-    uniq, index = np.unique(ids, return_inverse=True)
-    return uniq, index.reshape(-1)
+    return unique_ids(ids)
 
 
 def _to_ratings(source, users, items, values, ts, dtype, duplicates, header_lines):

@@ -67,11 +67,30 @@ def _index_dtype(n):
     return np.int32 if n < np.iinfo(np.int32).max else np.int64
 
 
+def unique_ids(ids):
+    """Sorted unique ids of a 1-D array and the dense index of each entry.
+
+    Integer ids in a compact range are mapped through a lookup table (O(n)), several times
+    faster than the sort that ``numpy.unique`` does on tens of millions of ids.
+    """
+    if ids.dtype.kind in "iu" and ids.size:
+        lo, hi = int(ids.min()), int(ids.max())
+        span = hi - lo + 1
+        if span <= 4 * ids.shape[0] + (1 << 20):
+            shifted = ids - lo
+            present = np.zeros(span, dtype=np.bool_)
+            present[shifted] = True
+            uniq = (np.flatnonzero(present) + lo).astype(ids.dtype)
+            table = np.cumsum(present, dtype=np.int64) - 1
+            return uniq, table.astype(_index_dtype(uniq.shape[0]))[shifted]
+    uniq, index = np.unique(ids, return_inverse=True)
+    return uniq, index.reshape(-1)
+
+
 def _declare_ids(rated_ids, declared, name):
     """Sorted unique ids and the dense index of every rated id."""
     if declared is None:
-        uniq, index = np.unique(rated_ids, return_inverse=True)
-        return uniq, index.reshape(-1)
+        return unique_ids(rated_ids)
     declared = _as_id_array(declared, f"all_{name}s")
     uniq = np.unique(declared)
     if uniq.size and rated_ids.size and (uniq.dtype.kind == "U") != (rated_ids.dtype.kind == "U"):
