@@ -229,6 +229,10 @@ class MatrixFactorization:
             raise TypeError(
                 f"validation must be a fastcofi.Ratings, found {type(validation).__name__}"
             )
+        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer, found {checkpoint_every!r}")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint path")
         n_items, n_users, k = ratings.n_items, ratings.n_users, int(self.n_factors)
         values = ratings.values
         global_mean = float(values.mean(dtype=np.float64))
@@ -260,10 +264,6 @@ class MatrixFactorization:
             np.zeros(n_users),
         )
 
-        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be a positive integer, found {checkpoint_every!r}")
-        if resume and checkpoint is None:
-            raise ValueError("resume=True needs a checkpoint path")
         fingerprint = {
             **{key: self.get_params()[key] for key in
                ("n_factors", "normalize", "reg", "reg_bias", "reg_weighting", "solver")},
@@ -292,7 +292,8 @@ class MatrixFactorization:
                 lookup(ratings.item_ids, validation.item_ids)[0][v_items],
                 np.asarray(v_values, dtype=np.float64),
             )
-        self._set_state(ratings, objective, params, global_mean, item_means)
+        self._set_data_state(ratings, global_mean, item_means)
+        self._set_params(objective, params)
         best = {"rmse": np.inf, "iteration": 0, "params": None}
 
         def on_iteration(local_iteration, current, history):
@@ -301,7 +302,7 @@ class MatrixFactorization:
             info["seconds"] += prior_seconds
             stop = False
             if val_pairs is not None:
-                self._set_state(ratings, objective, current, global_mean, item_means)
+                self._set_params(objective, current)
                 pred = self._predict_indices(val_pairs[0], val_pairs[1])
                 info["val_rmse"] = float(np.sqrt(np.mean((pred - val_pairs[2]) ** 2)))
                 history.setdefault("val_rmse", []).append(info["val_rmse"])
@@ -346,26 +347,30 @@ class MatrixFactorization:
             params = best["params"]
         if val_pairs is not None and "val_rmse" not in history:
             history["val_rmse"] = []
-        self._set_state(ratings, objective, params, global_mean, item_means)
+        self._set_params(objective, params)
         self.n_iter_ = n_iter
         self.best_iteration_ = best["iteration"] if best["params"] is not None else n_iter
         self.result_ = result
         self.history_ = history
         return self
 
-    def _set_state(self, ratings, objective, params, global_mean, item_means):
-        X, Theta, item_bias, user_bias = objective.unpack(np.array(params, dtype=np.float64))
-        learned = objective.learn_biases
-        self.item_factors_ = np.ascontiguousarray(X)
-        self.user_factors_ = np.ascontiguousarray(Theta)
+    def _set_data_state(self, ratings, global_mean, item_means):
+        """The fitted attributes that training does not change, set once per fit."""
         self.item_ids_ = ratings.item_ids
         self.user_ids_ = ratings.user_ids
         self.global_mean_ = global_mean
         self.item_means_ = item_means
-        self.item_bias_ = np.array(item_bias) if learned else None
-        self.user_bias_ = np.array(user_bias) if learned else None
         self.rating_range_ = (float(ratings.values.min()), float(ratings.values.max()))
         self._seen = ratings.by_user[:2]
+
+    def _set_params(self, objective, params):
+        """The fitted factors and biases from a parameter vector (copied)."""
+        X, Theta, item_bias, user_bias = objective.unpack(np.array(params, dtype=np.float64))
+        learned = objective.learn_biases
+        self.item_factors_ = np.ascontiguousarray(X)
+        self.user_factors_ = np.ascontiguousarray(Theta)
+        self.item_bias_ = np.array(item_bias) if learned else None
+        self.user_bias_ = np.array(user_bias) if learned else None
 
     # -- prediction ---------------------------------------------------------------------------
     def _check_fitted(self):
