@@ -110,10 +110,6 @@ def _check_n(n):
 
 def _indices(known_ids, query):
     """Dense indices of a 1-D array of external ids (-1 where unknown), int64."""
-    if known_ids.dtype.kind in "iu" and query.dtype.kind in "iu":
-        out = np.empty(query.shape[0], dtype=np.int64)
-        _kernels.lookup_int(known_ids, np.array(query, dtype=np.int64), out)
-        return out
     return lookup(known_ids, query)[0]
 
 
