@@ -169,7 +169,6 @@ class FlatObjective:
         else:
             self.weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
         self.n_threads = n_threads
-        self.n_evaluations = 0
 
     @property
     def size(self):
@@ -207,5 +206,4 @@ class FlatObjective:
                 X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
                 self.weights, grads,
             )
-        self.n_evaluations += 1
         return float(cost), grad
