@@ -3,12 +3,15 @@
 The Python wrappers (:mod:`fastcofi.ratings`, :mod:`fastcofi.objective`) check shapes and dtypes;
 a kernel trusts what it is given.
 
-Parallel kernels are race-free by ownership: the item-gradient pass walks the by-item CSR and each
-thread writes only the item rows it owns, the user-gradient pass does the same over the by-user
-CSR. The residual of a rating is computed in both passes (k multiply-adds, from rows the pass reads
-anyway), which costs less than sharing it through a scatter. Rows are grouped into chunks of about
-equal nonzero counts, fixed by the data and not by the thread count, and partial sums are added
-in chunk order, so results are bit-identical for any number of threads.
+The objective has two race-free parallel kernels. ``cost_and_grad_buffered`` walks the CSR of the
+side with more rows once: each thread owns a group of those rows (balanced by nonzeros) and adds
+the other side's gradient into a buffer of its own, and the buffers are summed row by row in group
+order. Each residual is computed once and the randomly read rows belong to the smaller side, which
+stays in cache. Its buffers cost groups x rows x (k + 1) floats, so when the smaller side is still
+too large, ``cost_and_grad_two_pass`` computes each residual twice instead, once in an item-owned
+pass and once in a user-owned pass, with no buffer at all. Work is split by the data (groups of
+a fixed count, or chunks of about equal nonzero counts), never by the number of running threads,
+and partial sums are added in a fixed order, so results are bit-identical for any thread count.
 """
 
 import numba as nb
@@ -111,7 +114,95 @@ def transpose_csr(indptr, indices, values, n_cols, out_indices, out_values):
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
-def cost_and_grad(
+def cost_and_grad_buffered(
+    A,
+    B,
+    own_bias,
+    other_bias,
+    mu,
+    indptr,
+    other,
+    values,
+    groups,
+    reg,
+    reg_bias,
+    own_weight,
+    other_weight,
+    A_grad,
+    B_grad,
+    own_bias_grad,
+    other_bias_grad,
+):
+    """Fused masked cost and gradients in one pass over one side's CSR; returns the cost.
+
+    ``A`` holds the factors of the side whose CSR (``indptr``, ``other``, ``values``) is walked,
+    ``B`` those of the other side; either may be items or users, the objective is symmetric (see
+    ``cost_and_grad_two_pass`` for its terms). ``groups`` are row boundaries of ``A``'s side, one
+    group per parallel task; each group adds into its own slice of a buffer of ``B``'s rows, the
+    bias gradient in the last column.
+    """
+    k = A.shape[1]
+    n_groups = groups.shape[0] - 1
+    n_other = B.shape[0]
+    buffer = np.empty((n_groups, n_other, k + 1))
+    partial = np.zeros(n_groups)
+
+    for g in prange(n_groups):
+        for j in range(n_other):
+            for f in range(k + 1):
+                buffer[g, j, f] = 0.0
+        total = 0.0
+        for i in range(groups[g], groups[g + 1]):
+            row_reg = reg * own_weight[i]
+            row_reg_bias = reg_bias * own_weight[i]
+            norm2 = 0.0
+            for f in range(k):
+                A_grad[i, f] = row_reg * A[i, f]
+                norm2 += A[i, f] * A[i, f]
+            total += 0.5 * (row_reg * norm2 + row_reg_bias * own_bias[i] * own_bias[i])
+            offset = mu + own_bias[i]
+            bias_grad = row_reg_bias * own_bias[i]
+            for p in range(indptr[i], indptr[i + 1]):
+                j = other[p]
+                err = offset + other_bias[j] - values[p]
+                for f in range(k):
+                    err += A[i, f] * B[j, f]
+                total += 0.5 * err * err
+                bias_grad += err
+                for f in range(k):
+                    A_grad[i, f] += err * B[j, f]
+                    buffer[g, j, f] += err * A[i, f]
+                buffer[g, j, k] += err
+            own_bias_grad[i] = bias_grad
+        partial[g] = total
+
+    other_cost = np.empty(n_other)
+    for j in prange(n_other):
+        row_reg = reg * other_weight[j]
+        row_reg_bias = reg_bias * other_weight[j]
+        norm2 = 0.0
+        for f in range(k):
+            grad = row_reg * B[j, f]
+            for g in range(n_groups):
+                grad += buffer[g, j, f]
+            B_grad[j, f] = grad
+            norm2 += B[j, f] * B[j, f]
+        bias_grad = row_reg_bias * other_bias[j]
+        for g in range(n_groups):
+            bias_grad += buffer[g, j, k]
+        other_bias_grad[j] = bias_grad
+        other_cost[j] = 0.5 * (row_reg * norm2 + row_reg_bias * other_bias[j] * other_bias[j])
+
+    cost = 0.0
+    for g in range(n_groups):
+        cost += partial[g]
+    for j in range(n_other):
+        cost += other_cost[j]
+    return cost
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
+def cost_and_grad_two_pass(
     X,
     Theta,
     item_bias,

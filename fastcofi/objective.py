@@ -54,21 +54,62 @@ def _check_factors(item_factors, user_factors, ratings):
     return X, Theta
 
 
-def _evaluate(X, Theta, item_bias, user_bias, mu, ratings, reg, reg_bias, weights, grads):
-    return _kernels.cost_and_grad(
-        X,
-        Theta,
-        item_bias,
-        user_bias,
-        float(mu),
-        *ratings.by_item,
-        ratings._item_chunks,
-        *ratings.by_user,
-        ratings._user_chunks,
-        float(reg),
-        float(reg_bias),
-        *weights,
-        *grads,
+# The one-pass kernel's buffers may take this much memory, or as much as the ratings' values
+# when that is more, before the buffer-free two-pass kernel is used instead.
+_BUFFER_ALLOWANCE = 64 << 20
+
+
+def _groups(indptr, n_groups):
+    """Row boundaries of ``n_groups`` groups with about equal nonzero counts (int64)."""
+    n_rows = indptr.shape[0] - 1
+    n_groups = max(1, min(n_groups, n_rows))
+    targets = (int(indptr[-1]) * np.arange(n_groups + 1, dtype=np.float64) / n_groups)
+    bounds = np.searchsorted(indptr, targets.astype(np.int64), side="left").astype(np.int64)
+    bounds[0], bounds[-1] = 0, n_rows
+    return bounds
+
+
+def _use_buffers(ratings, n_factors):
+    smaller = min(ratings.n_items, ratings.n_users)
+    buffer_bytes = numba.config.NUMBA_NUM_THREADS * smaller * (n_factors + 1) * 8
+    return buffer_bytes <= max(_BUFFER_ALLOWANCE, 8 * ratings.nnz)
+
+
+def _evaluate(
+    X, Theta, item_bias, user_bias, mu, ratings, reg, reg_bias, weights, grads, buffered=None
+):
+    """Cost of the factors on ``ratings``; writes ``grads`` (X, Theta, item bias, user bias).
+
+    ``buffered`` picks the kernel (default: the one-pass kernel when its buffers fit, see
+    ``_BUFFER_ALLOWANCE``); both give the same result up to rounding.
+    """
+    if buffered is None:
+        buffered = _use_buffers(ratings, X.shape[1])
+    mu, reg, reg_bias = float(mu), float(reg), float(reg_bias)
+    if not buffered:
+        return _kernels.cost_and_grad_two_pass(
+            X, Theta, item_bias, user_bias, mu,
+            *ratings.by_item, ratings._item_chunks, *ratings.by_user, ratings._user_chunks,
+            reg, reg_bias, *weights, *grads,
+        )
+    X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
+    item_weight, user_weight = weights
+    # One group per thread numba may start (not per thread running now), so the grouping and
+    # hence every rounding is the same whatever n_threads is set to.
+    n_groups = numba.config.NUMBA_NUM_THREADS
+    # Walk the side with more rows; the other side's rows are read at random and buffered.
+    if ratings.n_items >= ratings.n_users:
+        indptr = ratings.by_item[0]
+        return _kernels.cost_and_grad_buffered(
+            X, Theta, item_bias, user_bias, mu, *ratings.by_item, _groups(indptr, n_groups),
+            reg, reg_bias, item_weight, user_weight,
+            X_grad, Theta_grad, item_bias_grad, user_bias_grad,
+        )
+    indptr = ratings.by_user[0]
+    return _kernels.cost_and_grad_buffered(
+        Theta, X, user_bias, item_bias, mu, *ratings.by_user, _groups(indptr, n_groups),
+        reg, reg_bias, user_weight, item_weight,
+        Theta_grad, X_grad, user_bias_grad, item_bias_grad,
     )
 
 

@@ -4,7 +4,7 @@ from hypothesis import given
 from scipy.optimize import check_grad
 
 from fastcofi import Ratings, reference
-from fastcofi.objective import FlatObjective, cost_and_grad
+from fastcofi.objective import FlatObjective, _evaluate, cost_and_grad, threads
 
 from .strategies import relative_error, sparse_problems
 
@@ -19,6 +19,41 @@ def test_cost_and_grad_equals_dense_reference(problem):
     assert relative_error(item_grad, ref_x) <= 1e-9
     assert relative_error(user_grad, ref_theta) <= 1e-9
     assert item_grad.dtype == np.float64 and user_grad.dtype == np.float64
+
+
+def _dense_biased_objective(X, Theta, item_bias, user_bias, mu, dense, mask, reg, reg_bias, w):
+    """The full objective (biases, per-row penalty weights) in dense numpy, as an oracle."""
+    item_w, user_w = w
+    err = np.where(mask, X @ Theta.T + mu + item_bias[:, None] + user_bias[None, :] - dense, 0.0)
+    cost = 0.5 * np.sum(err**2) + 0.5 * (
+        reg * (item_w @ np.sum(X**2, axis=1) + user_w @ np.sum(Theta**2, axis=1))
+        + reg_bias * (item_w @ item_bias**2 + user_w @ user_bias**2)
+    )
+    return cost, (
+        err @ Theta + reg * item_w[:, None] * X,
+        err.T @ X + reg * user_w[:, None] * Theta,
+        err.sum(axis=1) + reg_bias * item_w * item_bias,
+        err.sum(axis=0) + reg_bias * user_w * user_bias,
+    )
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["one-pass", "two-pass"])
+@given(problem=sparse_problems())
+def test_both_kernels_equal_dense_objective_with_biases_and_weights(problem, buffered):
+    ratings, dense, mask, X, Theta, reg = problem
+    rng = np.random.default_rng(ratings.nnz)
+    item_bias, user_bias = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
+    weights = (rng.random(ratings.n_items) * 3, rng.random(ratings.n_users) * 3)
+    grads = (np.empty_like(X), np.empty_like(Theta), np.empty(ratings.n_items),
+             np.empty(ratings.n_users))
+    cost = _evaluate(X, Theta, item_bias, user_bias, 0.4, ratings, reg, 0.7, weights, grads,
+                     buffered=buffered)
+    ref_cost, ref_grads = _dense_biased_objective(
+        X, Theta, item_bias, user_bias, 0.4, dense, mask, reg, 0.7, weights
+    )
+    assert abs(cost - ref_cost) / (1 + abs(ref_cost)) <= 1e-9
+    for got, want in zip(grads, ref_grads):
+        assert relative_error(got, want) <= 1e-9
 
 
 @given(sparse_problems(max_items=12, max_users=12, max_factors=4))
@@ -42,14 +77,24 @@ def _random_problem(seed, n_items=300, n_users=200, nnz=6000, k=7):
     return ratings, X, Theta
 
 
-def test_parallel_equals_serial_bit_for_bit():
-    ratings, X, Theta = _random_problem(1, nnz=20000)
+@pytest.mark.parametrize("n_items, n_users", [(300, 200), (200, 300)])
+@pytest.mark.parametrize("buffered", [True, False], ids=["one-pass", "two-pass"])
+def test_parallel_equals_serial_bit_for_bit(n_items, n_users, buffered):
+    ratings, X, Theta = _random_problem(1, n_items=n_items, n_users=n_users, nnz=20000)
     assert ratings._item_chunks.shape[0] > 3  # several chunks, so threads really split the work
-    serial = cost_and_grad(X, Theta, ratings, 0.7, n_threads=1)
-    parallel = cost_and_grad(X, Theta, ratings, 0.7, n_threads=2)
+    args = (np.zeros(n_items), np.zeros(n_users), 0.0, ratings, 0.7, 0.0,
+            (np.ones(n_items), np.ones(n_users)))
+
+    def run(n_threads):
+        grads = (np.empty_like(X), np.empty_like(Theta), np.empty(n_items), np.empty(n_users))
+        with threads(n_threads):
+            cost = _evaluate(X, Theta, *args, grads, buffered=buffered)
+        return cost, grads
+
+    serial, parallel = run(1), run(2)
     assert serial[0] == parallel[0]
-    np.testing.assert_array_equal(serial[1], parallel[1])
-    np.testing.assert_array_equal(serial[2], parallel[2])
+    for a, b in zip(serial[1], parallel[1]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_flat_objective_returns_fresh_gradient_each_call():
