@@ -93,7 +93,6 @@ def _rating_metrics(model, ratings):
 
 # -- train -----------------------------------------------------------------------------------
 def _cmd_train(args):
-    from .io import read_ratings, read_titles
     from .model import MatrixFactorization
 
     _check_output(args.output)
@@ -103,6 +102,23 @@ def _cmd_train(args):
     }
     model = MatrixFactorization(**{k: v for k, v in params.items() if v is not None})
     model._check_params()  # a bad flag fails before any file is read
+    if args.dask is None:
+        return _train(args, model, None)
+    from .distributed import _close_client, _connect
+
+    if model.solver == "als":
+        raise ValueError("--dask trains with --solver cg or lbfgs, found --solver als")
+    # Connect before reading: a wrong address fails in seconds, not after the parse.
+    dask_client, _ = _connect(args.dask)
+    try:
+        return _train(args, model, dask_client)
+    finally:
+        _close_client(dask_client)
+
+
+def _train(args, model, dask_client):
+    from .io import read_ratings, read_titles
+
     ratings = read_ratings(args.data, format=args.format)
     titles = read_titles(args.titles) if args.titles else None
     test = None
@@ -127,12 +143,21 @@ def _cmd_train(args):
         print(line, file=sys.stderr, flush=True)
         return False
 
+    fit_kwargs = {
+        "validation": test, "callback": progress, "checkpoint": args.checkpoint,
+        "checkpoint_every": args.checkpoint_every, "resume": args.resume,
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(
-            train, validation=test, callback=progress, checkpoint=args.checkpoint,
-            checkpoint_every=args.checkpoint_every, resume=args.resume,
-        )
+        if dask_client is None:
+            model.fit(train, **fit_kwargs)
+        else:
+            from .distributed import fit
+
+            try:
+                fit(model, train, client=dask_client, **fit_kwargs)
+            except RuntimeError as exc:
+                raise ValueError(f"training on the Dask cluster failed: {exc}") from None
     for warning in caught:
         print(f"fastcofi: warning: {str(warning.message).splitlines()[0]}", file=sys.stderr)
     if titles:
@@ -314,6 +339,9 @@ def _build_parser():
     train.add_argument("--checkpoint-every", type=int, default=10, metavar="N")
     train.add_argument("--resume", action="store_true",
                        help="continue from --checkpoint when it exists (CG restarts its direction)")
+    train.add_argument("--dask", metavar="SCHEDULER_ADDRESS",
+                       help="evaluate the objective on this Dask cluster (tcp://host:8786); "
+                            "needs pip install 'fastcofi[distributed]'")
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="RMSE, MAE and ranking metrics on a rating file")

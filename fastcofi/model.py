@@ -194,7 +194,7 @@ class MatrixFactorization:
     # -- training -----------------------------------------------------------------------------
     def fit(
         self, ratings, *, validation=None, callback=None, checkpoint=None, checkpoint_every=10,
-        resume=False,
+        resume=False, _make_objective=FlatObjective,
     ):
         """Learn the model from ``ratings``.
 
@@ -244,7 +244,8 @@ class MatrixFactorization:
             # An item with no rating (declared only) is predicted at the global mean.
             item_means = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
         reg_bias = self.reg if self.reg_bias is None else self.reg_bias
-        objective = FlatObjective(
+        # _make_objective: fastcofi.distributed's seam (same arguments, same contract).
+        objective = _make_objective(
             ratings,
             k,
             self.reg,

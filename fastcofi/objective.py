@@ -202,14 +202,25 @@ class FlatObjective:
             np.zeros(ratings.n_users) if user_bias is None
             else np.ascontiguousarray(user_bias, dtype=np.float64)
         )
+        self.count_weighted = bool(count_weighted)
         if count_weighted:
-            self.weights = (
-                np.diff(ratings.by_item[0]).astype(np.float64),
-                np.diff(ratings.by_user[0]).astype(np.float64),
-            )
+            self.weights = tuple(c.astype(np.float64) for c in self._row_counts())
         else:
             self.weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
         self.n_threads = n_threads
+
+    def _row_counts(self):
+        """Ratings per item and per user."""
+        return np.diff(self.ratings.by_item[0]), np.diff(self.ratings.by_user[0])
+
+    def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
+        """The cost; writes ``grads`` (X, Theta, item bias, user bias). Subclasses evaluate
+        elsewhere (``fastcofi.distributed``) with the same layout and contract."""
+        with threads(self.n_threads):
+            return _evaluate(
+                X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
+                self.weights, grads,
+            )
 
     @property
     def size(self):
@@ -235,6 +246,10 @@ class FlatObjective:
 
     def __call__(self, params):
         params = np.ascontiguousarray(params, dtype=np.float64)
+        if params.shape != (self.size,):
+            raise ValueError(
+                f"expected a parameter vector of shape ({self.size},), found {params.shape}"
+            )
         grad = np.empty_like(params)
         X, Theta, item_bias, user_bias = self.unpack(params)
         if self.learn_biases:
@@ -242,9 +257,4 @@ class FlatObjective:
         else:
             X_grad, Theta_grad, _, _ = self.unpack(grad)
             grads = (X_grad, Theta_grad, np.empty_like(item_bias), np.empty_like(user_bias))
-        with threads(self.n_threads):
-            cost = _evaluate(
-                X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
-                self.weights, grads,
-            )
-        return float(cost), grad
+        return float(self._evaluate_into(X, Theta, item_bias, user_bias, grads)), grad

@@ -1,0 +1,751 @@
+"""The objective and training over a Dask cluster: ratings sharded by blocks of items (or users).
+
+Dask is an optional dependency: ``pip install 'fastcofi[distributed]'``.
+
+Each shard holds every rating of one contiguous block of items (items renumbered from the block's
+start, users renumbered to the shard's own rated users), as a `Ratings` with both CSRs, and lives
+in a worker's memory for as long as the `ShardedRatings` handle does. An evaluation sends each
+shard its item rows and the rows of its users (factors and biases), runs the same fused Numba
+kernel there (`fastcofi.objective._evaluate`) and returns the shard's cost and gradients; the
+driver adds them up in shard order, so the result does not depend on where Dask ran the tasks.
+
+Why blocks of one side: a shard that owns all ratings of its items yields the complete gradient of
+those items, regularization included, so only the user side needs summing. The user penalty is the
+one term that would be counted once per shard; the shards get user weights of zero and the driver
+adds that term once, with the real weights. ``by="users"`` is the same with the roles swapped; the
+side that is not blocked travels to every shard that has ratings of it, so the side with fewer
+rows is the one to replicate.
+
+ALS is not offered here: its user sweep needs every rating of a user in one place and its item
+sweep every rating of an item, i.e. both partitionings held at once (twice the workers' memory),
+and each iteration moves what one evaluation by users plus one by items move. CG and L-BFGS need
+only the objective, which one partitioning gives.
+"""
+
+import asyncio
+import os
+import warnings
+
+import numpy as np
+
+from .objective import FlatObjective, _evaluate, threads
+from .ratings import Ratings, unique_ids
+
+__all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
+
+# How long to wait for a scheduler given by address before calling it unreachable.
+_CONNECT_TIMEOUT = "10s"
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(
+            "fastcofi.distributed needs Dask's distributed scheduler: "
+            "pip install 'fastcofi[distributed]'"
+        ) from None
+    return distributed
+
+
+def _connect(client):
+    """``(client, owned)``: a Dask client for ``client`` (None, a Client or an address)."""
+    distributed = _import_distributed()
+    if client is None:
+        # The embedded default: worker processes on the loopback only, no dashboard. The
+        # scheduler's health endpoint still listens (on 127.0.0.1 too) and moves to a free port
+        # when another cluster holds 8787, which Dask warns about; nothing to act on here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            cluster = distributed.LocalCluster(
+                host="127.0.0.1", dashboard_address=None, processes=True
+            )
+        try:
+            return distributed.Client(cluster), True
+        except BaseException:
+            cluster.close()
+            raise
+    if isinstance(client, distributed.Client):
+        return client, False
+    if isinstance(client, (str, os.PathLike)):
+        address = os.fspath(client)
+        try:
+            return distributed.Client(address, timeout=_CONNECT_TIMEOUT), True
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"cannot connect to the Dask scheduler at {address!r}; expected an address such "
+                f"as tcp://host:8786 of a running scheduler ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())})"
+            ) from None
+    raise TypeError(
+        f"client must be None, a dask.distributed.Client or a scheduler address, "
+        f"found {type(client).__name__}"
+    )
+
+
+def _close_client(client):
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+# -- worker-side functions (module level, so workers import them instead of unpickling code) --
+class _Shard:
+    """One block's ratings on a worker.
+
+    Attributes
+    ----------
+    ratings : Ratings
+        The shard's items and users renumbered from 0 (ids are the external ids).
+    item_index, user_index : ndarray of int64
+        Global (driver) index of each of the shard's items / users, ascending. The blocked side
+        is a contiguous range holding every rating of its rows; the other side lists only the
+        rows the shard has ratings of.
+    """
+
+    def __init__(self, ratings, item_index, user_index):
+        self.ratings = ratings
+        self.item_index = item_index
+        self.user_index = user_index
+
+
+def _build_shard(by, start, block_ids, other_ids, duplicates, *pieces):
+    """A `_Shard` from pieces ``(items, users, values)`` of one block: indices local to the block
+    on its side (``by``), global on the other."""
+    if pieces:
+        items, users, values = (np.concatenate([p[n] for p in pieces]) for n in range(3))
+    else:
+        items, users, values = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    block_index = np.arange(start, start + len(block_ids), dtype=np.int64)
+    other = users if by == "items" else items
+    other_index, other_local = unique_ids(other.astype(np.int64, copy=False))
+    other_index = other_index.astype(np.int64)
+    other_ids = np.asarray(other_ids)[other_index]
+    if by == "items":
+        ratings = Ratings._from_indices(
+            other_ids, np.asarray(block_ids), other_local, items, values, None, duplicates
+        )
+        return _Shard(ratings, block_index, other_index)
+    ratings = Ratings._from_indices(
+        np.asarray(block_ids), other_ids, users, other_local, values, None, duplicates
+    )
+    return _Shard(ratings, other_index, block_index)
+
+
+def _shard_summary(shard):
+    """What the driver keeps of a shard: its rows' global indices and rating counts."""
+    r = shard.ratings
+    return {
+        "item_index": shard.item_index,
+        "user_index": shard.user_index,
+        "item_counts": np.diff(r.by_item[0]),
+        "user_counts": np.diff(r.by_user[0]),
+        "nnz": r.nnz,
+    }
+
+
+def _shard_arrays(shard):
+    """The shard's ratings with global indices: (items, users, values)."""
+    users, items, values = shard.ratings.coo()
+    return shard.item_index[items], shard.user_index[users], np.asarray(values)
+
+
+def _shard_evaluate(shard, X, Theta, item_bias, user_bias, mu, reg, reg_bias, count_weighted,
+                    n_threads, by):
+    r = shard.ratings
+    item_weight = (
+        np.diff(r.by_item[0]).astype(np.float64) if count_weighted else np.ones(r.n_items)
+    )
+    user_weight = (
+        np.diff(r.by_user[0]).astype(np.float64) if count_weighted else np.ones(r.n_users)
+    )
+    # Zero on the side that is not blocked: its penalty is added once, on the driver, not once
+    # per shard that has ratings of its rows.
+    if by == "items":
+        user_weight = np.zeros(r.n_users)
+    else:
+        item_weight = np.zeros(r.n_items)
+    grads = (np.empty_like(X), np.empty_like(Theta), np.empty(r.n_items), np.empty(r.n_users))
+    if n_threads is None:
+        n_threads = _worker_threads()
+    with threads(n_threads):
+        cost = _evaluate(
+            X, Theta, item_bias, user_bias, mu, r, reg, reg_bias, (item_weight, user_weight),
+            grads,
+        )
+    return float(cost), grads
+
+
+def _worker_threads():
+    """The Dask worker's thread count, so that numba does not oversubscribe its cores."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+def _frame_arrays(frame, user, item, rating):
+    """(users, items, values) of one pandas partition."""
+    for column in (user, item, rating):
+        if column not in frame.columns:
+            raise ValueError(
+                f"the ratings DataFrame has no column {column!r}; found columns "
+                f"{list(map(str, frame.columns))} (pass user=, item=, rating= to scatter)"
+            )
+    return (
+        np.asarray(frame[user].to_numpy()), np.asarray(frame[item].to_numpy()),
+        np.asarray(frame[rating].to_numpy(), dtype=np.float64),
+    )
+
+
+def _file_arrays(path, read_kwargs):
+    """(users, items, values) of one rating file, external ids, read as `read_ratings` does."""
+    from .io import read_ratings
+
+    ratings = read_ratings(path, **read_kwargs)
+    users, items, values = ratings.coo()
+    return ratings.user_ids[users], ratings.item_ids[items], np.asarray(values, dtype=np.float64)
+
+
+def _ids_summary(arrays):
+    """Unique user ids, unique item ids, and the number of ratings of each."""
+    from .ratings import _as_id_array
+
+    users, items, values = arrays
+    users = _as_id_array(users, "user ids")
+    items = _as_id_array(items, "item ids")
+    if values.size and not np.all(np.isfinite(values)):
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ValueError(
+            f"ratings must be finite; found {values[bad]!r} (user {users[bad]!r}, item "
+            f"{items[bad]!r})"
+        )
+    return np.unique(users, return_counts=True), np.unique(items, return_counts=True)
+
+
+def _split_partition(arrays, user_ids, item_ids, bounds, by):
+    """One partition's ratings cut into blocks: per block (items, users, values), local to the
+    block on the ``by`` side."""
+    from .ratings import _as_id_array
+
+    users, items, values = arrays
+    u = np.searchsorted(user_ids, _as_id_array(users, "user ids")).astype(np.int64)
+    i = np.searchsorted(item_ids, _as_id_array(items, "item ids")).astype(np.int64)
+    block = np.searchsorted(bounds, i if by == "items" else u, side="right") - 1
+    # Stable, so repeated pairs keep their input order (duplicates="last" keeps the last).
+    order = np.argsort(block, kind="stable")
+    cuts = np.searchsorted(block[order], np.arange(len(bounds)))
+    pieces = []
+    for s in range(len(bounds) - 1):
+        take = order[cuts[s] : cuts[s + 1]]
+        shift_i, shift_u = (bounds[s], 0) if by == "items" else (0, bounds[s])
+        pieces.append((i[take] - shift_i, u[take] - shift_u, values[take]))
+    return pieces
+
+
+def _block_bounds(counts, n_shards):
+    """Row boundaries of at most ``n_shards`` contiguous blocks of about equal rating counts."""
+    n_items = counts.shape[0]
+    total = int(counts.sum())
+    cumulative = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    targets = (total * np.arange(n_shards + 1, dtype=np.float64) / n_shards).astype(np.int64)
+    bounds = np.searchsorted(cumulative, targets, side="left").astype(np.int64)
+    bounds[0], bounds[-1] = 0, n_items
+    return np.unique(np.clip(bounds, 0, n_items))
+
+
+# -- the driver's handle ----------------------------------------------------------------------
+class ShardedRatings:
+    """Ratings held by the workers of a Dask cluster, one block of items (or users) per shard;
+    see `scatter`.
+
+    Close it (or use it in a ``with`` block) to free the workers' memory and, when `scatter`
+    started the cluster, the cluster.
+
+    Attributes
+    ----------
+    client : distributed.Client
+    by : {"items", "users"}
+        The side cut into blocks; each shard holds every rating of its block's rows.
+    n_users, n_items, nnz, n_shards : int
+    user_ids : ndarray of shape (n_users,)
+        External ids, sorted, as `Ratings.user_ids` for the same ratings.
+    item_ids : ndarray of shape (n_items,)
+    bounds : ndarray of shape (n_shards + 1,), int64
+        Shard ``s`` holds the rows ``bounds[s]`` to ``bounds[s + 1] - 1`` of the ``by`` side.
+    item_counts, user_counts : ndarray of shape (n_items,) / (n_users,), int64
+        Ratings per item and per user.
+    ratings : Ratings or None
+        The in-memory ratings it was scattered from (None for a DataFrame or files).
+    """
+
+    def __init__(self, client, owned, by, shards, summaries, user_ids, item_ids, bounds,
+                 ratings):
+        self.client = client
+        self._owned = owned
+        self.by = by
+        self._shards = shards
+        self.user_ids = user_ids
+        self.item_ids = item_ids
+        self.bounds = np.asarray(bounds, dtype=np.int64)
+        self.ratings = ratings
+        self._gathered = None
+        self._keep = []
+        self._item_index = [s["item_index"] for s in summaries]
+        self._user_index = [s["user_index"] for s in summaries]
+        self.item_counts = np.zeros(len(item_ids), dtype=np.int64)
+        self.user_counts = np.zeros(len(user_ids), dtype=np.int64)
+        for s in summaries:
+            # Indices are unique within a shard, so += is a scatter-add here.
+            self.item_counts[s["item_index"]] += s["item_counts"]
+            self.user_counts[s["user_index"]] += s["user_counts"]
+        self.nnz = int(sum(s["nnz"] for s in summaries))
+
+    @property
+    def n_users(self):
+        return int(self.user_ids.shape[0])
+
+    @property
+    def n_items(self):
+        return int(self.item_ids.shape[0])
+
+    @property
+    def n_shards(self):
+        return 0 if self._shards is None else len(self._shards)
+
+    def __repr__(self):
+        return (f"ShardedRatings(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz}, "
+                f"by={self.by!r}, n_shards={self.n_shards})")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Release the shards; close the client and cluster when `scatter` opened them."""
+        if self._shards is None:
+            return
+        shards, self._shards = self._shards, None
+        self._keep = []
+        if self._owned:
+            _close_client(self.client)
+        else:
+            for future in shards:
+                future.release()
+
+    def _check_open(self):
+        if self._shards is None:
+            raise ValueError("this ShardedRatings is closed")
+
+    def bytes_per_evaluation(self, n_factors):
+        """Payload of one evaluation: float64 rows sent to the shards and gradients sent back.
+
+        Each shard receives the rows (factors and bias; biases are sent even when fixed) of its
+        block and of the other side's rows it has ratings of, and returns gradients of the same
+        shapes. Scalars and message framing are not counted.
+
+        Returns
+        -------
+        dict
+            ``"sent"`` and ``"received"`` (bytes), ``"item_rows"`` and ``"user_rows"`` (rows
+            sent, summed over shards: the non-blocked side is replicated).
+        """
+        item_rows = int(sum(i.shape[0] for i in self._item_index))
+        user_rows = int(sum(u.shape[0] for u in self._user_index))
+        sent = 8 * (int(n_factors) + 1) * (item_rows + user_rows)
+        return {"sent": sent, "received": sent, "item_rows": item_rows, "user_rows": user_rows}
+
+    def to_ratings(self):
+        """The ratings gathered to the driver as one `Ratings` (the scattered one if kept).
+
+        Gathered once per handle (kept for the next call); timestamps are not kept by shards.
+        """
+        if self.ratings is not None:
+            return self.ratings
+        if self._gathered is not None:
+            return self._gathered
+        self._check_open()
+        parts = self.client.gather(
+            [self.client.submit(_shard_arrays, shard, pure=False) for shard in self._shards]
+        )
+        items, users, values = (np.concatenate([p[n] for p in parts]) for n in range(3))
+        self._gathered = Ratings._from_indices(
+            self.user_ids, self.item_ids, users, items, values, None, "error"
+        )
+        return self._gathered
+
+    def _evaluate(self, X, Theta, item_bias, user_bias, mu, reg, reg_bias, weights,
+                  count_weighted, n_threads, grads):
+        """Cost and gradients into ``grads`` (X, Theta, item bias, user bias), as
+        `fastcofi.objective._evaluate` on the whole ratings."""
+        self._check_open()
+        futures = [
+            self.client.submit(
+                _shard_evaluate, shard, X[items], Theta[users], item_bias[items],
+                user_bias[users], float(mu), float(reg), float(reg_bias), bool(count_weighted),
+                n_threads, self.by, pure=False,
+            )
+            for shard, items, users in zip(self._shards, self._item_index, self._user_index)
+        ]
+        try:
+            results = self.client.gather(futures)
+        except (Exception, asyncio.CancelledError) as exc:
+            for future in futures:
+                future.cancel()
+            raise RuntimeError(
+                f"the distributed evaluation failed on the Dask cluster "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}); no result was used"
+            ) from exc
+        # The penalty of the side that is not blocked, once: the shards weighted it by zero.
+        # The blocked side's rows are each in one shard, penalty included.
+        cost = 0.0
+        sides = ((X, item_bias, weights[0], grads[0], grads[2]),
+                 (Theta, user_bias, weights[1], grads[1], grads[3]))
+        for blocked, (F, bias, weight, F_grad, bias_grad) in zip(
+            (self.by == "items", self.by == "users"), sides
+        ):
+            if blocked:
+                F_grad[...] = 0.0
+                bias_grad[...] = 0.0
+                continue
+            row_reg = reg * weight
+            F_grad[...] = row_reg[:, None] * F
+            bias_grad[...] = (reg_bias * weight) * bias
+            cost += 0.5 * float(
+                np.dot(row_reg, np.einsum("ij,ij->i", F, F))
+                + np.dot(reg_bias * weight, bias * bias)
+            )
+        X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
+        # Shard order, whatever order the workers finished in: the same sums every run.
+        for (shard_cost, (gx, gt, gib, gub)), items, users in zip(
+            results, self._item_index, self._user_index
+        ):
+            X_grad[items] += gx
+            item_bias_grad[items] += gib
+            Theta_grad[users] += gt
+            user_bias_grad[users] += gub
+            cost += shard_cost
+        return cost
+
+
+def _check_data_kind(data):
+    if isinstance(data, (Ratings, ShardedRatings)):
+        return
+    if isinstance(data, (str, os.PathLike)):
+        return
+    if isinstance(data, (list, tuple)) and data and all(
+        isinstance(p, (str, os.PathLike)) for p in data
+    ):
+        return
+    if hasattr(data, "to_delayed") and hasattr(data, "columns"):
+        return
+    raise TypeError(
+        "expected a fastcofi.Ratings, a dask DataFrame, or a list of rating file paths "
+        f"(CSV/Parquet), found {type(data).__name__}"
+    )
+
+
+def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", item="item",
+            rating="rating", duplicates="error", **read_kwargs):
+    """Shard ratings over a Dask cluster's workers by blocks of items; a persistent handle.
+
+    Parameters
+    ----------
+    ratings : Ratings, dask DataFrame, or list of paths
+        In-memory ratings are cut into blocks on the driver and sent to the workers. A dask
+        DataFrame (columns ``user``, ``item``, ``rating``) or rating files (one partition per
+        file, each read by a worker with `fastcofi.read_ratings`) never pass through the driver:
+        the workers read them, the driver collects only the sorted unique ids and the counts per
+        id, and the partitions are cut into blocks and sent worker to worker. Ids are indexed as
+        `Ratings.from_arrays` indexes them (sorted unique); files and DataFrames cannot declare
+        ids without ratings.
+    client : distributed.Client, str or None
+        The cluster to use: a client, a scheduler address, or None to start a `LocalCluster` of
+        worker processes on 127.0.0.1 (closed with the handle).
+    by : {"items", "users"}
+        The side cut into blocks. Every shard is sent, per evaluation, the rows of the other side
+        that it has ratings of, so that side's rows travel up to ``n_shards`` times: block the
+        side with more rows (users, usually, at scale; see the README's estimate).
+    n_shards : int, optional
+        Blocks (default: one per worker), of about equal numbers of ratings.
+    user, item, rating : str
+        Column names in a DataFrame.
+    duplicates : {"error", "last", "mean"}
+        A repeated (user, item) pair across partitions, as in `Ratings.from_arrays`.
+    **read_kwargs
+        Passed to `fastcofi.read_ratings` for files (``format=``, ``sep=``...).
+
+    Returns
+    -------
+    ShardedRatings
+
+    Notes
+    -----
+    A shard is built by a task whose inputs Dask keeps, so when a worker dies Dask rebuilds its
+    shards on another worker and reruns the evaluation; what Dask cannot recover raises.
+    """
+    _check_data_kind(ratings)
+    if isinstance(ratings, ShardedRatings):
+        return ratings
+    if by not in ("items", "users"):
+        raise ValueError(f"by must be 'items' or 'users', found {by!r}")
+    if n_shards is not None and (
+        isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1
+    ):
+        raise ValueError(f"n_shards must be a positive integer, found {n_shards!r}")
+    client, owned = _connect(client)
+    try:
+        workers = sorted(client.scheduler_info()["workers"])
+        if not workers:
+            client.wait_for_workers(1, timeout=60)
+            workers = sorted(client.scheduler_info()["workers"])
+        n_shards = int(n_shards or len(workers))
+        if isinstance(ratings, Ratings):
+            return _scatter_ratings(client, owned, ratings, by, n_shards, workers)
+        if isinstance(ratings, (str, os.PathLike)):
+            ratings = [ratings]
+        if isinstance(ratings, (list, tuple)):
+            read_kwargs = {"duplicates": duplicates, **read_kwargs}
+            parts = [
+                client.submit(_file_arrays, os.fspath(p), read_kwargs, pure=False)
+                for p in ratings
+            ]
+        else:
+            import dask
+
+            parts = client.compute(
+                [dask.delayed(_frame_arrays)(d, user, item, rating) for d in ratings.to_delayed()]
+            )
+        return _scatter_partitions(client, owned, parts, by, n_shards, workers, duplicates)
+    except BaseException:
+        if owned:
+            _close_client(client)
+        raise
+
+
+def _submit_builds(client, owned, by, piece_lists, user_ids, item_ids, other_ids, bounds,
+                   workers, duplicates, ratings):
+    block_ids = item_ids if by == "items" else user_ids
+    shards = [
+        # Pinned for balance, free to move: a lost worker's shard is rebuilt elsewhere.
+        client.submit(
+            _build_shard, by, int(bounds[s]), block_ids[bounds[s] : bounds[s + 1]], other_ids,
+            duplicates, *pieces, workers=[workers[s % len(workers)]], allow_other_workers=True,
+            pure=False,
+        )
+        for s, pieces in enumerate(piece_lists)
+    ]
+    summaries = client.gather([client.submit(_shard_summary, f, pure=False) for f in shards])
+    return ShardedRatings(
+        client, owned, by, shards, summaries, user_ids, item_ids, bounds, ratings
+    )
+
+
+def _scatter_ratings(client, owned, ratings, by, n_shards, workers):
+    indptr, others, values = ratings.by_item if by == "items" else ratings.by_user
+    bounds = _block_bounds(np.diff(indptr), n_shards)
+    piece_lists = []
+    for s in range(bounds.shape[0] - 1):
+        a, b = int(bounds[s]), int(bounds[s + 1])
+        lo, hi = int(indptr[a]), int(indptr[b])
+        local = np.repeat(np.arange(b - a, dtype=np.int64), np.diff(indptr[a : b + 1]))
+        other, vals = np.asarray(others[lo:hi]), np.asarray(values[lo:hi])
+        piece_lists.append([(local, other, vals) if by == "items" else (other, local, vals)])
+    other_ids = ratings.user_ids if by == "items" else ratings.item_ids
+    return _submit_builds(
+        client, owned, by, piece_lists, ratings.user_ids, ratings.item_ids, other_ids, bounds,
+        workers, "error", ratings,
+    )
+
+
+def _scatter_partitions(client, owned, parts, by, n_shards, workers, duplicates):
+    summaries = client.gather([client.submit(_ids_summary, p, pure=False) for p in parts])
+    if not summaries or sum(int(s[0][1].sum()) for s in summaries) == 0:
+        raise ValueError("no ratings: the input has no rows")
+    kinds = {(s[0][0].dtype.kind == "U", s[1][0].dtype.kind == "U")
+             for s in summaries if s[0][0].size}
+    if len(kinds) > 1:
+        raise ValueError("the partitions disagree on the id types (strings in some, integers in "
+                         "others); expected one kind of user id and one kind of item id")
+    ids, counts = [], []
+    for side in (0, 1):
+        uniq = np.unique(np.concatenate([s[side][0] for s in summaries]))
+        total = np.zeros(uniq.shape[0], dtype=np.int64)
+        for s in summaries:
+            total[np.searchsorted(uniq, s[side][0])] += s[side][1]
+        ids.append(uniq)
+        counts.append(total)
+    user_ids, item_ids = ids
+    bounds = _block_bounds(counts[1] if by == "items" else counts[0], n_shards)
+    [user_ids_f, item_ids_f] = client.scatter([user_ids, item_ids], broadcast=True, hash=False)
+    splits = [
+        client.submit(_split_partition, p, user_ids_f, item_ids_f, bounds, by, pure=False)
+        for p in parts
+    ]
+    piece_lists = [
+        [client.submit(_getitem, f, s, pure=False) for f in splits]
+        for s in range(bounds.shape[0] - 1)
+    ]
+    sharded = _submit_builds(
+        client, owned, by, piece_lists, user_ids, item_ids,
+        user_ids_f if by == "items" else item_ids_f, bounds, workers, duplicates, None,
+    )
+    # Scattered data has no task to rerun: held here, so a shard lost with its worker can be
+    # rebuilt (the copies on the other workers survive).
+    sharded._keep = [user_ids_f, item_ids_f]
+    return sharded
+
+
+def _getitem(sequence, index):
+    return sequence[index]
+
+
+# -- the objective ------------------------------------------------------------------------------
+class DistributedObjective(FlatObjective):
+    """`fastcofi.objective.FlatObjective` evaluated on a `ShardedRatings`: same vector layout,
+    same parameters, same ``fun(params) -> (cost, gradient)`` contract (a fresh gradient array
+    per call).
+
+    Parameters
+    ----------
+    sharded : ShardedRatings
+    n_factors, reg, mu, item_bias, user_bias, learn_biases, reg_bias, count_weighted
+        As for `FlatObjective`.
+    n_threads : int, optional
+        Numba threads per evaluation task on a worker (default: the worker's Dask thread count).
+    """
+
+    def __init__(self, sharded, n_factors, reg, **kwargs):
+        super().__init__(sharded, n_factors, reg, **kwargs)
+        self.sharded = sharded
+
+    def _row_counts(self):
+        return self.ratings.item_counts, self.ratings.user_counts
+
+    def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
+        return self.sharded._evaluate(
+            X, Theta, item_bias, user_bias, self.mu, self.reg, self.reg_bias, self.weights,
+            self.count_weighted, self.n_threads, grads,
+        )
+
+
+# -- the public functions -----------------------------------------------------------------------
+def _check_factor_shapes(item_factors, user_factors, sharded):
+    X = np.ascontiguousarray(item_factors, dtype=np.float64)
+    Theta = np.ascontiguousarray(user_factors, dtype=np.float64)
+    if X.ndim != 2 or Theta.ndim != 2:
+        raise ValueError(
+            f"item_factors and user_factors must be 2-dimensional, found shapes {X.shape} and "
+            f"{Theta.shape}"
+        )
+    if X.shape[0] != sharded.n_items or Theta.shape[0] != sharded.n_users:
+        raise ValueError(
+            f"expected item_factors with {sharded.n_items} rows and user_factors with "
+            f"{sharded.n_users} rows, found shapes {X.shape} and {Theta.shape}"
+        )
+    if X.shape[1] != Theta.shape[1]:
+        raise ValueError(
+            f"item_factors and user_factors must have the same number of columns, found "
+            f"{X.shape[1]} and {Theta.shape[1]}"
+        )
+    return X, Theta
+
+
+def cost_and_grad(item_factors, user_factors, ratings_or_sharded, reg, client=None, *,
+                  by="items", n_threads=None):
+    """`fastcofi.objective.cost_and_grad` evaluated on a Dask cluster.
+
+    Parameters
+    ----------
+    item_factors : ndarray of shape (n_items, n_factors)
+    user_factors : ndarray of shape (n_users, n_factors)
+    ratings_or_sharded : ShardedRatings or anything `scatter` takes
+        Anything but a `ShardedRatings` is scattered for this call only.
+    reg : float
+    client : distributed.Client, str or None
+        For scattering (see `scatter`); a `ShardedRatings` uses its own client.
+    by : {"items", "users"}
+        For scattering (see `scatter`).
+    n_threads : int, optional
+        Numba threads per worker task.
+
+    Returns
+    -------
+    cost : float
+    item_grad : ndarray of shape (n_items, n_factors), float64
+    user_grad : ndarray of shape (n_users, n_factors), float64
+    """
+    _check_data_kind(ratings_or_sharded)
+    owned = not isinstance(ratings_or_sharded, ShardedRatings)
+    if owned and isinstance(ratings_or_sharded, Ratings):
+        _check_factor_shapes(item_factors, user_factors, ratings_or_sharded)
+    sharded = scatter(ratings_or_sharded, client, by=by)
+    try:
+        X, Theta = _check_factor_shapes(item_factors, user_factors, sharded)
+        n_items, n_users = sharded.n_items, sharded.n_users
+        grads = (np.empty_like(X), np.empty_like(Theta), np.empty(n_items), np.empty(n_users))
+        cost = sharded._evaluate(
+            X, Theta, np.zeros(n_items), np.zeros(n_users), 0.0, float(reg), 0.0,
+            (np.ones(n_items), np.ones(n_users)), False, n_threads, grads,
+        )
+    finally:
+        if owned:
+            sharded.close()
+    return float(cost), grads[0], grads[1]
+
+
+def fit(model, data, client=None, *, by="items", **fit_kwargs):
+    """Fit ``model`` with its CG or L-BFGS solver, each objective evaluation on a Dask cluster.
+
+    The result is the model `MatrixFactorization.fit` gives on the same ratings and seed, up to
+    rounding (the shards sum the user gradients in another order).
+
+    Parameters
+    ----------
+    model : MatrixFactorization
+        Its ``solver`` must be ``"cg"`` or ``"lbfgs"``.
+    data : ShardedRatings or anything `scatter` takes
+        Anything but a `ShardedRatings` is scattered for this fit and released after. The model's
+        fitted state needs the ratings on the driver (means, the seen items `recommend`
+        excludes): a DataFrame or files are gathered once for it, not per evaluation.
+    client : distributed.Client, str or None
+        As for `scatter`; ignored for a `ShardedRatings`.
+    by : {"items", "users"}
+        As for `scatter`; ignored for a `ShardedRatings`.
+    **fit_kwargs
+        Passed to `MatrixFactorization.fit` (``validation``, ``callback``, ``checkpoint``...).
+
+    Returns
+    -------
+    model : the fitted ``model``
+    """
+    from .model import MatrixFactorization
+
+    if not isinstance(model, MatrixFactorization):
+        raise TypeError(f"model must be a fastcofi.MatrixFactorization, found {type(model).__name__}")
+    model._check_params()
+    if model.solver not in ("cg", "lbfgs"):
+        raise ValueError(
+            f"fastcofi.distributed.fit supports solver 'cg' or 'lbfgs', found {model.solver!r} "
+            "(ALS would need the ratings partitioned by users as well as by items)"
+        )
+    _check_data_kind(data)
+    owned = not isinstance(data, ShardedRatings)
+    sharded = scatter(data, client, by=by)
+    try:
+        ratings = sharded.to_ratings()
+
+        def make_objective(_ratings, n_factors, reg, **kwargs):
+            return DistributedObjective(sharded, n_factors, reg, **kwargs)
+
+        model.fit(ratings, _make_objective=make_objective, **fit_kwargs)
+    finally:
+        if owned:
+            sharded.close()
+    return model
+
