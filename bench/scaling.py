@@ -33,7 +33,7 @@ from bench.problems import (  # noqa: E402
     ratings_for,
     vectorized_bytes,
 )
-from fastcofi.objective import cost_and_grad  # noqa: E402
+from fastcofi.objective import _use_buffers, cost_and_grad  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,6 +72,18 @@ def _threading_layer():
         return "not initialized"
 
 
+def ratings_bytes(ratings):
+    """Bytes held by the two CSRs (indptr, indices, values) that every evaluation reads."""
+    return sum(a.nbytes for a in (*ratings.by_item, *ratings.by_user))
+
+
+def buffer_bytes(ratings, k):
+    """Transient bytes of the one-pass kernel's per-group gradient buffers (0: two-pass)."""
+    if not _use_buffers(ratings, k):
+        return 0
+    return numba.config.NUMBA_NUM_THREADS * min(ratings.n_items, ratings.n_users) * (k + 1) * 8
+
+
 def run(sizes, factors, repeats):
     rows = []
     for size in sizes:
@@ -79,7 +91,9 @@ def run(sizes, factors, repeats):
         for k in factors:
             X, Theta = factors_for(ratings, k)
             row = {"size": size, "nnz": ratings.nnz, "n_items": ratings.n_items,
-                   "n_users": ratings.n_users, "k": k}
+                   "n_users": ratings.n_users, "k": k,
+                   "ratings_bytes_per_rating": ratings_bytes(ratings) / ratings.nnz,
+                   "kernel_buffer_bytes_per_rating": buffer_bytes(ratings, k) / ratings.nnz}
             # OpenBLAS workers busy-wait for a while after each BLAS call (data generation, the
             # other formulations); a kernel thread sharing a core with one is descheduled. Park
             # them first, as fit() does by capping BLAS at one thread.

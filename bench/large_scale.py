@@ -1,0 +1,167 @@
+"""Netflix-prize-scale training on one machine: 100M ratings, k = 32, early stopping.
+
+    python3 bench/large_scale.py [--ratings 1e8] [--factors 32] [--solver als] [--folder DIR]
+
+Two steps, each in its own process so that each peak memory is its own:
+
+1. ``prepare``: ``fastcofi.datasets.synthetic`` (480,189 users x 17,770 items, power-law
+   popularity, planted rank-10 factors, noise 0.5, float32) written chunk by chunk to
+   ``train.csv`` and ``probe.csv``, 1% of the ratings (drawn per rating) going to the probe file,
+   as the Netflix prize shipped its probe set.
+2. ``train``: both files read with ``fastcofi.read_ratings(dtype=np.float32)``, then
+   ``MatrixFactorization(n_factors=32, ...).fit(train, validation=probe)`` with early stopping.
+
+Writes bench/results/large_scale.json: seconds per step, peak RSS per process, seconds per
+objective evaluation or sweep, iterations, probe RMSE against the planted noise level.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+NOISE = 0.5
+
+
+def peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def prepare(args):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from fastcofi.datasets import synthetic
+
+    t0 = time.perf_counter()
+    ratings = synthetic(args.users, args.items, int(args.ratings), noise=NOISE, seed=args.seed,
+                        dtype=np.float32)
+    generated = time.perf_counter() - t0
+    rng = np.random.default_rng(args.seed + 1)
+    indptr, items, values = ratings.by_user
+    user_ids, item_ids = ratings.user_ids, ratings.item_ids
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    options = pacsv.WriteOptions(include_header=False)
+    counts = {"train": 0, "probe": 0}
+    with open(folder / "train.csv.tmp", "wb") as train, open(folder / "probe.csv.tmp", "wb") as probe:
+        for f in (train, probe):
+            f.write(b"userId,movieId,rating\n")
+        chunk = 4_000_000
+        for start in range(0, ratings.nnz, chunk):
+            stop = min(start + chunk, ratings.nnz)
+            users = np.searchsorted(indptr, np.arange(start, stop), side="right") - 1
+            held = rng.random(stop - start) < args.probe_fraction
+            for name, f, rows in (("train", train, ~held), ("probe", probe, held)):
+                table = pa.table({
+                    "userId": user_ids[users[rows]],
+                    "movieId": item_ids[items[start:stop][rows]],
+                    "rating": values[start:stop][rows].astype(np.int8),
+                })
+                pacsv.write_csv(table, f, options)
+                counts[name] += int(rows.sum())
+    for name in ("train", "probe"):
+        os.replace(folder / f"{name}.csv.tmp", folder / f"{name}.csv")
+    return {
+        "generate_s": generated,
+        "prepare_s": time.perf_counter() - t0,
+        "train_ratings": counts["train"],
+        "probe_ratings": counts["probe"],
+        "file_bytes": sum((folder / f"{n}.csv").stat().st_size for n in ("train", "probe")),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
+def train(args):
+    from fastcofi import MatrixFactorization, read_ratings
+    from fastcofi.metrics import rmse
+
+    folder = Path(args.folder)
+    t0 = time.perf_counter()
+    train_set = read_ratings(folder / "train.csv", dtype=np.float32)
+    probe = read_ratings(folder / "probe.csv", dtype=np.float32)
+    read_s = time.perf_counter() - t0
+    after_read_rss = peak_rss_bytes()
+    model = MatrixFactorization(
+        n_factors=args.factors, solver=args.solver, max_iter=args.max_iter,
+        random_state=args.seed,
+    )
+    t1 = time.perf_counter()
+    model.fit(train_set, validation=probe)
+    fit_s = time.perf_counter() - t1
+    users, items, values = probe.coo()
+    probe_rmse = rmse(values, model.predict(probe.user_ids[users], probe.item_ids[items]))
+    history = model.history_
+    result = model.result_
+    n_evals = int(result.nfev) if result is not None else None
+    return {
+        "nnz": train_set.nnz,
+        "n_users": train_set.n_users,
+        "n_items": train_set.n_items,
+        "factors": args.factors,
+        "solver": args.solver,
+        "read_s": read_s,
+        "fit_s": fit_s,
+        "iterations": int(model.n_iter_),
+        "objective_evaluations": n_evals,
+        "seconds_per_evaluation": fit_s / n_evals if n_evals else None,
+        "seconds_per_iteration": fit_s / max(1, int(model.n_iter_)),
+        "probe_rmse": float(probe_rmse),
+        "planted_noise": NOISE,
+        "best_val_rmse": float(np.min(history["val_rmse"])),
+        "peak_rss_after_read_bytes": after_read_rss,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "ratings_bytes": sum(a.nbytes for a in (*train_set.by_item, *train_set.by_user)),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", nargs="?", choices=["all", "prepare", "train"], default="all")
+    parser.add_argument("--ratings", type=float, default=1e8)
+    parser.add_argument("--users", type=int, default=480_189)
+    parser.add_argument("--items", type=int, default=17_770)
+    parser.add_argument("--factors", type=int, default=32)
+    parser.add_argument("--solver", choices=["cg", "lbfgs", "als"], default="als")
+    parser.add_argument("--max-iter", type=int, default=300)
+    parser.add_argument("--probe-fraction", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folder", default="/tmp/fastcofi-large")
+    parser.add_argument("--out", default=str(RESULTS / "large_scale.json"))
+    args = parser.parse_args(argv)
+
+    if args.step in ("prepare", "train"):
+        result = prepare(args) if args.step == "prepare" else train(args)
+        print(json.dumps(result), flush=True)
+        return 0
+
+    doc = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for step in ("prepare", "train"):
+        t = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, __file__, step, *(a for a in sys.argv[1:] if a != "all")], check=True, capture_output=True,
+            text=True,
+        ).stdout
+        doc[step] = json.loads(out.strip().splitlines()[-1])
+        doc[step]["process_s"] = time.perf_counter() - t
+        print(step, json.dumps(doc[step]), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
