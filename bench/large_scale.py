@@ -37,46 +37,69 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def prepare(args):
+def write_ratings_csv(ratings, path, *, probe_path=None, probe_fraction=0.0, seed=0,
+                      chunk=4_000_000):
+    """Write ``ratings`` as ``userId,movieId,rating`` lines from its by-user CSR, chunk by chunk.
+
+    With ``probe_path``, each rating goes there instead with probability ``probe_fraction``.
+    Each file is written under a temporary name and renamed when complete. Returns the line
+    counts ``(written to path, written to probe_path)``.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    rng = np.random.default_rng(seed)
+    indptr, items, values = ratings.by_user
+    user_ids, item_ids = ratings.user_ids, ratings.item_ids
+    integral = bool(np.all(values == np.round(values)))
+    targets = [(Path(path), np.zeros(0, bool))] + (
+        [(Path(probe_path), None)] if probe_path is not None else [])
+    counts = [0] * len(targets)
+    handles = [open(t.with_name(t.name + ".tmp"), "wb") for t, _ in targets]
+    options = pacsv.WriteOptions(include_header=False)
+    try:
+        for f in handles:
+            f.write(b"userId,movieId,rating\n")
+        for start in range(0, ratings.nnz, chunk):
+            stop = min(start + chunk, ratings.nnz)
+            users = np.searchsorted(indptr, np.arange(start, stop), side="right") - 1
+            held = (rng.random(stop - start) < probe_fraction if probe_path is not None
+                    else np.zeros(stop - start, bool))
+            for n, (f, rows) in enumerate(zip(handles, (~held, held))):
+                part = values[start:stop][rows]
+                table = pa.table({
+                    "userId": user_ids[users[rows]],
+                    "movieId": item_ids[items[start:stop][rows]],
+                    "rating": part.astype(np.int16) if integral else part,
+                })
+                pacsv.write_csv(table, f, options)
+                counts[n] += int(rows.sum())
+    finally:
+        for f in handles:
+            f.close()
+    for t, _ in targets:
+        os.replace(t.with_name(t.name + ".tmp"), t)
+    return tuple(counts) if probe_path is not None else (counts[0], 0)
+
+
+def prepare(args):
     from fastcofi.datasets import synthetic
 
     t0 = time.perf_counter()
     ratings = synthetic(args.users, args.items, int(args.ratings), noise=NOISE, seed=args.seed,
                         dtype=np.float32)
     generated = time.perf_counter() - t0
-    rng = np.random.default_rng(args.seed + 1)
-    indptr, items, values = ratings.by_user
-    user_ids, item_ids = ratings.user_ids, ratings.item_ids
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    options = pacsv.WriteOptions(include_header=False)
-    counts = {"train": 0, "probe": 0}
-    with open(folder / "train.csv.tmp", "wb") as train, open(folder / "probe.csv.tmp", "wb") as probe:
-        for f in (train, probe):
-            f.write(b"userId,movieId,rating\n")
-        chunk = 4_000_000
-        for start in range(0, ratings.nnz, chunk):
-            stop = min(start + chunk, ratings.nnz)
-            users = np.searchsorted(indptr, np.arange(start, stop), side="right") - 1
-            held = rng.random(stop - start) < args.probe_fraction
-            for name, f, rows in (("train", train, ~held), ("probe", probe, held)):
-                table = pa.table({
-                    "userId": user_ids[users[rows]],
-                    "movieId": item_ids[items[start:stop][rows]],
-                    "rating": values[start:stop][rows].astype(np.int8),
-                })
-                pacsv.write_csv(table, f, options)
-                counts[name] += int(rows.sum())
-    for name in ("train", "probe"):
-        os.replace(folder / f"{name}.csv.tmp", folder / f"{name}.csv")
+    n_train, n_probe = write_ratings_csv(
+        ratings, folder / "train.csv", probe_path=folder / "probe.csv",
+        probe_fraction=args.probe_fraction, seed=args.seed + 1,
+    )
     return {
         "generate_s": generated,
         "prepare_s": time.perf_counter() - t0,
-        "train_ratings": counts["train"],
-        "probe_ratings": counts["probe"],
+        "train_ratings": n_train,
+        "probe_ratings": n_probe,
         "file_bytes": sum((folder / f"{n}.csv").stat().st_size for n in ("train", "probe")),
         "peak_rss_bytes": peak_rss_bytes(),
     }

@@ -201,15 +201,61 @@ class Ratings:
         user_indptr = _kernels.transpose_csr(
             item_indptr, row_users, sorted_values, n_users, user_items, user_values
         )
+        return cls._assemble(
+            user_ids, item_ids, (item_indptr, row_users, sorted_values),
+            (user_indptr, user_items, user_values), ts,
+        )
+
+    @classmethod
+    def _from_user_csr(cls, user_ids, item_ids, user_indptr, user_items, user_values,
+                       timestamps=None):
+        """Build from a by-user CSR whose rows list distinct items in ascending order.
+
+        The by-item CSR is its transpose, one counting sort; the arrays given become the by-user
+        CSR (not copied), so nothing beyond the two CSRs is held: no COO copy and no duplicate
+        check (distinct rows are the caller's contract). Timestamps, aligned with the by-user
+        order, are moved to the by-item order through the transpose's permutation.
+
+        Parameters
+        ----------
+        user_ids : ndarray of shape (n_users,)
+        item_ids : ndarray of shape (n_items,)
+        user_indptr : ndarray of shape (n_users + 1,), int64
+        user_items : ndarray of shape (nnz,), int32 (int64 past 2**31 items)
+        user_values : ndarray of shape (nnz,), float64 or float32
+        timestamps : ndarray of shape (nnz,), optional
+        """
+        nnz = user_items.shape[0]
+        item_users = np.empty(nnz, dtype=_index_dtype(len(user_ids)))
+        if timestamps is None:
+            item_values = np.empty_like(user_values)
+            item_indptr = _kernels.transpose_csr(
+                user_indptr, user_items, user_values, len(item_ids), item_users, item_values
+            )
+        else:
+            perm = np.empty(nnz, dtype=np.int64)
+            item_indptr = _kernels.transpose_csr(
+                user_indptr, user_items, np.arange(nnz), len(item_ids), item_users, perm
+            )
+            item_values = _kernels.take(user_values, perm)
+            timestamps = _kernels.take(timestamps, perm)
+        return cls._assemble(
+            user_ids, item_ids, (item_indptr, item_users, item_values),
+            (user_indptr, user_items, user_values), timestamps,
+        )
+
+    @classmethod
+    def _assemble(cls, user_ids, item_ids, by_item, by_user, timestamps):
+        """The object around finished CSRs (taken over and made read-only)."""
         obj = object.__new__(cls)
         obj._user_ids = user_ids
         obj._item_ids = item_ids
-        obj._by_item = (item_indptr, row_users, sorted_values)
-        obj._by_user = (user_indptr, user_items, user_values)
-        obj._timestamps = ts
-        obj._item_chunks = _chunks(item_indptr)
-        obj._user_chunks = _chunks(user_indptr)
-        _readonly(user_ids, item_ids, *obj._by_item, *obj._by_user, ts)
+        obj._by_item = by_item
+        obj._by_user = by_user
+        obj._timestamps = timestamps
+        obj._item_chunks = _chunks(by_item[0])
+        obj._user_chunks = _chunks(by_user[0])
+        _readonly(user_ids, item_ids, *obj._by_item, *obj._by_user, timestamps)
         _readonly(obj._item_chunks, obj._user_chunks)
         return obj
 

@@ -236,3 +236,57 @@ def test_synthetic_bad_arguments():
         synthetic(0, 10, 5)
     with pytest.raises(ValueError, match="rating_scale"):
         synthetic(10, 10, 5, rating_scale=(5, 1))
+
+
+def _pairs(r):
+    users = np.repeat(np.arange(r.n_users), np.diff(r.by_user[0]))
+    return users * r.n_items + r.by_user[1]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 37, 1 << 20])
+def test_synthetic_chunked_matches_its_documented_shape(chunk_size):
+    n_users, n_items, n = 400, 50, 6000
+    r = synthetic(n_users, n_items, n, seed=3, chunk_size=chunk_size, activity=1.5,
+                  dtype=np.float32)
+    assert (r.n_users, r.n_items, r.nnz) == (n_users, n_items, n)
+    assert r.values.dtype == np.float32 and r.by_item[2].dtype == np.float32
+    per_user = np.diff(r.by_user[0])
+    assert per_user.sum() == n and per_user.max() == 25  # capped at ceil(n_items / 2)
+    pairs = _pairs(r)
+    assert np.all(np.diff(pairs) > 0)  # distinct, ascending within each user
+    # The by-item CSR holds the same ratings, users ascending within each item.
+    items = np.repeat(np.arange(n_items), np.diff(r.by_item[0]))
+    by_item = r.by_item[1].astype(np.int64) * n_items + items
+    np.testing.assert_array_equal(np.sort(by_item), pairs)
+    order = np.argsort(by_item)
+    np.testing.assert_array_equal(r.by_item[2][order], r.by_user[2])
+    again = synthetic(n_users, n_items, n, seed=3, chunk_size=chunk_size, activity=1.5,
+                      dtype=np.float32)
+    np.testing.assert_array_equal(_pairs(again), pairs)
+    np.testing.assert_array_equal(again.values, r.values)
+
+
+def test_synthetic_activity_and_popularity_follow_their_power_laws():
+    r = synthetic(2000, 2000, 100_000, seed=4, activity=1.0, popularity=1.0, noise=0.0)
+    users = np.sort(np.diff(r.by_user[0]))[::-1].astype(np.float64)
+    # Zipf with exponent 1: the 20th most active user rates about 10x the 200th (both below
+    # the cap of 1000, which the top users reach).
+    assert users[0] == 1000 and 7 < users[19] / users[199] < 14
+    # Items are drawn without repeats per user, which flattens the head; the tail stays long.
+    items = np.sort(np.diff(r.by_item[0]))[::-1].astype(np.float64)
+    assert items[19] / items[199] > 3 and items[0] > 20 * items[-1]
+
+
+def test_synthetic_truth_aligned_across_chunks():
+    r, truth = synthetic(300, 80, 5000, rank=3, noise=0.0, step=None, seed=5, chunk_size=100,
+                         rating_scale=(-50, 50), return_truth=True)
+    np.testing.assert_allclose(r.values, truth["clean"], atol=1e-12)
+
+
+def test_synthetic_steep_popularity_is_a_clear_error():
+    with pytest.raises(ValueError, match="distinct items for a user"):
+        synthetic(4, 1000, 2000, seed=0, popularity=8.0, activity=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        synthetic(10, 10, 5, chunk_size=0)
+    with pytest.raises(ValueError, match="dtype"):
+        synthetic(10, 10, 5, dtype=np.int32)
