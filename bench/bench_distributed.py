@@ -54,7 +54,7 @@ def median_time(fun, params, repeat):
 
 def objective_kwargs(ratings):
     return {"mu": float(ratings.values.mean()), "learn_biases": True, "reg_bias": 0.05,
-                "count_weighted": True}
+                "reg_weighting": "sqrt"}
 
 
 def main(argv=None):

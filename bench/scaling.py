@@ -1,6 +1,7 @@
 """Scaling table for one objective evaluation: kernel vs vectorized vs dense reference.
 
     python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
+    python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # the README table
 
 Writes bench/results/objective_scaling.json (medians, ratios, environment) and, when matplotlib
 is installed, bench/results/objective_scaling.png (log-log time vs ratings). Cells that would need
@@ -156,7 +157,38 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
+def _ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def markdown(doc):
+    """The README's table from a results document."""
+    lines = [
+        "| ratings (items x users) | k | 1 thread | 2 threads | ratings/s, 2 threads "
+        "| 1 -> 2 threads | vectorized numpy/scipy | kernel speed-up | dense reference "
+        "| kernel speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        vec = (f"{_ms(r['vectorized_s'])} | {r['speedup_vs_vectorized']:.1f}x"
+               if r.get("vectorized_s") else "skipped (> 8 GB) | -")
+        dense = (f"{_ms(r['dense_s'])} | {r['speedup_vs_dense']:.1f}x"
+                 if r.get("dense_s") else "skipped (> 5k x 5k) | -")
+        lines.append(
+            f"| {r['nnz']:.0e} ({r['n_items']} x {r['n_users']}) | {r['k']} "
+            f"| {_ms(r['kernel_1t_s'])} | {_ms(r['kernel_2t_s'])} "
+            f"| {r['kernel_ratings_per_s'] / 1e6:.0f} M | {r['thread_speedup']:.2f}x | {vec} | {dense} |"
+        )
+    slopes = ", ".join(f"k={k}: {v:.2f}" for k, v in doc["loglog_slope_by_k"].items())
+    lines.append("")
+    lines.append(f"Log-log slope of time against ratings (1e5 and up): {slopes}.")
+    return "\n".join(lines)
+
+
 def main():
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--factors", default="10,50,100")

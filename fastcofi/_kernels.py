@@ -542,7 +542,7 @@ def lookup_int(known_ids, query, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _fold_known(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out):
+def _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out):
     """`solve_row` on the ratings whose ``index`` is >= 0; returns ``(beta, status)``."""
     m = 0
     for p in range(index.shape[0]):
@@ -556,7 +556,8 @@ def _fold_known(index, values, F, col_offset, reg, reg_bias, count_weighted, fit
             cols[q] = index[p]
             vals[q] = values[p]
             q += 1
-    weight = float(m) if count_weighted else 1.0
+    # (m ** 0.0 is 1: no weighting, even for a row with no known rating)
+    weight = float(m) ** weight_power
     k = F.shape[1]
     d = k + 1 if fit_bias else k
     A = np.empty((d, d))
@@ -591,11 +592,11 @@ def _all_finite(values):
 
 
 @nb.njit(cache=True, nogil=True)
-def fold_in_row(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out):
+def fold_in_row(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out):
     """A new row's factors from its ratings with ``F`` fixed: the training row solve, `solve_row`.
 
-    ``index[p]`` is the column of ``values[p]``, -1 for an unknown column (ignored). With
-    ``count_weighted`` the penalties are multiplied by the number of known ratings, as in
+    ``index[p]`` is the column of ``values[p]``, -1 for an unknown column (ignored). The
+    penalties are multiplied by (the number of known ratings) ** ``weight_power``, as in
     training. Writes ``out`` (length k) and returns ``(beta, status)``: status 0 on success, 1
     when a known column repeats, 2 when the system is not positive definite (``out`` and
     ``beta`` are zeros, as training leaves such a row), 3 when a value is not finite.
@@ -614,12 +615,12 @@ def fold_in_row(index, values, F, col_offset, reg, reg_bias, count_weighted, fit
             q += 1
     if _has_repeat(known):
         return 0.0, 1
-    return _fold_known(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out)
+    return _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out)
 
 
 @nb.njit(cache=True, nogil=True)
 def fold_in_ids(
-    known_ids, query, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, index, out
+    known_ids, query, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, index, out
 ):
     """`fold_in_row` from integer external ids: looks ``query`` up in the sorted ``known_ids``
     (writing ``index``, -1 for unknown), then solves. Status 1 when any id repeats."""
@@ -628,4 +629,4 @@ def fold_in_ids(
     if _has_repeat(query):
         return 0.0, 1
     lookup_int(known_ids, query, index)
-    return _fold_known(index, values, F, col_offset, reg, reg_bias, count_weighted, fit_bias, out)
+    return _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out)

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from .objective import FlatObjective, _evaluate, threads
+from .objective import FlatObjective, _evaluate, row_weights, threads
 from .ratings import Ratings, unique_ids
 
 __all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
@@ -151,15 +151,11 @@ def _shard_arrays(shard):
     return shard.item_index[items], shard.user_index[users], np.asarray(values)
 
 
-def _shard_evaluate(shard, X, Theta, item_bias, user_bias, mu, reg, reg_bias, count_weighted,
+def _shard_evaluate(shard, X, Theta, item_bias, user_bias, mu, reg, reg_bias, reg_weighting,
                     n_threads, by):
     r = shard.ratings
-    item_weight = (
-        np.diff(r.by_item[0]).astype(np.float64) if count_weighted else np.ones(r.n_items)
-    )
-    user_weight = (
-        np.diff(r.by_user[0]).astype(np.float64) if count_weighted else np.ones(r.n_users)
-    )
+    item_weight = row_weights(np.diff(r.by_item[0]), reg_weighting)
+    user_weight = row_weights(np.diff(r.by_user[0]), reg_weighting)
     # Zero on the side that is not blocked: its penalty is added once, on the driver, not once
     # per shard that has ratings of its rows.
     if by == "items":
@@ -380,14 +376,14 @@ class ShardedRatings:
         return self._gathered
 
     def _evaluate(self, X, Theta, item_bias, user_bias, mu, reg, reg_bias, weights,
-                  count_weighted, n_threads, grads):
+                  reg_weighting, n_threads, grads):
         """Cost and gradients into ``grads`` (X, Theta, item bias, user bias), as
         `fastcofi.objective._evaluate` on the whole ratings."""
         self._check_open()
         futures = [
             self.client.submit(
                 _shard_evaluate, shard, X[items], Theta[users], item_bias[items],
-                user_bias[users], float(mu), float(reg), float(reg_bias), bool(count_weighted),
+                user_bias[users], float(mu), float(reg), float(reg_bias), reg_weighting,
                 n_threads, self.by, pure=False,
             )
             for shard, items, users in zip(self._shards, self._item_index, self._user_index)
@@ -614,7 +610,7 @@ class DistributedObjective(FlatObjective):
     Parameters
     ----------
     sharded : ShardedRatings
-    n_factors, reg, mu, item_bias, user_bias, learn_biases, reg_bias, count_weighted
+    n_factors, reg, mu, item_bias, user_bias, learn_biases, reg_bias, reg_weighting
         As for `FlatObjective`.
     n_threads : int, optional
         Numba threads per evaluation task on a worker (default: the worker's Dask thread count).
@@ -630,7 +626,7 @@ class DistributedObjective(FlatObjective):
     def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
         return self.sharded._evaluate(
             X, Theta, item_bias, user_bias, self.mu, self.reg, self.reg_bias, self.weights,
-            self.count_weighted, self.n_threads, grads,
+            self.reg_weighting, self.n_threads, grads,
         )
 
 

@@ -8,7 +8,21 @@ import numpy as np
 from . import _kernels
 from .ratings import Ratings
 
-__all__ = ["cost_and_grad", "FlatObjective"]
+__all__ = ["cost_and_grad", "FlatObjective", "row_weights"]
+
+# Each row's penalty is multiplied by (its number of ratings) ** power.
+WEIGHT_POWERS = {"none": 0.0, "count": 1.0, "sqrt": 0.5}
+
+
+def row_weights(counts, reg_weighting):
+    """Penalty weight of each row from its number of ratings (float64).
+
+    ``"none"``: 1; ``"count"``: the count (ALS-WR); ``"sqrt"``: its square root. Under the last
+    two a row with no rating has no penalty (and no data: its factors stay at zero).
+    """
+    power = WEIGHT_POWERS[reg_weighting]
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.ones_like(counts) if power == 0.0 else counts**power
 
 
 @contextmanager
@@ -169,8 +183,9 @@ class FlatObjective:
     learn_biases : bool
         Optimize the biases too, regularized by ``reg_bias``.
     reg_bias : float
-    count_weighted : bool
-        Multiply each row's penalty by its number of ratings (ALS-WR's weighting).
+    reg_weighting : {"none", "count", "sqrt"}
+        Multiply each row's penalty by 1, its number of ratings (ALS-WR's weighting) or the
+        square root of that number (see `row_weights`).
     n_threads : int, optional
     """
 
@@ -185,7 +200,7 @@ class FlatObjective:
         user_bias=None,
         learn_biases=False,
         reg_bias=0.0,
-        count_weighted=False,
+        reg_weighting="none",
         n_threads=None,
     ):
         self.ratings = ratings
@@ -202,11 +217,8 @@ class FlatObjective:
             np.zeros(ratings.n_users) if user_bias is None
             else np.ascontiguousarray(user_bias, dtype=np.float64)
         )
-        self.count_weighted = bool(count_weighted)
-        if count_weighted:
-            self.weights = tuple(c.astype(np.float64) for c in self._row_counts())
-        else:
-            self.weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
+        self.reg_weighting = reg_weighting
+        self.weights = tuple(row_weights(c, reg_weighting) for c in self._row_counts())
         self.n_threads = n_threads
 
     def _row_counts(self):

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from . import _kernels
+from .objective import WEIGHT_POWERS, row_weights
 from .ratings import Ratings, lookup
 
 __all__ = ["UserClusters", "fold_in", "recommend", "similar"]
@@ -251,18 +252,18 @@ def _fold(model, items, values):
     w = np.empty(state.X.shape[1])
     reg = float(model.reg)
     reg_bias = reg if model.reg_bias is None else float(model.reg_bias)
-    count_weighted = model.reg_weighting == "count"
+    weight_power = WEIGHT_POWERS[model.reg_weighting]
     fit_bias = model.normalize == "biases"
     if items.dtype.kind in "iu" and state.int_items:
         index = np.empty(items.shape[0], dtype=np.int64)
         beta, status = _kernels.fold_in_ids(
             model.item_ids_, np.array(items, dtype=np.int64), values, state.X,
-            state.col_offset, reg, reg_bias, count_weighted, fit_bias, index, w,
+            state.col_offset, reg, reg_bias, weight_power, fit_bias, index, w,
         )
     else:
         index = _indices(model.item_ids_, items)
         beta, status = _kernels.fold_in_row(
-            index, values, state.X, state.col_offset, reg, reg_bias, count_weighted,
+            index, values, state.X, state.col_offset, reg, reg_bias, weight_power,
             fit_bias, w,
         )
         if status in (0, 2) and index.size and index.min() < 0:
@@ -348,7 +349,7 @@ def add_users(model, ratings):
     Theta_new = np.zeros((n_new, k))
     bias_new = np.zeros(n_new)
     fit_bias = model.normalize == "biases"
-    weights = counts.astype(np.float64) if model.reg_weighting == "count" else np.ones(n_new)
+    weights = row_weights(counts, model.reg_weighting)
     reg_bias = model.reg if model.reg_bias is None else model.reg_bias
     if n_new:
         n_chunks = int(min(_MAX_CHUNKS, n_new))

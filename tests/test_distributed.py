@@ -130,12 +130,12 @@ def test_no_client_starts_a_local_cluster(ratings):
 
 
 @pytest.mark.parametrize("learn_biases", [False, True])
-@pytest.mark.parametrize("count_weighted", [False, True])
-def test_flat_objective_matches_single_machine(sharded, ratings, learn_biases, count_weighted):
+@pytest.mark.parametrize("reg_weighting", ["none", "count", "sqrt"])
+def test_flat_objective_matches_single_machine(sharded, ratings, learn_biases, reg_weighting):
     rng = np.random.default_rng(7)
     k = 4
     kwargs = {
-        "mu": 3.1, "learn_biases": learn_biases, "reg_bias": 0.3, "count_weighted": count_weighted,
+        "mu": 3.1, "learn_biases": learn_biases, "reg_bias": 0.3, "reg_weighting": reg_weighting,
         "item_bias": None if learn_biases else rng.normal(size=ratings.n_items),
     }
     local = FlatObjective(ratings, k, 0.2, **kwargs)

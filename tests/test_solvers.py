@@ -22,27 +22,29 @@ def _problem(seed=0, n_users=60, n_items=40, density=0.3):
     return Ratings.from_arrays(users, items, values, all_users=range(n_users), all_items=range(n_items))
 
 
-def _dense_objective(ratings, X, Theta, bi, bu, mu, reg, reg_bias, weighted):
+def _dense_objective(ratings, X, Theta, bi, bu, mu, reg, reg_bias, weighting):
     users, items, values = ratings.coo()
     err = np.einsum("ij,ij->i", X[items], Theta[users]) + mu + bi[items] + bu[users] - values
-    wi = np.diff(ratings.by_item[0]) if weighted else np.ones(ratings.n_items)
-    wu = np.diff(ratings.by_user[0]) if weighted else np.ones(ratings.n_users)
+    power = {"none": 0.0, "count": 1.0, "sqrt": 0.5}[weighting]
+    wi = np.diff(ratings.by_item[0]).astype(float) ** power
+    wu = np.diff(ratings.by_user[0]).astype(float) ** power
     penalty = reg * (wi @ np.sum(X**2, axis=1) + wu @ np.sum(Theta**2, axis=1))
     penalty += reg_bias * (wi @ bi**2 + wu @ bu**2)
     return 0.5 * err @ err + 0.5 * penalty
 
 
-@given(sparse_problems(max_items=15, max_users=15, max_factors=4), st.booleans())
-def test_biased_weighted_objective_matches_formula_and_finite_differences(problem, weighted):
+@given(sparse_problems(max_items=15, max_users=15, max_factors=4),
+       st.sampled_from(["none", "count", "sqrt"]))
+def test_biased_weighted_objective_matches_formula_and_finite_differences(problem, weighting):
     ratings, _, _, X, Theta, reg = problem
     rng = np.random.default_rng(0)
     bi, bu = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
     objective = FlatObjective(
-        ratings, X.shape[1], reg, mu=0.7, learn_biases=True, reg_bias=0.3, count_weighted=weighted
+        ratings, X.shape[1], reg, mu=0.7, learn_biases=True, reg_bias=0.3, reg_weighting=weighting
     )
     x0 = objective.pack(X, Theta, bi, bu)
     cost, grad = objective(x0)
-    expected = _dense_objective(ratings, X, Theta, bi, bu, 0.7, reg, 0.3, weighted)
+    expected = _dense_objective(ratings, X, Theta, bi, bu, 0.7, reg, 0.3, weighting)
     assert abs(cost - expected) <= 1e-9 * (1 + abs(expected))
     error = check_grad(lambda v: objective(v)[0], lambda v: objective(v)[1], x0)
     assert error <= 1e-5 * (1 + np.linalg.norm(grad))
@@ -121,7 +123,8 @@ def test_early_stopping_keeps_the_best_iterate():
                                 all_users=range(150), all_items=range(100))
     validation = Ratings.from_arrays(users[test], items[test], values[test])
     model = MatrixFactorization(
-        20, reg=0.001, normalize="biases", reg_weighting="none", solver="als", max_iter=500, tol=0,
+        20, reg=0.001, reg_bias=0.001, normalize="biases", reg_weighting="none", solver="als",
+        max_iter=500, tol=0,
         patience=5,
         random_state=0,
     ).fit(train, validation=validation)
