@@ -157,6 +157,30 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
+def plot_k(rows, path):
+    """Time per evaluation against k, one line per problem size, 1 and 2 threads."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for size in dict.fromkeys(r["size"] for r in rows):
+        cells = sorted((r for r in rows if r["size"] == size), key=lambda r: r["k"])
+        for threads, style in ((1, "s--"), (2, "o-")):
+            ax.loglog([r["k"] for r in cells], [r[f"kernel_{threads}t_s"] for r in cells], style,
+                      label=f"{size} ratings, {threads} thread{'s' if threads > 1 else ''}")
+    ax.set_xlabel("k (factors)")
+    ax.set_ylabel("seconds per cost + gradient evaluation")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def _ms(seconds):
     return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
 
@@ -205,11 +229,20 @@ def main():
             slope = np.polyfit(np.log([r["nnz"] for r in cells]),
                                np.log([r["kernel_2t_s"] for r in cells]), 1)[0]
             slopes[str(k)] = float(slope)
-    doc = {"environment": environment(), "rows": rows, "loglog_slope_by_k": slopes}
+    slopes_k = {}
+    for size in dict.fromkeys(r["size"] for r in rows):
+        cells = [r for r in rows if r["size"] == size]
+        if len(cells) >= 2:
+            slopes_k[size] = float(np.polyfit(np.log([r["k"] for r in cells]),
+                                              np.log([r["kernel_2t_s"] for r in cells]), 1)[0])
+    doc = {"environment": environment(), "rows": rows, "loglog_slope_by_k": slopes,
+           "loglog_slope_vs_k_by_size": slopes_k}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, out.with_suffix(".json"))
-    plot(rows, out.with_suffix(".png"))
+    # One size and several k: the interesting axis is k.
+    single_size = len({r["size"] for r in rows}) == 1
+    (plot_k if single_size else plot)(rows, out.with_suffix(".png"))
     print(json.dumps({"loglog_slope_by_k": slopes}))
 
 
