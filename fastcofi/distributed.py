@@ -687,7 +687,7 @@ def cost_and_grad(item_factors, user_factors, ratings_or_sharded, reg, client=No
         grads = (np.empty_like(X), np.empty_like(Theta), np.empty(n_items), np.empty(n_users))
         cost = sharded._evaluate(
             X, Theta, np.zeros(n_items), np.zeros(n_users), 0.0, float(reg), 0.0,
-            (np.ones(n_items), np.ones(n_users)), False, n_threads, grads,
+            (np.ones(n_items), np.ones(n_users)), "none", n_threads, grads,
         )
     finally:
         if owned:
