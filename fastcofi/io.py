@@ -588,6 +588,12 @@ def _blocks(source, header_lines, block_bytes, count_lines=True):
             lines_before += 1 if source.readline(f) else 0
         data = bytearray(block_bytes)
         filled = 0
+        if header_lines == 0:
+            # A UTF-8 byte order mark before the first line is not data (pyarrow drops it too;
+            # with a header it goes with the header line).
+            filled = source.readinto(f, memoryview(data)[:3])
+            if bytes(data[:filled]) == b"\xef\xbb\xbf":
+                filled = 0
         while True:
             if filled == len(data):
                 # A line longer than the buffer. A new buffer rather than a resize: blocks

@@ -306,6 +306,15 @@ def _read_or_clean_error(path, engine):
     return r
 
 
+@pytest.mark.parametrize("engine", ["builtin"] + (["pyarrow"] if HAVE_ARROW else []))
+def test_byte_order_mark_before_headerless_data_is_not_data(tmp_path, engine):
+    # Found by test_fuzz_mutated_valid_files: the builtin engine read "\ufeff196" as a string id.
+    path = write(tmp_path, "u.data", b"\xef\xbb\xbf" + ML100K_LINES)
+    r = read_ratings(path, engine=engine)
+    assert triples(r) == triples(read_ratings(write(tmp_path, "plain.data", ML100K_LINES)))
+    assert r.user_ids.dtype.kind == "i"
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.binary(max_size=300), name=st.sampled_from(["ratings.csv", "u.data", "ratings.dat",
                                                            "x.tsv", "ratings.csv.gz"]))
