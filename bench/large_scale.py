@@ -16,6 +16,7 @@ objective evaluation or sweep, iterations, probe RMSE against the planted noise 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -52,12 +53,12 @@ def write_ratings_csv(ratings, path, *, probe_path=None, probe_fraction=0.0, see
     indptr, items, values = ratings.by_user
     user_ids, item_ids = ratings.user_ids, ratings.item_ids
     integral = bool(np.all(values == np.round(values)))
-    targets = [(Path(path), np.zeros(0, bool))] + (
-        [(Path(probe_path), None)] if probe_path is not None else [])
+    targets = [Path(path)] + ([Path(probe_path)] if probe_path is not None else [])
     counts = [0] * len(targets)
-    handles = [open(t.with_name(t.name + ".tmp"), "wb") for t, _ in targets]
     options = pacsv.WriteOptions(include_header=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(t.with_name(t.name + ".tmp"), "wb"))
+                   for t in targets]
         for f in handles:
             f.write(b"userId,movieId,rating\n")
         for start in range(0, ratings.nnz, chunk):
@@ -74,10 +75,7 @@ def write_ratings_csv(ratings, path, *, probe_path=None, probe_fraction=0.0, see
                 })
                 pacsv.write_csv(table, f, options)
                 counts[n] += int(rows.sum())
-    finally:
-        for f in handles:
-            f.close()
-    for t, _ in targets:
+    for t in targets:
         os.replace(t.with_name(t.name + ".tmp"), t)
     return tuple(counts) if probe_path is not None else (counts[0], 0)
 

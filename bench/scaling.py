@@ -129,7 +129,8 @@ def run(sizes, factors, repeats):
     return rows
 
 
-def plot(rows, path):
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a message) when not installed."""
     try:
         import matplotlib
 
@@ -137,6 +138,13 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot(rows, path):
+    plt = _pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for k in sorted({r["k"] for r in rows}):
@@ -159,13 +167,8 @@ def plot(rows, path):
 
 def plot_k(rows, path):
     """Time per evaluation against k, one line per problem size, 1 and 2 threads."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
+    plt = _pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for size in dict.fromkeys(r["size"] for r in rows):
@@ -188,9 +191,11 @@ def _ms(seconds):
 def markdown(doc):
     """The README's table from a results document."""
     lines = [
-        "| ratings (items x users) | k | 1 thread | 2 threads | ratings/s, 2 threads "
-        "| 1 -> 2 threads | vectorized numpy/scipy | kernel speed-up | dense reference "
-        "| kernel speed-up |",
+        (
+            "| ratings (items x users) | k | 1 thread | 2 threads | ratings/s, 2 threads "
+            "| 1 -> 2 threads | vectorized numpy/scipy | kernel speed-up | dense reference "
+            "| kernel speed-up |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:

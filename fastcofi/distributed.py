@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from .objective import FlatObjective, _evaluate, row_weights, threads
+from .objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights, threads
 from .ratings import Ratings, unique_ids
 
 __all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
@@ -631,27 +631,6 @@ class DistributedObjective(FlatObjective):
 
 
 # -- the public functions -----------------------------------------------------------------------
-def _check_factor_shapes(item_factors, user_factors, sharded):
-    X = np.ascontiguousarray(item_factors, dtype=np.float64)
-    Theta = np.ascontiguousarray(user_factors, dtype=np.float64)
-    if X.ndim != 2 or Theta.ndim != 2:
-        raise ValueError(
-            f"item_factors and user_factors must be 2-dimensional, found shapes {X.shape} and "
-            f"{Theta.shape}"
-        )
-    if X.shape[0] != sharded.n_items or Theta.shape[0] != sharded.n_users:
-        raise ValueError(
-            f"expected item_factors with {sharded.n_items} rows and user_factors with "
-            f"{sharded.n_users} rows, found shapes {X.shape} and {Theta.shape}"
-        )
-    if X.shape[1] != Theta.shape[1]:
-        raise ValueError(
-            f"item_factors and user_factors must have the same number of columns, found "
-            f"{X.shape[1]} and {Theta.shape[1]}"
-        )
-    return X, Theta
-
-
 def cost_and_grad(item_factors, user_factors, ratings_or_sharded, reg, client=None, *,
                   by="items", n_threads=None):
     """`fastcofi.objective.cost_and_grad` evaluated on a Dask cluster.

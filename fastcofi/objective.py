@@ -8,7 +8,7 @@ import numpy as np
 from . import _kernels
 from .ratings import Ratings
 
-__all__ = ["cost_and_grad", "FlatObjective", "row_weights"]
+__all__ = ["FlatObjective", "cost_and_grad", "row_weights"]
 
 # Each row's penalty is multiplied by (its number of ratings) ** power.
 WEIGHT_POWERS = {"none": 0.0, "count": 1.0, "sqrt": 0.5}
@@ -48,6 +48,12 @@ def threads(n_threads):
 def _check_factors(item_factors, user_factors, ratings):
     if not isinstance(ratings, Ratings):
         raise TypeError(f"ratings must be a fastcofi.Ratings, found {type(ratings).__name__}")
+    return _check_factor_shapes(item_factors, user_factors, ratings)
+
+
+def _check_factor_shapes(item_factors, user_factors, ratings):
+    """Contiguous float64 factors whose rows match ``ratings.n_items`` / ``ratings.n_users``
+    (a `Ratings` or anything with those two attributes, such as a Dask handle)."""
     X = np.ascontiguousarray(item_factors, dtype=np.float64)
     Theta = np.ascontiguousarray(user_factors, dtype=np.float64)
     if X.ndim != 2 or Theta.ndim != 2:
