@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from .objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights, threads
-from .ratings import Ratings, unique_ids
+from .ratings import Ratings, balanced_bounds, unique_ids
 
 __all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
 
@@ -244,13 +244,8 @@ def _split_partition(arrays, user_ids, item_ids, bounds, by):
 
 def _block_bounds(counts, n_shards):
     """Row boundaries of at most ``n_shards`` contiguous blocks of about equal rating counts."""
-    n_items = counts.shape[0]
-    total = int(counts.sum())
-    cumulative = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-    targets = (total * np.arange(n_shards + 1, dtype=np.float64) / n_shards).astype(np.int64)
-    bounds = np.searchsorted(cumulative, targets, side="left").astype(np.int64)
-    bounds[0], bounds[-1] = 0, n_items
-    return np.unique(np.clip(bounds, 0, n_items))
+    indptr = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    return np.unique(balanced_bounds(indptr, n_shards))
 
 
 # -- the driver's handle ----------------------------------------------------------------------

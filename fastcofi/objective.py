@@ -6,7 +6,7 @@ import numba
 import numpy as np
 
 from . import _kernels
-from .ratings import Ratings
+from .ratings import Ratings, balanced_bounds
 
 __all__ = ["FlatObjective", "cost_and_grad", "row_weights"]
 
@@ -79,16 +79,6 @@ def _check_factor_shapes(item_factors, user_factors, ratings):
 _BUFFER_ALLOWANCE = 64 << 20
 
 
-def _groups(indptr, n_groups):
-    """Row boundaries of ``n_groups`` groups with about equal nonzero counts (int64)."""
-    n_rows = indptr.shape[0] - 1
-    n_groups = max(1, min(n_groups, n_rows))
-    targets = (int(indptr[-1]) * np.arange(n_groups + 1, dtype=np.float64) / n_groups)
-    bounds = np.searchsorted(indptr, targets.astype(np.int64), side="left").astype(np.int64)
-    bounds[0], bounds[-1] = 0, n_rows
-    return bounds
-
-
 def _use_buffers(ratings, n_factors):
     smaller = min(ratings.n_items, ratings.n_users)
     buffer_bytes = numba.config.NUMBA_NUM_THREADS * smaller * (n_factors + 1) * 8
@@ -114,22 +104,17 @@ def _evaluate(
         )
     X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
     item_weight, user_weight = weights
+    # Walk the side with more rows; the other side's rows are read at random and buffered.
+    items = (X, item_bias, ratings.by_item, item_weight, X_grad, item_bias_grad)
+    users = (Theta, user_bias, ratings.by_user, user_weight, Theta_grad, user_bias_grad)
+    own, other = (items, users) if ratings.n_items >= ratings.n_users else (users, items)
+    factors, bias, csr, weight, grad, bias_grad = own
     # One group per thread numba may start (not per thread running now), so the grouping and
     # hence every rounding is the same whatever n_threads is set to.
-    n_groups = numba.config.NUMBA_NUM_THREADS
-    # Walk the side with more rows; the other side's rows are read at random and buffered.
-    if ratings.n_items >= ratings.n_users:
-        indptr = ratings.by_item[0]
-        return _kernels.cost_and_grad_buffered(
-            X, Theta, item_bias, user_bias, mu, *ratings.by_item, _groups(indptr, n_groups),
-            reg, reg_bias, item_weight, user_weight,
-            X_grad, Theta_grad, item_bias_grad, user_bias_grad,
-        )
-    indptr = ratings.by_user[0]
+    groups = balanced_bounds(csr[0], min(numba.config.NUMBA_NUM_THREADS, csr[0].shape[0] - 1))
     return _kernels.cost_and_grad_buffered(
-        Theta, X, user_bias, item_bias, mu, *ratings.by_user, _groups(indptr, n_groups),
-        reg, reg_bias, user_weight, item_weight,
-        Theta_grad, X_grad, user_bias_grad, item_bias_grad,
+        factors, other[0], bias, other[1], mu, *csr, groups, reg, reg_bias, weight, other[3],
+        grad, other[4], bias_grad, other[5],
     )
 
 

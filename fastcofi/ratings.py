@@ -107,15 +107,23 @@ def _declare_ids(rated_ids, declared, name):
     return uniq, index
 
 
+def balanced_bounds(indptr, n_parts):
+    """Row boundaries (int64, length ``n_parts + 1``, repeats allowed) cutting a CSR into
+    ``n_parts`` runs of rows with about equal numbers of ratings."""
+    n_rows = indptr.shape[0] - 1
+    n_parts = max(1, int(n_parts))
+    targets = (int(indptr[-1]) * np.arange(n_parts + 1, dtype=np.float64) / n_parts)
+    bounds = np.searchsorted(indptr, targets.astype(np.int64), side="left").astype(np.int64)
+    bounds[0], bounds[-1] = 0, n_rows
+    return bounds
+
+
 def _chunks(indptr):
     """Row boundaries of chunks with about equal numbers of ratings (int64)."""
     n_rows = indptr.shape[0] - 1
     nnz = int(indptr[-1])
     n_chunks = int(min(max(1, n_rows), _MAX_CHUNKS, max(1, nnz // _RATINGS_PER_CHUNK)))
-    targets = (nnz * np.arange(n_chunks + 1, dtype=np.float64) / n_chunks).astype(np.int64)
-    bounds = np.searchsorted(indptr, targets, side="left").astype(np.int64)
-    bounds[0], bounds[-1] = 0, n_rows
-    return np.unique(bounds)
+    return np.unique(balanced_bounds(indptr, n_chunks))
 
 
 def _readonly(*arrays):
