@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -128,11 +129,13 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--repeat", type=int, default=1, help="fresh-process reads per engine")
     parser.add_argument("--file", help="the file to read: written first unless it exists")
-    parser.add_argument("--keep", action="store_true", help="keep the written file")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the file written to --file (without --file it is temporary)")
     parser.add_argument("--out", help="append the JSON result to this file")
     args = parser.parse_args(argv)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if args.keep and not args.file:
+        parser.error("--keep needs --file: without it the file lives in a temporary folder")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     engines = ["pyarrow", "builtin"] if args.engine == "both" else [args.engine]
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         path = args.file or os.path.join(tmp, "ratings.csv")

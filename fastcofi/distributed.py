@@ -154,14 +154,14 @@ def _shard_arrays(shard):
 def _shard_evaluate(shard, X, Theta, item_bias, user_bias, mu, reg, reg_bias, reg_weighting,
                     n_threads, by):
     r = shard.ratings
-    item_weight = row_weights(np.diff(r.by_item[0]), reg_weighting)
-    user_weight = row_weights(np.diff(r.by_user[0]), reg_weighting)
     # Zero on the side that is not blocked: its penalty is added once, on the driver, not once
     # per shard that has ratings of its rows.
     if by == "items":
+        item_weight = row_weights(np.diff(r.by_item[0]), reg_weighting)
         user_weight = np.zeros(r.n_users)
     else:
         item_weight = np.zeros(r.n_items)
+        user_weight = row_weights(np.diff(r.by_user[0]), reg_weighting)
     grads = (np.empty_like(X), np.empty_like(Theta), np.empty(r.n_items), np.empty(r.n_users))
     if n_threads is None:
         n_threads = _worker_threads()
@@ -394,23 +394,17 @@ class ShardedRatings:
             ) from exc
         # The penalty of the side that is not blocked, once: the shards weighted it by zero.
         # The blocked side's rows are each in one shard, penalty included.
-        cost = 0.0
-        sides = ((X, item_bias, weights[0], grads[0], grads[2]),
-                 (Theta, user_bias, weights[1], grads[1], grads[3]))
-        for blocked, (F, bias, weight, F_grad, bias_grad) in zip(
-            (self.by == "items", self.by == "users"), sides
-        ):
-            if blocked:
-                F_grad[...] = 0.0
-                bias_grad[...] = 0.0
-                continue
-            row_reg = reg * weight
-            F_grad[...] = row_reg[:, None] * F
-            bias_grad[...] = (reg_bias * weight) * bias
-            cost += 0.5 * float(
-                np.dot(row_reg, np.einsum("ij,ij->i", F, F))
-                + np.dot(reg_bias * weight, bias * bias)
-            )
+        for grad in grads:
+            grad[...] = 0.0
+        items = (X, item_bias, weights[0], grads[0], grads[2])
+        users = (Theta, user_bias, weights[1], grads[1], grads[3])
+        F, bias, weight, F_grad, bias_grad = users if self.by == "items" else items
+        row_reg = reg * weight
+        F_grad[...] = row_reg[:, None] * F
+        bias_grad[...] = (reg_bias * weight) * bias
+        cost = 0.5 * float(
+            np.dot(row_reg, np.einsum("ij,ij->i", F, F)) + np.dot(reg_bias * weight, bias * bias)
+        )
         X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
         # Shard order, whatever order the workers finished in: the same sums every run.
         for (shard_cost, (gx, gt, gib, gub)), items, users in zip(
@@ -611,15 +605,11 @@ class DistributedObjective(FlatObjective):
         Numba threads per evaluation task on a worker (default: the worker's Dask thread count).
     """
 
-    def __init__(self, sharded, n_factors, reg, **kwargs):
-        super().__init__(sharded, n_factors, reg, **kwargs)
-        self.sharded = sharded
-
     def _row_counts(self):
         return self.ratings.item_counts, self.ratings.user_counts
 
     def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
-        return self.sharded._evaluate(
+        return self.ratings._evaluate(
             X, Theta, item_bias, user_bias, self.mu, self.reg, self.reg_bias, self.weights,
             self.reg_weighting, self.n_threads, grads,
         )

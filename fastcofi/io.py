@@ -1034,12 +1034,12 @@ def _dense_ids(ids):
     return uniq.astype(np.int64), index
 
 
-def _to_ratings(source, columns, dtype, duplicates, header_lines):
+def _to_ratings(source, columns, duplicates, header_lines):
     """Ratings from the dict of `_Columns.finish`; empties the dict as each column is mapped,
     so that no raw id column outlives its mapping."""
     user_ids, uidx = _dense_ids(columns.pop("user"))
     item_ids, iidx = _dense_ids(columns.pop("item"))
-    vals = columns.pop("rating").astype(dtype, copy=False)
+    vals = columns.pop("rating")  # already in the dtype asked for (see _Columns)
     ts = columns.pop("timestamp")
     if _user_major(uidx, iidx):
         # Lines ordered by user, then item (as in ML-20M/25M): the columns already are the
@@ -1152,7 +1152,7 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
             columns = _collect_arrow(source, layout, batches, dtype, rows)
         except _ArrowFailed as failure:
             raise RatingsFileError(source.name, failure.message) from None
-        return _to_ratings(source, columns, dtype, duplicates, 0)
+        return _to_ratings(source, columns, duplicates, 0)
     if not head.strip():
         raise RatingsFileError(source.name, "the file is empty; expected rating lines")
     if b"\x00" in head:
@@ -1175,7 +1175,7 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
             raise RatingsFileError(source.name, failure.message) from None
     else:
         columns = _read_builtin_strings(source, layout, dtype)
-    return _to_ratings(source, columns, dtype, duplicates, layout.header_lines)
+    return _to_ratings(source, columns, duplicates, layout.header_lines)
 
 
 def _with_string_ids(read):

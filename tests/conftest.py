@@ -40,3 +40,28 @@ def ml100k():
 @pytest.fixture
 def toy_data_dir():
     return REPO / "data" / "seed-toy"
+
+
+try:
+    import pyarrow  # noqa: F401
+
+    HAVE_ARROW = True
+except ImportError:
+    HAVE_ARROW = False
+
+# The two reader engines: results and errors must agree between them.
+ENGINES = ["builtin", pytest.param("pyarrow", marks=pytest.mark.skipif(
+    not HAVE_ARROW, reason="pyarrow not installed (fastcofi[io])"))]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
+def write(tmp_path, name, data):
+    """Write ``data`` (bytes) to ``tmp_path / name``, parents created; returns the path."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

@@ -13,28 +13,11 @@ from hypothesis import strategies as st
 from fastcofi import Ratings
 from fastcofi.io import RatingsFileError, ratings_from_dataframe, read_ratings, read_titles
 
-from .conftest import shared_data_dir
-
-try:
-    import pyarrow  # noqa: F401
-
-    HAVE_ARROW = True
-except ImportError:
-    HAVE_ARROW = False
-
-ENGINES = ["builtin", pytest.param("pyarrow", marks=pytest.mark.skipif(
-    not HAVE_ARROW, reason="pyarrow not installed (fastcofi[io])"))]
+from .conftest import HAVE_ARROW, shared_data_dir, write
 
 ML100K_LINES = b"196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
 ML1M_LINES = b"1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
 LATEST = b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n2,1,0.5,964982224\n"
-
-
-def write(tmp_path, name, data):
-    path = tmp_path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 def triples(r):
@@ -42,11 +25,6 @@ def triples(r):
     users, items, values = r.coo()
     rows = zip(r.user_ids[users].tolist(), r.item_ids[items].tolist(), values.tolist())
     return sorted(rows)
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
 
 
 # -- formats ---------------------------------------------------------------------------------
@@ -306,7 +284,6 @@ def _read_or_clean_error(path, engine):
     return r
 
 
-@pytest.mark.parametrize("engine", ["builtin"] + (["pyarrow"] if HAVE_ARROW else []))
 def test_byte_order_mark_before_headerless_data_is_not_data(tmp_path, engine):
     # Found by test_fuzz_mutated_valid_files: the builtin engine read "\ufeff196" as a string id.
     path = write(tmp_path, "u.data", b"\xef\xbb\xbf" + ML100K_LINES)

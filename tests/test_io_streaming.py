@@ -9,33 +9,17 @@ import fastcofi.io as fio
 from fastcofi import Ratings
 from fastcofi.io import RatingsFileError, read_ratings
 
-try:
-    import pyarrow  # noqa: F401
+from .conftest import HAVE_ARROW, write
 
-    HAVE_ARROW = True
-except ImportError:
-    HAVE_ARROW = False
-
-ENGINES = ["builtin", pytest.param("pyarrow", marks=pytest.mark.skipif(
-    not HAVE_ARROW, reason="pyarrow not installed (fastcofi[io])"))]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
+def shrink_blocks(patch):
+    """Blocks of a few lines each, so that every file spans many blocks."""
+    patch.setattr(fio, "_BLOCK_BYTES", 64)
+    patch.setattr(fio, "_PARQUET_BATCH_ROWS", 7)
 
 
 @pytest.fixture
 def tiny_blocks(monkeypatch):
-    """Blocks of a few lines each, so that every file spans many blocks."""
-    monkeypatch.setattr(fio, "_BLOCK_BYTES", 64)
-    monkeypatch.setattr(fio, "_PARQUET_BATCH_ROWS", 7)
-
-
-def write(tmp_path, name, data):
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
+    shrink_blocks(monkeypatch)
 
 
 def movielens_lines(n=600, seed=0, user_offset=0):
@@ -65,8 +49,7 @@ def read_both(monkeypatch, path, **kwargs):
     """(whole-file read, read in blocks of 64 bytes)."""
     whole = read_ratings(path, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(fio, "_BLOCK_BYTES", 64)
-        m.setattr(fio, "_PARQUET_BATCH_ROWS", 7)
+        shrink_blocks(m)
         blocks = read_ratings(path, **kwargs)
     return whole, blocks
 
