@@ -284,7 +284,6 @@ class ShardedRatings:
         self.bounds = np.asarray(bounds, dtype=np.int64)
         self.ratings = ratings
         self._gathered = None
-        self._keep = []
         self._item_index = [s["item_index"] for s in summaries]
         self._user_index = [s["user_index"] for s in summaries]
         self.item_counts = np.zeros(len(item_ids), dtype=np.int64)
@@ -322,7 +321,6 @@ class ShardedRatings:
         if self._shards is None:
             return
         shards, self._shards = self._shards, None
-        self._keep = []
         if self._owned:
             _close_client(self.client)
         else:
@@ -513,6 +511,17 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         raise
 
 
+def _as_task(client, array):
+    """``array`` as the result of a task that holds it, not as scattered data.
+
+    Dask can rerun a task for a shard lost with its worker only while every input still has a
+    task behind it. Scattered data has none, and the Active Memory Manager may cut a broadcast
+    down to the one copy on the worker that dies. One task also sends the array once, instead of
+    once in every shard task.
+    """
+    return client.submit(_getitem, (array,), 0, pure=False)
+
+
 def _submit_builds(client, owned, by, piece_lists, user_ids, item_ids, other_ids, bounds,
                    workers, duplicates, ratings):
     block_ids = item_ids if by == "items" else user_ids
@@ -541,7 +550,7 @@ def _scatter_ratings(client, owned, ratings, by, n_shards, workers):
         local = np.repeat(np.arange(b - a, dtype=np.int64), np.diff(indptr[a : b + 1]))
         other, vals = np.asarray(others[lo:hi]), np.asarray(values[lo:hi])
         piece_lists.append([(local, other, vals) if by == "items" else (other, local, vals)])
-    other_ids = ratings.user_ids if by == "items" else ratings.item_ids
+    other_ids = _as_task(client, ratings.user_ids if by == "items" else ratings.item_ids)
     return _submit_builds(
         client, owned, by, piece_lists, ratings.user_ids, ratings.item_ids, other_ids, bounds,
         workers, "error", ratings,
@@ -567,7 +576,7 @@ def _scatter_partitions(client, owned, parts, by, n_shards, workers, duplicates)
         counts.append(total)
     user_ids, item_ids = ids
     bounds = _block_bounds(counts[1] if by == "items" else counts[0], n_shards)
-    [user_ids_f, item_ids_f] = client.scatter([user_ids, item_ids], broadcast=True, hash=False)
+    user_ids_f, item_ids_f = _as_task(client, user_ids), _as_task(client, item_ids)
     splits = [
         client.submit(_split_partition, p, user_ids_f, item_ids_f, bounds, by, pure=False)
         for p in parts
@@ -576,14 +585,10 @@ def _scatter_partitions(client, owned, parts, by, n_shards, workers, duplicates)
         [client.submit(_getitem, f, s, pure=False) for f in splits]
         for s in range(bounds.shape[0] - 1)
     ]
-    sharded = _submit_builds(
+    return _submit_builds(
         client, owned, by, piece_lists, user_ids, item_ids,
         user_ids_f if by == "items" else item_ids_f, bounds, workers, duplicates, None,
     )
-    # Scattered data has no task to rerun: held here, so a shard lost with its worker can be
-    # rebuilt (the copies on the other workers survive).
-    sharded._keep = [user_ids_f, item_ids_f]
-    return sharded
 
 
 def _getitem(sequence, index):

@@ -336,6 +336,38 @@ def test_cluster_failure_is_a_clear_error(sharded, monkeypatch):
         objective(np.zeros(objective.size))
 
 
+def _inputs_without_a_task(dask_scheduler, keys):
+    """Keys in the lineage of ``keys`` that the scheduler could not recompute (pure data)."""
+    seen, missing, todo = set(), [], [dask_scheduler.tasks[k] for k in keys]
+    while todo:
+        ts = todo.pop()
+        if ts.key in seen:
+            continue
+        seen.add(ts.key)
+        if ts.run_spec is None:
+            missing.append(str(ts.key))
+        todo.extend(ts.dependencies)
+    return missing
+
+
+@pytest.mark.parametrize("source", ["ratings", "dataframe", "files"])
+def test_every_shard_can_be_rebuilt_from_tasks(client, rated_only, source, tmp_path):
+    """A shard lost with its worker is rebuilt from its lineage; scattered data has none (and the
+    Active Memory Manager may keep a broadcast's only copy on the worker that dies)."""
+    if source == "dataframe":
+        dd = pytest.importorskip("dask.dataframe")
+        data = dd.from_pandas(frame_of(rated_only), npartitions=3)
+    elif source == "files":
+        frame, data = frame_of(rated_only), [tmp_path / "a.csv", tmp_path / "b.csv"]
+        frame.iloc[:400].to_csv(data[0], index=False)
+        frame.iloc[400:].to_csv(data[1], index=False)
+    else:
+        data = rated_only
+    with fd.scatter(data, client) as sharded:
+        keys = [f.key for f in sharded._shards]
+        assert client.run_on_scheduler(_inputs_without_a_task, keys=keys) == []
+
+
 @pytest.mark.parametrize("source", ["ratings", "dataframe"])
 def test_worker_killed_mid_training_is_recovered(client, rated_only, source):
     """Dask rebuilds the lost shard from its tasks and reruns the evaluation: the same model."""
