@@ -106,8 +106,8 @@ def _cmd_train(args):
         return _train(args, model, None)
     from .distributed import _close_client, _connect
 
-    if model.solver == "als":
-        raise ValueError("--dask trains with --solver cg or lbfgs, found --solver als")
+    if model.solver not in ("cg", "lbfgs"):
+        raise ValueError(f"--dask trains with --solver cg or lbfgs, found --solver {model.solver}")
     # Connect before reading: a wrong address fails in seconds, not after the parse.
     dask_client, _ = _connect(args.dask)
     try:
@@ -322,7 +322,9 @@ def _build_parser():
     train.add_argument("--factors", type=int, help="number of latent factors (default 10)")
     train.add_argument("--reg", type=float, help="regularization (default 1.3)")
     train.add_argument("--max-iter", type=int, help="iterations at most (default 300)")
-    train.add_argument("--solver", choices=("cg", "lbfgs", "als"), help="optimizer (default cg)")
+    train.add_argument("--solver", choices=("cg", "lbfgs", "als", "vb"),
+                       help="optimizer (default cg; vb: variational Bayes, learns its own "
+                       "regularization)")
     train.add_argument("--normalize", choices=("item_mean", "biases", "none"),
                        help="normalization (default item_mean)")
     held_out = train.add_mutually_exclusive_group()

@@ -697,7 +697,7 @@ def fit(model, data, client=None, *, by="items", **fit_kwargs):
     if model.solver not in ("cg", "lbfgs"):
         raise ValueError(
             f"fastcofi.distributed.fit supports solver 'cg' or 'lbfgs', found {model.solver!r} "
-            "(ALS would need the ratings partitioned by users as well as by items)"
+            "(ALS and VB would need the ratings partitioned by users as well as by items)"
         )
     _check_data_kind(data)
     owned = not isinstance(data, ShardedRatings)

@@ -1385,6 +1385,8 @@ def _column_array(col, role):
 #   item_means        (n_items,) float64          only with normalize="item_mean"
 #   item_bias         (n_items,) float64          only with normalize="biases"
 #   user_bias         (n_users,) float64          only with normalize="biases"
+#   noise_variance    0-d float64                only with solver="vb": fold-in's reg
+#   user_bias_variance 0-d float64               only with solver="vb": reg_bias = noise / it
 #   rating_range      (2,) float64  min, max training rating
 #   seen_indptr       (n_users + 1,) int64        the training ratings by user, as CSR:
 #   seen_indices      (nnz,) int32 or int64       item indices rated by each user
@@ -1492,6 +1494,9 @@ def _model_arrays(model):
     if model.item_bias_ is not None:
         arrays["item_bias"] = np.asarray(model.item_bias_, dtype=np.float64)
         arrays["user_bias"] = np.asarray(model.user_bias_, dtype=np.float64)
+    if getattr(model, "noise_variance_", None) is not None:
+        arrays["noise_variance"] = np.array(model.noise_variance_, dtype=np.float64)
+        arrays["user_bias_variance"] = np.array(model.user_bias_variance_, dtype=np.float64)
     for key, values in (model.history_ or {}).items():
         if not re.fullmatch(r"[A-Za-z0-9_]+", str(key)):
             raise ValueError(f"history_ key {key!r} cannot be stored: expected letters, digits, _")
@@ -1807,6 +1812,15 @@ def _load_model(path):
         _length(path, "item_bias", item_bias, n_items, "one per item id")
         _length(path, "user_bias", user_bias, n_users, "one per user id")
 
+    noise_variance = user_bias_variance = None
+    if model.solver == "vb":
+        what = "a 0-d float > 0 (solver 'vb' folds new users in with it)"
+        noise_variance = float(_floats(path, arrays, "noise_variance", 0, what))
+        user_bias_variance = float(_floats(path, arrays, "user_bias_variance", 0, what))
+        if not (noise_variance > 0 and user_bias_variance > 0):
+            raise ModelFileError(path, f"noise_variance and user_bias_variance must be > 0, found "
+                                 f"{noise_variance} and {user_bias_variance}")
+
     indptr = _need(path, arrays, "seen_indptr", "iu", 1, "a 1-D integer array (n_users + 1,)")
     indices = _need(path, arrays, "seen_indices", "iu", 1, "a 1-D integer array (n_ratings,)")
     _length(path, "seen_indptr", indptr, n_users + 1, "n_users + 1")
@@ -1853,6 +1867,8 @@ def _load_model(path):
     model.item_bias_ = None if item_bias is None else _readonly_copy(item_bias)
     model.user_bias_ = None if user_bias is None else _readonly_copy(user_bias)
     model.rating_range_ = (float(rating_range[0]), float(rating_range[1]))
+    model.noise_variance_ = noise_variance
+    model.user_bias_variance_ = user_bias_variance
     model.n_iter_ = n_iter
     model.best_iteration_ = best_iteration
     model.result_ = None

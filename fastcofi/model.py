@@ -10,14 +10,14 @@ from . import serving
 from .checkpoint import read_checkpoint, write_checkpoint
 from .objective import WEIGHT_POWERS, FlatObjective
 from .ratings import Ratings, lookup
-from .solvers import minimize_als, minimize_scipy
+from .solvers import minimize_als, minimize_scipy, minimize_vb
 
 __all__ = ["MatrixFactorization"]
 
 logger = logging.getLogger("fastcofi")
 
 _NORMALIZE = ("item_mean", "biases", "none")
-_SOLVERS = ("cg", "lbfgs", "als")
+_SOLVERS = ("cg", "lbfgs", "als", "vb")
 _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 
 
@@ -51,15 +51,21 @@ class MatrixFactorization:
         root sits between the two: rows with few ratings are shrunk more per rating than busy
         ones, but less than under no weighting (ML-100K, protocol A: 0.9097 against 0.9173 for
         ``"count"`` with its own tuned strengths; other shapes: see the README).
-    solver : {"cg", "lbfgs", "als"}, default "cg"
+    solver : {"cg", "lbfgs", "als", "vb"}, default "cg"
         ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused Numba objective
         (the tutorial's trainer); ``"lbfgs"``: L-BFGS-B on the same objective; ``"als"``:
-        alternating least squares, closed-form row solves in parallel.
+        alternating least squares, closed-form row solves in parallel. ``"vb"``: variational
+        Bayes (`fastcofi.solvers.minimize_vb`): the same predictor, with Gaussian priors whose
+        variances, and the noise variance, are learned from the data, so ``reg``, ``reg_bias``
+        and ``reg_weighting`` are not used; per-dimension prior variances switch off the factor
+        dimensions the data do not support. It needs ``normalize="biases"``, keeps a
+        (k+1) x (k+1) covariance per user and item while training, and does not checkpoint.
     max_iter : int, default 300
-        Iterations at most (ALS: sweeps over users and items).
+        Iterations at most (ALS, VB: sweeps over users and items).
     tol : float, default 3e-3
         Stop when the gradient's largest entry falls below ``tol`` times its initial value (the
-        same test for every solver); 0 disables it.
+        same test for the cg, lbfgs and als solvers); 0 disables it. VB stops when a sweep moves
+        its free energy by less than ``tol / 30`` of its size.
     patience : int, default 10
         With a validation set, stop once its RMSE has not improved for this many iterations and
         keep the best iterate.
@@ -95,6 +101,12 @@ class MatrixFactorization:
         ``"cost"`` and ``"seconds"`` per iteration, and ``"val_rmse"`` with a validation set.
     best_iteration_ : int
         The iteration whose parameters the model holds (the last one without validation).
+    noise_variance_, user_bias_variance_ : float or None
+        ``solver="vb"``: the learned rating noise variance and prior variance of user biases
+        (None for the other solvers). Its user factors are stored scaled to a unit prior
+        variance (item factors scaled inversely, predictions unchanged), so a new user is folded
+        in with ``reg = noise_variance_`` and ``reg_bias = noise_variance_ /
+        user_bias_variance_``, without count weighting.
     """
 
     def __init__(
@@ -184,6 +196,11 @@ class MatrixFactorization:
             )
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {_SOLVERS}, found {self.solver!r}")
+        if self.solver == "vb" and self.normalize != "biases":
+            raise ValueError(
+                "solver='vb' learns the biases with the factors: it needs normalize='biases', "
+                f"found normalize={self.normalize!r}"
+            )
         if self.n_threads is not None:
             positive_int("n_threads")
         clip = self.clip
@@ -237,6 +254,11 @@ class MatrixFactorization:
             raise ValueError(f"checkpoint_every must be a positive integer, found {checkpoint_every!r}")
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
+        if checkpoint is not None and self.solver == "vb":
+            raise ValueError(
+                "solver='vb' does not checkpoint (its state holds a covariance per row); "
+                "use solver 'cg', 'lbfgs' or 'als' with checkpoint="
+            )
         n_items, n_users, k = ratings.n_items, ratings.n_users, int(self.n_factors)
         values = ratings.values
         global_mean = float(values.mean(dtype=np.float64))
@@ -337,6 +359,12 @@ class MatrixFactorization:
             )
             result = None
             n_iter = len(history["cost"])
+        elif self.solver == "vb":
+            params, history, vb_state = minimize_vb(
+                objective, params, max_iter=remaining, tol=self.tol, on_iteration=on_iteration,
+            )
+            result = None
+            n_iter = len(history["cost"])
         else:
             result, history = minimize_scipy(
                 objective, params, method=_SCIPY_METHODS[self.solver], max_iter=remaining,
@@ -353,6 +381,14 @@ class MatrixFactorization:
         if val_pairs is not None and "val_rmse" not in history:
             history["val_rmse"] = []
         self._set_params(objective, params)
+        self.noise_variance_ = self.user_bias_variance_ = None
+        if self.solver == "vb":
+            # Unit prior variance on the user side makes fold-in a plain ridge solve.
+            scale = np.sqrt(vb_state["user_variances"][:k])
+            self.item_factors_ *= scale
+            self.user_factors_ /= scale
+            self.noise_variance_ = float(vb_state["noise_variance"])
+            self.user_bias_variance_ = float(vb_state["user_variances"][k])
         self.n_iter_ = n_iter
         self.best_iteration_ = best["iteration"] if best["params"] is not None else n_iter
         self.result_ = result
@@ -392,6 +428,14 @@ class MatrixFactorization:
         if self.item_means_ is not None:
             return 0.0, self.item_means_, np.zeros(n_users)
         return 0.0, np.zeros(n_items), np.zeros(n_users)
+
+    def _fold_in_penalty(self):
+        """(reg, reg_bias, reg_weighting) of a new user's row solve."""
+        if getattr(self, "noise_variance_", None) is not None:
+            return (self.noise_variance_, self.noise_variance_ / self.user_bias_variance_,
+                    "none")
+        reg_bias = self.reg if self.reg_bias is None else self.reg_bias
+        return float(self.reg), float(reg_bias), self.reg_weighting
 
     def _clip_range(self):
         if self.clip is True:

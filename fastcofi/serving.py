@@ -250,9 +250,8 @@ def _fold(model, items, values):
             f"{values.shape}"
         )
     w = np.empty(state.X.shape[1])
-    reg = float(model.reg)
-    reg_bias = reg if model.reg_bias is None else float(model.reg_bias)
-    weight_power = WEIGHT_POWERS[model.reg_weighting]
+    reg, reg_bias, weighting = model._fold_in_penalty()
+    weight_power = WEIGHT_POWERS[weighting]
     fit_bias = model.normalize == "biases"
     if items.dtype.kind in "iu" and state.int_items:
         index = np.empty(items.shape[0], dtype=np.int64)
@@ -349,8 +348,8 @@ def add_users(model, ratings):
     Theta_new = np.zeros((n_new, k))
     bias_new = np.zeros(n_new)
     fit_bias = model.normalize == "biases"
-    weights = row_weights(counts, model.reg_weighting)
-    reg_bias = model.reg if model.reg_bias is None else model.reg_bias
+    reg, reg_bias, weighting = model._fold_in_penalty()
+    weights = row_weights(counts, weighting)
     if n_new:
         n_chunks = int(min(_MAX_CHUNKS, n_new))
         chunks = (np.arange(n_chunks + 1, dtype=np.int64) * n_new) // n_chunks
@@ -359,7 +358,7 @@ def add_users(model, ratings):
         with threads(model.n_threads), _parallel_guard():
             _kernels.solve_rows(
                 new_indptr, new_cols, new_values, chunks, state.X, state.col_offset,
-                np.zeros(n_new), float(model.reg), float(reg_bias), weights, fit_bias,
+                np.zeros(n_new), float(reg), float(reg_bias), weights, fit_bias,
                 Theta_new, bias_new,
             )
             _note_layer()

@@ -1,0 +1,198 @@
+"""The variational-Bayes solver: its row update against a dense derivation, the free energy, a
+planted noise level recovered, fold-in and model files."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastcofi import MatrixFactorization, ModelFileError, Ratings, _kernels, load_model
+from fastcofi.objective import threads
+from fastcofi.solvers import _moments
+
+from .strategies import relative_error, sparse_problems
+
+pytestmark = pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+
+
+def _posteriors(rng, n, d):
+    """Random means and symmetric positive definite covariances of ``n`` rows."""
+    mean = rng.normal(scale=0.5, size=(n, d))
+    root = rng.normal(scale=0.3, size=(n, d, d))
+    cov = np.einsum("nab,ncb->nac", root, root) + 0.05 * np.eye(d)
+    return mean, cov
+
+
+def _dense_update(values, mask, mu, other_mean, other_cov, precision, tau):
+    """The mean-field update of each row of ``mask`` (rows x columns) from the textbook form:
+    normal equations over E[(w, 1)(w, 1)^T] and, for the expected squared error, the squared
+    error of the mean prediction plus the prediction's variance, rating by rating."""
+    n_rows, d = mask.shape[0], other_mean.shape[1]
+    k = d - 1
+    mean = np.zeros((n_rows, d))
+    cov = np.zeros((n_rows, d, d))
+    sse = np.zeros(n_rows)
+    for r in range(n_rows):
+        system = np.diag(precision).astype(float)
+        rhs = np.zeros(d)
+        cols = np.flatnonzero(mask[r])
+        for c in cols:
+            w = np.append(other_mean[c, :k], 1.0)
+            second = np.outer(w, w)
+            second[:k, :k] += other_cov[c, :k, :k]
+            cross = w * other_mean[c, k]
+            cross[:k] += other_cov[c, :k, k]
+            system += tau * second
+            rhs += tau * (w * (values[r, c] - mu) - cross)
+        cov[r] = np.linalg.inv(system)
+        mean[r] = cov[r] @ rhs
+        m, P = mean[r], cov[r]
+        for c in cols:
+            n, Q = other_mean[c], other_cov[c]
+            prediction = m[:k] @ n[:k] + m[k] + n[k]
+            variance = (
+                m[:k] @ Q[:k, :k] @ m[:k] + 2 * m[:k] @ Q[:k, k] + Q[k, k]
+                + n[:k] @ P[:k, :k] @ n[:k] + 2 * n[:k] @ P[:k, k] + P[k, k]
+                + np.trace(P[:k, :k] @ Q[:k, :k])
+            )
+            sse[r] += (values[r, c] - mu - prediction) ** 2 + variance
+    return mean, cov, sse
+
+
+@given(sparse_problems(max_items=12, max_users=12, max_factors=4), st.integers(0, 2**31))
+def test_row_update_matches_the_dense_derivation(problem, seed):
+    ratings, dense, mask, _, _, _ = problem
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 5))
+    d = k + 1
+    user_mean, user_cov = _posteriors(rng, ratings.n_users, d)
+    precision = rng.uniform(0.5, 5.0, size=d)
+    tau, mu = float(rng.uniform(0.5, 3.0)), float(rng.normal())
+    mean = np.zeros((ratings.n_items, d))
+    cov = np.zeros((ratings.n_items, d, d))
+    sse, logdet = np.zeros(ratings.n_items), np.zeros(ratings.n_items)
+    failed = _kernels.vb_update_rows(
+        *ratings.by_item, ratings._item_chunks, mu, *_moments(user_mean, user_cov), precision,
+        tau, mean, cov, sse, logdet,
+    )
+    want_mean, want_cov, want_sse = _dense_update(
+        dense, mask, mu, user_mean, user_cov, precision, tau
+    )
+    assert failed == 0
+    assert relative_error(mean, want_mean) < 1e-9
+    assert relative_error(cov, want_cov) < 1e-9
+    assert relative_error(sse, want_sse) < 1e-9
+    assert relative_error(logdet, np.linalg.slogdet(want_cov)[1]) < 1e-9
+
+
+def _planted(seed=0, n_users=300, n_items=200, rank=3, noise=0.3, density=0.25):
+    """Biases plus a rank-``rank`` product plus Gaussian noise of a known size, on a random
+    fifth of the pairs held out."""
+    rng = np.random.default_rng(seed)
+    items, users = np.nonzero(rng.random((n_items, n_users)) < density)
+    truth = (3.0 + rng.normal(scale=0.4, size=n_items)[items]
+             + rng.normal(scale=0.3, size=n_users)[users]
+             + np.einsum("ij,ij->i", rng.normal(size=(n_items, rank))[items],
+                         rng.normal(size=(n_users, rank))[users]) / np.sqrt(rank))
+    values = truth + noise * rng.normal(size=truth.shape[0])
+    test = rng.random(truth.shape[0]) < 0.2
+    train = Ratings.from_arrays(users[~test], items[~test], values[~test],
+                                all_users=range(n_users), all_items=range(n_items))
+    return train, (users[test], items[test], values[test], truth[test])
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted()
+
+
+@pytest.fixture(scope="module")
+def vb_model(planted):
+    train, _ = planted
+    return MatrixFactorization(n_factors=8, solver="vb", random_state=0).fit(train)
+
+
+def test_free_energy_never_decreases(vb_model):
+    costs = np.asarray(vb_model.history_["cost"])  # the negative free energy
+    assert costs.shape[0] >= 3
+    assert np.all(np.diff(costs) <= 1e-9 * np.abs(costs[:-1]))
+
+
+def test_learns_the_planted_noise_and_predicts_near_it(planted, vb_model):
+    """No regularization given, yet the noise variance is found and the test error is close to
+    the noise floor, where a fixed default penalty (tuned for MovieLens) lands further off."""
+    train, (users, items, values, truth) = planted
+    assert vb_model.noise_variance_ == pytest.approx(0.3**2, rel=0.25)
+    rmse = np.sqrt(np.mean((vb_model.predict(users, items) - values) ** 2))
+    floor = np.sqrt(np.mean((truth - values) ** 2))
+    assert rmse < 1.15 * floor
+    cg = MatrixFactorization(n_factors=8, random_state=0).fit(train)
+    assert rmse < np.sqrt(np.mean((cg.predict(users, items) - values) ** 2))
+
+
+def test_results_do_not_depend_on_the_thread_count(planted):
+    train, _ = planted
+    fits = []
+    for n in (1, 2):
+        with threads(n):
+            fits.append(MatrixFactorization(n_factors=4, solver="vb", max_iter=5,
+                                            random_state=1, n_threads=n).fit(train))
+    np.testing.assert_array_equal(fits[0].item_factors_, fits[1].item_factors_)
+    np.testing.assert_array_equal(fits[0].user_bias_, fits[1].user_bias_)
+
+
+def test_fold_in_is_the_ridge_solve_with_the_learned_variances(planted, vb_model):
+    """A new user's vector: least squares on the item factors as stored, penalized by the noise
+    variance (unit prior after the stored scaling) and the bias by noise / bias variance."""
+    train, _ = planted
+    ptr, cols, vals = train.by_user
+    user = 7
+    items = train.item_ids[cols[ptr[user] : ptr[user + 1]]]
+    values = vals[ptr[user] : ptr[user + 1]]
+    w, beta = vb_model.fold_in(items, values)
+    k = vb_model.n_factors
+    F = np.column_stack([vb_model.item_factors_[items], np.ones(len(items))])
+    penalty = np.diag([vb_model.noise_variance_] * k
+                      + [vb_model.noise_variance_ / vb_model.user_bias_variance_])
+    target = values - vb_model.global_mean_ - vb_model.item_bias_[items]
+    want = np.linalg.solve(F.T @ F + penalty, F.T @ target)
+    assert relative_error(np.append(w, beta), want) < 1e-9
+    # Close to the trained posterior mean (which also counts the items' uncertainty).
+    assert np.corrcoef(w, vb_model.user_factors_[user])[0, 1] > 0.95
+
+
+def test_model_file_keeps_what_fold_in_needs(tmp_path, planted, vb_model):
+    train, (users, items, _, _) = planted
+    path = tmp_path / "vb.npz"
+    vb_model.save(path)
+    loaded = load_model(path)
+    assert loaded.noise_variance_ == vb_model.noise_variance_
+    assert loaded.user_bias_variance_ == vb_model.user_bias_variance_
+    np.testing.assert_array_equal(loaded.predict(users, items), vb_model.predict(users, items))
+    np.testing.assert_array_equal(loaded.fold_in([1, 2, 3], [5.0, 1.0, 4.0])[0],
+                                  vb_model.fold_in([1, 2, 3], [5.0, 1.0, 4.0])[0])
+    with np.load(path) as npz:
+        members = {name: npz[name] for name in npz.files if name != "noise_variance"}
+    np.savez(tmp_path / "cut.npz", **members)
+    with pytest.raises(ModelFileError, match="noise_variance.*missing"):
+        load_model(tmp_path / "cut.npz")
+
+
+def test_refuses_what_it_cannot_do(planted, tmp_path):
+    train, _ = planted
+    with pytest.raises(ValueError, match="needs normalize='biases', found normalize='item_mean'"):
+        MatrixFactorization(solver="vb", normalize="item_mean").fit(train)
+    with pytest.raises(ValueError, match="does not checkpoint"):
+        MatrixFactorization(solver="vb").fit(train, checkpoint=tmp_path / "c.npz")
+
+
+def test_validation_history_and_callback(planted):
+    train, (users, items, values, _) = planted
+    validation = Ratings.from_arrays(users, items, values)
+    seen = []
+    model = MatrixFactorization(n_factors=4, solver="vb", max_iter=6, tol=0, random_state=0).fit(
+        train, validation=validation, callback=lambda it, info: seen.append(it) or False
+    )
+    assert seen == list(range(1, 7))
+    assert len(model.history_["val_rmse"]) == 6
+    assert model.best_iteration_ == 1 + int(np.argmin(model.history_["val_rmse"]))
