@@ -158,6 +158,7 @@ def main():
     configs = {
         "fastcofi (defaults, CG)": {},
         "fastcofi (defaults, ALS)": {"solver": "als"},
+        "fastcofi (variational Bayes, solver=vb)": {"solver": "vb"},
         "fastcofi (tutorial: item mean, k=10, reg 10, CG)": {
             "normalize": "item_mean", "reg": 10.0, "reg_weighting": "none", "tol": 1e-4,
         },

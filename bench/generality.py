@@ -33,6 +33,7 @@ SETS = {
 MODELS = {
     "defaults (CG)": {},
     "defaults, ALS": {"solver": "als"},
+    "variational Bayes (solver='vb')": {"solver": "vb"},
     "previous defaults (count weighting, reg 0.13, reg_bias 0.05)": {
         "reg": 0.13, "reg_bias": 0.05, "reg_weighting": "count"},
     "item means only": {"normalize": "item_mean", "reg": 1e9, "reg_weighting": "none",
