@@ -400,10 +400,12 @@ def solve_rows(
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def _cholesky_inverse(S, L, out):
+def _cholesky_inverse(S, L, inv_diag, out):
     """``out`` = inverse of the symmetric positive definite ``S``; returns log det(``S``).
 
-    ``L`` is scratch (the Cholesky factor). Returns NaN when ``S`` is not positive definite.
+    ``L`` (d x d) and ``inv_diag`` (d) are scratch: the Cholesky factor and its diagonal's
+    reciprocals (multiplying by them keeps divisions out of the d^3 solves). Returns NaN when
+    ``S`` is not positive definite.
     """
     d = S.shape[0]
     logdet = 0.0
@@ -416,21 +418,24 @@ def _cholesky_inverse(S, L, out):
                 if acc <= 0.0:
                     return np.nan
                 L[r, r] = np.sqrt(acc)
-                logdet += 2.0 * np.log(L[r, r])
+                inv_diag[r] = 1.0 / L[r, r]
+                logdet += np.log(acc)
             else:
-                L[r, c] = acc / L[c, c]
-    # Column c of the inverse: solve L L^T x = e_c.
+                L[r, c] = acc * inv_diag[c]
+    # Column c of the inverse: solve L L^T x = e_c. Its first c entries of L^-1 e_c are zero.
     for c in range(d):
-        for r in range(d):
+        for r in range(c):
+            out[r, c] = 0.0
+        for r in range(c, d):
             acc = 1.0 if r == c else 0.0
-            for m in range(r):
+            for m in range(c, r):
                 acc -= L[r, m] * out[m, c]
-            out[r, c] = acc / L[r, r]
+            out[r, c] = acc * inv_diag[r]
         for r in range(d - 1, -1, -1):
             acc = out[r, c]
             for m in range(r + 1, d):
                 acc -= L[m, r] * out[m, c]
-            out[r, c] = acc / L[r, r]
+            out[r, c] = acc * inv_diag[r]
     return logdet
 
 
@@ -460,6 +465,7 @@ def vb_update_rows(
         system = np.empty((d, d))
         factor = np.empty((d, d))
         inverse = np.empty((d, d))
+        inv_diag = np.empty(d)
         target_first = np.empty(d)
         sum_cross = np.empty(d)
         m = np.empty(d)
@@ -488,7 +494,7 @@ def vb_update_rows(
                 for b in range(d):
                     system[a, b] = tau * gram[a, b]
                 system[a, a] += prior_precision[a]
-            logdet = _cholesky_inverse(system, factor, inverse)
+            logdet = _cholesky_inverse(system, factor, inv_diag, inverse)
             if np.isnan(logdet):
                 failures[ch] += 1
                 continue

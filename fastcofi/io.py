@@ -568,15 +568,15 @@ class _NeedStrings(Exception):
         self.slot = slot
 
 
-def _blocks(source, header_lines, block_bytes, count_lines=True):
-    """The data lines of a file, in blocks of whole lines read into one reused buffer.
+def _blocks(source, header_lines, block_bytes, count_lines=True, n_buffers=1):
+    """The data lines of a file, in blocks of whole lines read into reused buffers.
 
     Yields
     ------
     block : memoryview of bytes
         About ``block_bytes`` of whole lines (the last block may lack its final newline). Valid
-        only until the next block is asked for: the buffer is reused, so no block is allocated
-        and page-faulted anew.
+        until ``n_buffers`` more blocks are asked for: the buffers are reused in turn, so no
+        block is allocated and page-faulted anew.
     lines_before : int or None
         Lines of the file before the block, the header included, for 1-based line numbers.
     newlines : int or None
@@ -586,7 +586,9 @@ def _blocks(source, header_lines, block_bytes, count_lines=True):
         lines_before = 0
         for _ in range(header_lines):
             lines_before += 1 if source.readline(f) else 0
-        data = bytearray(block_bytes)
+        buffers = [bytearray(block_bytes) for _ in range(n_buffers)]
+        turn = 0
+        data = buffers[0]
         filled = 0
         if header_lines == 0:
             # A UTF-8 byte order mark before the first line is not data (pyarrow drops it too;
@@ -598,7 +600,7 @@ def _blocks(source, header_lines, block_bytes, count_lines=True):
             if filled == len(data):
                 # A line longer than the buffer. A new buffer rather than a resize: blocks
                 # already handed out may still export the old one.
-                data = data + bytearray(len(data))
+                data = buffers[turn] = data + bytearray(len(data))
             got = source.readinto(f, memoryview(data)[filled:])
             end = filled + got
             cut = data.rfind(b"\n", 0, end) + 1 if got else end
@@ -613,8 +615,14 @@ def _blocks(source, header_lines, block_bytes, count_lines=True):
                 return
             if count_lines:
                 lines_before += newlines
-            # Same-length slice assignment: allowed while the block's view is alive.
-            data[:end - cut] = data[cut:end]
+            # The partial last line starts the next buffer. Same-length slice assignment: allowed
+            # while a block's view of that buffer is alive.
+            turn = (turn + 1) % n_buffers
+            following = buffers[turn]
+            if len(following) < end - cut:
+                following = buffers[turn] = bytearray(len(data))
+            following[:end - cut] = data[cut:end]
+            data = following
             filled = end - cut
 
 
@@ -864,7 +872,9 @@ def _arrow_csv_batches(source, layout, string_ids):
         types[wanted["timestamp"]] = pa.int64()
     for gap in gaps:
         types[gap] = pa.null()
-    read = pacsv.ReadOptions(column_names=names, block_size=_ARROW_BLOCK_BYTES)
+    # use_threads=False: pyarrow can hang when a threaded read fails (apache/arrow#38676, an
+    # empty block; #43892), and the worker thread below already overlaps parsing with conversion.
+    read = pacsv.ReadOptions(column_names=names, block_size=_ARROW_BLOCK_BYTES, use_threads=False)
     parse = pacsv.ParseOptions(delimiter=sep, newlines_in_values=False, ignore_empty_lines=True)
     convert = pacsv.ConvertOptions(
         column_types=types,
@@ -900,22 +910,31 @@ def _arrow_csv_batches(source, layout, string_ids):
             yield {role: batch.column(name) for role, name in wanted.items()}, first
             first = (0, 0)
 
-    # Block k is parsed on a worker thread (pyarrow releases the GIL) while the caller converts
-    # the batches of block k - 1. The worker's result is awaited before the next block is read
-    # into the reused buffer.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        previous = None
-        for block, _, _ in _blocks(source, layout.header_lines, _BLOCK_BYTES, count_lines=False):
-            future = pool.submit(pacsv.read_csv, pa.BufferReader(pa.py_buffer(block)),
-                                 read_options=read, parse_options=parse, convert_options=convert)
-            if previous is not None:
-                yield from batches(*previous)
-                previous = None
-            table = parsed(block, future)
-            if table is not None:
-                previous = (table, len(block))
-        if previous is not None:
-            yield from batches(*previous)
+    # Each block is parsed on a worker thread (pyarrow releases the GIL): while block k - 1 is
+    # converted, block k is parsed and block k + 1 read and parsed, in three rotating buffers.
+    # Two single-threaded parses in flight take the place of pyarrow's own threads.
+    def start(block):
+        return block, pool.submit(pacsv.read_csv, pa.BufferReader(pa.py_buffer(block)),
+                                  read_options=read, parse_options=parse, convert_options=convert)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = None
+        try:
+            for block, _, _ in _blocks(source, layout.header_lines, _BLOCK_BYTES,
+                                       count_lines=False, n_buffers=3):
+                started = start(block)
+                if pending is not None:
+                    table = parsed(*pending)
+                    if table is not None:
+                        yield from batches(table, len(pending[0]))
+                pending = started
+            if pending is not None:
+                table = parsed(*pending)
+                if table is not None:
+                    yield from batches(table, len(pending[0]))
+        finally:
+            if pending is not None:
+                pending[1].cancel()
 
 
 def _arrow_parquet_batches(source, wanted):
