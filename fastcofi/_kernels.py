@@ -400,12 +400,12 @@ def solve_rows(
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def _cholesky_inverse(S, L, inv_diag, out):
+def _cholesky_inverse(S, L, inv_diag, row, out):
     """``out`` = inverse of the symmetric positive definite ``S``; returns log det(``S``).
 
-    ``L`` (d x d) and ``inv_diag`` (d) are scratch: the Cholesky factor and its diagonal's
-    reciprocals (multiplying by them keeps divisions out of the d^3 solves). Returns NaN when
-    ``S`` is not positive definite.
+    ``L`` (d x d), ``inv_diag`` and ``row`` (d) are scratch: the Cholesky factor, its
+    diagonal's reciprocals (multiplying by them keeps divisions out of the d^3 solves) and the
+    row being solved. Returns NaN when ``S`` is not positive definite.
     """
     d = S.shape[0]
     logdet = 0.0
@@ -422,20 +422,28 @@ def _cholesky_inverse(S, L, inv_diag, out):
                 logdet += np.log(acc)
             else:
                 L[r, c] = acc * inv_diag[c]
-    # Column c of the inverse: solve L L^T x = e_c. Its first c entries of L^-1 e_c are zero.
-    for c in range(d):
-        for r in range(c):
-            out[r, c] = 0.0
-        for r in range(c, d):
-            acc = 1.0 if r == c else 0.0
-            for m in range(c, r):
-                acc -= L[r, m] * out[m, c]
-            out[r, c] = acc * inv_diag[r]
-        for r in range(d - 1, -1, -1):
-            acc = out[r, c]
-            for m in range(r + 1, d):
-                acc -= L[m, r] * out[m, c]
-            out[r, c] = acc * inv_diag[r]
+    # Solve L Y = I, then L^T X = Y, a whole row of the right-hand sides at a time: the inner
+    # loops run along rows (independent, vectorizable) instead of down one dependent chain.
+    # The row being built lives in ``row``, apart from ``out``, so no store aliases a load.
+    for r in range(d):
+        for c in range(d):
+            row[c] = 0.0
+        row[r] = 1.0
+        for m in range(r):
+            f = L[r, m]
+            for c in range(d):
+                row[c] -= f * out[m, c]
+        for c in range(d):
+            out[r, c] = row[c] * inv_diag[r]
+    for r in range(d - 1, -1, -1):
+        for c in range(d):
+            row[c] = out[r, c]
+        for m in range(r + 1, d):
+            f = L[m, r]
+            for c in range(d):
+                row[c] -= f * out[m, c]
+        for c in range(d):
+            out[r, c] = row[c] * inv_diag[r]
     return logdet
 
 
@@ -466,6 +474,7 @@ def vb_update_rows(
         factor = np.empty((d, d))
         inverse = np.empty((d, d))
         inv_diag = np.empty(d)
+        row = np.empty(d)
         target_first = np.empty(d)
         sum_cross = np.empty(d)
         m = np.empty(d)
@@ -494,7 +503,7 @@ def vb_update_rows(
                 for b in range(d):
                     system[a, b] = tau * gram[a, b]
                 system[a, a] += prior_precision[a]
-            logdet = _cholesky_inverse(system, factor, inv_diag, inverse)
+            logdet = _cholesky_inverse(system, factor, inv_diag, row, inverse)
             if np.isnan(logdet):
                 failures[ch] += 1
                 continue
