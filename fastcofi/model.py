@@ -65,7 +65,7 @@ class MatrixFactorization:
     tol : float, default 3e-3
         Stop when the gradient's largest entry falls below ``tol`` times its initial value (the
         same test for the cg, lbfgs and als solvers); 0 disables it. VB stops when a sweep moves
-        its free energy by less than ``tol / 30`` of its size.
+        its free energy by less than ``tol / 10`` of its size.
     patience : int, default 10
         With a validation set, stop once its RMSE has not improved for this many iterations and
         keep the best iterate.
