@@ -299,6 +299,26 @@ def cost_and_grad_two_pass(
     return cost
 
 
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+def _cholesky_in_place(A):
+    """Cholesky factor ``L`` (``A = L L^T``) written over the lower triangle of the symmetric
+    ``A`` (d x d); the upper triangle is not read. Returns False when ``A`` is not positive
+    definite."""
+    d = A.shape[0]
+    for r in range(d):
+        for c in range(r + 1):
+            acc = A[r, c]
+            for m in range(c):
+                acc -= A[r, m] * A[c, m]
+            if r == c:
+                if acc <= 0.0:
+                    return False
+                A[r, r] = np.sqrt(acc)
+            else:
+                A[r, c] = acc / A[c, c]
+    return True
+
+
 # Reassociated sums: the row-solve tests compare with numpy's solution at 1e-10 relative.
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def solve_row(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b, out):
@@ -334,19 +354,10 @@ def solve_row(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, 
                 A[k, c] += F[col, c]
             A[k, k] += 1.0
     # Cholesky A = L L^T in the lower triangle, then two triangular solves into b.
-    for r in range(d):
-        for c in range(r + 1):
-            acc = A[r, c]
-            for m in range(c):
-                acc -= A[r, m] * A[c, m]
-            if r == c:
-                if acc <= 0.0:
-                    for q in range(k):
-                        out[q] = 0.0
-                    return np.nan
-                A[r, r] = np.sqrt(acc)
-            else:
-                A[r, c] = acc / A[c, c]
+    if not _cholesky_in_place(A):
+        for q in range(k):
+            out[q] = 0.0
+        return np.nan
     for r in range(d):
         acc = b[r]
         for m in range(r):
@@ -400,28 +411,21 @@ def solve_rows(
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def _cholesky_inverse(S, L, inv_diag, row, out):
-    """``out`` = inverse of the symmetric positive definite ``S``; returns log det(``S``).
+def _cholesky_inverse(L, inv_diag, row, out):
+    """``out`` = inverse of the symmetric positive definite matrix in ``L``; returns its log det.
 
-    ``L`` (d x d), ``inv_diag`` and ``row`` (d) are scratch: the Cholesky factor, its
-    diagonal's reciprocals (multiplying by them keeps divisions out of the d^3 solves) and the
-    row being solved. Returns NaN when ``S`` is not positive definite.
+    ``L`` (d x d) is overwritten by its Cholesky factor (`_cholesky_in_place`); ``inv_diag``
+    and ``row`` (d) are scratch: the factor's diagonal reciprocals (multiplying by them keeps
+    divisions out of the d^3 solves) and the row being solved. Returns NaN when the matrix is
+    not positive definite.
     """
-    d = S.shape[0]
+    d = L.shape[0]
+    if not _cholesky_in_place(L):
+        return np.nan
     logdet = 0.0
     for r in range(d):
-        for c in range(r + 1):
-            acc = S[r, c]
-            for m in range(c):
-                acc -= L[r, m] * L[c, m]
-            if r == c:
-                if acc <= 0.0:
-                    return np.nan
-                L[r, r] = np.sqrt(acc)
-                inv_diag[r] = 1.0 / L[r, r]
-                logdet += np.log(acc)
-            else:
-                L[r, c] = acc * inv_diag[c]
+        inv_diag[r] = 1.0 / L[r, r]
+        logdet += 2.0 * np.log(L[r, r])
     # Solve L Y = I, then L^T X = Y, a whole row of the right-hand sides at a time: the inner
     # loops run along rows (independent, vectorizable) instead of down one dependent chain.
     # The row being built lives in ``row``, apart from ``out``, so no store aliases a load.
@@ -471,7 +475,6 @@ def vb_update_rows(
         gram_flat = np.empty(d * d)
         gram = gram_flat.reshape((d, d))
         system = np.empty((d, d))
-        factor = np.empty((d, d))
         inverse = np.empty((d, d))
         inv_diag = np.empty(d)
         row = np.empty(d)
@@ -503,7 +506,7 @@ def vb_update_rows(
                 for b in range(d):
                     system[a, b] = tau * gram[a, b]
                 system[a, a] += prior_precision[a]
-            logdet = _cholesky_inverse(system, factor, inv_diag, row, inverse)
+            logdet = _cholesky_inverse(system, inv_diag, row, inverse)
             if np.isnan(logdet):
                 failures[ch] += 1
                 continue
