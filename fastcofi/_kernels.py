@@ -300,11 +300,10 @@ def cost_and_grad_two_pass(
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def _cholesky_in_place(A):
+def _cholesky_in_place(A, d):
     """Cholesky factor ``L`` (``A = L L^T``) written over the lower triangle of the symmetric
-    ``A`` (d x d); the upper triangle is not read. Returns False when ``A`` is not positive
-    definite."""
-    d = A.shape[0]
+    leading d x d block of ``A`` (scratch may be larger); the upper triangle is not read.
+    Returns False when that block is not positive definite."""
     for r in range(d):
         for c in range(r + 1):
             acc = A[r, c]
@@ -354,7 +353,7 @@ def solve_row(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, 
                 A[k, c] += F[col, c]
             A[k, k] += 1.0
     # Cholesky A = L L^T in the lower triangle, then two triangular solves into b.
-    if not _cholesky_in_place(A):
+    if not _cholesky_in_place(A, d):
         for q in range(k):
             out[q] = 0.0
         return np.nan
@@ -420,7 +419,7 @@ def _cholesky_inverse(L, inv_diag, row, out):
     not positive definite.
     """
     d = L.shape[0]
-    if not _cholesky_in_place(L):
+    if not _cholesky_in_place(L, d):
         return np.nan
     logdet = 0.0
     for r in range(d):
