@@ -917,6 +917,10 @@ def _arrow_csv_batches(source, layout, string_ids):
         return block, pool.submit(pacsv.read_csv, pa.BufferReader(pa.py_buffer(block)),
                                   read_options=read, parse_options=parse, convert_options=convert)
 
+    def finished(block, future):
+        table = parsed(block, future)
+        return () if table is None else batches(table, len(block))
+
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending = None
         try:
@@ -924,14 +928,10 @@ def _arrow_csv_batches(source, layout, string_ids):
                                        count_lines=False, n_buffers=3):
                 started = start(block)
                 if pending is not None:
-                    table = parsed(*pending)
-                    if table is not None:
-                        yield from batches(table, len(pending[0]))
+                    yield from finished(*pending)
                 pending = started
             if pending is not None:
-                table = parsed(*pending)
-                if table is not None:
-                    yield from batches(table, len(pending[0]))
+                yield from finished(*pending)
         finally:
             if pending is not None:
                 pending[1].cancel()
