@@ -157,12 +157,7 @@ def plot(rows, path):
         dense = [(r["nnz"], r["dense_s"]) for r in cells if r.get("dense_s")]
         if dense:
             ax.loglog(*zip(*dense), "^:", alpha=0.6, label=f"dense reference, k={k}")
-    ax.set_xlabel("ratings")
-    ax.set_ylabel("seconds per cost + gradient evaluation")
-    ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_log_log(fig, ax, "ratings", path)
 
 
 def plot_k(rows, path):
@@ -176,7 +171,11 @@ def plot_k(rows, path):
         for threads, style in ((1, "s--"), (2, "o-")):
             ax.loglog([r["k"] for r in cells], [r[f"kernel_{threads}t_s"] for r in cells], style,
                       label=f"{size} ratings, {threads} thread{'s' if threads > 1 else ''}")
-    ax.set_xlabel("k (factors)")
+    _save_log_log(fig, ax, "k (factors)", path)
+
+
+def _save_log_log(fig, ax, xlabel, path):
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("seconds per cost + gradient evaluation")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
