@@ -17,6 +17,7 @@ the line and column where they apply, what was expected and what was found. A mi
 ``FileNotFoundError`` naming it.
 """
 
+import contextlib
 import errno
 import gzip
 import io
@@ -60,9 +61,11 @@ _ROLES = ("user", "item", "rating", "timestamp")
 # Both engines read the file in blocks of this many bytes: it bounds their working memory beyond
 # the output columns (a block, and its parsed columns: about 2x the block).
 _BLOCK_BYTES = 1 << 25
-# pyarrow parses a block in pieces of this size on its threads: small enough to give two threads
-# several pieces each, large enough that the per-piece overhead stays negligible.
+# pyarrow parses a block in pieces of this size: large enough that the per-piece overhead stays
+# negligible.
 _ARROW_BLOCK_BYTES = 1 << 22
+# Names the CSV parse workers, so that tests can tell they ended.
+_CSV_THREAD_PREFIX = "fastcofi-csv"
 # Parquet is converted a batch of this many rows at a time.
 _PARQUET_BATCH_ROWS = 1 << 20
 _SNIFF_BYTES = 1 << 16
@@ -921,20 +924,26 @@ def _arrow_csv_batches(source, layout, string_ids):
         table = parsed(block, future)
         return () if table is None else batches(table, len(block))
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=_CSV_THREAD_PREFIX)
+    completed = False
+    try:
         pending = None
-        try:
-            for block, _, _ in _blocks(source, layout.header_lines, _BLOCK_BYTES,
-                                       count_lines=False, n_buffers=3):
-                started = start(block)
-                if pending is not None:
-                    yield from finished(*pending)
-                pending = started
+        for block, _, _ in _blocks(source, layout.header_lines, _BLOCK_BYTES,
+                                   count_lines=False, n_buffers=3):
+            started = start(block)
             if pending is not None:
                 yield from finished(*pending)
-        finally:
-            if pending is not None:
-                pending[1].cancel()
+            pending = started
+        if pending is not None:
+            yield from finished(*pending)
+        completed = True
+    finally:
+        # Only a finished read joins the workers. A generator left suspended is closed by
+        # whoever drops it, possibly the garbage collector on a thread that is starting up and
+        # holds threading's shutdown lock, which a join takes again: a deadlock, seen in CI.
+        # Consumers close this generator themselves (_collect_arrow); the workers then end on
+        # their own once the parse in flight returns.
+        pool.shutdown(wait=completed, cancel_futures=True)
 
 
 def _arrow_parquet_batches(source, wanted):
@@ -1031,9 +1040,11 @@ def _collect_arrow(source, layout, batches, dtype, rows=None):
     columns = _Columns(source, dtype, layout.chosen["timestamp"] is not None)
     if rows:
         columns.reserve(rows)
-    for batch, (block_rows, block_bytes) in batches:
-        columns.plan(block_rows, block_bytes)
-        columns.append(*_arrow_columns(source, batch))
+    # Closed here, not by the garbage collector, when a batch is refused (see _arrow_csv_batches).
+    with contextlib.closing(batches):
+        for batch, (block_rows, block_bytes) in batches:
+            columns.plan(block_rows, block_bytes)
+            columns.append(*_arrow_columns(source, batch))
     return columns.finish(layout)
 
 

@@ -1,6 +1,9 @@
 """Block-by-block reading: results equal one whole-file read, errors keep their lines."""
 
+import gc
 import gzip
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -162,6 +165,30 @@ def test_nonfinite_and_bad_utf8_across_blocks(tmp_path, tiny_blocks, engine):
     data = ratings_csv(movielens_lines(300, seed=10)) + b"\xff\xfe,4,3,5\n"
     err = bad(write(tmp_path, "ratings.csv", data), engine, "invalid UTF-8")
     assert (err.line, err.column) == (302, 1)
+
+
+def parse_workers():
+    return [t for t in threading.enumerate() if t.name.startswith(fio._CSV_THREAD_PREFIX)]
+
+
+def test_refused_read_ends_its_parse_workers_without_the_gc(tmp_path, tiny_blocks):
+    """A read refused mid-file (the consumer raises while the batch generator is suspended)
+    must close its workers itself: left to the garbage collector, the close once ran on a
+    thread that was starting up and deadlocked CI."""
+    pytest.importorskip("pyarrow")
+    gc.collect()
+    lines = movielens_lines(300, seed=10)
+    lines.insert(200, "3,4,nan,5")
+    path = write(tmp_path, "ratings.csv", ratings_csv(lines))
+    gc.disable()
+    try:
+        bad(path, "pyarrow", "finite")
+        deadline = time.monotonic() + 30
+        while parse_workers() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert parse_workers() == []
+    finally:
+        gc.enable()
 
 
 def test_duplicates_across_blocks_name_both_lines(tmp_path, tiny_blocks, engine):
