@@ -91,26 +91,86 @@ def take(values, order):
     return out
 
 
-@nb.njit(cache=True, nogil=True)
-def transpose_csr(indptr, indices, values, n_cols, out_indices, out_values):
-    """The CSR of the transpose: writes ``out_indices`` / ``out_values``, returns its indptr.
+# Below this many entries per thread, a transpose stays on one thread: the per-thread column
+# counts would cost more than they save.
+_TRANSPOSE_MIN_PER_THREAD = 1 << 16
+
+
+def transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, extra=None,
+                  out_extra=None):
+    """The CSR of the transpose: writes ``out_indices`` / ``out_values`` (and ``out_extra``
+    from ``extra``, an optional second array aligned with ``values``), returns its indptr.
 
     A stable counting sort by column, so each output row lists its entries by ascending row.
+    Threads take runs of rows with equal numbers of entries; each counts its run's columns,
+    and the counts place thread t's entries of a column after those of threads before it, so
+    the output is the serial one for any thread count, and no two threads write one slot.
     """
-    out_indptr = np.zeros(n_cols + 1, dtype=np.int64)
-    for p in range(indices.shape[0]):
-        out_indptr[indices[p] + 1] += 1
+    # Read here, not in the kernel: a kernel that asks numba for its thread count cannot be
+    # cached (the call goes through a ctypes pointer).
+    n_parts = max(1, min(nb.get_num_threads(), indices.shape[0] // _TRANSPOSE_MIN_PER_THREAD))
+    return _transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, extra,
+                          out_extra, n_parts)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, extra, out_extra,
+                   n_parts):
+    n_rows = indptr.shape[0] - 1
+    nnz = indices.shape[0]
+    targets = (np.arange(n_parts + 1) * nnz) // n_parts
+    bounds = np.searchsorted(indptr, targets)
+    bounds[0] = 0
+    bounds[n_parts] = n_rows
+    fill = np.zeros((n_parts, n_cols), dtype=np.int64)
+    for t in prange(n_parts):
+        for p in range(indptr[bounds[t]], indptr[bounds[t + 1]]):
+            fill[t, indices[p]] += 1
+    out_indptr = np.empty(n_cols + 1, dtype=np.int64)
+    at = 0
     for c in range(n_cols):
-        out_indptr[c + 1] += out_indptr[c]
-    fill = out_indptr[:-1].copy()
-    for r in range(indptr.shape[0] - 1):
-        for p in range(indptr[r], indptr[r + 1]):
-            c = indices[p]
-            q = fill[c]
-            out_indices[q] = r
-            out_values[q] = values[p]
-            fill[c] = q + 1
+        out_indptr[c] = at
+        for t in range(n_parts):
+            count = fill[t, c]
+            fill[t, c] = at
+            at += count
+    out_indptr[n_cols] = at
+    for t in prange(n_parts):
+        for r in range(bounds[t], bounds[t + 1]):
+            for p in range(indptr[r], indptr[r + 1]):
+                c = indices[p]
+                q = fill[t, c]
+                out_indices[q] = r
+                out_values[q] = values[p]
+                if extra is not None:
+                    out_extra[q] = extra[p]
+                fill[t, c] = q + 1
     return out_indptr
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def compact_ids(ids, lo, span, out):
+    """Ranks of integer ids among their distinct values, for ids in ``[lo, lo + span)``.
+
+    Writes each entry's rank into ``out`` (the gather in parallel) and returns the distinct
+    values as ascending int64 offsets from ``lo`` (``lo`` has the dtype of ``ids``, so that no
+    mixed-sign arithmetic turns an offset into a float). O(n + span): no sort.
+    """
+    present = np.zeros(span, dtype=np.bool_)
+    for p in range(ids.shape[0]):
+        present[ids[p] - lo] = True
+    rank = np.empty(span, dtype=np.int64)
+    n_distinct = 0
+    for v in range(span):
+        rank[v] = n_distinct
+        n_distinct += present[v]
+    distinct = np.empty(n_distinct, dtype=np.int64)
+    for v in range(span):
+        if present[v]:
+            distinct[rank[v]] = v
+    for p in prange(ids.shape[0]):
+        out[p] = rank[ids[p] - lo]
+    return distinct
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)

@@ -77,12 +77,10 @@ def unique_ids(ids):
         lo, hi = int(ids.min()), int(ids.max())
         span = hi - lo + 1
         if span <= 4 * ids.shape[0] + (1 << 20):
-            shifted = ids - lo
-            present = np.zeros(span, dtype=np.bool_)
-            present[shifted] = True
-            uniq = (np.flatnonzero(present) + lo).astype(ids.dtype)
-            table = np.cumsum(present, dtype=np.int64) - 1
-            return uniq, table.astype(_index_dtype(uniq.shape[0]))[shifted]
+            index = np.empty(ids.shape[0], dtype=_index_dtype(min(span, ids.shape[0])))
+            offsets = _kernels.compact_ids(ids, ids.dtype.type(lo), span, index)
+            wide = np.uint64 if ids.dtype.kind == "u" else np.int64
+            return (offsets.astype(wide) + wide(lo)).astype(ids.dtype), index
     uniq, index = np.unique(ids, return_inverse=True)
     return uniq, index.reshape(-1)
 
@@ -222,7 +220,7 @@ class Ratings:
         The by-item CSR is its transpose, one counting sort; the arrays given become the by-user
         CSR (not copied), so nothing beyond the two CSRs is held: no COO copy and no duplicate
         check (distinct rows are the caller's contract). Timestamps, aligned with the by-user
-        order, are moved to the by-item order through the transpose's permutation.
+        order, move to the by-item order in the same transpose.
 
         Parameters
         ----------
@@ -241,12 +239,13 @@ class Ratings:
                 user_indptr, user_items, user_values, len(item_ids), item_users, item_values
             )
         else:
-            perm = np.empty(nnz, dtype=np.int64)
+            item_values = np.empty_like(user_values)
+            item_timestamps = np.empty_like(timestamps)
             item_indptr = _kernels.transpose_csr(
-                user_indptr, user_items, np.arange(nnz), len(item_ids), item_users, perm
+                user_indptr, user_items, user_values, len(item_ids), item_users, item_values,
+                timestamps, item_timestamps,
             )
-            item_values = _kernels.take(user_values, perm)
-            timestamps = _kernels.take(timestamps, perm)
+            timestamps = item_timestamps
         return cls._assemble(
             user_ids, item_ids, (item_indptr, item_users, item_values),
             (user_indptr, user_items, user_values), timestamps,

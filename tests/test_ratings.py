@@ -4,8 +4,9 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastcofi import Ratings
-from fastcofi.ratings import lookup
+from fastcofi import Ratings, _kernels
+from fastcofi.objective import threads
+from fastcofi.ratings import lookup, unique_ids
 
 
 def _dense_of(ratings):
@@ -212,3 +213,67 @@ def test_load_rejects_foreign_and_corrupt_folders(tmp_path):
     np.save(tmp_path / "p" / "user_ids.npy", np.array([1, "x"], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="user_ids.npy: cannot be read"):
         Ratings.load(tmp_path / "p")
+
+
+# -- construction kernels ------------------------------------------------------------------
+INT_DTYPES = [np.int8, np.uint8, np.int32, np.int64, np.uint64]
+
+
+@given(st.sampled_from(INT_DTYPES), st.data())
+def test_unique_ids_equal_numpy_unique(dtype, data):
+    info = np.iinfo(dtype)
+    # ids near both ends of the dtype, so that offsets from the minimum use its whole range
+    lo = data.draw(st.sampled_from([int(info.min), 0, int(info.max) - 300]))
+    values = data.draw(st.lists(st.integers(max(lo, int(info.min)), min(lo + 300, int(info.max))),
+                                min_size=1, max_size=60))
+    ids = np.array(values, dtype=dtype)
+    uniq, index = unique_ids(ids)
+    expected, inverse = np.unique(ids, return_inverse=True)
+    assert uniq.dtype == ids.dtype
+    np.testing.assert_array_equal(uniq, expected)
+    np.testing.assert_array_equal(index, inverse.reshape(-1))
+
+
+def _transpose(matrix, with_extra):
+    csr = sp.csr_array(matrix)
+    n_cols = csr.shape[1]
+    out_indices = np.empty(csr.nnz, dtype=np.int32)
+    out_values = np.empty(csr.nnz)
+    extra = np.arange(csr.nnz, dtype=np.int64) * 7 if with_extra else None
+    out_extra = np.empty(csr.nnz, dtype=np.int64) if with_extra else None
+    indptr = _kernels.transpose_csr(csr.indptr.astype(np.int64), csr.indices, csr.data, n_cols,
+                                    out_indices, out_values, extra, out_extra)
+    expected = sp.csr_array(csr.T)
+    expected.has_sorted_indices = False
+    expected.sort_indices()
+    np.testing.assert_array_equal(indptr, expected.indptr)
+    np.testing.assert_array_equal(out_indices, expected.indices)
+    np.testing.assert_array_equal(out_values, expected.data)
+    if with_extra:
+        # extra rides with the values: the value stored at position p carries extra[p]
+        position = np.empty(csr.nnz, dtype=np.int64)
+        position[np.lexsort((np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)),
+                             csr.indices))] = np.arange(csr.nnz)
+        np.testing.assert_array_equal(out_extra[position], extra)
+    return indptr, out_indices, out_values
+
+
+@given(st.integers(1, 12), st.integers(1, 12), st.floats(0.0, 1.0), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_transpose_csr_equals_scipy(n_rows, n_cols, density, with_extra, seed):
+    rng = np.random.default_rng(seed)
+    matrix = (rng.random((n_rows, n_cols)) < density) * rng.normal(size=(n_rows, n_cols))
+    _transpose(matrix, with_extra)
+
+
+def test_transpose_csr_in_parallel_equals_one_thread():
+    # Enough entries that each of two threads takes a run of rows of its own.
+    assert 400 * 500 * 0.8 > 2 * _kernels._TRANSPOSE_MIN_PER_THREAD
+    rng = np.random.default_rng(0)
+    matrix = (rng.random((400, 500)) < 0.8) * rng.normal(size=(400, 500))
+    with threads(1):
+        one = _transpose(matrix, True)
+    with threads(2):
+        two = _transpose(matrix, True)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
