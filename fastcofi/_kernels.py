@@ -23,27 +23,74 @@ from numba import prange
 _FASTMATH = {"reassoc", "contract"}
 
 
-@nb.njit(cache=True, nogil=True)
+# Below this many entries per thread, a counting sort stays on one thread: the per-thread key
+# counts would cost more than they save.
+_SORT_MIN_PER_THREAD = 1 << 16
+
+
+def _sort_parts(nnz):
+    # Read here, not in a kernel: a kernel that asks numba for its thread count cannot be
+    # cached (the call goes through a ctypes pointer).
+    return max(1, min(nb.get_num_threads(), nnz // _SORT_MIN_PER_THREAD))
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _counting_offsets(keys, starts, n_keys):
+    """Where each part's entries go in a stable counting sort of ``keys`` (values in
+    ``[0, n_keys)``), parts being the runs ``starts[t]:starts[t + 1]`` of positions.
+
+    Returns ``fill`` (n_parts, n_keys), the output position of part t's first entry with key
+    c, and the ``indptr`` (length n_keys + 1) of the sorted keys. Part t's entries of a key
+    follow those of the parts before it, so scattering each part in order reproduces the
+    serial sort for any number of parts, and no two parts write one position.
+    """
+    n_parts = starts.shape[0] - 1
+    fill = np.zeros((n_parts, n_keys), dtype=np.int64)
+    for t in prange(n_parts):
+        for p in range(starts[t], starts[t + 1]):
+            fill[t, keys[p]] += 1
+    indptr = np.empty(n_keys + 1, dtype=np.int64)
+    at = 0
+    for c in range(n_keys):
+        indptr[c] = at
+        for t in range(n_parts):
+            count = fill[t, c]
+            fill[t, c] = at
+            at += count
+    indptr[n_keys] = at
+    return fill, indptr
+
+
 def row_major_order(rows, cols, n_rows):
     """Permutation sorting entries by row, then column, equal pairs kept in input order.
 
-    A counting sort by row, then a stable sort of each row's columns (rows in parallel).
-    Returns the permutation (int64) and the row ``indptr`` (int64, length n_rows + 1).
+    A counting sort by row (runs of entries in parallel), then a stable sort of each row's
+    columns (rows in parallel). Returns the permutation (int64) and the row ``indptr`` (int64,
+    length n_rows + 1).
     """
+    return _row_major_order(rows, cols, n_rows, _sort_parts(rows.shape[0]))
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _row_major_order(rows, cols, n_rows, n_parts):
     nnz = rows.shape[0]
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    for p in range(nnz):
-        indptr[rows[p] + 1] += 1
-    for r in range(n_rows):
-        indptr[r + 1] += indptr[r]
-    fill = indptr[:-1].copy()
+    starts = (np.arange(n_parts + 1) * nnz) // n_parts
+    fill, indptr = _counting_offsets(rows, starts, n_rows)
     order = np.empty(nnz, dtype=np.int64)
-    for p in range(nnz):
-        r = rows[p]
-        order[fill[r]] = p
-        fill[r] += 1
+    for t in prange(n_parts):
+        for p in range(starts[t], starts[t + 1]):
+            r = rows[p]
+            order[fill[t, r]] = p
+            fill[t, r] += 1
     _sort_rows_by_key(order, indptr, cols)
     return order, indptr
+
+
+def row_order(indptr, keys):
+    """Permutation (int64) sorting each CSR row's entries by ``keys``, stably, rows in parallel."""
+    order = np.arange(keys.shape[0], dtype=np.int64)
+    _sort_rows_by_key(order, indptr, keys)
+    return order
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
@@ -91,26 +138,16 @@ def take(values, order):
     return out
 
 
-# Below this many entries per thread, a transpose stays on one thread: the per-thread column
-# counts would cost more than they save.
-_TRANSPOSE_MIN_PER_THREAD = 1 << 16
-
-
 def transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, extra=None,
                   out_extra=None):
     """The CSR of the transpose: writes ``out_indices`` / ``out_values`` (and ``out_extra``
     from ``extra``, an optional second array aligned with ``values``), returns its indptr.
 
-    A stable counting sort by column, so each output row lists its entries by ascending row.
-    Threads take runs of rows with equal numbers of entries; each counts its run's columns,
-    and the counts place thread t's entries of a column after those of threads before it, so
-    the output is the serial one for any thread count, and no two threads write one slot.
+    A stable counting sort by column, so each output row lists its entries by ascending row,
+    with threads taking runs of rows with equal numbers of entries (see `_counting_offsets`).
     """
-    # Read here, not in the kernel: a kernel that asks numba for its thread count cannot be
-    # cached (the call goes through a ctypes pointer).
-    n_parts = max(1, min(nb.get_num_threads(), indices.shape[0] // _TRANSPOSE_MIN_PER_THREAD))
     return _transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, extra,
-                          out_extra, n_parts)
+                          out_extra, _sort_parts(indices.shape[0]))
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
@@ -118,23 +155,10 @@ def _transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, ext
                    n_parts):
     n_rows = indptr.shape[0] - 1
     nnz = indices.shape[0]
-    targets = (np.arange(n_parts + 1) * nnz) // n_parts
-    bounds = np.searchsorted(indptr, targets)
+    bounds = np.searchsorted(indptr, (np.arange(n_parts + 1) * nnz) // n_parts)
     bounds[0] = 0
     bounds[n_parts] = n_rows
-    fill = np.zeros((n_parts, n_cols), dtype=np.int64)
-    for t in prange(n_parts):
-        for p in range(indptr[bounds[t]], indptr[bounds[t + 1]]):
-            fill[t, indices[p]] += 1
-    out_indptr = np.empty(n_cols + 1, dtype=np.int64)
-    at = 0
-    for c in range(n_cols):
-        out_indptr[c] = at
-        for t in range(n_parts):
-            count = fill[t, c]
-            fill[t, c] = at
-            at += count
-    out_indptr[n_cols] = at
+    fill, out_indptr = _counting_offsets(indices, indptr[bounds], n_cols)
     for t in prange(n_parts):
         for r in range(bounds[t], bounds[t + 1]):
             for p in range(indptr[r], indptr[r + 1]):

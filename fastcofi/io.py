@@ -33,6 +33,7 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
+from . import _kernels
 from .ratings import Ratings, _index_dtype, unique_ids
 
 __all__ = [
@@ -1071,13 +1072,26 @@ def _to_ratings(source, columns, duplicates, header_lines):
     item_ids, iidx = _dense_ids(columns.pop("item"))
     vals = columns.pop("rating")  # already in the dtype asked for (see _Columns)
     ts = columns.pop("timestamp")
-    if _user_major(uidx, iidx):
-        # Lines ordered by user, then item (as in ML-20M/25M): the columns already are the
-        # by-user CSR, and distinct; only the by-item transpose is left to build.
+    order = _user_order(uidx, iidx)
+    if order != _UNORDERED:
         indptr = np.zeros(user_ids.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(uidx, minlength=user_ids.shape[0]), out=indptr[1:])
-        del uidx
-        return Ratings._from_user_csr(user_ids, item_ids, indptr, iidx, vals, ts)
+        if order == _BY_USER_THEN_ITEM:
+            # As in ML-20M/25M: the columns already are the by-user CSR, and distinct; only the
+            # by-item transpose is left to build.
+            del uidx
+            return Ratings._from_user_csr(user_ids, item_ids, indptr, iidx, vals, ts)
+        # Grouped by user, items in any order (as in ML-1M/10M): sorting within each user, in
+        # cache, gives the by-user CSR; a repeated pair leaves it to the general path below,
+        # which names or resolves it.
+        within = _kernels.row_order(indptr, iidx)
+        user_items, user_values = np.empty_like(iidx), np.empty_like(vals)
+        if not _kernels.gather_rows(within, indptr, iidx, vals, user_items, user_values):
+            del uidx, iidx, vals
+            ts = None if ts is None else _kernels.take(ts, within)
+            del within
+            return Ratings._from_user_csr(user_ids, item_ids, indptr, user_items, user_values, ts)
+        del within, user_items, user_values
     try:
         # Ids are already mapped to sorted indices here: skip the mapping from_arrays would redo.
         return Ratings._from_indices(user_ids, item_ids, uidx, iidx, vals, ts, duplicates)
@@ -1085,13 +1099,20 @@ def _to_ratings(source, columns, duplicates, header_lines):
         raise RatingsFileError(source.name, _with_lines(str(exc), header_lines)) from None
 
 
+_UNORDERED, _BY_USER, _BY_USER_THEN_ITEM = range(3)
+
+
 @nb.njit(cache=True, nogil=True)
-def _user_major(users, items):
-    """Whether (user, item) pairs strictly increase: ordered by user, then item, no repeat."""
+def _user_order(users, items):
+    """How lines are ordered: `_BY_USER_THEN_ITEM` when (user, item) pairs strictly increase
+    (hence no repeat), `_BY_USER` when only the users never decrease, else `_UNORDERED`."""
+    order = _BY_USER_THEN_ITEM
     for p in range(1, users.shape[0]):
-        if users[p] < users[p - 1] or (users[p] == users[p - 1] and items[p] <= items[p - 1]):
-            return False
-    return True
+        if users[p] < users[p - 1]:
+            return _UNORDERED
+        if users[p] == users[p - 1] and items[p] <= items[p - 1]:
+            order = _BY_USER
+    return order
 
 
 def _with_lines(message, header_lines):

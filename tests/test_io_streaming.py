@@ -215,34 +215,58 @@ def test_auto_engine_without_pyarrow(tmp_path, monkeypatch):
         read_ratings(path, engine="pyarrow")
 
 
-# -- user-major files take the CSR fast path; the result is the same ---------------------------
+# -- files grouped by user take the CSR fast paths; the result is the same -------------------
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_user_major_file_equals_shuffled_file(tmp_path, monkeypatch, engine, dtype):
+@pytest.mark.parametrize("within_user", ["by item", "any order"])
+def test_user_grouped_file_equals_shuffled_file(tmp_path, monkeypatch, engine, dtype,
+                                                within_user):
     fast = []
     build = Ratings._from_user_csr
     monkeypatch.setattr(Ratings, "_from_user_csr",
                         classmethod(lambda cls, *args: fast.append(1) or build(*args)))
     lines = movielens_lines(500, seed=14)
-    ordered = sorted(lines, key=lambda s: tuple(int(x) for x in s.split(",")[:2]))
-    shuffled = list(np.random.default_rng(0).permutation(ordered))
-    a = read_ratings(write(tmp_path, "ratings.csv", ratings_csv(ordered)), engine=engine,
+    if within_user == "by item":
+        grouped = sorted(lines, key=lambda s: tuple(int(x) for x in s.split(",")[:2]))
+    else:
+        grouped = sorted(lines, key=lambda s: int(s.split(",")[0]))  # stable: items unordered
+        assert grouped != sorted(lines, key=lambda s: tuple(int(x) for x in s.split(",")[:2]))
+    shuffled = list(np.random.default_rng(0).permutation(grouped))
+    a = read_ratings(write(tmp_path, "ratings.csv", ratings_csv(grouped)), engine=engine,
                      dtype=dtype)
     assert fast == [1]
     b = read_ratings(write(tmp_path, "shuffled.csv", ratings_csv(shuffled)), engine=engine,
                      dtype=dtype)
     assert fast == [1]
     assert_same(a, b)
+    assert a.timestamps is not None
+    np.testing.assert_array_equal(a.timestamps, b.timestamps)
 
 
-def test_user_major_check():
+def test_user_order_check():
     users = np.array([0, 0, 1, 1, 2], dtype=np.int32)
-    assert fio._user_major(users, np.array([1, 2, 0, 5, 0], dtype=np.int32))
-    assert not fio._user_major(users, np.array([1, 1, 0, 5, 0], dtype=np.int32))  # a repeat
-    assert not fio._user_major(users, np.array([2, 1, 0, 5, 0], dtype=np.int32))
-    assert not fio._user_major(users[::-1].copy(), np.zeros(5, dtype=np.int32))
+    order = fio._user_order
+    assert order(users, np.array([1, 2, 0, 5, 0], dtype=np.int32)) == fio._BY_USER_THEN_ITEM
+    assert order(users, np.array([1, 1, 0, 5, 0], dtype=np.int32)) == fio._BY_USER  # a repeat
+    assert order(users, np.array([2, 1, 0, 5, 0], dtype=np.int32)) == fio._BY_USER
+    assert order(users[::-1].copy(), np.zeros(5, dtype=np.int32)) == fio._UNORDERED
+
+
+@pytest.mark.parametrize("duplicates", ["last", "mean"])
+def test_user_grouped_repeats_are_resolved(tmp_path, engine, duplicates):
+    lines = ["1,2,4.0,5", "1,1,3.0,6", "1,2,2.0,7", "2,1,1.0,8"]
+    r = read_ratings(write(tmp_path, "ratings.csv", ratings_csv(lines)), engine=engine,
+                     duplicates=duplicates)
+    assert r.nnz == 3
+    users, items, values = r.coo()
+    pair = (r.user_ids[users] == 1) & (r.item_ids[items] == 2)
+    assert values[pair].tolist() == ([2.0] if duplicates == "last" else [3.0])
 
 
 def test_user_major_duplicates_still_error(tmp_path, engine):
     lines = ["1,1,4.0,5", "1,2,3.0,6", "1,2,2.0,7", "2,1,1.0,8"]
     with pytest.raises(RatingsFileError, match="lines 3 and 4"):
+        read_ratings(write(tmp_path, "ratings.csv", ratings_csv(lines)), engine=engine)
+    # grouped by user, items unordered
+    lines = ["1,2,4.0,5", "1,1,3.0,6", "1,2,2.0,7", "2,1,1.0,8"]
+    with pytest.raises(RatingsFileError, match="lines 2 and 4"):
         read_ratings(write(tmp_path, "ratings.csv", ratings_csv(lines)), engine=engine)

@@ -268,7 +268,7 @@ def test_transpose_csr_equals_scipy(n_rows, n_cols, density, with_extra, seed):
 
 def test_transpose_csr_in_parallel_equals_one_thread():
     # Enough entries that each of two threads takes a run of rows of its own.
-    assert 400 * 500 * 0.8 > 2 * _kernels._TRANSPOSE_MIN_PER_THREAD
+    assert 400 * 500 * 0.8 > 2 * _kernels._SORT_MIN_PER_THREAD
     rng = np.random.default_rng(0)
     matrix = (rng.random((400, 500)) < 0.8) * rng.normal(size=(400, 500))
     with threads(1):
@@ -277,3 +277,16 @@ def test_transpose_csr_in_parallel_equals_one_thread():
         two = _transpose(matrix, True)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [50, 3 * _kernels._SORT_MIN_PER_THREAD])
+def test_row_major_order_equals_a_stable_lexsort_on_any_thread_count(n):
+    rng = np.random.default_rng(n)
+    rows = rng.integers(0, 300, n).astype(np.int32)
+    cols = rng.integers(0, 40, n).astype(np.int32)  # repeated pairs keep their input order
+    expected = np.lexsort((cols, rows))
+    for n_threads in (1, 2):
+        with threads(n_threads):
+            order, indptr = _kernels.row_major_order(rows, cols, 300)
+        np.testing.assert_array_equal(order, expected)
+        np.testing.assert_array_equal(indptr, np.r_[0, np.cumsum(np.bincount(rows, minlength=300))])
