@@ -28,10 +28,14 @@ _FASTMATH = {"reassoc", "contract"}
 _SORT_MIN_PER_THREAD = 1 << 16
 
 
-def _sort_parts(nnz):
+def _sort_parts(nnz, n_keys):
+    """Threads for a counting sort of ``nnz`` entries by ``n_keys`` keys. Their key counts
+    (8 bytes per key each) are kept under 4 bytes per entry, so that many threads and many keys
+    (millions of users on a large server) do not cost more memory than the sort itself."""
     # Read here, not in a kernel: a kernel that asks numba for its thread count cannot be
     # cached (the call goes through a ctypes pointer).
-    return max(1, min(nb.get_num_threads(), nnz // _SORT_MIN_PER_THREAD))
+    by_memory = nnz // (2 * max(n_keys, 1))
+    return max(1, min(nb.get_num_threads(), nnz // _SORT_MIN_PER_THREAD, by_memory))
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
@@ -68,7 +72,7 @@ def row_major_order(rows, cols, n_rows):
     columns (rows in parallel). Returns the permutation (int64) and the row ``indptr`` (int64,
     length n_rows + 1).
     """
-    return _row_major_order(rows, cols, n_rows, _sort_parts(rows.shape[0]))
+    return _row_major_order(rows, cols, n_rows, _sort_parts(rows.shape[0], n_rows))
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
@@ -147,7 +151,7 @@ def transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, extr
     with threads taking runs of rows with equal numbers of entries (see `_counting_offsets`).
     """
     return _transpose_csr(indptr, indices, values, n_cols, out_indices, out_values, extra,
-                          out_extra, _sort_parts(indices.shape[0]))
+                          out_extra, _sort_parts(indices.shape[0], n_cols))
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)

@@ -279,6 +279,13 @@ def test_transpose_csr_in_parallel_equals_one_thread():
         np.testing.assert_array_equal(a, b)
 
 
+def test_sort_threads_keep_key_counts_under_4_bytes_per_entry():
+    with threads(2):
+        assert _kernels._sort_parts(10**6, 100) == 2
+        assert _kernels._sort_parts(10**6, 10**6) == 1  # 2 x 8 MB of counts for 8 MB of entries
+        assert _kernels._sort_parts(100, 10) == 1  # too few entries to split
+
+
 @pytest.mark.parametrize("n", [50, 3 * _kernels._SORT_MIN_PER_THREAD])
 def test_row_major_order_equals_a_stable_lexsort_on_any_thread_count(n):
     rng = np.random.default_rng(n)
