@@ -181,8 +181,8 @@ def compact_ids(ids, lo, span, out):
     """Ranks of integer ids among their distinct values, for ids in ``[lo, lo + span)``.
 
     Writes each entry's rank into ``out`` (the gather in parallel) and returns the distinct
-    values as ascending int64 offsets from ``lo`` (``lo`` has the dtype of ``ids``, so that no
-    mixed-sign arithmetic turns an offset into a float). O(n + span): no sort.
+    values as ascending int64 offsets from ``lo``. ``lo`` is an int64 for signed ids and a
+    uint64 for unsigned ones. O(n + span): no sort.
     """
     present = np.zeros(span, dtype=np.bool_)
     for p in range(ids.shape[0]):

@@ -73,13 +73,18 @@ def unique_ids(ids):
     Integer ids in a compact range are mapped through a lookup table (O(n)), several times
     faster than the sort that ``numpy.unique`` does on tens of millions of ids.
     """
+    if not ids.dtype.isnative:
+        # Numba reads native byte order only, and both paths below then return native ids.
+        ids = ids.astype(ids.dtype.newbyteorder("="))
     if ids.dtype.kind in "iu" and ids.size:
         lo, hi = int(ids.min()), int(ids.max())
         span = hi - lo + 1
         if span <= 4 * ids.shape[0] + (1 << 20):
-            index = np.empty(ids.shape[0], dtype=_index_dtype(min(span, ids.shape[0])))
-            offsets = _kernels.compact_ids(ids, ids.dtype.type(lo), span, index)
+            # Offsets from a 64-bit origin: a small dtype such as int8 would wrap on a span
+            # wider than its range, and int64 mixed with uint64 would turn into float.
             wide = np.uint64 if ids.dtype.kind == "u" else np.int64
+            index = np.empty(ids.shape[0], dtype=_index_dtype(min(span, ids.shape[0])))
+            offsets = _kernels.compact_ids(ids, wide(lo), span, index)
             return (offsets.astype(wide) + wide(lo)).astype(ids.dtype), index
     uniq, index = np.unique(ids, return_inverse=True)
     return uniq, index.reshape(-1)

@@ -216,7 +216,16 @@ def test_load_rejects_foreign_and_corrupt_folders(tmp_path):
 
 
 # -- construction kernels ------------------------------------------------------------------
-INT_DTYPES = [np.int8, np.uint8, np.int32, np.int64, np.uint64]
+INT_DTYPES = [np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                                     np.uint32, np.int64, np.uint64, ">i8", ">u4")]
+
+
+def _check_unique_ids(ids):
+    uniq, index = unique_ids(ids)
+    expected, inverse = np.unique(ids, return_inverse=True)
+    assert uniq.dtype == ids.dtype.newbyteorder("=")
+    np.testing.assert_array_equal(uniq, expected)
+    np.testing.assert_array_equal(index, inverse.reshape(-1))
 
 
 @given(st.sampled_from(INT_DTYPES), st.data())
@@ -226,12 +235,27 @@ def test_unique_ids_equal_numpy_unique(dtype, data):
     lo = data.draw(st.sampled_from([int(info.min), 0, int(info.max) - 300]))
     values = data.draw(st.lists(st.integers(max(lo, int(info.min)), min(lo + 300, int(info.max))),
                                 min_size=1, max_size=60))
-    ids = np.array(values, dtype=dtype)
-    uniq, index = unique_ids(ids)
-    expected, inverse = np.unique(ids, return_inverse=True)
-    assert uniq.dtype == ids.dtype
-    np.testing.assert_array_equal(uniq, expected)
-    np.testing.assert_array_equal(index, inverse.reshape(-1))
+    _check_unique_ids(np.array(values, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_unique_ids_span_nearly_the_whole_dtype(dtype):
+    # Offsets in the dtype of the ids wrapped (int8: 100 - (-128) = -28), and a span short of
+    # the whole dtype kept the wrapped offset from landing back on the right slot.
+    info = np.iinfo(dtype)
+    _check_unique_ids(np.array([info.max - 27, info.min, 0, info.min + 1, info.max - 27],
+                               dtype=dtype))
+    _check_unique_ids(np.array([info.max, info.min, 0], dtype=dtype))
+
+
+def test_big_endian_ids_build_the_same_ratings():
+    native = Ratings.from_arrays([5, 3, 5], [7, 7, 9], [1.0, 2.0, 3.0])
+    swapped = Ratings.from_arrays(np.array([5, 3, 5], dtype=">i8"),
+                                  np.array([7, 7, 9], dtype=">i4"), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(swapped.user_ids, native.user_ids)
+    np.testing.assert_array_equal(swapped.item_ids, native.item_ids)
+    for a, b in zip(swapped.coo(), native.coo()):
+        np.testing.assert_array_equal(a, b)
 
 
 def _transpose(matrix, with_extra):
@@ -279,11 +303,55 @@ def test_transpose_csr_in_parallel_equals_one_thread():
         np.testing.assert_array_equal(a, b)
 
 
-def test_sort_threads_keep_key_counts_under_4_bytes_per_entry():
-    with threads(2):
-        assert _kernels._sort_parts(10**6, 100) == 2
-        assert _kernels._sort_parts(10**6, 10**6) == 1  # 2 x 8 MB of counts for 8 MB of entries
-        assert _kernels._sort_parts(100, 10) == 1  # too few entries to split
+def test_sort_threads_keep_key_counts_under_4_bytes_per_entry(monkeypatch):
+    monkeypatch.setattr(_kernels.nb, "get_num_threads", lambda: 8)
+    assert _kernels._sort_parts(10**6, 100) == 8
+    assert _kernels._sort_parts(10**6, 10**6) == 1  # 2 x 8 MB of counts for 8 MB of entries
+    assert _kernels._sort_parts(10**6, 10**5) == 5  # 5 x 0.8 MB of counts: 4 MB
+    assert _kernels._sort_parts(100, 10) == 1  # too few entries to split
+
+
+def _awkward_csrs():
+    """CSRs with empty, leading-empty and trailing-empty rows, no entries, or no columns."""
+    rng = np.random.default_rng(7)
+    yield sp.csr_array((0, 5))
+    yield sp.csr_array((6, 0))
+    yield sp.csr_array((6, 5))
+    for shape, density in [((1, 9), 1.0), ((9, 1), 0.5), ((30, 12), 0.3), ((25, 40), 0.05)]:
+        matrix = (rng.random(shape) < density) * rng.normal(size=shape)
+        matrix[:2] = 0  # leading empty rows
+        matrix[-3:] = 0  # trailing empty rows
+        if shape[0] > 10:
+            matrix[shape[0] // 2] = 0
+        yield sp.csr_array(matrix)
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 5, 8, 13, 25])
+def test_parallel_sorts_hold_for_any_number_of_parts(n_parts):
+    # More parts than rows or entries leaves some parts empty; each must still write nothing
+    # twice and miss nothing.
+    for csr in _awkward_csrs():
+        csr.sort_indices()
+        n_rows, n_cols = csr.shape
+        indptr = csr.indptr.astype(np.int64)
+        indices = csr.indices.astype(np.int32)
+        out_indices = np.empty(csr.nnz, dtype=np.int32)
+        out_values = np.empty(csr.nnz)
+        out_indptr = _kernels._transpose_csr(indptr, indices, csr.data, n_cols, out_indices,
+                                             out_values, None, None, n_parts)
+        expected = sp.csr_array(csr.T)
+        expected.sort_indices()
+        np.testing.assert_array_equal(out_indptr, expected.indptr)
+        np.testing.assert_array_equal(out_indices, expected.indices)
+        np.testing.assert_array_equal(out_values, expected.data)
+
+        # row_major_order sees the same entries as unordered (row, column) pairs
+        rows = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(csr.indptr))
+        shuffle = np.random.default_rng(n_parts).permutation(csr.nnz)
+        order, row_indptr = _kernels._row_major_order(rows[shuffle], indices[shuffle], n_rows,
+                                                      n_parts)
+        np.testing.assert_array_equal(order, np.lexsort((indices[shuffle], rows[shuffle])))
+        np.testing.assert_array_equal(row_indptr, csr.indptr)
 
 
 @pytest.mark.parametrize("n", [50, 3 * _kernels._SORT_MIN_PER_THREAD])
