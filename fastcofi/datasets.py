@@ -37,10 +37,12 @@ The full text is in the README of the release."""
 # md5: the value GroupLens publishes beside each archive (<url>.md5). Not reachable from where this
 # registry was written, so each value was taken from public projects that pin it for the official
 # file (e.g. eli-osherovich/papers_with_code datasets/movielens/dl_config.py; for ml-100k also
-# several course and benchmark repositories). size: bytes of the archive, where a public record was
-# found (ml-100k: 4,924,029, pinned with the same md5 by a benchmark manifest); None where not
-# found, and then only the checksum is checked. ratings: the count the release's README states,
-# checked after unpacking, which also pins a release that carries no checksum.
+# several course and benchmark repositories). size: bytes of the archive as recorded by
+# tensorflow/datasets (url_checksums/movielens.txt, beside a sha256 of each download; its ml-100k
+# size, 4,924,029, is also the one a benchmark manifest pins with the md5 above); None for ml-10m,
+# which no public record reachable here sizes, and then only the checksum is checked. ratings:
+# the count the release's README states, checked after unpacking, which also pins a release that
+# carries no checksum.
 DATASETS = {
     "ml-100k": {
         "file": "ml-100k.zip",
@@ -54,7 +56,7 @@ DATASETS = {
     "ml-1m": {
         "file": "ml-1m.zip",
         "md5": "c4d9eecfca2ab87c1945afe126590906",
-        "size": None,
+        "size": 5_917_549,
         "folder": "ml-1m",
         "ratings": "ratings.dat",
         "titles": "movies.dat",
@@ -73,7 +75,7 @@ DATASETS = {
     "ml-20m": {
         "file": "ml-20m.zip",
         "md5": "cd245b17a1ae2cc31bb14903e1204af3",
-        "size": None,
+        "size": 198_702_078,
         "folder": "ml-20m",
         "ratings": "ratings.csv",
         "titles": "movies.csv",
@@ -82,7 +84,7 @@ DATASETS = {
     "ml-25m": {
         "file": "ml-25m.zip",
         "md5": "6b51fb2759a8657d3bfcbfc42b592ada",
-        "size": None,
+        "size": 261_978_986,
         "folder": "ml-25m",
         "ratings": "ratings.csv",
         "titles": "movies.csv",
@@ -90,14 +92,14 @@ DATASETS = {
     },
     # "latest-small" is republished under the same URL; this entry pins the September 2018
     # release (100,836 ratings, 9,742 movies, 610 users). Its published md5 could not be found in
-    # any public record reachable here, so md5 is None: the download is checked by its rating
-    # count after unpacking instead. (One third-party dataset card records the sha256
-    # 696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436 for a download of it; a
-    # single unofficial source, so it is not enforced.)
+    # any public record reachable here, so md5 is None: the download is checked by its size (as
+    # tensorflow/datasets records it, with the sha256
+    # 696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436) and by its rating count
+    # after unpacking.
     "ml-latest-small": {
         "file": "ml-latest-small.zip",
         "md5": None,
-        "size": None,
+        "size": 978_202,
         "folder": "ml-latest-small",
         "ratings": "ratings.csv",
         "titles": "movies.csv",

@@ -97,6 +97,8 @@ def test_registry_entries_are_official_and_well_formed():
         assert entry["file"] == f"{name}.zip"
         assert entry["md5"] is None or re.fullmatch(r"[0-9a-f]{32}", entry["md5"])
         assert entry["n_ratings"] > 0
+        # every archive is pinned by a checksum or, where none is published, by its size
+        assert entry["md5"] is not None or entry["size"] is not None, name
     assert datasets.BASE_URL == "https://files.grouplens.org/datasets/movielens/"
     with pytest.raises(ValueError, match="unknown dataset 'ml-2m'"):
         fetch("ml-2m")
