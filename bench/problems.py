@@ -18,7 +18,10 @@ SIZES = {
     "1e5": (5_000, 10_000, 100_000),
     "1e6": (20_000, 50_000, 1_000_000),
     "1e7": (30_000, 400_000, 10_000_000),
+    # The Netflix prize's shape; about 140 s to generate, so only on request (--sizes).
+    "1e8": (17_770, 480_189, 100_000_000),
 }
+DEFAULT_SIZES = ("ml100k", "1e5", "1e6", "1e7")
 # Cells whose inputs alone would pass this many bytes are skipped (and marked so).
 MEMORY_LIMIT = 8e9
 

@@ -1,6 +1,7 @@
 """Scaling table for one objective evaluation: kernel vs vectorized vs dense reference.
 
     python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
+    python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10 --out bench/results/ratings_scaling
     python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # the README table
 
 Writes bench/results/objective_scaling.json (medians, ratios, environment) and, when matplotlib
@@ -24,6 +25,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.problems import (  # noqa: E402
+    DEFAULT_SIZES,
     MEMORY_LIMIT,
     SIZES,
     Vectorized,
@@ -218,7 +220,7 @@ def main():
         print(markdown(json.loads(Path(sys.argv[2]).read_text())))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES))
     parser.add_argument("--factors", default="10,50,100")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(RESULTS / "objective_scaling"))

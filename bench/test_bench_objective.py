@@ -9,6 +9,7 @@ import pytest
 from fastcofi.objective import cost_and_grad
 
 from .problems import (
+    DEFAULT_SIZES,
     MEMORY_LIMIT,
     SIZES,
     Vectorized,
@@ -20,7 +21,7 @@ from .problems import (
     vectorized_bytes,
 )
 
-SIZE_NAMES = list(SIZES)
+SIZE_NAMES = list(DEFAULT_SIZES)
 FACTORS = [10, 50, 100]
 
 
