@@ -1,0 +1,102 @@
+"""Can variational Bayes set the penalty that CG and ALS minimize with? (issue #4's open lead)
+
+    python3 bench/vb_penalty.py
+
+On ML-100K u1 and the first two sets of `bench/generality.py`: fit ``solver="vb"``, turn its
+learned variances into penalties (per factor dimension ``noise / sqrt(item prior x user prior)``,
+one scalar by their geometric mean), then fit ALS and CG with that penalty, unweighted and under
+the default square-root count weighting (the penalty divided by the square root of the mean
+rating counts' geometric mean). Prints and writes ``bench/results/vb_penalty.json``.
+"""
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import fastcofi.model  # noqa: E402
+from bench.generality import SETS  # noqa: E402
+from fastcofi import MatrixFactorization, read_ratings  # noqa: E402
+from fastcofi.datasets import synthetic  # noqa: E402
+from fastcofi.split import random_split  # noqa: E402
+
+ML100K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"
+
+
+def vb_state(train):
+    """Fit solver="vb" and return its solver state (the model keeps only part of it)."""
+    captured = {}
+    original = fastcofi.model.minimize_vb
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        captured["state"] = out[2]
+        return out
+
+    fastcofi.model.minimize_vb = spy
+    try:
+        model = MatrixFactorization(solver="vb", random_state=0).fit(train)
+    finally:
+        fastcofi.model.minimize_vb = original
+    return model, captured["state"]
+
+
+def sets():
+    yield "ML-100K u1", read_ratings(ML100K / "u1.base"), read_ratings(ML100K / "u1.test")
+    for name in list(SETS)[:2]:
+        users, items, n, rank, noise, step, scale = SETS[name]
+        ratings = synthetic(users, items, n, rank=rank, noise=noise, seed=0, step=step,
+                            rating_scale=scale)
+        yield (name, *random_split(ratings, 0.2, random_state=0))
+
+
+def rmse(model, test):
+    u, i, y = test.coo()
+    return float(np.sqrt(np.mean((model.predict(test.user_ids[u], test.item_ids[i]) - y) ** 2)))
+
+
+def main():
+    out = {}
+    for name, train, test in sets():
+        t = time.perf_counter()
+        vb, state = vb_state(train)
+        vb_s = time.perf_counter() - t
+        k = vb.n_factors
+        noise = state["noise_variance"]
+        item_var, user_var = state["item_variances"], state["user_variances"]
+        per_dim = noise / np.sqrt(item_var[:k] * user_var[:k])
+        reg = float(np.exp(np.mean(np.log(per_dim))))
+        reg_bias = float(noise / np.sqrt(item_var[k] * user_var[k]))
+        counts = (np.diff(train.by_user[0]), np.diff(train.by_item[0]))
+        sqrt_scale = float(np.sqrt(np.sqrt(np.mean(counts[0]) * np.mean(counts[1]))))
+        row = {"vb_rmse": rmse(vb, test), "vb_s": vb_s, "noise_variance": float(noise),
+               "penalty_per_dimension": sorted(per_dim.tolist()), "reg": reg,
+               "reg_bias": reg_bias, "sqrt_scale": sqrt_scale, "fits": {}}
+        fits = {
+            "defaults": {},
+            "unweighted, VB penalty": {"reg": reg, "reg_bias": reg_bias, "reg_weighting": "none"},
+            "square-root weighted, VB penalty": {"reg": reg / sqrt_scale,
+                                                 "reg_bias": reg_bias / sqrt_scale},
+        }
+        for fit_name, params in fits.items():
+            for solver in ("als", "cg"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = MatrixFactorization(solver=solver, random_state=0, **params)
+                    model.fit(train)
+                row["fits"][f"{fit_name}, {solver}"] = rmse(model, test)
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
+    path = Path(__file__).resolve().parent / "results" / "vb_penalty.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
