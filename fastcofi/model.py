@@ -58,7 +58,11 @@ class MatrixFactorization:
         Bayes (`fastcofi.solvers.minimize_vb`): the same predictor, with Gaussian priors whose
         variances, and the noise variance, are learned from the data, so ``reg``, ``reg_bias``
         and ``reg_weighting`` are not used; per-dimension prior variances switch off the factor
-        dimensions the data do not support. It needs ``normalize="biases"``, keeps a
+        dimensions the data do not support. It runs from two starts (an initial noise variance
+        of the ratings' variance and of a sixteenth of it) and keeps the one with the higher
+        free energy, because from the first alone it switched every factor off where signal and
+        noise are of similar size; a third run replays the kept start when ``validation``,
+        ``callback``, ``verbose`` or DEBUG logging observe it. It needs ``normalize="biases"``, keeps a
         (k+1) x (k+1) covariance per user and item while training, and does not checkpoint.
     max_iter : int, default 300
         Iterations at most (ALS, VB: sweeps over users and items).
@@ -360,8 +364,13 @@ class MatrixFactorization:
             result = None
             n_iter = len(history["cost"])
         elif self.solver == "vb":
+            # VB keeps the better of two starts; only a hook that observes or stops the run
+            # needs the kept start run a third time with it (see minimize_vb).
+            observed = (val_pairs is not None or callback is not None or self.verbose
+                        or logger.isEnabledFor(logging.DEBUG))
             params, history, vb_state = minimize_vb(
-                objective, params, max_iter=remaining, tol=self.tol, on_iteration=on_iteration,
+                objective, params, max_iter=remaining, tol=self.tol,
+                on_iteration=on_iteration if observed else None,
             )
             result = None
             n_iter = len(history["cost"])

@@ -167,7 +167,16 @@ def _moments(mean, cov):
             mean[:, k] ** 2 + cov[:, k, k])
 
 
-def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01, on_iteration=None):
+# Starts of `minimize_vb`: initial noise variances as fractions of the ratings' variance. From the
+# first alone, VB switched every factor off where signal and noise are of similar size (planted
+# rank 3, noise 1.0 or 1.5, k = 8..20: 1.22-1.43x the noise floor); the second, which assumes
+# little noise, reaches a higher free energy there (1.09-1.11x) but a lower one on ML-100K
+# (u1 0.9229 against 0.9158). Keeping the start with the higher free energy gets both.
+_VB_START_NOISE = (1.0, 1.0 / 16.0)
+
+
+def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01,
+                init_noise=_VB_START_NOISE, on_iteration=None):
     """Variational Bayes: Gaussian posteriors for every row, prior and noise variances learned.
 
     The model of ``objective`` (``mu`` + biases + factors) with priors instead of penalties:
@@ -187,6 +196,15 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01, on_iteration
         Initial posterior means; overwritten with the result.
     init_cov : float, default 0.01
         Initial posterior covariance of every row (times the identity).
+    init_noise : float or sequence of float, default (1.0, 1/16)
+        Initial noise variance, as a fraction of the ratings' variance (each > 0). With several,
+        VB runs from each (from the same ``params``) and keeps the run with the highest free
+        energy; a start whose row systems stop being positive definite is dropped (an error
+        only when every start fails).
+    on_iteration : callable, optional
+        ``on_iteration(iteration, params, history) -> stop`` after each sweep. With several
+        starts it sees only the kept one, run once more for it (same result: VB draws no random
+        numbers), and a stop it asks for ends that run.
 
     Returns
     -------
@@ -197,6 +215,37 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01, on_iteration
         ``"noise_variance"``, ``"item_variances"``, ``"user_variances"`` (length k + 1, the bias
         last), ``"free_energy"``, ``"converged"``.
     """
+    starts = np.asarray(init_noise, dtype=np.float64).reshape(-1)
+    valid = np.ndim(init_noise) <= 1 and starts.size > 0
+    if not (valid and np.all(np.isfinite(starts) & (starts > 0))):
+        raise ValueError(
+            f"init_noise must be a number > 0 or a 1-D sequence of them, found {init_noise!r}"
+        )
+    if starts.size > 1:
+        runs, errors = [], []
+        for noise in starts:
+            try:
+                runs.append((noise, _vb_run(objective, params.copy(), max_iter, tol, init_cov,
+                                            noise, None)))
+            except FloatingPointError as exc:
+                errors.append(exc)
+        if not runs:
+            raise errors[0]
+        energies = [state["free_energy"] for _, (_, _, state) in runs]
+        noise, run = runs[int(np.argmax(np.nan_to_num(energies, nan=-np.inf)))]
+        if on_iteration is None:
+            params[...] = run[0]
+        else:
+            run = _vb_run(objective, params, max_iter, tol, init_cov, noise, on_iteration)
+    else:
+        run = _vb_run(objective, params, max_iter, tol, init_cov, starts[0], on_iteration)
+    if not run[2]["converged"]:
+        _warn("VB", len(run[1]["cost"]), tol, "maximum number of iterations reached")
+    return params, run[1], run[2]
+
+
+def _vb_run(objective, params, max_iter, tol, init_cov, init_noise, on_iteration):
+    """One VB run from one start (see `minimize_vb`); does not warn."""
     ratings = objective.ratings
     X, Theta, item_bias, user_bias = objective.unpack(params)
     k = X.shape[1]
@@ -210,7 +259,7 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01, on_iteration
         side: np.array([1.0 / k] * k + [0.1]) for side in ("items", "users")
     }
     values = ratings.values
-    tau = 1.0 / max(float(np.var(values)), 1e-12)
+    tau = 1.0 / max(init_noise * float(np.var(values)), 1e-12)
     item_sse, item_logdet = np.zeros(n_items), np.zeros(n_items)
     user_sse, user_logdet = np.zeros(n_users), np.zeros(n_users)
     log2pi = np.log(2.0 * np.pi)
@@ -265,8 +314,6 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01, on_iteration
                 converged = True
                 break
             previous = free_energy
-    if not converged:
-        _warn("VB", len(history["cost"]), tol, "maximum number of iterations reached")
     state = {
         "noise_variance": 1.0 / tau,
         "item_variances": variances["items"],
