@@ -72,8 +72,8 @@ def main():
         per_dim = noise / np.sqrt(item_var[:k] * user_var[:k])
         reg = float(np.exp(np.mean(np.log(per_dim))))
         reg_bias = float(noise / np.sqrt(item_var[k] * user_var[k]))
-        counts = (np.diff(train.by_user[0]), np.diff(train.by_item[0]))
-        sqrt_scale = float(np.sqrt(np.sqrt(np.mean(counts[0]) * np.mean(counts[1]))))
+        # the geometric mean of the mean rating counts per user and per item, square-rooted
+        sqrt_scale = float(np.sqrt(train.nnz / np.sqrt(train.n_users * train.n_items)))
         row = {"vb_rmse": rmse(vb, test), "vb_s": vb_s, "noise_variance": float(noise),
                "penalty_per_dimension": sorted(per_dim.tolist()), "reg": reg,
                "reg_bias": reg_bias, "sqrt_scale": sqrt_scale, "fits": {}}

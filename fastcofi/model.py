@@ -62,8 +62,9 @@ class MatrixFactorization:
         of the ratings' variance and of a sixteenth of it) and keeps the one with the higher
         free energy, because from the first alone it switched every factor off where signal and
         noise are of similar size; a third run replays the kept start when ``validation``,
-        ``callback``, ``verbose`` or DEBUG logging observe it. It needs ``normalize="biases"``, keeps a
-        (k+1) x (k+1) covariance per user and item while training, and does not checkpoint.
+        ``callback``, ``verbose`` or DEBUG logging observe it. It needs ``normalize="biases"``,
+        keeps a (k+1) x (k+1) covariance per user and item while training, and does not
+        checkpoint.
     max_iter : int, default 300
         Iterations at most (ALS, VB: sweeps over users and items).
     tol : float, default 3e-3

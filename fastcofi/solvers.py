@@ -222,15 +222,15 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01,
             f"init_noise must be a number > 0 or a 1-D sequence of them, found {init_noise!r}"
         )
     if starts.size > 1:
-        runs, errors = [], []
+        runs, failure = [], None
         for noise in starts:
             try:
                 runs.append((noise, _vb_run(objective, params.copy(), max_iter, tol, init_cov,
                                             noise, None)))
             except FloatingPointError as exc:
-                errors.append(exc)
+                failure = failure or exc
         if not runs:
-            raise errors[0]
+            raise failure
         energies = [state["free_energy"] for _, (_, _, state) in runs]
         noise, run = runs[int(np.argmax(np.nan_to_num(energies, nan=-np.inf)))]
         if on_iteration is None:

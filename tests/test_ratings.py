@@ -258,15 +258,18 @@ def test_big_endian_ids_build_the_same_ratings():
         np.testing.assert_array_equal(a, b)
 
 
-def _transpose(matrix, with_extra):
+def _transpose(matrix, with_extra, n_parts=None):
+    """transpose_csr (or, given ``n_parts``, its kernel cut into that many parts) against scipy."""
     csr = sp.csr_array(matrix)
     n_cols = csr.shape[1]
     out_indices = np.empty(csr.nnz, dtype=np.int32)
     out_values = np.empty(csr.nnz)
     extra = np.arange(csr.nnz, dtype=np.int64) * 7 if with_extra else None
     out_extra = np.empty(csr.nnz, dtype=np.int64) if with_extra else None
-    indptr = _kernels.transpose_csr(csr.indptr.astype(np.int64), csr.indices, csr.data, n_cols,
-                                    out_indices, out_values, extra, out_extra)
+    args = (csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data, n_cols,
+            out_indices, out_values, extra, out_extra)
+    indptr = (_kernels.transpose_csr(*args) if n_parts is None
+              else _kernels._transpose_csr(*args, n_parts))
     expected = sp.csr_array(csr.T)
     expected.has_sorted_indices = False
     expected.sort_indices()
@@ -332,20 +335,11 @@ def test_parallel_sorts_hold_for_any_number_of_parts(n_parts):
     # twice and miss nothing.
     for csr in _awkward_csrs():
         csr.sort_indices()
-        n_rows, n_cols = csr.shape
-        indptr = csr.indptr.astype(np.int64)
-        indices = csr.indices.astype(np.int32)
-        out_indices = np.empty(csr.nnz, dtype=np.int32)
-        out_values = np.empty(csr.nnz)
-        out_indptr = _kernels._transpose_csr(indptr, indices, csr.data, n_cols, out_indices,
-                                             out_values, None, None, n_parts)
-        expected = sp.csr_array(csr.T)
-        expected.sort_indices()
-        np.testing.assert_array_equal(out_indptr, expected.indptr)
-        np.testing.assert_array_equal(out_indices, expected.indices)
-        np.testing.assert_array_equal(out_values, expected.data)
+        _transpose(csr, True, n_parts)
 
         # row_major_order sees the same entries as unordered (row, column) pairs
+        n_rows = csr.shape[0]
+        indices = csr.indices.astype(np.int32)
         rows = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(csr.indptr))
         shuffle = np.random.default_rng(n_parts).permutation(csr.nnz)
         order, row_indptr = _kernels._row_major_order(rows[shuffle], indices[shuffle], n_rows,
