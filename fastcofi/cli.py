@@ -320,7 +320,8 @@ def _build_parser():
                        help="rating file (MovieLens, CSV/TSV, Parquet, .gz, .zip)")
     train.add_argument("--format", choices=FORMATS, help="file format (detected when not given)")
     train.add_argument("--factors", type=int, help="number of latent factors (default 10)")
-    train.add_argument("--reg", type=float, help="regularization (default 1.3)")
+    train.add_argument("--reg", type=float,
+                       help="regularization (default: 1.15 x the std of the training ratings)")
     train.add_argument("--max-iter", type=int, help="iterations at most (default 300)")
     train.add_argument("--solver", choices=("cg", "lbfgs", "als", "vb"),
                        help="optimizer (default cg; vb: variational Bayes, learns its own "

@@ -1436,6 +1436,8 @@ def _column_array(col, role):
 #   item_means        (n_items,) float64          only with normalize="item_mean"
 #   item_bias         (n_items,) float64          only with normalize="biases"
 #   user_bias         (n_users,) float64          only with normalize="biases"
+#   reg, reg_bias     0-d float64   the penalties training used (reg_, reg_bias_): fold-in's
+#                     (version 2; a version 1 file takes them from params)
 #   noise_variance    0-d float64                only with solver="vb": fold-in's reg
 #   user_bias_variance 0-d float64               only with solver="vb": reg_bias = noise / it
 #   rating_range      (2,) float64  min, max training rating
@@ -1445,7 +1447,10 @@ def _column_array(col, role):
 #   history_<name>    (h,) float64 per history_ entry ("cost", "seconds", "val_rmse")
 #   title_ids         (t,) int64 or <U            title_texts   (t,) <U   only with titles
 MODEL_FORMAT = "fastcofi-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
+# Version 2 added the members reg and reg_bias, because params' reg may be None (scaled to the
+# ratings); files of both versions load.
+_READABLE_VERSIONS = (1, 2)
 _HISTORY_PREFIX = "history_"
 
 
@@ -1533,6 +1538,8 @@ def _model_arrays(model):
         "item_ids": item_ids,
         "user_ids": user_ids,
         "global_mean": np.array(model.global_mean_, dtype=np.float64),
+        "reg": np.array(model.reg_, dtype=np.float64),
+        "reg_bias": np.array(model.reg_bias_, dtype=np.float64),
         "rating_range": np.array(model.rating_range_, dtype=np.float64),
         "seen_indptr": np.asarray(seen_indptr, dtype=np.int64),
         "seen_indices": np.asarray(seen_indices),
@@ -1812,11 +1819,11 @@ def _load_model(path):
         )
     version_arr = _need(path, arrays, "format_version", "iu", 0, "a 0-d integer")
     version = int(version_arr)
-    if version != MODEL_FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         newer = "a newer" if version > MODEL_FORMAT_VERSION else "an unknown"
         raise ModelFileError(
-            path, f"{newer} model format version {version}; this fastcofi reads version "
-            f"{MODEL_FORMAT_VERSION} (upgrade fastcofi to load it)"
+            path, f"{newer} model format version {version}; this fastcofi reads versions "
+            f"{', '.join(map(str, _READABLE_VERSIONS))} (upgrade fastcofi to load it)"
         )
     writer = str(arrays["fastcofi_version"]) if "fastcofi_version" in arrays else "unknown"
     try:
@@ -1862,6 +1869,16 @@ def _load_model(path):
         user_bias = _floats(path, arrays, "user_bias", 1, "user biases (n_users,) float")
         _length(path, "item_bias", item_bias, n_items, "one per item id")
         _length(path, "user_bias", user_bias, n_users, "one per user id")
+
+    if version >= 2:
+        what = "a 0-d float >= 0 (the penalty new users are folded in with)"
+        penalties = [float(_floats(path, arrays, name, 0, what)) for name in ("reg", "reg_bias")]
+        if min(penalties) < 0:
+            raise ModelFileError(path, f"reg and reg_bias must be >= 0, found {penalties}")
+    elif model.reg is None:
+        raise ModelFileError(path, "a version 1 file must hold a number as params' reg, found null")
+    else:
+        penalties = [float(model.reg), float(model.reg if model.reg_bias is None else model.reg_bias)]
 
     noise_variance = user_bias_variance = None
     if model.solver == "vb":
@@ -1918,6 +1935,7 @@ def _load_model(path):
     model.item_bias_ = None if item_bias is None else _readonly_copy(item_bias)
     model.user_bias_ = None if user_bias is None else _readonly_copy(user_bias)
     model.rating_range_ = (float(rating_range[0]), float(rating_range[1]))
+    model.reg_, model.reg_bias_ = penalties
     model.noise_variance_ = noise_variance
     model.user_bias_variance_ = user_bias_variance
     model.n_iter_ = n_iter

@@ -193,11 +193,11 @@ def test_info(model_path, capsys):
     assert code == 0, err
     doc = json.loads(out)
     assert {"format_version", "n_users", "n_items", "n_factors", "params"} <= set(doc)
-    assert doc["format_version"] == 1
+    assert doc["format_version"] == 2
     assert (doc["n_users"], doc["n_items"], doc["n_factors"]) == (N_USERS, N_ITEMS, 3)
     assert doc["params"]["reg"] == 1.0 and doc["params"]["max_iter"] == 15
     code, out, _ = run(capsys, "info", model_path)
-    assert code == 0 and "version 1" in out and "3 factors" in out
+    assert code == 0 and "version 2" in out and "3 factors" in out
 
 
 def test_python_m_fastcofi_info(model_path):

@@ -1,5 +1,6 @@
 """Model files: round trips, atomic writes, every bad file, and the version-1 fixtures."""
 
+import json
 import os
 import stat
 import warnings
@@ -124,7 +125,8 @@ def test_file_holds_arrays_only_and_no_objects(int_model, tmp_path):
     with np.load(path, allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     assert str(arrays["fastcofi_format"]) == "fastcofi-model"
-    assert int(arrays["format_version"]) == 1
+    assert int(arrays["format_version"]) == 2
+    assert float(arrays["reg"]) == int_model.reg_ and float(arrays["reg_bias"]) == int_model.reg_bias_
     assert all(a.dtype != object for a in arrays.values())
     expected = {"item_mean": {"item_means"}, "biases": {"item_bias", "user_bias"}, "none": set()}
     present = {"item_means", "item_bias", "user_bias"} & set(arrays)
@@ -205,7 +207,7 @@ def test_model_info(tmp_path, toy):
     path = tmp_path / "m.npz"
     model.save(path)
     info = model_info(path)
-    assert info["format_version"] == 1
+    assert info["format_version"] == 2
     assert (info["n_users"], info["n_items"], info["n_factors"]) == (6, 10, 3)
     assert info["params"]["normalize"] == "biases" and info["n_titles"] == 10
     assert info["n_ratings"] == toy[0].nnz
@@ -371,8 +373,32 @@ def test_pickle_file_never_runs(tmp_path):
 def test_newer_format_version(tmp_path, good_bytes):
     arrays = members(good_bytes, tmp_path)
     arrays["format_version"] = np.array(7, dtype=np.int64)
-    message = assert_bad(write_npz(tmp_path, arrays), "version 7", "version 1")
+    message = assert_bad(write_npz(tmp_path, arrays), "version 7", "versions 1, 2")
     assert "newer" in message
+
+
+def test_version_1_file_takes_penalties_from_params(tmp_path, good_bytes):
+    arrays = members(good_bytes, tmp_path)
+    params = json.loads(str(arrays["params"]))
+    params.update(reg=0.7, reg_bias=None)
+    arrays.update(format_version=np.array(1, dtype=np.int64), params=np.array(json.dumps(params)))
+    del arrays["reg"], arrays["reg_bias"]
+    loaded = load_model(write_npz(tmp_path, arrays))
+    assert (loaded.reg_, loaded.reg_bias_) == (0.7, 0.7)
+    params["reg"] = None
+    arrays["params"] = np.array(json.dumps(params))
+    assert_bad(write_npz(tmp_path, arrays), "version 1", "reg")
+
+
+def test_fold_in_uses_the_stored_penalties(tmp_path, good_bytes):
+    arrays = members(good_bytes, tmp_path)
+    plain = load_model(write_npz(tmp_path, arrays, "plain.npz"))
+    arrays["reg"] = np.array(50.0)
+    strong = load_model(write_npz(tmp_path, arrays, "strong.npz"))
+    items, values = plain.item_ids_[:4], np.array([5.0, 1.0, 4.0, 2.0])
+    assert strong.reg_ == 50.0 and plain.reg_ == 1.0
+    assert np.linalg.norm(strong.fold_in(items, values)[0]) < np.linalg.norm(
+        plain.fold_in(items, values)[0])
 
 
 @pytest.mark.parametrize(
@@ -393,6 +419,8 @@ def test_newer_format_version(tmp_path, good_bytes):
         ({"seen_indptr": np.arange(7, dtype=np.int64)[::-1].copy()}, "CSR row pointer"),
         ({"seen_indices": np.full(32, 10, dtype=np.int32)}, "outside [0, 10)"),
         ({"rating_range": np.array([5.0, 1.0])}, "rating_range"),
+        ({"reg": None}, "'reg' is missing"),
+        ({"reg_bias": np.array(-1.0)}, "reg and reg_bias must be >= 0"),
         ({"params": np.array("{not json")}, "JSON"),
         ({"params": np.array('{"n_factors": -1}')}, "invalid hyperparameters"),
         ({"normalize": np.array("zscore")}, "invalid hyperparameters"),
