@@ -6,8 +6,8 @@ a kernel trusts what it is given.
 The objective has two race-free parallel kernels. ``cost_and_grad_buffered`` walks the CSR of the
 side with more rows once: each thread owns a group of those rows (balanced by nonzeros) and adds
 the other side's gradient into a buffer of its own, and the buffers are summed row by row in group
-order. Each residual is computed once and the randomly read rows belong to the smaller side, which
-stays in cache. Its buffers cost groups x rows x (k + 1) floats, so when the smaller side is still
+order. Each residual is computed once and the randomly read rows belong to the smaller side; when
+those rows and their buffer outgrow the cache, the walk is cut into column blocks that fit. Its buffers cost groups x rows x (k + 1) floats, so when the smaller side is still
 too large, ``cost_and_grad_two_pass`` computes each residual twice instead, once in an item-owned
 pass and once in a user-owned pass, with no buffer at all. Work is split by the data (groups of
 a fixed count, or chunks of about equal nonzero counts), never by the number of running threads,
@@ -212,6 +212,7 @@ def cost_and_grad_buffered(
     other,
     values,
     groups,
+    blocks,
     reg,
     reg_bias,
     own_weight,
@@ -227,13 +228,20 @@ def cost_and_grad_buffered(
     ``B`` those of the other side; either may be items or users, the objective is symmetric (see
     ``cost_and_grad_two_pass`` for its terms). ``groups`` are row boundaries of ``A``'s side, one
     group per parallel task; each group adds into its own slice of a buffer of ``B``'s rows, the
-    bias gradient in the last column.
+    bias gradient in the last column. ``blocks`` are column boundaries (``B``'s rows, from 0 to
+    ``B.shape[0]``): each group walks its rows once per block, so that the rows of ``B`` and of
+    the buffer read at random stay within one block's range, which the cache can hold. The CSR's
+    columns must be sorted within each row. Every sum is taken in the same order for any
+    ``blocks``, so the gradients do not depend on them (the cost's rounding may).
     """
     k = A.shape[1]
     n_groups = groups.shape[0] - 1
     n_other = B.shape[0]
+    n_blocks = blocks.shape[0] - 1
     buffer = np.empty((n_groups, n_other, k + 1))
     partial = np.zeros(n_groups)
+    # Where each row's walk resumes in the next block.
+    resume = np.empty(A.shape[0], dtype=np.int64)
 
     for g in prange(n_groups):
         for j in range(n_other):
@@ -248,20 +256,32 @@ def cost_and_grad_buffered(
                 A_grad[i, f] = row_reg * A[i, f]
                 norm2 += A[i, f] * A[i, f]
             total += 0.5 * (row_reg * norm2 + row_reg_bias * own_bias[i] * own_bias[i])
-            offset = mu + own_bias[i]
-            bias_grad = row_reg_bias * own_bias[i]
-            for p in range(indptr[i], indptr[i + 1]):
-                j = other[p]
-                err = offset + other_bias[j] - values[p]
-                for f in range(k):
-                    err += A[i, f] * B[j, f]
-                total += 0.5 * err * err
-                bias_grad += err
-                for f in range(k):
-                    A_grad[i, f] += err * B[j, f]
-                    buffer[g, j, f] += err * A[i, f]
-                buffer[g, j, k] += err
-            own_bias_grad[i] = bias_grad
+            own_bias_grad[i] = row_reg_bias * own_bias[i]
+            resume[i] = indptr[i]
+        for b in range(n_blocks):
+            for i in range(groups[g], groups[g + 1]):
+                start = resume[i]
+                stop = indptr[i + 1]
+                if b < n_blocks - 1:
+                    block_end = stop
+                    stop = start
+                    while stop < block_end and other[stop] < blocks[b + 1]:
+                        stop += 1
+                resume[i] = stop
+                offset = mu + own_bias[i]
+                bias_grad = own_bias_grad[i]
+                for p in range(start, stop):
+                    j = other[p]
+                    err = offset + other_bias[j] - values[p]
+                    for f in range(k):
+                        err += A[i, f] * B[j, f]
+                    total += 0.5 * err * err
+                    bias_grad += err
+                    for f in range(k):
+                        A_grad[i, f] += err * B[j, f]
+                        buffer[g, j, f] += err * A[i, f]
+                    buffer[g, j, k] += err
+                own_bias_grad[i] = bias_grad
         partial[g] = total
 
     other_cost = np.empty(n_other)

@@ -4,7 +4,7 @@ from hypothesis import given
 from scipy.optimize import check_grad
 
 from fastcofi import Ratings, reference
-from fastcofi.objective import FlatObjective, _evaluate, cost_and_grad, threads
+from fastcofi.objective import FlatObjective, _evaluate, column_blocks, cost_and_grad, threads
 
 from .strategies import relative_error, sparse_problems
 
@@ -37,9 +37,16 @@ def _dense_biased_objective(X, Theta, item_bias, user_bias, mu, dense, mask, reg
     )
 
 
-@pytest.mark.parametrize("buffered", [True, False], ids=["one-pass", "two-pass"])
+# block_bytes=1: a column block per column, the most the one-pass kernel's blocking can cut.
+KERNELS = pytest.mark.parametrize(
+    "kernel", [{"buffered": True}, {"buffered": True, "block_bytes": 1}, {"buffered": False}],
+    ids=["one-pass", "one-pass, column blocks", "two-pass"],
+)
+
+
+@KERNELS
 @given(problem=sparse_problems())
-def test_both_kernels_equal_dense_objective_with_biases_and_weights(problem, buffered):
+def test_both_kernels_equal_dense_objective_with_biases_and_weights(problem, kernel):
     ratings, dense, mask, X, Theta, reg = problem
     rng = np.random.default_rng(ratings.nnz)
     item_bias, user_bias = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
@@ -47,7 +54,7 @@ def test_both_kernels_equal_dense_objective_with_biases_and_weights(problem, buf
     grads = (np.empty_like(X), np.empty_like(Theta), np.empty(ratings.n_items),
              np.empty(ratings.n_users))
     cost = _evaluate(X, Theta, item_bias, user_bias, 0.4, ratings, reg, 0.7, weights, grads,
-                     buffered=buffered)
+                     **kernel)
     ref_cost, ref_grads = _dense_biased_objective(
         X, Theta, item_bias, user_bias, 0.4, dense, mask, reg, 0.7, weights
     )
@@ -78,8 +85,8 @@ def _random_problem(seed, n_items=300, n_users=200, nnz=6000, k=7):
 
 
 @pytest.mark.parametrize("n_items, n_users", [(300, 200), (200, 300)])
-@pytest.mark.parametrize("buffered", [True, False], ids=["one-pass", "two-pass"])
-def test_parallel_equals_serial_bit_for_bit(n_items, n_users, buffered):
+@KERNELS
+def test_parallel_equals_serial_bit_for_bit(n_items, n_users, kernel):
     ratings, X, Theta = _random_problem(1, n_items=n_items, n_users=n_users, nnz=20000)
     assert ratings._item_chunks.shape[0] > 3  # several chunks, so threads really split the work
     args = (np.zeros(n_items), np.zeros(n_users), 0.0, ratings, 0.7, 0.0,
@@ -88,13 +95,41 @@ def test_parallel_equals_serial_bit_for_bit(n_items, n_users, buffered):
     def run(n_threads):
         grads = (np.empty_like(X), np.empty_like(Theta), np.empty(n_items), np.empty(n_users))
         with threads(n_threads):
-            cost = _evaluate(X, Theta, *args, grads, buffered=buffered)
+            cost = _evaluate(X, Theta, *args, grads, **kernel)
         return cost, grads
 
     serial, parallel = run(1), run(2)
     assert serial[0] == parallel[0]
     for a, b in zip(serial[1], parallel[1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n_items, n_users", [(300, 200), (200, 300)])
+def test_column_blocks_leave_the_gradients_unchanged_bit_for_bit(n_items, n_users):
+    ratings, X, Theta = _random_problem(2, n_items=n_items, n_users=n_users, nnz=20000)
+    rng = np.random.default_rng(3)
+    args = (rng.normal(size=n_items), rng.normal(size=n_users), 0.3, ratings, 0.7, 0.2,
+            (rng.random(n_items) + 0.5, rng.random(n_users) + 0.5))
+
+    def run(block_bytes):
+        grads = (np.empty_like(X), np.empty_like(Theta), np.empty(n_items), np.empty(n_users))
+        cost = _evaluate(X, Theta, *args, grads, buffered=True, block_bytes=block_bytes)
+        return cost, grads
+
+    whole = run(1 << 40)
+    for block_bytes in (1, 1000, 5000):
+        blocked = run(block_bytes)
+        assert blocked[0] == pytest.approx(whole[0], rel=1e-12)
+        for a, b in zip(blocked[1], whole[1]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_column_blocks_cut_by_size():
+    np.testing.assert_array_equal(column_blocks(10, 4, block_bytes=1 << 20), [0, 10])
+    # 10 columns x (2 * 4 + 1) floats = 720 bytes: 3 blocks of at most 300 bytes
+    np.testing.assert_array_equal(column_blocks(10, 4, block_bytes=300), [0, 3, 6, 10])
+    np.testing.assert_array_equal(column_blocks(3, 4, block_bytes=1), [0, 1, 2, 3])
+    np.testing.assert_array_equal(column_blocks(0, 4), [0, 0])
 
 
 def test_flat_objective_returns_fresh_gradient_each_call():
