@@ -1,9 +1,11 @@
-"""The one-pass (buffered) kernel against the two-pass kernel, calls alternated in one process.
+"""The objective's kernels against each other, calls alternated in one process.
 
     python3 bench/kernel_ab.py [--sizes ml100k,1e6,1e7] [--factors 10] [--repeats 15]
 
-Both kernels stay in the package (the two-pass one for when buffers would not fit); this prints
-the median seconds of each at 1 and 2 threads and their ratio, BLAS parked at one thread.
+Three ways to evaluate the same objective: the one-pass (buffered) kernel with its default
+column blocks, the same kernel walking each row once (a single block: how it ran before the
+blocks), and the two-pass kernel (kept for when buffers would not fit). Prints the median
+seconds of each at 1 and 2 threads and the ratios to the default, BLAS parked at one thread.
 """
 
 import argparse
@@ -17,7 +19,13 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.problems import factors_for, ratings_for  # noqa: E402
-from fastcofi.objective import _evaluate, threads  # noqa: E402
+from fastcofi.objective import _evaluate, column_blocks, threads  # noqa: E402
+
+VARIANTS = {
+    "one-pass, blocks": {"buffered": True},
+    "one-pass, one block": {"buffered": True, "block_bytes": 1 << 62},
+    "two-pass": {"buffered": False},
+}
 
 
 def main():
@@ -34,21 +42,27 @@ def main():
             X, Theta = factors_for(ratings, k)
             grads = (np.empty_like(X), np.empty_like(Theta), *(np.empty_like(z) for z in zeros))
 
-            def call(buffered, X=X, Theta=Theta, grads=grads):
-                _evaluate(X, Theta, *zeros, 0.0, ratings, 1.0, 0.0, ones, grads, buffered=buffered)
+            def call(variant, X=X, Theta=Theta, grads=grads):
+                _evaluate(X, Theta, *zeros, 0.0, ratings, 1.0, 0.0, ones, grads, **variant)
 
+            smaller = min(ratings.n_items, ratings.n_users)
+            n_blocks = column_blocks(smaller, k).shape[0] - 1
             for n_threads in (1, 2):
-                times = {True: [], False: []}
+                times = {name: [] for name in VARIANTS}
                 with threadpool_limits(limits=1, user_api="blas"), threads(n_threads):
-                    call(True), call(False)
+                    for variant in VARIANTS.values():
+                        call(variant)
                     for _ in range(args.repeats):
-                        for buffered in (True, False):
+                        for name, variant in VARIANTS.items():
                             t = time.perf_counter()
-                            call(buffered)
-                            times[buffered].append(time.perf_counter() - t)
-                one, two = (float(np.median(times[b])) for b in (True, False))
-                print(f"{size} k={k} {n_threads} thread(s): one-pass {one * 1e3:.2f} ms, "
-                      f"two-pass {two * 1e3:.2f} ms, {two / one:.2f}x", flush=True)
+                            call(variant)
+                            times[name].append(time.perf_counter() - t)
+                medians = {name: float(np.median(v)) for name, v in times.items()}
+                base = medians["one-pass, blocks"]
+                cells = ", ".join(f"{name} {m * 1e3:.2f} ms ({m / base:.2f}x)"
+                                  for name, m in medians.items())
+                print(f"{size} k={k} {n_blocks} block(s), {n_threads} thread(s): {cells}",
+                      flush=True)
 
 
 if __name__ == "__main__":

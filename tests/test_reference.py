@@ -40,3 +40,15 @@ def test_gradient_matches_finite_differences():
 
     v0 = rng.normal(size=36)
     assert check_grad(f, g, v0) < 1e-5 * (1 + np.linalg.norm(g(v0)))
+
+
+def test_cost_and_gradient_equals_the_two_functions():
+    rng = np.random.default_rng(4)
+    X, Theta = rng.normal(size=(6, 3)), rng.normal(size=(5, 3))
+    ratings = rng.integers(1, 6, size=(6, 5)).astype(float)
+    did_rate = rng.random((6, 5)) < 0.5
+    cost, x_grad, theta_grad = reference.cost_and_gradient(X, Theta, ratings, did_rate, 0.7)
+    assert cost == reference.cost(X, Theta, ratings, did_rate, 0.7)
+    want = reference.gradient(X, Theta, ratings, did_rate, 0.7)
+    np.testing.assert_array_equal(x_grad, want[0])
+    np.testing.assert_array_equal(theta_grad, want[1])
