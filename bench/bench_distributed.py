@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastcofi import MatrixFactorization
 from fastcofi.datasets import synthetic
+from fastcofi.model import _default_reg
 from fastcofi.objective import FlatObjective
 
 RESULTS = Path(__file__).resolve().parent / "results" / "distributed.json"
@@ -80,7 +81,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     params = {}
     for k in ks:
-        local = FlatObjective(ratings, k, DEFAULTS["reg"], **kwargs)
+        local = FlatObjective(ratings, k, _default_reg(ratings.values), **kwargs)
         params[k] = rng.normal(0.0, 0.1, size=local.size)
         rows[k] = {}
         for threads in (1, 2):
@@ -103,7 +104,8 @@ def main(argv=None):
                 sharded = fd.scatter(ratings, client, by=by)
                 scatter_seconds = time.perf_counter() - start
                 for k in ks:
-                    remote = fd.DistributedObjective(sharded, k, DEFAULTS["reg"], **kwargs)
+                    remote = fd.DistributedObjective(sharded, k, _default_reg(ratings.values),
+                                                     **kwargs)
                     rows[k][label] = median_time(remote, params[k], repeat)
                     rows[k][f"{label}_scatter_s"] = scatter_seconds
                     payload[(k, sharded.n_shards, by)] = sharded.bytes_per_evaluation(k)

@@ -154,8 +154,8 @@ def _evaluation_seconds(model, ratings, repeats=3):
     from fastcofi.objective import FlatObjective
 
     objective = FlatObjective(
-        ratings, model.n_factors, model.reg, mu=model.global_mean_, learn_biases=True,
-        reg_bias=model.reg_bias, reg_weighting=model.reg_weighting,
+        ratings, model.n_factors, model.reg_, mu=model.global_mean_, learn_biases=True,
+        reg_bias=model.reg_bias_, reg_weighting=model.reg_weighting,
     )
     params = objective.pack(model.item_factors_, model.user_factors_, model.item_bias_,
                             model.user_bias_)

@@ -230,9 +230,11 @@ def cost_and_grad_buffered(
     group per parallel task; each group adds into its own slice of a buffer of ``B``'s rows, the
     bias gradient in the last column. ``blocks`` are column boundaries (``B``'s rows, from 0 to
     ``B.shape[0]``): each group walks its rows once per block, so that the rows of ``B`` and of
-    the buffer read at random stay within one block's range, which the cache can hold. The CSR's
-    columns must be sorted within each row. Every sum is taken in the same order for any
-    ``blocks``, so the gradients do not depend on them (the cost's rounding may).
+    the buffer read at random stay within one block's range, which the cache can hold. A row's
+    walk in a block stops at its first column past the block, and the last block takes whatever
+    is left, so every rating counts once in any case; with columns sorted within each row (as
+    every `Ratings` builds them) each sum is also taken in the same order for any ``blocks``, so
+    the gradients do not depend on them (the cost's rounding may).
     """
     k = A.shape[1]
     n_groups = groups.shape[0] - 1

@@ -1781,7 +1781,8 @@ def model_info(path):
         ``"format_version"``, ``"n_users"``, ``"n_items"``, ``"n_factors"``, ``"params"`` (the
         hyperparameters), and ``"fastcofi_version"``, ``"normalize"``, ``"n_ratings"``
         (training ratings), ``"rating_range"``, ``"n_iter"``, ``"user_id_type"``,
-        ``"item_id_type"`` (``"int"`` or ``"str"``), ``"n_titles"``.
+        ``"item_id_type"`` (``"int"`` or ``"str"``), ``"n_titles"``, and ``"reg"``,
+        ``"reg_bias"``: the penalties training used (``params`` may hold None for them).
     """
     model, meta = _load_model(path)
     return {
@@ -1798,6 +1799,8 @@ def model_info(path):
         "user_id_type": "str" if model.user_ids_.dtype.kind == "U" else "int",
         "item_id_type": "str" if model.item_ids_.dtype.kind == "U" else "int",
         "n_titles": len(getattr(model, "titles_", None) or {}),
+        "reg": float(model.reg_),
+        "reg_bias": float(model.reg_bias_),
     }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from . import serving
 from .checkpoint import read_checkpoint, write_checkpoint
 from .objective import WEIGHT_POWERS, FlatObjective
-from .ratings import Ratings, lookup
+from .ratings import Ratings, lookup, value_moments
 from .solvers import minimize_als, minimize_scipy, minimize_vb
 
 __all__ = ["MatrixFactorization"]
@@ -22,6 +22,11 @@ _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 # The default factor penalty, per unit of the training ratings' standard deviation: 1.29-1.30 on
 # ML-100K's folds (std 1.12-1.13), where 1.3 was tuned.
 _REG_PER_STD = 1.15
+
+
+def _default_reg(values):
+    """The factor penalty ``reg=None`` stands for: 1.15 x the standard deviation of ``values``."""
+    return _REG_PER_STD * float(np.sqrt(value_moments(values)[1]))
 
 
 class MatrixFactorization:
@@ -44,14 +49,15 @@ class MatrixFactorization:
     reg : float or None, default None
         L2 regularization of both factor matrices (on the sum over ratings, as in the tutorial),
         multiplied per row as ``reg_weighting`` says. None: 1.15 times the standard deviation of
-        the training ratings (1.29-1.30 on ML-100K's folds). A prediction is a product of two
+        the training ratings (1.29-1.30 on ML-100K's folds; 0 when every rating is the same). A prediction is a product of two
         factors, so ratings multiplied by ``c`` need the penalty multiplied by ``c`` for the same
         model in the new units; a fixed number would over-shrink ratings on a 0-1 scale and
         under-shrink those on a -10..10 one. ``reg_`` holds the value used.
     normalize : {"item_mean", "biases", "none"}, default "biases"
     reg_bias : float or None, default 0.8
-        L2 regularization of the learned biases (``normalize="biases"``); None means ``reg``.
-        Biases scale with the ratings as the noise does, so a fixed number suits any units.
+        L2 regularization of the learned biases (``normalize="biases"``); None means ``reg``
+        (as resolved). Biases scale with the ratings as the noise does, so a fixed number such as
+        the default suits any units.
     reg_weighting : {"sqrt", "count", "none"}, default "sqrt"
         Multiplies each user's and item's penalty (factors and bias) by the square root of its
         number of ratings (``"sqrt"``), by that number (``"count"``, ALS-WR's weighting: every row
@@ -286,7 +292,7 @@ class MatrixFactorization:
             sums = np.bincount(ratings.coo()[1], weights=values, minlength=n_items)
             # An item with no rating (declared only) is predicted at the global mean.
             item_means = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
-        reg = _REG_PER_STD * float(np.std(values)) if self.reg is None else float(self.reg)
+        reg = _default_reg(values) if self.reg is None else float(self.reg)
         reg_bias = reg if self.reg_bias is None else float(self.reg_bias)
         # _make_objective: fastcofi.distributed's seam (same arguments, same contract).
         objective = _make_objective(
@@ -312,6 +318,8 @@ class MatrixFactorization:
         fingerprint = {
             **{key: self.get_params()[key] for key in
                ("n_factors", "normalize", "reg", "reg_bias", "reg_weighting", "solver")},
+            # reg=None resolves from the data: the penalties used are what must match.
+            "reg_used": reg, "reg_bias_used": reg_bias,
             "n_users": n_users, "n_items": n_items, "nnz": ratings.nnz,
             "ratings_sum": float(values.sum(dtype=np.float64)),
         }

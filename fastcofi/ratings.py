@@ -121,6 +121,20 @@ def balanced_bounds(indptr, n_parts):
     return bounds
 
 
+def value_moments(values, chunk=1 << 20):
+    """Mean and variance (float64) of ``values``, a chunk at a time: ``np.var`` would allocate
+    temporaries as large as the ratings (800 MB at 1e8)."""
+    n = values.shape[0]
+    if n == 0:
+        return 0.0, 0.0
+    mean = float(values.mean(dtype=np.float64))
+    squares = 0.0
+    for start in range(0, n, chunk):
+        deviation = values[start : start + chunk].astype(np.float64) - mean
+        squares += float(deviation @ deviation)
+    return mean, squares / n
+
+
 def _chunks(indptr):
     """Row boundaries of chunks with about equal numbers of ratings (int64)."""
     n_rows = indptr.shape[0] - 1

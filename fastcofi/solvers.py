@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _kernels
 from .objective import threads
+from .ratings import value_moments
 
 __all__ = ["ConvergenceWarning", "minimize_scipy", "minimize_als", "minimize_vb"]
 
@@ -259,7 +260,7 @@ def _vb_run(objective, params, max_iter, tol, init_cov, init_noise, on_iteration
         side: np.array([1.0 / k] * k + [0.1]) for side in ("items", "users")
     }
     values = ratings.values
-    tau = 1.0 / max(init_noise * float(np.var(values)), 1e-12)
+    tau = 1.0 / max(init_noise * value_moments(values)[1], 1e-12)
     item_sse, item_logdet = np.zeros(n_items), np.zeros(n_items)
     user_sse, user_logdet = np.zeros(n_users), np.zeros(n_users)
     log2pi = np.log(2.0 * np.pi)

@@ -119,6 +119,18 @@ def test_round_trip_string_ids(str_model, tmp_path):
     assert ids.shape == (2, 20) and (ids == "").any()  # padding: fewer candidates than n
 
 
+def test_round_trip_of_a_default_model_keeps_the_resolved_penalties(toy, tmp_path):
+    model = fit(toy[0], reg=None, reg_bias=None, normalize="biases")
+    loaded = round_trip(model, tmp_path)
+    assert loaded.reg is None and loaded.reg_bias is None
+    assert loaded.reg_ == model.reg_ > 0 and loaded.reg_bias_ == model.reg_
+    items, values = model.item_ids_[:3], np.array([5.0, 1.0, 4.0])
+    for a, b in zip(loaded.fold_in(items, values), model.fold_in(items, values)):
+        np.testing.assert_array_equal(a, b)
+    info = model_info(tmp_path / "model.npz")
+    assert info["params"]["reg"] is None and info["reg"] == model.reg_
+
+
 def test_file_holds_arrays_only_and_no_objects(int_model, tmp_path):
     path = tmp_path / "m.npz"
     int_model.save(path)

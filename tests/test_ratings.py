@@ -359,3 +359,15 @@ def test_row_major_order_equals_a_stable_lexsort_on_any_thread_count(n):
             order, indptr = _kernels.row_major_order(rows, cols, 300)
         np.testing.assert_array_equal(order, expected)
         np.testing.assert_array_equal(indptr, np.r_[0, np.cumsum(np.bincount(rows, minlength=300))])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_value_moments_match_numpy_in_chunks(dtype):
+    from fastcofi.ratings import value_moments
+
+    values = (np.random.default_rng(0).integers(1, 6, size=1001) * 0.5 + 100).astype(dtype)
+    mean, variance = value_moments(values, chunk=64)
+    assert mean == pytest.approx(np.mean(values, dtype=np.float64), rel=1e-12)
+    assert variance == pytest.approx(np.var(values.astype(np.float64)), rel=1e-10)
+    assert value_moments(np.array([]), chunk=8) == (0.0, 0.0)
+    assert value_moments(np.full(5, 3.0))[1] == 0.0
