@@ -327,7 +327,7 @@ def _build_parser():
                        help="optimizer (default cg; vb: variational Bayes, learns its own "
                        "regularization)")
     train.add_argument("--normalize", choices=("item_mean", "biases", "none"),
-                       help="normalization (default item_mean)")
+                       help="normalization (default biases)")
     held_out = train.add_mutually_exclusive_group()
     held_out.add_argument("--test-fraction", type=float,
                           help="hold out this random fraction of the ratings as a test set")
