@@ -29,10 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
 from fastcofi import MatrixFactorization, Ratings  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parent.parent
 
 PEER_SCRIPT = r"""
 import json, sys, time
@@ -156,8 +155,7 @@ def summarize(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = Path(os.environ.get("FASTCOFI_TEST_DATA", REPO.parent / "shared" / "data"))
-    parser.add_argument("--data", default=str(default_data / "ml-100k"))
+    parser.add_argument("--data", default=str(shared_data() / "ml-100k"))
     parser.add_argument("--peers-python", default=None)
     parser.add_argument("--peers", default="surprise_svd,surprise_svdpp,cornac_mf")
     parser.add_argument("--protocols", default="A,B")
@@ -178,8 +176,7 @@ def main():
             rows += peer_rows(data, protocol, args.peers_python, args.peers.split(","))
         report[protocol] = {"summary": summarize(rows), "rows": rows}
         print(json.dumps({protocol: report[protocol]["summary"]}, indent=1), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "peers.json").write_text(json.dumps(report, indent=1))
+    write_json(RESULTS / "peers.json", report)
     lines = []
     for protocol, doc in report.items():
         lines += [f"Protocol {protocol}", "", "| model | RMSE | MAE | fit s (median) |", "|---|---|---|---|"]

@@ -21,7 +21,6 @@ replaced, the others kept).
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -31,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
 from fastcofi import MatrixFactorization, Ratings  # noqa: E402
 from fastcofi.datasets import synthetic  # noqa: E402
 from fastcofi.split import random_split  # noqa: E402
@@ -80,11 +80,18 @@ def surprise_models(train, test_users, test_items, test_values, scale):
     return out
 
 
+def synthetic_set(name):
+    """The planted set ``SETS[name]``: (ratings, its truth as `synthetic` returns it)."""
+    users, items, n, rank, noise, step, scale = SETS[name]
+    return synthetic(users, items, n, rank=rank, noise=noise, seed=0, step=step,
+                     rating_scale=scale, return_truth=True)
+
+
 def synthetic_sets():
     """name -> (ratings, rating scale, floor RMSE) for the planted sets."""
-    for name, (users, items, n, rank, noise, step, scale) in SETS.items():
-        ratings, truth = synthetic(users, items, n, rank=rank, noise=noise, seed=0, step=step,
-                                   rating_scale=scale, return_truth=True)
+    for name in SETS:
+        ratings, truth = synthetic_set(name)
+        scale = SETS[name][-1]
         clean = np.clip(truth["clean"], *scale)
         # the floor: predicting the noise-free value of every rating
         floor = float(np.sqrt(np.mean((clean - ratings.coo()[2]) ** 2)))
@@ -93,9 +100,7 @@ def synthetic_sets():
 
 def movielens_sets():
     """name -> (ratings, rating scale, None) cut from ML-100K's u.data, when it is present."""
-    data = Path(os.environ.get("FASTCOFI_TEST_DATA",
-                               Path(__file__).resolve().parents[2] / "shared" / "data"))
-    path = data / "ml-100k" / "u.data"
+    path = shared_data() / "ml-100k" / "u.data"
     if not path.exists():
         print(f"skipping the MovieLens-derived sets: {path} not found", file=sys.stderr)
         return
@@ -143,13 +148,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="synthetic,movielens")
     args = parser.parse_args()
-    path = Path(__file__).resolve().parent / "results" / "generality.json"
+    path = RESULTS / "generality.json"
     out = json.loads(path.read_text()) if path.exists() else {}
     for group in args.sets.split(","):
         for name, ratings, scale, floor in SET_GROUPS[group]():
             out[name] = run_set(ratings, scale, floor)
             print(name, json.dumps(out[name]), flush=True)
-    path.write_text(json.dumps(out, indent=1))
+    write_json(path, out)
 
 
 if __name__ == "__main__":

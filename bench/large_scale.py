@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "bench" / "results"
+from bench.problems import RESULTS, write_json  # noqa: E402
+
 NOISE = 0.5
 
 
@@ -200,11 +201,7 @@ def main(argv=None):
         doc[step] = json.loads(out.strip().splitlines()[-1])
         doc[step]["process_s"] = time.perf_counter() - t
         print(step, json.dumps(doc[step]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out)
+    write_json(args.out, doc, indent=2)
     return 0
 
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.problems import (  # noqa: E402
     DEFAULT_SIZES,
     MEMORY_LIMIT,
+    RESULTS,
     SIZES,
     Vectorized,
     dense_bytes,
@@ -35,10 +36,10 @@ from bench.problems import (  # noqa: E402
     factors_for,
     ratings_for,
     vectorized_bytes,
+    write_json,
 )
 from fastcofi.objective import _use_buffers, cost_and_grad  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_seconds(fn, repeats, budget=20.0):
@@ -243,9 +244,7 @@ def main():
                                               np.log([r["kernel_2t_s"] for r in cells]), 1)[0])
     doc = {"environment": environment(), "rows": rows, "loglog_slope_by_k": slopes,
            "loglog_slope_vs_k_by_size": slopes_k}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out.with_suffix(".json"))
+    write_json(out.with_suffix(".json"), doc, indent=2)
     # One size and several k: the interesting axis is k.
     single_size = len({r["size"] for r in rows}) == 1
     (plot_k if single_size else plot)(rows, out.with_suffix(".png"))

@@ -20,12 +20,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fastcofi.model  # noqa: E402
-from bench.generality import SETS  # noqa: E402
+from bench.generality import SETS, synthetic_set  # noqa: E402
+from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
 from fastcofi import MatrixFactorization, read_ratings  # noqa: E402
-from fastcofi.datasets import synthetic  # noqa: E402
 from fastcofi.split import random_split  # noqa: E402
 
-ML100K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"
+ML100K = shared_data() / "ml-100k"
 
 
 def vb_state(train):
@@ -49,10 +49,7 @@ def vb_state(train):
 def sets():
     yield "ML-100K u1", read_ratings(ML100K / "u1.base"), read_ratings(ML100K / "u1.test")
     for name in list(SETS)[:2]:
-        users, items, n, rank, noise, step, scale = SETS[name]
-        ratings = synthetic(users, items, n, rank=rank, noise=noise, seed=0, step=step,
-                            rating_scale=scale)
-        yield (name, *random_split(ratings, 0.2, random_state=0))
+        yield (name, *random_split(synthetic_set(name)[0], 0.2, random_state=0))
 
 
 def rmse(model, test):
@@ -92,10 +89,7 @@ def main():
                 row["fits"][f"{fit_name}, {solver}"] = rmse(model, test)
         out[name] = row
         print(name, json.dumps(row), flush=True)
-    path = Path(__file__).resolve().parent / "results" / "vb_penalty.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(path)
+    write_json(RESULTS / "vb_penalty.json", out)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fastcofi.model  # noqa: E402
-from bench.generality import SETS  # noqa: E402
+from bench.generality import synthetic_set  # noqa: E402
+from bench.problems import RESULTS, write_json  # noqa: E402
 from bench.vb_penalty import ML100K, rmse  # noqa: E402
 from fastcofi import MatrixFactorization, Ratings, read_ratings  # noqa: E402
-from fastcofi.datasets import synthetic  # noqa: E402
 from fastcofi.split import random_split  # noqa: E402
 from tests.test_vb import _planted  # noqa: E402
 
@@ -41,9 +41,7 @@ def sets():
     for fold in ("u1", "u2"):
         yield (f"ML-100K {fold}", read_ratings(ML100K / f"{fold}.base"),
                read_ratings(ML100K / f"{fold}.test"), 10, None)
-    users, items, n, rank, noise, step, scale = SETS["small dense, whole stars"]
-    ratings = synthetic(users, items, n, rank=rank, noise=noise, seed=0, step=step,
-                        rating_scale=scale)
+    ratings = synthetic_set("small dense, whole stars")[0]
     yield ("small dense", *random_split(ratings, 0.2, random_state=0), 10, None)
 
 
@@ -68,10 +66,7 @@ def main():
         row["CG, default penalty"] = {"rmse": rmse(cg, test) / scale}
         out[name] = row
         print(name, json.dumps(row), flush=True)
-    path = Path(__file__).resolve().parent / "results" / "vb_starts.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(path)
+    write_json(RESULTS / "vb_starts.json", out)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ The objective has two race-free parallel kernels. ``cost_and_grad_buffered`` wal
 side with more rows once: each thread owns a group of those rows (balanced by nonzeros) and adds
 the other side's gradient into a buffer of its own, and the buffers are summed row by row in group
 order. Each residual is computed once and the randomly read rows belong to the smaller side; when
-those rows and their buffer outgrow the cache, the walk is cut into column blocks that fit. Its buffers cost groups x rows x (k + 1) floats, so when the smaller side is still
-too large, ``cost_and_grad_two_pass`` computes each residual twice instead, once in an item-owned
-pass and once in a user-owned pass, with no buffer at all. Work is split by the data (groups of
+those rows and their buffer outgrow the cache, the walk is cut into column blocks that fit. Its
+buffers cost groups x rows x (k + 1) floats, so when the smaller side is still too large,
+``cost_and_grad_two_pass`` computes each residual twice instead, once in an item-owned pass and
+once in a user-owned pass, with no buffer at all. Work is split by the data (groups of
 a fixed count, or chunks of about equal nonzero counts), never by the number of running threads,
 and partial sums are added in a fixed order, so results are bit-identical for any thread count.
 """

@@ -1881,7 +1881,8 @@ def _load_model(path):
     elif model.reg is None:
         raise ModelFileError(path, "a version 1 file must hold a number as params' reg, found null")
     else:
-        penalties = [float(model.reg), float(model.reg if model.reg_bias is None else model.reg_bias)]
+        # reg is a number, so the training ratings' variance is not needed to resolve it
+        penalties = model._penalties(variance=None)
 
     noise_variance = user_bias_variance = None
     if model.solver == "vb":

@@ -24,9 +24,10 @@ _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 _REG_PER_STD = 1.15
 
 
-def _default_reg(values):
-    """The factor penalty ``reg=None`` stands for: 1.15 x the standard deviation of ``values``."""
-    return _REG_PER_STD * float(np.sqrt(value_moments(values)[1]))
+def _default_reg(variance):
+    """The factor penalty ``reg=None`` stands for, from the training ratings' variance: 1.15 x
+    their standard deviation."""
+    return _REG_PER_STD * float(np.sqrt(variance))
 
 
 class MatrixFactorization:
@@ -49,10 +50,11 @@ class MatrixFactorization:
     reg : float or None, default None
         L2 regularization of both factor matrices (on the sum over ratings, as in the tutorial),
         multiplied per row as ``reg_weighting`` says. None: 1.15 times the standard deviation of
-        the training ratings (1.29-1.30 on ML-100K's folds; 0 when every rating is the same). A prediction is a product of two
-        factors, so ratings multiplied by ``c`` need the penalty multiplied by ``c`` for the same
-        model in the new units; a fixed number would over-shrink ratings on a 0-1 scale and
-        under-shrink those on a -10..10 one. ``reg_`` holds the value used.
+        the training ratings (1.29-1.30 on ML-100K's folds; 0 when every rating is the same). A
+        prediction is a product of two factors, so ratings multiplied by ``c`` need the penalty
+        multiplied by ``c`` for the same model in the new units; a fixed number would over-shrink
+        ratings on a 0-1 scale and under-shrink those on a -10..10 one. ``reg_`` holds the value
+        used.
     normalize : {"item_mean", "biases", "none"}, default "biases"
     reg_bias : float or None, default 0.8
         L2 regularization of the learned biases (``normalize="biases"``); None means ``reg``
@@ -284,7 +286,7 @@ class MatrixFactorization:
             )
         n_items, n_users, k = ratings.n_items, ratings.n_users, int(self.n_factors)
         values = ratings.values
-        global_mean = float(values.mean(dtype=np.float64))
+        global_mean, variance = value_moments(values)
         learn_biases = self.normalize == "biases"
         item_means = None
         if self.normalize == "item_mean":
@@ -292,8 +294,7 @@ class MatrixFactorization:
             sums = np.bincount(ratings.coo()[1], weights=values, minlength=n_items)
             # An item with no rating (declared only) is predicted at the global mean.
             item_means = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
-        reg = _default_reg(values) if self.reg is None else float(self.reg)
-        reg_bias = reg if self.reg_bias is None else float(self.reg_bias)
+        reg, reg_bias = self._penalties(variance)
         # _make_objective: fastcofi.distributed's seam (same arguments, same contract).
         objective = _make_objective(
             ratings,
@@ -426,6 +427,12 @@ class MatrixFactorization:
         self.result_ = result
         self.history_ = history
         return self
+
+    def _penalties(self, variance):
+        """(reg, reg_bias) as used in training: ``reg=None`` resolved from the training ratings'
+        ``variance``, ``reg_bias=None`` meaning that reg."""
+        reg = _default_reg(variance) if self.reg is None else float(self.reg)
+        return reg, reg if self.reg_bias is None else float(self.reg_bias)
 
     def _set_data_state(self, ratings, global_mean, item_means):
         """The fitted attributes that training does not change, set once per fit."""

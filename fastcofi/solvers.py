@@ -222,9 +222,11 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01,
         raise ValueError(
             f"init_noise must be a number > 0 or a 1-D sequence of them, found {init_noise!r}"
         )
+    # Initial noise variances: each start's fraction of the ratings' variance.
+    noises = starts * value_moments(objective.ratings.values)[1]
     if starts.size > 1:
         runs, failure = [], None
-        for noise in starts:
+        for noise in noises:
             try:
                 runs.append((noise, _vb_run(objective, params.copy(), max_iter, tol, init_cov,
                                             noise, None)))
@@ -239,14 +241,15 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01,
         else:
             run = _vb_run(objective, params, max_iter, tol, init_cov, noise, on_iteration)
     else:
-        run = _vb_run(objective, params, max_iter, tol, init_cov, starts[0], on_iteration)
+        run = _vb_run(objective, params, max_iter, tol, init_cov, noises[0], on_iteration)
     if not run[2]["converged"]:
         _warn("VB", len(run[1]["cost"]), tol, "maximum number of iterations reached")
     return params, run[1], run[2]
 
 
-def _vb_run(objective, params, max_iter, tol, init_cov, init_noise, on_iteration):
-    """One VB run from one start (see `minimize_vb`); does not warn."""
+def _vb_run(objective, params, max_iter, tol, init_cov, init_noise_variance, on_iteration):
+    """One VB run from one start (see `minimize_vb`; ``init_noise_variance`` in rating units);
+    does not warn."""
     ratings = objective.ratings
     X, Theta, item_bias, user_bias = objective.unpack(params)
     k = X.shape[1]
@@ -259,8 +262,7 @@ def _vb_run(objective, params, max_iter, tol, init_cov, init_noise, on_iteration
     variances = {
         side: np.array([1.0 / k] * k + [0.1]) for side in ("items", "users")
     }
-    values = ratings.values
-    tau = 1.0 / max(init_noise * value_moments(values)[1], 1e-12)
+    tau = 1.0 / max(init_noise_variance, 1e-12)
     item_sse, item_logdet = np.zeros(n_items), np.zeros(n_items)
     user_sse, user_logdet = np.zeros(n_users), np.zeros(n_users)
     log2pi = np.log(2.0 * np.pi)

@@ -138,7 +138,8 @@ def test_file_holds_arrays_only_and_no_objects(int_model, tmp_path):
         arrays = {name: npz[name] for name in npz.files}
     assert str(arrays["fastcofi_format"]) == "fastcofi-model"
     assert int(arrays["format_version"]) == 2
-    assert float(arrays["reg"]) == int_model.reg_ and float(arrays["reg_bias"]) == int_model.reg_bias_
+    assert float(arrays["reg"]) == int_model.reg_
+    assert float(arrays["reg_bias"]) == int_model.reg_bias_
     assert all(a.dtype != object for a in arrays.values())
     expected = {"item_mean": {"item_means"}, "biases": {"item_bias", "user_bias"}, "none": set()}
     present = {"item_means", "item_bias", "user_bias"} & set(arrays)
