@@ -11,7 +11,7 @@ The peers are optional and never dependencies: they run in a separate interprete
 (``--peers-python``, a virtualenv with scikit-surprise and cornac) that reads the same arrays;
 when it is missing their rows are left out. As BENCHMARKS.md asks, each peer model fits each fold
 in a fresh process: Surprise's fit time grows with its process's history (in one process for all
-folds and models it took 0.85 s per fold under protocol A, against 0.55-0.76 s in fresh ones).
+folds and models it took 0.85 s per fold under protocol A, against 0.47-0.70 s in fresh ones).
 fastcofi's fits share one process. Writes bench/results/peers.json and peers.md.
 """
 
