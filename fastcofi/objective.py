@@ -1,6 +1,7 @@
 """The tutorial's objective over sparse ratings, for tests, benchmarks and the solvers."""
 
 from contextlib import contextmanager
+from functools import cached_property
 
 import numba
 import numpy as np
@@ -100,36 +101,52 @@ def column_blocks(n_cols, n_factors, block_bytes=_BLOCK_BYTES):
     return (np.arange(n_blocks + 1, dtype=np.int64) * n_cols) // n_blocks
 
 
+def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
+    """How `_evaluate` walks ``ratings`` for ``n_factors``: None for the two-pass kernel, else the
+    one-pass kernel's (walk items?, row groups, column blocks). ``buffered`` as in `_evaluate`.
+    The same for every evaluation of one problem, so `FlatObjective` makes it once."""
+    if buffered is None:
+        buffered = _use_buffers(ratings, n_factors)
+    if not buffered:
+        return None
+    # Walk the side with more rows; the other side's rows are read at random and buffered.
+    walk_items = ratings.n_items >= ratings.n_users
+    indptr, n_cols = (
+        (ratings.by_item[0], ratings.n_users) if walk_items else (ratings.by_user[0], ratings.n_items)
+    )
+    # One group per thread numba may start (not per thread running now), so the grouping and
+    # hence every rounding is the same whatever n_threads is set to.
+    groups = balanced_bounds(indptr, min(numba.config.NUMBA_NUM_THREADS, indptr.shape[0] - 1))
+    return walk_items, groups, column_blocks(n_cols, n_factors, block_bytes)
+
+
 def _evaluate(
     X, Theta, item_bias, user_bias, mu, ratings, reg, reg_bias, weights, grads, buffered=None,
-    block_bytes=_BLOCK_BYTES,
+    block_bytes=_BLOCK_BYTES, plan=None,
 ):
     """Cost of the factors on ``ratings``; writes ``grads`` (X, Theta, item bias, user bias).
 
     ``buffered`` picks the kernel (default: the one-pass kernel when its buffers fit, see
     ``_BUFFER_ALLOWANCE``); both give the same result up to rounding. ``block_bytes`` sizes the
     one-pass kernel's column blocks (see `column_blocks`); the gradients do not depend on it.
+    ``plan``, from `_plan`, replaces both.
     """
-    if buffered is None:
-        buffered = _use_buffers(ratings, X.shape[1])
+    if plan is None:
+        plan = _plan(ratings, X.shape[1], block_bytes, buffered)
     mu, reg, reg_bias = float(mu), float(reg), float(reg_bias)
-    if not buffered:
+    if plan is None:
         return _kernels.cost_and_grad_two_pass(
             X, Theta, item_bias, user_bias, mu,
             *ratings.by_item, ratings._item_chunks, *ratings.by_user, ratings._user_chunks,
             reg, reg_bias, *weights, *grads,
         )
+    walk_items, groups, blocks = plan
     X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
     item_weight, user_weight = weights
-    # Walk the side with more rows; the other side's rows are read at random and buffered.
     items = (X, item_bias, ratings.by_item, item_weight, X_grad, item_bias_grad)
     users = (Theta, user_bias, ratings.by_user, user_weight, Theta_grad, user_bias_grad)
-    own, other = (items, users) if ratings.n_items >= ratings.n_users else (users, items)
+    own, other = (items, users) if walk_items else (users, items)
     factors, bias, csr, weight, grad, bias_grad = own
-    # One group per thread numba may start (not per thread running now), so the grouping and
-    # hence every rounding is the same whatever n_threads is set to.
-    groups = balanced_bounds(csr[0], min(numba.config.NUMBA_NUM_THREADS, csr[0].shape[0] - 1))
-    blocks = column_blocks(other[0].shape[0], X.shape[1], block_bytes)
     return _kernels.cost_and_grad_buffered(
         factors, other[0], bias, other[1], mu, *csr, groups, blocks, reg, reg_bias, weight,
         other[3], grad, other[4], bias_grad, other[5],
@@ -234,13 +251,17 @@ class FlatObjective:
         """Ratings per item and per user."""
         return np.diff(self.ratings.by_item[0]), np.diff(self.ratings.by_user[0])
 
+    @cached_property
+    def _plan(self):
+        return _plan(self.ratings, self.n_factors)
+
     def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
         """The cost; writes ``grads`` (X, Theta, item bias, user bias). Subclasses evaluate
         elsewhere (``fastcofi.distributed``) with the same layout and contract."""
         with threads(self.n_threads):
             return _evaluate(
                 X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
-                self.weights, grads,
+                self.weights, grads, plan=self._plan,
             )
 
     @property
