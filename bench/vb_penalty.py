@@ -19,7 +19,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import fastcofi.model  # noqa: E402
 from bench.generality import SETS, synthetic_set  # noqa: E402
 from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
 from fastcofi import MatrixFactorization, read_ratings  # noqa: E402
@@ -29,21 +28,9 @@ ML100K = shared_data() / "ml-100k"
 
 
 def vb_state(train):
-    """Fit solver="vb" and return its solver state (the model keeps only part of it)."""
-    captured = {}
-    original = fastcofi.model.minimize_vb
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        captured["state"] = out[2]
-        return out
-
-    fastcofi.model.minimize_vb = spy
-    try:
-        model = MatrixFactorization(solver="vb", random_state=0).fit(train)
-    finally:
-        fastcofi.model.minimize_vb = original
-    return model, captured["state"]
+    """Fit solver="vb" and return it with its solver state (the model keeps only part of it)."""
+    model = MatrixFactorization(solver="vb", random_state=0).fit(train)
+    return model, model._vb_state
 
 
 def sets():

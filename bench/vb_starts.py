@@ -4,13 +4,12 @@
 
 ``solver="vb"`` runs from an initial noise variance of the ratings' variance and of a sixteenth
 of it, and keeps the run with the higher free energy (`fastcofi.solvers.minimize_vb`). This
-fits each start alone and both, on the planted sets of ``tests/test_vb.py`` (rank 3, noise 0.3,
+fits each start alone and both, on the planted sets of ``tests/planted.py`` (rank 3, noise 0.3,
 1.0 and 1.5, k = 8, 10 and 20; RMSE as a multiple of the noise floor), on ML-100K u1 and u2 and
 on the small dense set of `bench/generality.py`, beside CG with its default penalty. Prints and
 writes ``bench/results/vb_starts.json``.
 """
 
-import functools
 import json
 import sys
 import warnings
@@ -20,20 +19,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import fastcofi.model  # noqa: E402
 from bench.generality import synthetic_set  # noqa: E402
 from bench.problems import RESULTS, write_json  # noqa: E402
 from bench.vb_penalty import ML100K, rmse  # noqa: E402
 from fastcofi import MatrixFactorization, Ratings, read_ratings  # noqa: E402
 from fastcofi.split import random_split  # noqa: E402
-from tests.test_vb import _planted  # noqa: E402
+from tests.planted import planted  # noqa: E402
 
 STARTS = {"first start (1)": 1.0, "second start (1/16)": 1.0 / 16, "both (kept)": (1.0, 1.0 / 16)}
 
 
 def sets():
     for noise in (0.3, 1.0, 1.5):
-        train, (users, items, values, truth) = _planted(noise=noise)
+        train, (users, items, values, truth) = planted(noise=noise)
         test = Ratings.from_arrays(users, items, values)
         floor = float(np.sqrt(np.mean((truth - values) ** 2)))
         for k in (8, 10, 20):
@@ -47,21 +45,16 @@ def sets():
 
 def main():
     out = {}
-    original = fastcofi.model.minimize_vb
     for name, train, test, k, floor in sets():
         row = {"floor": floor}
         scale = floor or 1.0
-        try:
-            for start, init_noise in STARTS.items():
-                fastcofi.model.minimize_vb = functools.partial(original, init_noise=init_noise)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model = MatrixFactorization(n_factors=k, solver="vb", random_state=0)
-                    model.fit(train)
-                row[start] = {"rmse": rmse(model, test) / scale,
-                              "free_energy": -model.history_["cost"][-1]}
-        finally:
-            fastcofi.model.minimize_vb = original
+        for start, init_noise in STARTS.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = MatrixFactorization(n_factors=k, solver="vb", random_state=0)
+                model.fit(train, _vb_options={"init_noise": init_noise})
+            row[start] = {"rmse": rmse(model, test) / scale,
+                          "free_energy": -model.history_["cost"][-1]}
         cg = MatrixFactorization(n_factors=k, random_state=0).fit(train)
         row["CG, default penalty"] = {"rmse": rmse(cg, test) / scale}
         out[name] = row

@@ -240,7 +240,7 @@ class MatrixFactorization:
     # -- training -----------------------------------------------------------------------------
     def fit(
         self, ratings, *, validation=None, callback=None, checkpoint=None, checkpoint_every=10,
-        resume=False, _make_objective=FlatObjective,
+        resume=False, _make_objective=FlatObjective, _vb_options=None,
     ):
         """Learn the model from ``ratings``.
 
@@ -295,7 +295,8 @@ class MatrixFactorization:
             # An item with no rating (declared only) is predicted at the global mean.
             item_means = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
         reg, reg_bias = self._penalties(variance)
-        # _make_objective: fastcofi.distributed's seam (same arguments, same contract).
+        # _make_objective: fastcofi.distributed's seam (same arguments, same contract);
+        # _vb_options: extra arguments of minimize_vb, for the benchmarks that study it.
         objective = _make_objective(
             ratings,
             k,
@@ -351,31 +352,48 @@ class MatrixFactorization:
         self._set_params(objective, params)
         best = {"rmse": np.inf, "iteration": 0, "params": None}
 
-        def on_iteration(local_iteration, current, history):
-            iteration = done + local_iteration
-            info = {key: values_[-1] for key, values_ in history.items()}
-            info["seconds"] += prior_seconds
-            stop = False
-            if val_pairs is not None:
+        # Each step observes one iteration and may ask to stop. Only steps that are asked for
+        # are built, so "nothing observes" is known here, not restated elsewhere: VB then skips
+        # replaying its kept start (see minimize_vb).
+        steps = []
+        if val_pairs is not None:
+            def track_validation(iteration, current, history, info):
                 self._set_params(objective, current)
                 pred = self._predict_indices(val_pairs[0], val_pairs[1])
                 info["val_rmse"] = float(np.sqrt(np.mean((pred - val_pairs[2]) ** 2)))
                 history.setdefault("val_rmse", []).append(info["val_rmse"])
                 if info["val_rmse"] < best["rmse"]:
                     best.update(rmse=info["val_rmse"], iteration=iteration, params=current.copy())
-                stop = iteration - max(best["iteration"], done) >= self.patience
-            if self.verbose:
+                return iteration - max(best["iteration"], done) >= self.patience
+            steps.append(track_validation)
+        if self.verbose:
+            def print_progress(iteration, current, history, info):
                 extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
                 print(
                     f"iter {iteration:4d}  cost {info['cost']:.6g}  {info['seconds']:.2f}s{extra}",
                     file=sys.stderr,
                 )
-            logger.debug("iteration %d: %s", iteration, info)
-            if callback is not None and callback(iteration, info):
-                stop = True
-            if checkpoint is not None and iteration % checkpoint_every == 0:
-                write_checkpoint(checkpoint, current, iteration, merged(history), fingerprint)
-            return stop
+            steps.append(print_progress)
+        if logger.isEnabledFor(logging.DEBUG):
+            steps.append(lambda iteration, current, history, info: logger.debug(
+                "iteration %d: %s", iteration, info))
+        if callback is not None:
+            steps.append(lambda iteration, current, history, info: callback(iteration, info))
+        if checkpoint is not None:
+            def save_every(iteration, current, history, info):
+                if iteration % checkpoint_every == 0:
+                    write_checkpoint(checkpoint, current, iteration, merged(history), fingerprint)
+            steps.append(save_every)
+
+        def on_iteration(local_iteration, current, history):
+            iteration = done + local_iteration
+            info = {key: values_[-1] for key, values_ in history.items()}
+            info["seconds"] += prior_seconds
+            # Every step runs (no short cut), in order: a later one sees what earlier ones added.
+            stops = [bool(step(iteration, current, history, info)) for step in steps]
+            return any(stops)
+
+        hook = on_iteration if steps else None
 
         remaining = int(self.max_iter) - done
         if remaining <= 0:
@@ -383,25 +401,21 @@ class MatrixFactorization:
         elif self.solver == "als":
             params, history, _ = minimize_als(
                 objective, params, fit_bias=learn_biases, max_iter=remaining, tol=self.tol,
-                on_iteration=on_iteration,
+                on_iteration=hook,
             )
             result = None
             n_iter = len(history["cost"])
         elif self.solver == "vb":
-            # VB keeps the better of two starts; only a hook that observes or stops the run
-            # needs the kept start run a third time with it (see minimize_vb).
-            observed = (val_pairs is not None or callback is not None or self.verbose
-                        or logger.isEnabledFor(logging.DEBUG))
             params, history, vb_state = minimize_vb(
                 objective, params, max_iter=remaining, tol=self.tol,
-                on_iteration=on_iteration if observed else None,
+                on_iteration=hook, **(_vb_options or {}),
             )
             result = None
             n_iter = len(history["cost"])
         else:
             result, history = minimize_scipy(
                 objective, params, method=_SCIPY_METHODS[self.solver], max_iter=remaining,
-                tol=self.tol, on_iteration=on_iteration,
+                tol=self.tol, on_iteration=hook,
             )
             params = result.x
             n_iter = int(result.nit)
@@ -415,6 +429,8 @@ class MatrixFactorization:
             history["val_rmse"] = []
         self._set_params(objective, params)
         self.noise_variance_ = self.user_bias_variance_ = None
+        # The solver's whole state, for the benchmarks that study VB (not saved with the model).
+        self._vb_state = vb_state if self.solver == "vb" else None
         if self.solver == "vb":
             # Unit prior variance on the user side makes fold-in a plain ridge solve.
             scale = np.sqrt(vb_state["user_variances"][:k])

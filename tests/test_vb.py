@@ -12,6 +12,7 @@ from fastcofi import MatrixFactorization, ModelFileError, Ratings, _kernels, loa
 from fastcofi.objective import FlatObjective, threads
 from fastcofi.solvers import ConvergenceWarning, _moments
 
+from .planted import planted as planted_problem
 from .strategies import relative_error, sparse_problems
 
 pytestmark = pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
@@ -87,25 +88,9 @@ def test_row_update_matches_the_dense_derivation(problem, seed):
     assert relative_error(logdet, np.linalg.slogdet(want_cov)[1]) < 1e-9
 
 
-def _planted(seed=0, n_users=300, n_items=200, rank=3, noise=0.3, density=0.25):
-    """Biases plus a rank-``rank`` product plus Gaussian noise of a known size, on a random
-    fifth of the pairs held out."""
-    rng = np.random.default_rng(seed)
-    items, users = np.nonzero(rng.random((n_items, n_users)) < density)
-    truth = (3.0 + rng.normal(scale=0.4, size=n_items)[items]
-             + rng.normal(scale=0.3, size=n_users)[users]
-             + np.einsum("ij,ij->i", rng.normal(size=(n_items, rank))[items],
-                         rng.normal(size=(n_users, rank))[users]) / np.sqrt(rank))
-    values = truth + noise * rng.normal(size=truth.shape[0])
-    test = rng.random(truth.shape[0]) < 0.2
-    train = Ratings.from_arrays(users[~test], items[~test], values[~test],
-                                all_users=range(n_users), all_items=range(n_items))
-    return train, (users[test], items[test], values[test], truth[test])
-
-
 @pytest.fixture(scope="module")
 def planted():
-    return _planted()
+    return planted_problem()
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +124,7 @@ def test_keeps_its_factors_when_signal_and_noise_are_alike(noise):
     signal for noise, switched every factor off and predicted little better than the biases
     (1.43x and 1.22x the floor here); the start that assumes little noise has the higher free
     energy, and is kept."""
-    train, (users, items, values, truth) = _planted(noise=noise)
+    train, (users, items, values, truth) = planted_problem(noise=noise)
     vb = MatrixFactorization(solver="vb", random_state=0).fit(train)
     cg = MatrixFactorization(random_state=0).fit(train)
     floor = np.sqrt(np.mean((truth - values) ** 2))
@@ -161,7 +146,7 @@ def _vb_from(train, init_noise, on_iteration=None, k=4):
 
 @pytest.mark.parametrize("noise", [0.3, 1.0])
 def test_keeps_the_start_with_the_higher_free_energy(noise):
-    train, _ = _planted(noise=noise, n_users=120, n_items=80, density=0.4)
+    train, _ = planted_problem(noise=noise, n_users=120, n_items=80, density=0.4)
     singles = [_vb_from(train, start) for start in (1.0, 1.0 / 16)]
     both = _vb_from(train, (1.0, 1.0 / 16))
     kept = singles[int(np.argmax([state["free_energy"] for _, _, state in singles]))]
@@ -178,7 +163,7 @@ def test_keeps_the_start_with_the_higher_free_energy(noise):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_start_that_fails_is_dropped(seed):
     # Noiseless ratings: the start that assumes little noise loses positive definiteness.
-    train, (users, items, values, _) = _planted(seed=seed, noise=0.0, n_users=60, n_items=40,
+    train, (users, items, values, _) = planted_problem(seed=seed, noise=0.0, n_users=60, n_items=40,
                                                 density=0.5)
     with pytest.raises(FloatingPointError, match="not positive definite"):
         _vb_from(train, 1.0 / 16, k=10)
@@ -187,7 +172,7 @@ def test_a_start_that_fails_is_dropped(seed):
 
 
 def test_replay_and_warning_happen_once(planted, monkeypatch):
-    train, _ = _planted(noise=1.0, n_users=120, n_items=80, density=0.4)
+    train, _ = planted_problem(noise=1.0, n_users=120, n_items=80, density=0.4)
     runs = []
     real_run = solvers._vb_run
     monkeypatch.setattr(solvers, "_vb_run", lambda *a: runs.append(a[6]) or real_run(*a))
