@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastcofi.io as fio
-from fastcofi import Ratings
+from fastcofi import Ratings, _kernels
 from fastcofi.io import RatingsFileError, read_ratings
 
 from .conftest import HAVE_ARROW, write
@@ -244,11 +244,11 @@ def test_user_grouped_file_equals_shuffled_file(tmp_path, monkeypatch, engine, d
 
 def test_user_order_check():
     users = np.array([0, 0, 1, 1, 2], dtype=np.int32)
-    order = fio._user_order
-    assert order(users, np.array([1, 2, 0, 5, 0], dtype=np.int32)) == fio._BY_USER_THEN_ITEM
-    assert order(users, np.array([1, 1, 0, 5, 0], dtype=np.int32)) == fio._BY_USER  # a repeat
-    assert order(users, np.array([2, 1, 0, 5, 0], dtype=np.int32)) == fio._BY_USER
-    assert order(users[::-1].copy(), np.zeros(5, dtype=np.int32)) == fio._UNORDERED
+    order = _kernels.user_order
+    assert order(users, np.array([1, 2, 0, 5, 0], dtype=np.int32)) == _kernels.BY_USER_THEN_ITEM
+    assert order(users, np.array([1, 1, 0, 5, 0], dtype=np.int32)) == _kernels.BY_USER  # a repeat
+    assert order(users, np.array([2, 1, 0, 5, 0], dtype=np.int32)) == _kernels.BY_USER
+    assert order(users[::-1].copy(), np.zeros(5, dtype=np.int32)) == _kernels.UNORDERED
 
 
 @pytest.mark.parametrize("duplicates", ["last", "mean"])
