@@ -183,18 +183,32 @@ def _worker_threads():
         return None
 
 
-def _frame_arrays(frame, user, item, rating):
-    """(users, items, values) of one pandas partition."""
-    for column in (user, item, rating):
-        if column not in frame.columns:
+def _check_frame_columns(frame, columns):
+    """Raise unless the DataFrame has every column of ``columns`` ({role: name}); checked on the
+    driver against the frame's metadata, before any cluster work."""
+    from .io import _frame_columns
+
+    found = _frame_columns(frame)
+    for role, name in columns.items():
+        if name not in found:
             raise ValueError(
-                f"the ratings DataFrame has no column {column!r}; found columns "
-                f"{list(map(str, frame.columns))} (pass user=, item=, rating= to scatter)"
+                f"the ratings DataFrame has no {role} column {name!r}; found the columns {found} "
+                "(pass user=, item=, rating= to scatter)"
             )
-    return (
-        np.asarray(frame[user].to_numpy()), np.asarray(frame[item].to_numpy()),
-        np.asarray(frame[rating].to_numpy(), dtype=np.float64),
-    )
+
+
+def _frame_arrays(frame, columns):
+    """(users, items, values) of one pandas partition, from the columns ``columns`` ({role:
+    name}), each converted as `fastcofi.io.ratings_from_dataframe` converts it."""
+    from .io import _column_array
+
+    users, items, values = (_column_array(frame[name], role) for role, name in columns.items())
+    # The dtypes `Ratings.from_arrays` takes as ratings (booleans and strings are not numbers).
+    if values.dtype.kind not in "iuf":
+        raise ValueError(
+            f"the rating column {columns['rating']!r} must hold numbers, found dtype {values.dtype}"
+        )
+    return users, items, values.astype(np.float64, copy=False)
 
 
 def _file_arrays(path, read_kwargs):
@@ -284,8 +298,12 @@ class ShardedRatings:
         self.bounds = np.asarray(bounds, dtype=np.int64)
         self.ratings = ratings
         self._gathered = None
-        self._item_index = [s["item_index"] for s in summaries]
-        self._user_index = [s["user_index"] for s in summaries]
+        # Each shard's rows of the item and user arrays. On the blocked side a shard's rows are
+        # the contiguous range of its block, so a slice: a view, no copy on the driver per
+        # evaluation. On the other side, the index of the rows it has ratings of.
+        blocks = [slice(int(a), int(b)) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        others = [s["user_index" if by == "items" else "item_index"] for s in summaries]
+        self._item_rows, self._user_rows = (blocks, others) if by == "items" else (others, blocks)
         self.item_counts = np.zeros(len(item_ids), dtype=np.int64)
         self.user_counts = np.zeros(len(user_ids), dtype=np.int64)
         for s in summaries:
@@ -344,8 +362,8 @@ class ShardedRatings:
             ``"sent"`` and ``"received"`` (bytes), ``"item_rows"`` and ``"user_rows"`` (rows
             sent, summed over shards: the non-blocked side is replicated).
         """
-        item_rows = int(sum(i.shape[0] for i in self._item_index))
-        user_rows = int(sum(u.shape[0] for u in self._user_index))
+        item_rows = int(sum(_n_rows(rows) for rows in self._item_rows))
+        user_rows = int(sum(_n_rows(rows) for rows in self._user_rows))
         sent = 8 * (int(n_factors) + 1) * (item_rows + user_rows)
         return {"sent": sent, "received": sent, "item_rows": item_rows, "user_rows": user_rows}
 
@@ -379,7 +397,7 @@ class ShardedRatings:
                 user_bias[users], float(mu), float(reg), float(reg_bias), reg_weighting,
                 n_threads, self.by, pure=False,
             )
-            for shard, items, users in zip(self._shards, self._item_index, self._user_index)
+            for shard, items, users in zip(self._shards, self._item_rows, self._user_rows)
         ]
         try:
             results = self.client.gather(futures)
@@ -406,7 +424,7 @@ class ShardedRatings:
         X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
         # Shard order, whatever order the workers finished in: the same sums every run.
         for (shard_cost, (gx, gt, gib, gub)), items, users in zip(
-            results, self._item_index, self._user_index
+            results, self._item_rows, self._user_rows
         ):
             X_grad[items] += gx
             item_bias_grad[items] += gib
@@ -414,6 +432,11 @@ class ShardedRatings:
             user_bias_grad[users] += gub
             cost += shard_cost
         return cost
+
+
+def _n_rows(rows):
+    """Rows a slice or an index array selects."""
+    return rows.stop - rows.start if isinstance(rows, slice) else rows.shape[0]
 
 
 def _check_data_kind(data):
@@ -457,7 +480,8 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
     n_shards : int, optional
         Blocks (default: one per worker), of about equal numbers of ratings.
     user, item, rating : str
-        Column names in a DataFrame.
+        Column names in a DataFrame, checked before any cluster work; the columns are converted
+        and validated as `Ratings.from_dataframe` does.
     duplicates : {"error", "last", "mean"}
         A repeated (user, item) pair across partitions, as in `Ratings.from_arrays`.
     **read_kwargs
@@ -481,6 +505,9 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1
     ):
         raise ValueError(f"n_shards must be a positive integer, found {n_shards!r}")
+    columns = {"user": user, "item": item, "rating": rating}
+    if hasattr(ratings, "to_delayed"):
+        _check_frame_columns(ratings, columns)
     client, owned = _connect(client)
     try:
         workers = sorted(client.scheduler_info()["workers"])
@@ -502,7 +529,7 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
             import dask
 
             parts = client.compute(
-                [dask.delayed(_frame_arrays)(d, user, item, rating) for d in ratings.to_delayed()]
+                [dask.delayed(_frame_arrays)(d, columns) for d in ratings.to_delayed()]
             )
         return _scatter_partitions(client, owned, parts, by, n_shards, workers, duplicates)
     except BaseException:
@@ -692,7 +719,9 @@ def fit(model, data, client=None, *, by="items", **fit_kwargs):
     from .model import MatrixFactorization
 
     if not isinstance(model, MatrixFactorization):
-        raise TypeError(f"model must be a fastcofi.MatrixFactorization, found {type(model).__name__}")
+        raise TypeError(
+            f"model must be a fastcofi.MatrixFactorization, found {type(model).__name__}"
+        )
     model._check_params()
     if model.solver not in ("cg", "lbfgs"):
         raise ValueError(

@@ -275,8 +275,83 @@ def test_dataframe_duplicates_and_columns(client):
     with fd.scatter(ddf, client, user="u", item="i", rating="r", duplicates="last") as sharded:
         assert sharded.nnz == 2
         assert sharded.to_ratings().values.tolist() == [5.0, 2.0]
-    with pytest.raises(ValueError, match="no column 'user'"):
+    with pytest.raises(ValueError, match="no user column 'user'"):
         fd.scatter(ddf, client)
+
+
+@pytest.mark.parametrize("role", ["user", "item", "rating"])
+def test_dataframe_missing_column_is_named_before_connecting(role, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    frame = pd.DataFrame({"u": [1, 2], "i": [3, 3], "r": [1.0, 2.0]})
+    ddf = dd.from_pandas(frame, npartitions=1)
+    names = {"user": "u", "item": "i", "rating": "r", role: "typo"}
+    # Checked on the driver: an unreachable scheduler is never tried.
+    monkeypatch.setattr(fd, "_connect", lambda client: pytest.fail("connected"))
+    with pytest.raises(ValueError) as caught:
+        fd.scatter(ddf, "tcp://127.0.0.1:9", **names)
+    message = str(caught.value)
+    assert f"no {role} column 'typo'" in message
+    assert "found the columns ['u', 'i', 'r']" in message
+    assert "pass user=, item=, rating= to scatter" in message
+
+
+def test_dataframe_columns_are_converted_as_in_memory(client):
+    """Columns go through `fastcofi.io`'s conversion, so a Dask DataFrame takes what
+    `Ratings.from_dataframe` takes and refuses what it refuses."""
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    base = frame_of(make_ratings(seed=6, n_users=30, n_items=20, nnz=200, declared=0))
+    good = pd.DataFrame({
+        "user": base["user"].astype("int16"),
+        "item": base["item"].map("i{}".format).astype(object),
+        "rating": base["rating"].astype("Int64"),  # nullable integers, no NA
+    })
+    expected = Ratings.from_dataframe(good)
+    with fd.scatter(dd.from_pandas(good, npartitions=3), client) as sharded:
+        check_same_ratings(sharded, expected)
+    # Each refused with the same words by both paths.
+    bad_ratings = {
+        "numbers, found dtype bool": base["rating"] > 2,
+        "numbers, found objects": base["rating"].map("r{}".format).astype(object),
+        "ratings must be finite": base["rating"].where(base.index != 7),
+    }
+    for message, column in bad_ratings.items():
+        bad = base.assign(rating=column)
+        with pytest.raises(ValueError, match=message):
+            Ratings.from_dataframe(bad)
+        with pytest.raises(ValueError, match=message):
+            fd.scatter(dd.from_pandas(bad, npartitions=2), client)
+
+
+def test_blocked_rows_are_slices_with_the_same_sums(sharded, ratings, monkeypatch):
+    """A shard's rows on the blocked side are the range of its block, so the driver sends and
+    adds back slices; the sums are exactly those of indexing by the rows' positions."""
+    summaries = sharded.client.gather(
+        [sharded.client.submit(fd._shard_summary, s, pure=False) for s in sharded._shards]
+    )
+    side = "item" if sharded.by == "items" else "user"
+    blocks = getattr(sharded, f"_{side}_rows")
+    assert all(isinstance(rows, slice) for rows in blocks)
+    for rows, summary in zip(blocks, summaries):
+        np.testing.assert_array_equal(np.arange(rows.start, rows.stop), summary[f"{side}_index"])
+    kwargs = {"mu": 3.1, "learn_biases": True, "reg_bias": 0.3, "reg_weighting": "count"}
+    objective = fd.DistributedObjective(sharded, 4, 0.2, **kwargs)
+    params = np.random.default_rng(11).normal(size=objective.size)
+    cost, grad = objective(params)
+    monkeypatch.setattr(sharded, f"_{side}_rows", [np.arange(r.start, r.stop) for r in blocks])
+    indexed_cost, indexed_grad = objective(params)
+    assert cost == indexed_cost
+    np.testing.assert_array_equal(grad, indexed_grad)
+    ref_cost, ref_grad = FlatObjective(ratings, 4, 0.2, **kwargs)(params)
+    assert cost == pytest.approx(ref_cost, rel=RTOL)
+    for part, ref_part in zip(objective.unpack(grad), objective.unpack(ref_grad)):
+        assert_close(part, ref_part)
+    # Every row of the blocked side is sent once; the other side once per shard that rates it.
+    payload = sharded.bytes_per_evaluation(4)
+    assert payload[f"{side}_rows"] == getattr(sharded, f"n_{side}s")
+    other = "user" if side == "item" else "item"
+    assert payload[f"{other}_rows"] == sum(s[f"{other}_index"].shape[0] for s in summaries)
 
 
 def write_udata(path, n_users=30, n_items=20, per_user=8, seed=0):
@@ -284,7 +359,8 @@ def write_udata(path, n_users=30, n_items=20, per_user=8, seed=0):
     lines = []
     for user in range(n_users):
         for item in rng.choice(n_items, per_user, replace=False):
-            lines.append(f"{user + 1}\t{item + 1}\t{rng.integers(1, 6)}\t{881250949 + len(lines)}\n")
+            stamp = 881250949 + len(lines)
+            lines.append(f"{user + 1}\t{item + 1}\t{rng.integers(1, 6)}\t{stamp}\n")
     path.write_text("".join(lines))
     return path
 
