@@ -75,6 +75,8 @@ static double objective(int k, long nA, long nB, const long *indptr, const int *
     return cost;
 }
 
+void set_threads(int n) { omp_set_num_threads(n); }
+
 double objective_runtime_k(int k, long nA, long nB, const long *indptr, const int *cols,
                            const double *vals, const double *A, const double *B, double reg,
                            double *A_grad, double *B_grad, double *buffers, const long *bounds,
@@ -136,7 +138,7 @@ def _c_call(library, fixed, ratings, X, Theta, threads):
     A_grad, B_grad = np.empty_like(A), np.empty_like(B)
     buffers = np.empty(threads * B.shape[0] * k)
     bounds = balanced_bounds(indptr, threads)
-    ctypes.CDLL("libgomp.so.1").omp_set_num_threads(threads)
+    lib.set_threads(threads)  # whichever OpenMP runtime the compiler linked
     p = ctypes.c_void_p
     args = (ctypes.c_int(k), ctypes.c_long(A.shape[0]), ctypes.c_long(B.shape[0]),
             *(a.ctypes.data_as(p) for a in (indptr, cols, vals, A, B)), ctypes.c_double(1.0),
