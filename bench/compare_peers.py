@@ -1,6 +1,7 @@
 """fastcofi side by side with Surprise and cornac on MovieLens 100K (BENCHMARKS.md protocols).
 
-    python3 bench/compare_peers.py [--data ../shared/data/ml-100k] [--peers-python /path/to/venv/bin/python]
+    python3 bench/compare_peers.py [--data ../shared/data/ml-100k]
+        [--peers-python /path/to/venv/bin/python]
 
 Protocol A: official folds u1..u5, mean RMSE/MAE, median fit seconds. Protocol B: u.data in file
 order, test rows ``default_rng(42).permutation(n)[:20000]``, fit seeds 0, 1, 2 averaged.
@@ -71,7 +72,8 @@ for fold in spec["folds"]:
             pred = np.clip(pred, 1, 5)
             err = pred - test[:, 2]
             out.append({"model": name, "fold": fold["name"], "seed": seed, "fit_s": fit,
-                        "rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))})
+                        "rmse": float(np.sqrt(np.mean(err ** 2))),
+                        "mae": float(np.mean(np.abs(err)))})
             print(json.dumps(out[-1]), flush=True)
 json.dump(out, open(sys.argv[2], "w"))
 """
@@ -179,9 +181,12 @@ def main():
     write_json(RESULTS / "peers.json", report)
     lines = []
     for protocol, doc in report.items():
-        lines += [f"Protocol {protocol}", "", "| model | RMSE | MAE | fit s (median) |", "|---|---|---|---|"]
+        lines += [f"Protocol {protocol}", "", "| model | RMSE | MAE | fit s (median) |",
+                  "|---|---|---|---|"]
         for name, s in sorted(doc["summary"].items(), key=lambda kv: kv[1]["rmse"]):
-            lines.append(f"| {name} | {s['rmse']:.4f} | {s['mae']:.4f} | {s['fit_s_median']:.3f} |")
+            lines.append(
+                f"| {name} | {s['rmse']:.4f} | {s['mae']:.4f} | {s['fit_s_median']:.3f} |"
+            )
         lines.append("")
     (RESULTS / "peers.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -195,8 +195,8 @@ def main(argv=None):
     for step in ("prepare", "train"):
         t = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, __file__, step, *(a for a in sys.argv[1:] if a != "all")], check=True, capture_output=True,
-            text=True,
+            [sys.executable, __file__, step, *(a for a in sys.argv[1:] if a != "all")],
+            check=True, capture_output=True, text=True,
         ).stdout
         doc[step] = json.loads(out.strip().splitlines()[-1])
         doc[step]["process_s"] = time.perf_counter() - t

@@ -1,7 +1,8 @@
 """Scaling table for one objective evaluation: kernel vs vectorized vs dense reference.
 
     python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
-    python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10 --out bench/results/ratings_scaling
+    python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10
+        --out bench/results/ratings_scaling
     python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # the README table
 
 Writes bench/results/objective_scaling.json (medians, ratios, environment) and, when matplotlib
@@ -208,7 +209,8 @@ def markdown(doc):
         lines.append(
             f"| {r['nnz']:.0e} ({r['n_items']} x {r['n_users']}) | {r['k']} "
             f"| {_ms(r['kernel_1t_s'])} | {_ms(r['kernel_2t_s'])} "
-            f"| {r['kernel_ratings_per_s'] / 1e6:.0f} M | {r['thread_speedup']:.2f}x | {vec} | {dense} |"
+            f"| {r['kernel_ratings_per_s'] / 1e6:.0f} M | {r['thread_speedup']:.2f}x "
+            f"| {vec} | {dense} |"
         )
     slopes = ", ".join(f"k={k}: {v:.2f}" for k, v in doc["loglog_slope_by_k"].items())
     lines.append("")

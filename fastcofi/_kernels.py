@@ -571,8 +571,9 @@ def vb_update_rows(
     The model is ``values[p] = mu + u_r . (w_c, 1) + c_c + noise(precision tau)`` with ``u_r`` =
     (factors, bias) of row ``r`` (length d = k + 1) and ``(w_c, c_c)`` those of column ``c`` on the
     other side, whose posterior enters through its moments: ``first[c]`` = E[(w, 1)],
-    ``second[c]`` = E[(w, 1)(w, 1)^T] flattened (d * d), ``cross[c]`` = E[(w, 1) c], ``bias_mean[c]`` = E[c],
-    ``bias_second[c]`` = E[c^2]. The prior of ``u_r`` is N(0, diag(1 / prior_precision)).
+    ``second[c]`` = E[(w, 1)(w, 1)^T] flattened (d * d), ``cross[c]`` = E[(w, 1) c],
+    ``bias_mean[c]`` = E[c], ``bias_second[c]`` = E[c^2]. The prior of ``u_r`` is
+    N(0, diag(1 / prior_precision)).
 
     Writes ``mean[r]``, ``cov[r]`` (d x d), ``row_sse[r]`` = the expected squared error of the
     row's ratings under the updated posteriors and ``row_logdet[r]`` = log det ``cov[r]``. Returns

@@ -566,9 +566,13 @@ def _distinct_items(counts, item_cdf, rng):
         draws = np.ceil((counts[active] - got[active]) * factor).astype(np.int64)
         if draws.sum() > limit:
             break
-        items = np.searchsorted(item_cdf, rng.random(int(draws.sum())) * item_cdf[-1], side="right")
+        items = np.searchsorted(
+            item_cdf, rng.random(int(draws.sum())) * item_cdf[-1], side="right"
+        )
         np.minimum(items, n_items - 1, out=items)
-        pending = _sorted_unique(np.concatenate([pending, np.repeat(active, draws) * n_items + items]))
+        pending = _sorted_unique(
+            np.concatenate([pending, np.repeat(active, draws) * n_items + items])
+        )
         owner = pending // n_items
         got = np.bincount(owner, minlength=m)
         full = got >= counts

@@ -167,8 +167,8 @@ class MatrixFactorization:
         self.verbose = verbose
 
     _PARAMS = (
-        "n_factors", "reg", "normalize", "reg_bias", "reg_weighting", "solver", "max_iter", "tol", "patience",
-        "clip", "init_scale", "random_state", "n_threads", "verbose",
+        "n_factors", "reg", "normalize", "reg_bias", "reg_weighting", "solver", "max_iter", "tol",
+        "patience", "clip", "init_scale", "random_state", "n_threads", "verbose",
     )
 
     def get_params(self, deep=True):
@@ -186,7 +186,8 @@ class MatrixFactorization:
     def __repr__(self):
         defaults = type(self)().get_params()
         changed = ", ".join(
-            f"{k}={v!r}" for k, v in self.get_params().items() if v is not defaults[k] and v != defaults[k]
+            f"{k}={v!r}" for k, v in self.get_params().items()
+            if v is not defaults[k] and v != defaults[k]
         )
         return f"{type(self).__name__}({changed})"
 
@@ -233,7 +234,9 @@ class MatrixFactorization:
             try:
                 low, high = (float(v) for v in clip)
             except (TypeError, ValueError):
-                raise ValueError(f"clip must be True, False or (low, high), found {clip!r}") from None
+                raise ValueError(
+                    f"clip must be True, False or (low, high), found {clip!r}"
+                ) from None
             if not low <= high:
                 raise ValueError(f"clip must have low <= high, found {clip!r}")
 
@@ -276,7 +279,9 @@ class MatrixFactorization:
                 f"validation must be a fastcofi.Ratings, found {type(validation).__name__}"
             )
         if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be a positive integer, found {checkpoint_every!r}")
+            raise ValueError(
+                f"checkpoint_every must be a positive integer, found {checkpoint_every!r}"
+            )
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
         if checkpoint is not None and self.solver == "vb":
@@ -509,7 +514,10 @@ class MatrixFactorization:
         if self.normalize != "none":
             pred[i_known] = mu + item_off[i_index[i_known]]
             only_user = u_known & ~i_known
-            pred[only_user] = mu + user_off[u_index[only_user]] if self.item_bias_ is not None else self.global_mean_
+            pred[only_user] = (
+                mu + user_off[u_index[only_user]] if self.item_bias_ is not None
+                else self.global_mean_
+            )
         ui, ii = u_index[both], i_index[both]
         pred[both] = (
             mu + item_off[ii] + user_off[ui]
@@ -542,7 +550,8 @@ class MatrixFactorization:
         return pred if pred.ndim else float(pred)
 
     def save(self, path):
-        """Write the fitted model to one ``.npz`` file (arrays only, atomically); see `load_model`."""
+        """Write the fitted model to one ``.npz`` file (arrays only, atomically); see
+        `load_model`."""
         from .io import save_model
 
         self._check_fitted()

@@ -28,7 +28,8 @@ def row_weights(counts, reg_weighting):
 
 @contextmanager
 def threads(n_threads):
-    """Run numba's parallel kernels on ``n_threads`` threads inside the block (None: numba's default).
+    """Run numba's parallel kernels on ``n_threads`` threads inside the block (None: numba's
+    default).
 
     numba's thread count is per calling thread, so this does not affect other threads.
     """
@@ -112,7 +113,8 @@ def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
     # Walk the side with more rows; the other side's rows are read at random and buffered.
     walk_items = ratings.n_items >= ratings.n_users
     indptr, n_cols = (
-        (ratings.by_item[0], ratings.n_users) if walk_items else (ratings.by_user[0], ratings.n_items)
+        (ratings.by_item[0], ratings.n_users) if walk_items
+        else (ratings.by_user[0], ratings.n_items)
     )
     # One group per thread numba may start (not per thread running now), so the grouping and
     # hence every rounding is the same whatever n_threads is set to.

@@ -37,7 +37,9 @@ def _as_id_array(ids, name):
         as_int = arr.astype(np.int64)
         if not np.array_equal(as_int, arr):
             bad = arr[np.flatnonzero(as_int != arr)[0]]
-            raise ValueError(f"{name} must hold integer or string ids, found the float {bad.item()!r}")
+            raise ValueError(
+                f"{name} must hold integer or string ids, found the float {bad.item()!r}"
+            )
         return as_int
     if arr.dtype.kind == "U":
         return arr
@@ -333,7 +335,9 @@ class Ratings:
         Ratings
         """
         if duplicates not in _DUPLICATE_POLICIES:
-            raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, found {duplicates!r}")
+            raise ValueError(
+                f"duplicates must be one of {_DUPLICATE_POLICIES}, found {duplicates!r}"
+            )
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
             raise ValueError(f"dtype must be float64 or float32, found {dtype}")
@@ -391,7 +395,9 @@ class Ratings:
         """
         matrix = np.asarray(matrix)
         if matrix.ndim != 2:
-            raise ValueError(f"matrix must be 2-dimensional (items x users), found shape {matrix.shape}")
+            raise ValueError(
+                f"matrix must be 2-dimensional (items x users), found shape {matrix.shape}"
+            )
         if matrix.dtype.kind not in "iufb":
             raise ValueError(f"matrix must hold numbers, found dtype {matrix.dtype}")
         if rated is None:
@@ -429,9 +435,13 @@ class Ratings:
         import scipy.sparse as sp
 
         if not sp.issparse(matrix):
-            raise ValueError(f"expected a scipy sparse matrix or array, found {type(matrix).__name__}")
+            raise ValueError(
+                f"expected a scipy sparse matrix or array, found {type(matrix).__name__}"
+            )
         if matrix.ndim != 2:
-            raise ValueError(f"expected a 2-dimensional sparse matrix, found {matrix.ndim} dimensions")
+            raise ValueError(
+                f"expected a 2-dimensional sparse matrix, found {matrix.ndim} dimensions"
+            )
         coo = matrix.tocoo()
         n_items, n_users = coo.shape
         user_ids = np.arange(n_users) if user_ids is None else _as_id_array(user_ids, "user_ids")
@@ -515,7 +525,8 @@ class Ratings:
     )
 
     def save(self, folder):
-        """Write to ``folder`` as ``.npy`` files plus ``header.json``, so `load` can memory-map them.
+        """Write to ``folder`` as ``.npy`` files plus ``header.json``, so `load` can memory-map
+        them.
 
         The folder is written under a temporary name beside it and renamed into place, so an
         interrupted save never leaves a half-written folder under ``folder``. An existing
@@ -581,7 +592,9 @@ class Ratings:
             path = folder / f"{name}.npy"
             if name in header.get("arrays", ()):
                 try:
-                    arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+                    arrays[name] = np.load(
+                        path, mmap_mode="r" if mmap else None, allow_pickle=False
+                    )
                 except (OSError, ValueError) as exc:
                     raise ValueError(f"{path}: cannot be read as an array ({exc})") from None
             else:

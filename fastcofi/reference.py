@@ -1,8 +1,9 @@
 """The tutorial's formulas in plain dense numpy: the oracle for tests and the demo's explanation.
 
-Orientation follows the tutorial: ``ratings`` and ``did_rate`` are items x users, ``X`` holds one row
-of features per item and ``Theta`` one row of preferences per user. Everything here builds dense
-items x users arrays, so it is only for small problems; the training path is :mod:`fastcofi.objective`.
+Orientation follows the tutorial: ``ratings`` and ``did_rate`` are items x users, ``X`` holds one
+row of features per item and ``Theta`` one row of preferences per user. Everything here builds
+dense items x users arrays, so it is only for small problems; the training path is
+:mod:`fastcofi.objective`.
 """
 
 import numpy as np

@@ -174,7 +174,9 @@ def test_offline_says_what_to_place_where(tmp_path, server, monkeypatch):
         fetch("ml-100k", tmp_path, base_url=url, timeout=5)
     assert "ml-100k.zip" in str(info.value) and str(tmp_path) in str(info.value)
     assert list(tmp_path.iterdir()) == []
-    server.httpd = type("Closed", (), {"shutdown": lambda s: None, "server_close": lambda s: None})()
+    server.httpd = type(
+        "Closed", (), {"shutdown": lambda s: None, "server_close": lambda s: None}
+    )()
 
 
 def test_not_found_is_a_download_error(server, tmp_path):

@@ -24,7 +24,9 @@ def test_u1_with_defaults_beats_mean_normalization(ml100k):
     assert (train.nnz, test.nnz) == (80_000, 20_000)
     model = MatrixFactorization(random_state=0).fit(train)
     rmse = _rmse(model, test)
-    baseline = _rmse(MatrixFactorization(normalize="item_mean", reg=1e9, max_iter=1).fit(train), test)
+    baseline = _rmse(
+        MatrixFactorization(normalize="item_mean", reg=1e9, max_iter=1).fit(train), test
+    )
     assert baseline == pytest.approx(1.033, abs=0.002)  # the figure for the item means
     assert rmse <= 0.96
 

@@ -140,7 +140,9 @@ def test_recommend_matches_library_with_titles(int_server, int_model):
     status, _, document = call(int_server, "/recommend?user=3&n=12")
     assert status == 200
     ids, scores = int_model.recommend(3, n=12)
-    assert document == {"user": 3, "recommendations": expected_rows(int_model, ids, scores, "score")}
+    assert document == {
+        "user": 3, "recommendations": expected_rows(int_model, ids, scores, "score")
+    }
     rows = document["recommendations"]
     assert len(rows) == 12
     assert all(isinstance(row["item"], int) for row in rows)
@@ -181,7 +183,9 @@ def test_string_ids(str_server, str_model):
     status, _, document = call(str_server, f"/recommend?user={quote(user)}&n=5")
     assert status == 200
     ids, scores = str_model.recommend(user, n=5)
-    assert document == {"user": user, "recommendations": expected_rows(str_model, ids, scores, "score")}
+    assert document == {
+        "user": user, "recommendations": expected_rows(str_model, ids, scores, "score")
+    }
     assert all(isinstance(row["item"], str) and "title" not in row
                for row in document["recommendations"])
     item = str(str_model.item_ids_[0])

@@ -15,7 +15,9 @@ from fastcofi import MatrixFactorization, Ratings, _kernels, load_model, serving
 
 from .conftest import JIT_DISABLED, REPO
 
-needs_jit = pytest.mark.skipif(JIT_DISABLED, reason="numba's threading layers exist only with the JIT on")
+needs_jit = pytest.mark.skipif(
+    JIT_DISABLED, reason="numba's threading layers exist only with the JIT on"
+)
 
 
 def close(a, b, tol):

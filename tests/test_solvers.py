@@ -19,7 +19,9 @@ def _problem(seed=0, n_users=60, n_items=40, density=0.3):
     items, users = np.nonzero(mask)
     planted = 3.0 + rng.normal(size=(n_items, 3)) @ rng.normal(size=(n_users, 3)).T
     values = planted[items, users] + 0.3 * rng.normal(size=items.shape[0])
-    return Ratings.from_arrays(users, items, values, all_users=range(n_users), all_items=range(n_items))
+    return Ratings.from_arrays(
+        users, items, values, all_users=range(n_users), all_items=range(n_items)
+    )
 
 
 def _dense_objective(ratings, X, Theta, bi, bu, mu, reg, reg_bias, weighting):
@@ -61,7 +63,9 @@ def test_row_solve_equals_normal_equations(seed, k, fit_bias, n):
     A = np.empty((k + 1, k + 1))
     b = np.empty(k + 1)
     out = np.empty(k)
-    beta = _kernels.solve_row(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b, out)
+    beta = _kernels.solve_row(
+        cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b, out
+    )
     design = np.hstack([F[cols], np.ones((n, 1))]) if fit_bias else F[cols]
     target = values - col_offset[cols] - row_offset
     penalty = np.diag([reg] * k + ([reg_bias] if fit_bias else []))
