@@ -1,5 +1,4 @@
-"""HTTP benchmark: requests per second of ``GET /recommend`` on `fastcofi serve`, concurrent
-clients.
+"""HTTP benchmark: requests per second of ``GET /recommend`` on `fastcofi serve`, many clients.
 
 Run as a script: ``python bench/bench_http.py [--seconds 10] [--clients 8]``. It
 
