@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from .objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights, threads
-from .ratings import Ratings, balanced_bounds, unique_ids
+from .ratings import _DUPLICATE_POLICIES, Ratings, balanced_bounds, unique_ids
 
 __all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
 
@@ -211,13 +211,23 @@ def _frame_arrays(frame, columns):
     return users, items, values.astype(np.float64, copy=False)
 
 
-def _file_arrays(path, read_kwargs):
-    """(users, items, values) of one rating file, external ids, read as `read_ratings` does."""
-    from .io import read_ratings
+def _file_arrays(path, duplicates, read_kwargs):
+    """(users, items, values) of every row of one rating file, in file order, external ids, read
+    as `read_ratings` reads them.
 
-    ratings = read_ratings(path, **read_kwargs)
-    users, items, values = ratings.coo()
-    return ratings.user_ids[users], ratings.item_ids[items], np.asarray(values, dtype=np.float64)
+    Repeated pairs are left for the shards to merge with the other files' rows, so that a list
+    of files gives the ratings of one file holding all their rows: merged here first,
+    duplicates="mean" would give a pair a mean of per-file means. Under "error" a pair repeated
+    within the file is named here, by file and lines, as `read_ratings` names it.
+    """
+    from .io import _read_columns, _row_ids, _to_ratings
+
+    source, columns, header_lines = _read_columns(path, **read_kwargs)
+    users, items = _row_ids(columns["user"]), _row_ids(columns["item"])
+    values = np.asarray(columns["rating"], dtype=np.float64)
+    if duplicates == "error":
+        _to_ratings(source, columns, duplicates, header_lines)
+    return users, items, values
 
 
 def _ids_summary(arrays):
@@ -483,7 +493,8 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         Column names in a DataFrame, checked before any cluster work; the columns are converted
         and validated as `Ratings.from_dataframe` does.
     duplicates : {"error", "last", "mean"}
-        A repeated (user, item) pair across partitions, as in `Ratings.from_arrays`.
+        A repeated (user, item) pair, within or across partitions, as in `Ratings.from_arrays`
+        on all the rows: files give the ratings of one file holding their rows in list order.
     **read_kwargs
         Passed to `fastcofi.read_ratings` for files (``format=``, ``sep=``...).
 
@@ -501,6 +512,8 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         return ratings
     if by not in ("items", "users"):
         raise ValueError(f"by must be 'items' or 'users', found {by!r}")
+    if duplicates not in _DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, found {duplicates!r}")
     if n_shards is not None and (
         isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1
     ):
@@ -520,9 +533,8 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         if isinstance(ratings, (str, os.PathLike)):
             ratings = [ratings]
         if isinstance(ratings, (list, tuple)):
-            read_kwargs = {"duplicates": duplicates, **read_kwargs}
             parts = [
-                client.submit(_file_arrays, os.fspath(p), read_kwargs, pure=False)
+                client.submit(_file_arrays, os.fspath(p), duplicates, read_kwargs, pure=False)
                 for p in ratings
             ]
         else:

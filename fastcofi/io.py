@@ -881,6 +881,14 @@ def _dense_ids(ids):
     return uniq.astype(np.int64), index
 
 
+def _row_ids(ids):
+    """The external id of every row: int64, or unicode strings for ``(labels, codes)``."""
+    if isinstance(ids, tuple):
+        labels, codes = ids
+        return labels[codes]
+    return ids.astype(np.int64, copy=False)
+
+
 def _to_ratings(source, columns, duplicates, header_lines):
     """Ratings from the dict of `_Columns.finish`; empties the dict as each column is mapped,
     so that no raw id column outlives its mapping."""
@@ -974,6 +982,24 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
     FileNotFoundError
         The path does not exist.
     """
+    if duplicates not in ("error", "last", "mean"):
+        raise ValueError(f"duplicates must be 'error', 'last' or 'mean', found {duplicates!r}")
+    source, columns, header_lines = _read_columns(
+        path, format, user=user, item=item, rating=rating, timestamp=timestamp, sep=sep,
+        dtype=dtype, engine=engine,
+    )
+    return _to_ratings(source, columns, duplicates, header_lines)
+
+
+def _read_columns(path, format=None, *, user=None, item=None, rating=None, timestamp=None,
+                  sep=None, dtype=np.float64, engine="auto"):
+    """A rating file's rows as read, before ids are indexed and repeated pairs merged.
+
+    The arguments are `read_ratings`'s, checked as it checks them. Returns ``(source, columns,
+    header_lines)``: the `_Source` (its ``name`` for messages), `_Columns.finish`'s dict (rows
+    in file order; ids as int32/int64 arrays or ``(labels, codes)``), and the header lines
+    before the first row (for the line numbers of `_to_ratings`' messages).
+    """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS} or None, found {format!r}")
     if engine not in ENGINES:
@@ -984,8 +1010,6 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise ValueError(f"dtype must be float64 or float32, found {dtype}")
-    if duplicates not in ("error", "last", "mean"):
-        raise ValueError(f"duplicates must be 'error', 'last' or 'mean', found {duplicates!r}")
     use_arrow = engine == "pyarrow" or (engine == "auto" and _have_pyarrow())
     if engine == "pyarrow" and not _have_pyarrow():
         raise ImportError("engine='pyarrow' needs pyarrow: pip install 'fastcofi[io]'")
@@ -1003,7 +1027,7 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
             columns = _collect_arrow(source, layout, batches, dtype, rows)
         except _ArrowFailed as failure:
             raise RatingsFileError(source.name, failure.message) from None
-        return _to_ratings(source, columns, duplicates, 0)
+        return source, columns, 0
     if not head.strip():
         raise RatingsFileError(source.name, "the file is empty; expected rating lines")
     if b"\x00" in head:
@@ -1026,7 +1050,7 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
             raise RatingsFileError(source.name, failure.message) from None
     else:
         columns = _read_builtin_strings(source, layout, dtype)
-    return _to_ratings(source, columns, duplicates, layout.header_lines)
+    return source, columns, layout.header_lines
 
 
 def _with_string_ids(read):

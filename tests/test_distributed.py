@@ -279,6 +279,76 @@ def test_dataframe_duplicates_and_columns(client):
         fd.scatter(ddf, client)
 
 
+# Three files where (1, 10) is rated 2, 1 and 1 times and (2, 20) 1, 2 and 0 times: a mean of
+# per-file means (2.0 and 3.75) differs from the mean of all the rows (1.875 and 4.0).
+REPEATED_FILES = [
+    [(1, 10, 1.0), (1, 10, 2.0), (2, 10, 5.0), (2, 20, 3.0)],
+    [(1, 10, 4.0), (3, 20, 1.0), (2, 20, 4.0), (2, 20, 5.0)],
+    [(3, 20, 2.0), (1, 10, 0.5), (4, 30, 3.0)],
+]
+
+
+def write_rating_files(folder, files):
+    """One CSV per list of (user, item, rating) rows, and one holding all the rows in order."""
+    def csv(rows):
+        return "user,item,rating\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows)
+
+    paths = []
+    for n, rows in enumerate(files):
+        paths.append(folder / f"part{n}.csv")
+        paths[-1].write_text(csv(rows))
+    whole = folder / "whole.csv"
+    whole.write_text(csv([row for rows in files for row in rows]))
+    return [str(p) for p in paths], whole
+
+
+@pytest.mark.parametrize("by", ["items", "users"])
+@pytest.mark.parametrize("duplicates", ["last", "mean"])
+def test_files_give_the_ratings_of_one_file_of_all_their_rows(client, tmp_path, by, duplicates):
+    from fastcofi.io import read_ratings
+
+    paths, whole = write_rating_files(tmp_path, REPEATED_FILES)
+    users, items, values = (np.array(c) for c in zip(*(r for f in REPEATED_FILES for r in f)))
+    in_memory = Ratings.from_arrays(users, items, values, duplicates=duplicates)
+    one_file = read_ratings(whole, duplicates=duplicates)
+    with fd.scatter(paths, client, by=by, n_shards=2, duplicates=duplicates) as sharded:
+        back = sharded.to_ratings()
+    for expected in (in_memory, one_file):
+        np.testing.assert_array_equal(back.user_ids, expected.user_ids)
+        np.testing.assert_array_equal(back.item_ids, expected.item_ids)
+        for a, b in zip(back.by_item + back.by_user, expected.by_item + expected.by_user):
+            np.testing.assert_array_equal(a, b)
+    u, i, v = back.coo()
+    rated = dict(zip(zip(back.user_ids[u].tolist(), back.item_ids[i].tolist()), v.tolist()))
+    expected = {"last": (0.5, 5.0), "mean": (1.875, 4.0)}[duplicates]
+    assert (rated[1, 10], rated[2, 20]) == expected
+
+
+def test_files_repeating_a_pair_are_refused_under_duplicates_error(client, tmp_path):
+    from fastcofi.io import RatingsFileError, read_ratings
+
+    paths, whole = write_rating_files(tmp_path, REPEATED_FILES)
+    with pytest.raises(RatingsFileError, match="duplicated rating for user 1 and item 10"):
+        read_ratings(whole)
+    # Within a file: named by the file and its lines, as read_ratings names it.
+    files = [[(2, 20, 1.0)], [(1, 10, 1.0), (2, 10, 2.0), (1, 10, 3.0)]]
+    paths, _ = write_rating_files(tmp_path, files)
+    with pytest.raises(RatingsFileError, match="for user 1 and item 10") as caught:
+        fd.scatter(paths, client)
+    assert caught.value.path == paths[1] and "lines 2 and 4" in str(caught.value)
+    # Across files only.
+    paths, _ = write_rating_files(tmp_path, [[(1, 10, 1.0), (2, 10, 2.0)], [(1, 10, 3.0)]])
+    with pytest.raises(ValueError, match="duplicated rating for user 1 and item 10"):
+        fd.scatter(paths, client)
+
+
+def test_unknown_duplicates_policy_is_refused_before_connecting(tmp_path, monkeypatch):
+    paths, _ = write_rating_files(tmp_path, REPEATED_FILES)
+    monkeypatch.setattr(fd, "_connect", lambda client: pytest.fail("connected"))
+    with pytest.raises(ValueError, match=r"duplicates must be one of .*found 'first'"):
+        fd.scatter(paths, "tcp://127.0.0.1:9", duplicates="first")
+
+
 @pytest.mark.parametrize("role", ["user", "item", "rating"])
 def test_dataframe_missing_column_is_named_before_connecting(role, monkeypatch):
     pd = pytest.importorskip("pandas")

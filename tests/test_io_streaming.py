@@ -199,6 +199,33 @@ def test_duplicates_across_blocks_name_both_lines(tmp_path, tiny_blocks, engine)
     assert "lines 7 and 302" in str(err)
 
 
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_raw_columns_are_every_row_in_file_order(tmp_path, tiny_blocks, engine, string_ids):
+    """`_read_columns` (what read_ratings indexes and merges, and fastcofi.distributed merges
+    across files) keeps every row, in file order, across blocks; read_ratings is then
+    `Ratings.from_arrays` on those rows."""
+    lines = movielens_lines(300, seed=15)
+    # Repeats, blocks later, of pairs of earlier blocks: one pair twice more.
+    lines += [",".join(lines[k].split(",")[:2] + [f"{n}.5", "9"]) for n, k in enumerate([3, 3, 50])]
+    if string_ids:
+        lines = ["u" + line for line in lines]
+    path = write(tmp_path, "ratings.csv", ratings_csv(lines))
+    fields = [line.split(",") for line in lines]
+    users = [u if string_ids else int(u) for u, _, _, _ in fields]
+    items = [int(f[1]) for f in fields]
+    values = [float(f[2]) for f in fields]
+    stamps = [int(f[3]) for f in fields]
+    source, columns, header_lines = fio._read_columns(path, engine=engine)
+    assert header_lines == 1 and source.name == str(path)
+    assert fio._row_ids(columns["user"]).tolist() == users
+    assert fio._row_ids(columns["item"]).tolist() == items
+    assert columns["rating"].tolist() == values and columns["timestamp"].tolist() == stamps
+    for duplicates in ("last", "mean"):
+        expected = Ratings.from_arrays(users, items, values, duplicates=duplicates,
+                                       timestamps=stamps)
+        assert_same(read_ratings(path, duplicates=duplicates, engine=engine), expected)
+
+
 def test_float32_overflow_in_a_later_block(tmp_path, tiny_blocks, engine):
     lines = movielens_lines(200, seed=12) + ["999,999,1e300,5"]
     with pytest.raises(RatingsFileError, match="overflow float32"):
