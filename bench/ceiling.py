@@ -18,7 +18,6 @@ the same way at ML-100K's shape. Writes bench/results/ceiling.json.
 
 import argparse
 import ctypes
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.problems import RESULTS, factors_for, ratings_for, write_json  # noqa: E402
+from bench.scaling import environment  # noqa: E402
 
 C_SOURCE = r"""
 #include <string.h>
@@ -95,22 +95,51 @@ double objective_fixed_k(int k, long nA, long nB, const long *indptr, const int 
 }
 """
 
+C_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 VARIANTS = ("fastcofi", "C, runtime k", "C, k fixed at compile time", "dense reference")
 TARGET_RATINGS_PER_S = 300e6
 TARGET_VS_DENSE = 50.0
 
 
+def _compiler():
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def compiler_version():
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    done = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    return done.stdout.splitlines()[0] if done.returncode == 0 and done.stdout else compiler
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def git_commit():
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def compile_c(k, folder):
     """Path of the compiled C objective for ``k`` factors, or None (with the reason printed)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = _compiler()
     if compiler is None:
         print("no C compiler found (cc, gcc or $CC): C variants skipped", file=sys.stderr)
         return None
     source = Path(folder) / "ceiling.c"
     source.write_text(C_SOURCE)
     library = Path(folder) / f"ceiling_k{k}.so"
-    command = [compiler, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC",
-               f"-DKMAX={max(k, 1)}", f"-DFIXED_K={k}", str(source), "-o", str(library)]
+    command = [compiler, *C_FLAGS, f"-DKMAX={max(k, 1)}", f"-DFIXED_K={k}", str(source), "-o",
+               str(library)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"compiling the C variants failed, skipped:\n{done.stderr}", file=sys.stderr)
@@ -252,7 +281,10 @@ def main():
                         print("  vs dense: " + ", ".join(f"{v} {x:.1f}x" for v, x in
                                                           row["speedup_vs_dense"].items()))
     doc = {"targets": {"ratings_per_s": TARGET_RATINGS_PER_S, "vs_dense": TARGET_VS_DENSE},
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "rows": rows}
+           "environment": {**environment(), "cpu_model": cpu_model(),
+                           "commit": git_commit(), "compiler": compiler_version(),
+                           "c_flags": list(C_FLAGS)},
+           "rows": rows}
     write_json(RESULTS / "ceiling.json", doc)
     print(f"wrote {RESULTS / 'ceiling.json'}")
 

@@ -1,6 +1,6 @@
 """fastcofi side by side with Surprise and cornac on MovieLens 100K (BENCHMARKS.md protocols).
 
-    python3 bench/compare_peers.py [--data ../shared/data/ml-100k]
+    python3 bench/compare_peers.py [--data ../shared/data/ml-100k] \
         [--peers-python /path/to/venv/bin/python]
 
 Protocol A: official folds u1..u5, mean RMSE/MAE, median fit seconds. Protocol B: u.data in file

@@ -1,7 +1,7 @@
 """Scaling table for one objective evaluation: kernel vs vectorized vs dense reference.
 
     python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
-    python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10
+    python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10 \
         --out bench/results/ratings_scaling
     python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # the README table
 

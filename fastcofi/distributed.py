@@ -188,9 +188,10 @@ def _check_frame_columns(frame, columns):
     driver against the frame's metadata, before any cluster work."""
     from .io import _frame_columns
 
-    found = _frame_columns(frame)
+    labels = list(frame.columns)  # the labels themselves: a frame may have integer labels
     for role, name in columns.items():
-        if name not in found:
+        if name not in labels:
+            found = _frame_columns(frame)
             raise ValueError(
                 f"the ratings DataFrame has no {role} column {name!r}; found the columns {found} "
                 "(pass user=, item=, rating= to scatter)"
@@ -475,7 +476,8 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
     ratings : Ratings, dask DataFrame, or list of paths
         In-memory ratings are cut into blocks on the driver and sent to the workers. A dask
         DataFrame (columns ``user``, ``item``, ``rating``) or rating files (one partition per
-        file, each read by a worker with `fastcofi.read_ratings`) never pass through the driver:
+        file, each parsed by a worker as `fastcofi.read_ratings` parses it, rows kept as they
+        are for the duplicates rule below) never pass through the driver:
         the workers read them, the driver collects only the sorted unique ids and the counts per
         id, and the partitions are cut into blocks and sent worker to worker. Ids are indexed as
         `Ratings.from_arrays` indexes them (sorted unique); files and DataFrames cannot declare
@@ -496,7 +498,7 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         A repeated (user, item) pair, within or across partitions, as in `Ratings.from_arrays`
         on all the rows: files give the ratings of one file holding their rows in list order.
     **read_kwargs
-        Passed to `fastcofi.read_ratings` for files (``format=``, ``sep=``...).
+        For files: `fastcofi.read_ratings`' options (``format=``, ``sep=``...).
 
     Returns
     -------

@@ -524,7 +524,9 @@ class _Columns:
         with np.errstate(over="ignore"):  # float32 overflow is reported just below
             out[...] = values
         if self.dtype == np.float32 and not np.isfinite(out).all():
-            raise RatingsFileError(self.source.name, "ratings overflow float32; use dtype=np.float64")
+            raise RatingsFileError(
+                self.source.name, "ratings overflow float32; use dtype=np.float64"
+            )
         if self.timestamps is not None:
             self.timestamps[lo:hi] = timestamps
         self.n = hi
@@ -769,7 +771,9 @@ def _arrow_parquet_batches(source, wanted):
     import pyarrow.parquet as pq
 
     if source.member is not None or source.gz:
-        raise RatingsFileError(source.name, "Parquet is read from a plain file, not from .gz or .zip")
+        raise RatingsFileError(
+            source.name, "Parquet is read from a plain file, not from .gz or .zip"
+        )
     try:
         parquet = pq.ParquetFile(str(source.path))
     except (pa.ArrowException, OSError) as exc:
@@ -1134,7 +1138,9 @@ def read_titles(path):
         reader = csv.reader(io.StringIO(text))
         header = next(reader)
         lowered = [h.strip().lower().lstrip("\ufeff") for h in header]
-        id_col = next((lowered.index(c) for c in ("movieid", "itemid", "item", "id") if c in lowered), None)
+        id_col = next(
+            (lowered.index(c) for c in ("movieid", "itemid", "item", "id") if c in lowered), None
+        )
         title_col = lowered.index("title") if "title" in lowered else None
         if id_col is None or title_col is None:
             raise RatingsFileError(
@@ -1200,7 +1206,8 @@ def ratings_from_dataframe(df, *, user="user", item="item", rating="rating", tim
     """
     columns = _frame_columns(df)
     picked = {}
-    for role, name in (("user", user), ("item", item), ("rating", rating), ("timestamp", timestamp)):
+    roles = (("user", user), ("item", item), ("rating", rating), ("timestamp", timestamp))
+    for role, name in roles:
         if name is None:
             continue
         if columns is not None and name not in columns:

@@ -284,6 +284,12 @@ class MatrixFactorization:
             )
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
+        if _vb_options is not None and (self.solver != "vb" or {"max_iter", "tol", "on_iteration"}
+                                        & set(_vb_options)):
+            raise ValueError(
+                f"_vb_options is for solver='vb' and may not set max_iter, tol or on_iteration; "
+                f"found solver={self.solver!r} and {sorted(_vb_options)}"
+            )
         if checkpoint is not None and self.solver == "vb":
             raise ValueError(
                 "solver='vb' does not checkpoint (its state holds a covariance per row); "

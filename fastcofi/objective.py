@@ -1,7 +1,7 @@
 """The tutorial's objective over sparse ratings, for tests, benchmarks and the solvers."""
 
 from contextlib import contextmanager
-from functools import cached_property
+from typing import NamedTuple, Optional
 
 import numba
 import numpy as np
@@ -89,7 +89,7 @@ def _use_buffers(ratings, n_factors):
 
 # The one-pass kernel walks its rows once per block of the other side's columns, each block's
 # factor and buffer rows taking about this many bytes: at 1e7 ratings (30k x 400k) one evaluation
-# took 1.5-2.2x less time than a single walk at k = 32 and 50, 0.96-1.7x at k = 10 depending on
+# took 1.5-2.2x less time than a single walk at k = 32 and 50, 0.96-1.8x at k = 10 depending on
 # the run; 1 and 2 MiB blocks were slower at k = 10 and 32 (bench/kernel_ab.py, README).
 _BLOCK_BYTES = 4 << 20
 
@@ -102,14 +102,23 @@ def column_blocks(n_cols, n_factors, block_bytes=_BLOCK_BYTES):
     return (np.arange(n_blocks + 1, dtype=np.int64) * n_cols) // n_blocks
 
 
+class _Plan(NamedTuple):
+    """How `_evaluate` walks ``ratings`` for ``n_factors``: the one-pass kernel's walked side,
+    row groups and column blocks, or ``walk_items`` None for the two-pass kernel."""
+
+    ratings: Ratings
+    n_factors: int
+    walk_items: Optional[bool]
+    groups: Optional[np.ndarray]
+    blocks: Optional[np.ndarray]
+
+
 def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
-    """How `_evaluate` walks ``ratings`` for ``n_factors``: None for the two-pass kernel, else the
-    one-pass kernel's (walk items?, row groups, column blocks). ``buffered`` as in `_evaluate`.
-    The same for every evaluation of one problem, so `FlatObjective` makes it once."""
+    """The `_Plan` for ``ratings`` and ``n_factors``; ``buffered`` as in `_evaluate`."""
     if buffered is None:
         buffered = _use_buffers(ratings, n_factors)
     if not buffered:
-        return None
+        return _Plan(ratings, n_factors, None, None, None)
     # Walk the side with more rows; the other side's rows are read at random and buffered.
     walk_items = ratings.n_items >= ratings.n_users
     indptr, n_cols = (
@@ -119,7 +128,14 @@ def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
     # One group per thread numba may start (not per thread running now), so the grouping and
     # hence every rounding is the same whatever n_threads is set to.
     groups = balanced_bounds(indptr, min(numba.config.NUMBA_NUM_THREADS, indptr.shape[0] - 1))
-    return walk_items, groups, column_blocks(n_cols, n_factors, block_bytes)
+    blocks = column_blocks(n_cols, n_factors, block_bytes)
+    return _Plan(ratings, n_factors, walk_items, groups, blocks)
+
+
+def _plan_fits(plan, ratings, n_factors):
+    """Whether ``plan`` was made for these ratings and this k: a plan for other ratings would
+    send the kernel out of bounds."""
+    return plan is not None and plan.ratings is ratings and plan.n_factors == n_factors
 
 
 def _evaluate(
@@ -131,18 +147,18 @@ def _evaluate(
     ``buffered`` picks the kernel (default: the one-pass kernel when its buffers fit, see
     ``_BUFFER_ALLOWANCE``); both give the same result up to rounding. ``block_bytes`` sizes the
     one-pass kernel's column blocks (see `column_blocks`); the gradients do not depend on it.
-    ``plan``, from `_plan`, replaces both.
+    ``plan``, from `_plan` for these ratings and k, replaces both (solvers make it once).
     """
-    if plan is None:
+    if not _plan_fits(plan, ratings, X.shape[1]):
         plan = _plan(ratings, X.shape[1], block_bytes, buffered)
     mu, reg, reg_bias = float(mu), float(reg), float(reg_bias)
-    if plan is None:
+    if plan.walk_items is None:
         return _kernels.cost_and_grad_two_pass(
             X, Theta, item_bias, user_bias, mu,
             *ratings.by_item, ratings._item_chunks, *ratings.by_user, ratings._user_chunks,
             reg, reg_bias, *weights, *grads,
         )
-    walk_items, groups, blocks = plan
+    _, _, walk_items, groups, blocks = plan
     X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
     item_weight, user_weight = weights
     items = (X, item_bias, ratings.by_item, item_weight, X_grad, item_bias_grad)
@@ -248,14 +264,18 @@ class FlatObjective:
         self.reg_weighting = reg_weighting
         self.weights = tuple(row_weights(c, reg_weighting) for c in self._row_counts())
         self.n_threads = n_threads
+        self._plan = None
 
     def _row_counts(self):
         """Ratings per item and per user."""
         return np.diff(self.ratings.by_item[0]), np.diff(self.ratings.by_user[0])
 
-    @cached_property
-    def _plan(self):
-        return _plan(self.ratings, self.n_factors)
+    def _current_plan(self):
+        """The kernel's plan, made once (and again only if ``ratings`` or ``n_factors`` were
+        replaced)."""
+        if not _plan_fits(self._plan, self.ratings, self.n_factors):
+            self._plan = _plan(self.ratings, self.n_factors)
+        return self._plan
 
     def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
         """The cost; writes ``grads`` (X, Theta, item bias, user bias). Subclasses evaluate
@@ -263,7 +283,7 @@ class FlatObjective:
         with threads(self.n_threads):
             return _evaluate(
                 X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
-                self.weights, grads, plan=self._plan,
+                self.weights, grads, plan=self._current_plan(),
             )
 
     @property

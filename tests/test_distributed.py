@@ -366,6 +366,15 @@ def test_dataframe_missing_column_is_named_before_connecting(role, monkeypatch):
     assert "pass user=, item=, rating= to scatter" in message
 
 
+def test_dataframe_integer_column_labels_are_found():
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(pd.DataFrame({0: [1, 2], 1: [3, 3], 2: [1.0, 2.0]}), npartitions=1)
+    fd._check_frame_columns(ddf, {"user": 0, "item": 1, "rating": 2})
+    with pytest.raises(ValueError, match=r"no rating column 3; found the columns \['0', '1'"):
+        fd._check_frame_columns(ddf, {"user": 0, "item": 1, "rating": 3})
+
+
 def test_dataframe_columns_are_converted_as_in_memory(client):
     """Columns go through `fastcofi.io`'s conversion, so a Dask DataFrame takes what
     `Ratings.from_dataframe` takes and refuses what it refuses."""

@@ -17,7 +17,8 @@ from .conftest import HAVE_ARROW, shared_data_dir, write
 
 ML100K_LINES = b"196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
 ML1M_LINES = b"1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
-LATEST = b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n2,1,0.5,964982224\n"
+LATEST = (b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n"
+          b"2,1,0.5,964982224\n")
 
 
 def triples(r):
@@ -103,7 +104,8 @@ def test_gz_and_zip(tmp_path, engine):
 def test_float32_and_duplicate_policies(tmp_path, engine):
     data = b"user,item,rating\n1,1,2\n1,1,4\n2,1,5\n"
     path = write(tmp_path, "d.csv", data)
-    assert read_ratings(path, dtype=np.float32, duplicates="last", engine=engine).values.dtype == np.float32
+    ratings = read_ratings(path, dtype=np.float32, duplicates="last", engine=engine)
+    assert ratings.values.dtype == np.float32
     r = read_ratings(path, duplicates="mean", engine=engine)
     assert triples(r) == [(1, 1, 3.0), (2, 1, 5.0)]
 

@@ -1,3 +1,4 @@
+import logging
 import warnings
 
 import numpy as np
@@ -272,3 +273,29 @@ def test_numeric_penalties_are_used_as_given():
         model = MatrixFactorization(3, reg=2.5, reg_bias=None, max_iter=5, random_state=0)
         model.fit(ratings)
     assert (model.reg_, model.reg_bias_) == (2.5, 2.5)
+
+
+@pytest.mark.parametrize("solver", ["cg", "als"])
+def test_verbose_prints_one_line_per_iteration(solver, capsys):
+    train, (u, i, y) = _planted()
+    validation = Ratings.from_arrays(u, i, y)
+    model = MatrixFactorization(3, solver=solver, max_iter=4, tol=0, verbose=True,
+                                random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(train, validation=validation)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == model.n_iter_ == 4
+    assert [line.split()[:2] for line in lines] == [["iter", str(n)] for n in range(1, 5)]
+    assert all("val_rmse" in line for line in lines)
+
+
+def test_debug_logging_records_each_iteration(caplog):
+    train, _ = _planted()
+    caplog.set_level(logging.DEBUG, logger="fastcofi")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MatrixFactorization(3, max_iter=3, tol=0, random_state=0).fit(train)
+    records = [r for r in caplog.records if r.name == "fastcofi" and "iteration" in r.message]
+    assert len(records) == model.n_iter_ == 3
+    assert all("'cost'" in r.getMessage() for r in records)

@@ -132,6 +132,34 @@ def test_column_blocks_cut_by_size():
     np.testing.assert_array_equal(column_blocks(0, 4), [0, 0])
 
 
+@pytest.mark.parametrize("n_items, n_users", [(300, 200), (200, 300)])
+def test_flat_objective_plans_once_and_replans_for_other_ratings(n_items, n_users):
+    ratings, X, Theta = _random_problem(4, n_items=n_items, n_users=n_users, nnz=5000)
+    objective = FlatObjective(ratings, X.shape[1], 0.7)
+    _, grad = objective(objective.pack(X, Theta))
+    plan = objective._plan
+    objective(objective.pack(X, Theta))
+    assert objective._plan is plan  # made once
+
+    expected = (np.empty_like(X), np.empty_like(Theta), np.empty(n_items), np.empty(n_users))
+    args = (np.zeros(n_items), np.zeros(n_users), 0.0, ratings, 0.7, 0.0, objective.weights)
+    cost = _evaluate(X, Theta, *args, expected)
+    np.testing.assert_array_equal(grad, objective.pack(*expected[:2]))
+
+    # A plan made for other ratings (here the transposed shape, whose walk would run past the
+    # arrays' ends) is not used.
+    other, X2, Theta2 = _random_problem(5, n_items=n_users, n_users=n_items, nnz=5000)
+    grads = (np.empty_like(X2), np.empty_like(Theta2), np.empty(n_users), np.empty(n_items))
+    ones = (np.ones(n_users), np.ones(n_items))
+    cost2 = _evaluate(X2, Theta2, np.zeros(n_users), np.zeros(n_items), 0.0, other, 0.7, 0.0,
+                      ones, grads, plan=plan)
+    want_cost, want_X, want_Theta = cost_and_grad(X2, Theta2, other, 0.7)
+    assert cost2 == pytest.approx(want_cost, rel=1e-12)
+    np.testing.assert_allclose(grads[0], want_X, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads[1], want_Theta, rtol=1e-12, atol=1e-12)
+    assert cost == pytest.approx(objective(objective.pack(X, Theta))[0], rel=0)
+
+
 def test_flat_objective_returns_fresh_gradient_each_call():
     ratings, X, Theta = _random_problem(2)
     objective = FlatObjective(ratings, X.shape[1], 1.0)

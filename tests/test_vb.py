@@ -163,8 +163,8 @@ def test_keeps_the_start_with_the_higher_free_energy(noise):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_start_that_fails_is_dropped(seed):
     # Noiseless ratings: the start that assumes little noise loses positive definiteness.
-    train, (users, items, values, _) = planted_problem(seed=seed, noise=0.0, n_users=60, n_items=40,
-                                                density=0.5)
+    train, (users, items, values, _) = planted_problem(seed=seed, noise=0.0, n_users=60,
+                                                       n_items=40, density=0.5)
     with pytest.raises(FloatingPointError, match="not positive definite"):
         _vb_from(train, 1.0 / 16, k=10)
     kept = _vb_from(train, (1.0, 1.0 / 16), k=10)
@@ -262,3 +262,27 @@ def test_validation_history_and_callback(planted):
     assert seen == list(range(1, 7))
     assert len(model.history_["val_rmse"]) == 6
     assert model.best_iteration_ == 1 + int(np.argmin(model.history_["val_rmse"]))
+
+
+def test_verbose_alone_replays_the_kept_start(monkeypatch, capsys):
+    train, _ = planted_problem(noise=1.0, n_users=120, n_items=80, density=0.4)
+    runs = []
+    real_run = solvers._vb_run
+    monkeypatch.setattr(solvers, "_vb_run", lambda *a: runs.append(a[6]) or real_run(*a))
+    model = MatrixFactorization(n_factors=4, solver="vb", max_iter=3, tol=0, verbose=True,
+                                random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(train)
+    assert len(runs) == 3 and runs[2] is not None  # two starts, then the kept one observed
+    assert len(capsys.readouterr().err.splitlines()) == model.n_iter_
+
+
+@pytest.mark.parametrize("solver, options, match", [
+    ("cg", {"init_noise": 1.0}, "solver='cg'"),
+    ("vb", {"max_iter": 2}, "max_iter"),
+])
+def test_vb_options_are_checked(planted, solver, options, match):
+    train, _ = planted
+    with pytest.raises(ValueError, match=match):
+        MatrixFactorization(solver=solver).fit(train, _vb_options=options)
