@@ -75,6 +75,7 @@ def test_refit_with_same_seed_is_identical_and_other_seed_differs():
     assert not np.array_equal(a.item_factors_, c.item_factors_)
 
 
+@pytest.mark.slow  # up to 1000 CG iterations: about 50 s with the JIT off
 def test_planted_low_rank_problem_is_recovered_near_the_noise_level():
     train, (u, i, y) = _planted(rank=3, noise=0.1)
     # Two factors more than the planted rank: item means estimated from ~50 ratings each leave an
@@ -241,6 +242,7 @@ def test_float32_ratings_train_to_the_float64_model():
     np.testing.assert_allclose(m32.predict(u, i), m64.predict(u, i), atol=1e-4)
 
 
+@pytest.mark.slow  # three fits of 10k ratings: about 50 s with the JIT off
 def test_default_penalty_follows_the_ratings_units():
     """Ratings in other units (0-1, -10..10) get the same model, scaled, from the defaults."""
     from fastcofi.datasets import synthetic
