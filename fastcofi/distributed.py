@@ -29,7 +29,9 @@ import warnings
 import numpy as np
 
 from .objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights, threads
-from .ratings import _DUPLICATE_POLICIES, Ratings, balanced_bounds, unique_ids
+from .ratings import (
+    Ratings, balanced_bounds, check_duplicates_policy, check_rating_dtype, unique_ids,
+)
 
 __all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
 
@@ -204,11 +206,7 @@ def _frame_arrays(frame, columns):
     from .io import _column_array
 
     users, items, values = (_column_array(frame[name], role) for role, name in columns.items())
-    # The dtypes `Ratings.from_arrays` takes as ratings (booleans and strings are not numbers).
-    if values.dtype.kind not in "iuf":
-        raise ValueError(
-            f"the rating column {columns['rating']!r} must hold numbers, found dtype {values.dtype}"
-        )
+    check_rating_dtype(values, f"the rating column {columns['rating']!r}")
     return users, items, values.astype(np.float64, copy=False)
 
 
@@ -514,8 +512,7 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         return ratings
     if by not in ("items", "users"):
         raise ValueError(f"by must be 'items' or 'users', found {by!r}")
-    if duplicates not in _DUPLICATE_POLICIES:
-        raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, found {duplicates!r}")
+    check_duplicates_policy(duplicates)
     if n_shards is not None and (
         isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1
     ):

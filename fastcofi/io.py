@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _kernels
-from .ratings import Ratings, _index_dtype, unique_ids
+from .ratings import Ratings, _index_dtype, check_duplicates_policy, unique_ids
 
 __all__ = [
     "ModelFileError",
@@ -986,8 +986,7 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
     FileNotFoundError
         The path does not exist.
     """
-    if duplicates not in ("error", "last", "mean"):
-        raise ValueError(f"duplicates must be 'error', 'last' or 'mean', found {duplicates!r}")
+    check_duplicates_policy(duplicates)
     source, columns, header_lines = _read_columns(
         path, format, user=user, item=item, rating=rating, timestamp=timestamp, sep=sep,
         dtype=dtype, engine=engine,

@@ -13,6 +13,19 @@ from . import _kernels
 __all__ = ["Ratings"]
 
 _DUPLICATE_POLICIES = ("error", "last", "mean")
+
+
+def check_duplicates_policy(duplicates):
+    """Raise unless ``duplicates`` names a policy for repeated (user, item) pairs; every entry
+    point that takes one checks it here, before any work."""
+    if duplicates not in _DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, found {duplicates!r}")
+
+
+def check_rating_dtype(values, name="values"):
+    """Raise unless ``values`` (an ndarray) holds numbers: booleans and strings are not ratings."""
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be numbers, found dtype {values.dtype}")
 # Rows per chunk are chosen so that a chunk holds about this many ratings: enough work to hide
 # the scheduling cost, and enough chunks to balance two to a few dozen threads.
 _RATINGS_PER_CHUNK = 2048
@@ -334,10 +347,7 @@ class Ratings:
         -------
         Ratings
         """
-        if duplicates not in _DUPLICATE_POLICIES:
-            raise ValueError(
-                f"duplicates must be one of {_DUPLICATE_POLICIES}, found {duplicates!r}"
-            )
+        check_duplicates_policy(duplicates)
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
             raise ValueError(f"dtype must be float64 or float32, found {dtype}")
@@ -346,8 +356,7 @@ class Ratings:
         raw_values = np.asarray(values)
         if raw_values.ndim != 1:
             raise ValueError(f"values must be 1-dimensional, found shape {raw_values.shape}")
-        if raw_values.dtype.kind not in "iuf":
-            raise ValueError(f"values must be numbers, found dtype {raw_values.dtype}")
+        check_rating_dtype(raw_values)
         lengths = {"users": users.shape[0], "items": items.shape[0], "values": raw_values.shape[0]}
         if timestamps is not None:
             timestamps = np.asarray(timestamps)
