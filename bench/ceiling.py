@@ -148,8 +148,8 @@ def compile_c(k, folder):
 
 
 def _c_call(library, fixed, ratings, X, Theta, threads):
-    """A no-argument callable evaluating the C objective on ``threads`` threads, and a check
-    of its result against ours."""
+    """A no-argument callable evaluating the C objective on ``threads`` threads (returns the
+    cost), and the item and user gradients it writes."""
     from fastcofi.ratings import balanced_bounds
 
     lib = ctypes.CDLL(str(library))
@@ -177,7 +177,7 @@ def _c_call(library, fixed, ratings, X, Theta, threads):
     def call():
         return fn(*args)
 
-    return call, lambda: (call(), A_grad, B_grad) if A is X else (call(), B_grad, A_grad)
+    return call, ((A_grad, B_grad) if A is X else (B_grad, A_grad))
 
 
 def worker(variant, folder, size, k, threads, repeats, library):
@@ -199,9 +199,9 @@ def worker(variant, folder, size, k, threads, repeats, library):
         def call():
             return dense_cost_and_grad(X, Theta, dense, mask, 1.0)
     else:
-        call, checked = _c_call(library, variant.endswith("compile time"), ratings, X, Theta,
-                                threads)
-        cost, X_grad, Theta_grad = checked()
+        fixed_k = variant.endswith("compile time")
+        call, (X_grad, Theta_grad) = _c_call(library, fixed_k, ratings, X, Theta, threads)
+        cost = call()
         ours = cost_and_grad(X, Theta, ratings, 1.0)
         scale = max(1.0, float(np.max(np.abs(ours[1]))), float(np.max(np.abs(ours[2]))))
         if not (np.isclose(cost, ours[0], rtol=1e-9)
