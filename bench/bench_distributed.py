@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastcofi import MatrixFactorization
 from fastcofi.datasets import synthetic
-from fastcofi.model import _default_reg
 from fastcofi.objective import FlatObjective
 from fastcofi.ratings import value_moments
 
@@ -78,7 +77,7 @@ def main(argv=None):
     ratings = synthetic(n_users, n_items, n_ratings, seed=0)
     kwargs = objective_kwargs(ratings)
     # the penalty the estimator's default (reg=None) resolves to on these ratings
-    reg = _default_reg(value_moments(ratings.values)[1])
+    reg, _ = MatrixFactorization()._penalties(value_moments(ratings.values)[1])
     ks = (10, 32)
     rows = {}
     rng = np.random.default_rng(0)

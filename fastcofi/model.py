@@ -24,12 +24,6 @@ _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 _REG_PER_STD = 1.15
 
 
-def _default_reg(variance):
-    """The factor penalty ``reg=None`` stands for, from the training ratings' variance: 1.15 x
-    their standard deviation."""
-    return _REG_PER_STD * float(np.sqrt(variance))
-
-
 class MatrixFactorization:
     """Low-rank matrix factorization of explicit ratings (the tutorial's collaborative filtering).
 
@@ -458,7 +452,7 @@ class MatrixFactorization:
     def _penalties(self, variance):
         """(reg, reg_bias) as used in training: ``reg=None`` resolved from the training ratings'
         ``variance``, ``reg_bias=None`` meaning that reg."""
-        reg = _default_reg(variance) if self.reg is None else float(self.reg)
+        reg = _REG_PER_STD * float(np.sqrt(variance)) if self.reg is None else float(self.reg)
         return reg, reg if self.reg_bias is None else float(self.reg_bias)
 
     def _set_data_state(self, ratings, global_mean, item_means):
