@@ -37,9 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastcofi import MatrixFactorization
-from fastcofi.datasets import synthetic
-from fastcofi.objective import FlatObjective
-from fastcofi.ratings import value_moments
+from fastcofi.data.ratings import value_moments
+from fastcofi.data.synthetic import synthetic
+from fastcofi.train.objective import FlatObjective
 
 RESULTS = Path(__file__).resolve().parent / "results" / "distributed.json"
 

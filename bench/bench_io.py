@@ -113,7 +113,7 @@ def write_synthetic_csv(path, n_ratings, *, n_users=480_189, n_items=17_770, see
     about 1.6 GB beside the file itself.
     """
     from bench.large_scale import write_ratings_csv
-    from fastcofi.datasets import synthetic
+    from fastcofi.data.synthetic import synthetic
 
     write_ratings_csv(synthetic(n_users, n_items, n_ratings, seed=seed, dtype=dtype), path)
     return path

@@ -150,7 +150,7 @@ def compile_c(k, folder):
 def _c_call(library, fixed, ratings, X, Theta, threads):
     """A no-argument callable evaluating the C objective on ``threads`` threads (returns the
     cost), and the item and user gradients it writes."""
-    from fastcofi.ratings import balanced_bounds
+    from fastcofi.data.ratings import balanced_bounds
 
     lib = ctypes.CDLL(str(library))
     fn = lib.objective_fixed_k if fixed else lib.objective_runtime_k
@@ -186,7 +186,7 @@ def worker(variant, folder, size, k, threads, repeats, library):
 
     from bench.problems import dense_cost_and_grad, dense_inputs
     from fastcofi import Ratings
-    from fastcofi.objective import cost_and_grad
+    from fastcofi.train.objective import cost_and_grad
 
     ratings = Ratings.load(Path(folder) / size)
     X, Theta = factors_for(ratings, k)

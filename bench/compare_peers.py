@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
 from fastcofi import MatrixFactorization, Ratings  # noqa: E402
 
-
 PEER_SCRIPT = r"""
 import json, sys, time
 import numpy as np

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
 from fastcofi import MatrixFactorization, Ratings  # noqa: E402
-from fastcofi.datasets import synthetic  # noqa: E402
-from fastcofi.split import random_split  # noqa: E402
+from fastcofi.data.synthetic import synthetic  # noqa: E402
+from fastcofi.evaluate.split import random_split  # noqa: E402
 
 SETS = {
     # name: (users, items, ratings, rank, noise, step, scale)

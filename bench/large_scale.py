@@ -82,7 +82,7 @@ def write_ratings_csv(ratings, path, *, probe_path=None, probe_fraction=0.0, see
 
 
 def prepare(args):
-    from fastcofi.datasets import synthetic
+    from fastcofi.data.synthetic import synthetic
 
     t0 = time.perf_counter()
     ratings = synthetic(args.users, args.items, int(args.ratings), noise=NOISE, seed=args.seed,
@@ -106,7 +106,7 @@ def prepare(args):
 
 def train(args):
     from fastcofi import MatrixFactorization, read_ratings
-    from fastcofi.metrics import rmse
+    from fastcofi.evaluate.metrics import rmse
 
     folder = Path(args.folder)
     t0 = time.perf_counter()
@@ -152,7 +152,7 @@ def train(args):
 def _evaluation_seconds(model, ratings, repeats=3):
     """Median seconds of one cost + gradient evaluation at the fitted point (what CG and
     L-BFGS pay per evaluation), whatever solver trained the model."""
-    from fastcofi.objective import FlatObjective
+    from fastcofi.train.objective import FlatObjective
 
     objective = FlatObjective(
         ratings, model.n_factors, model.reg_, mu=model.global_mean_, learn_biases=True,

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fastcofi import reference
-from fastcofi.datasets import synthetic
+from fastcofi.data.synthetic import synthetic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -39,8 +39,7 @@ from bench.problems import (  # noqa: E402
     vectorized_bytes,
     write_json,
 )
-from fastcofi.objective import _use_buffers, cost_and_grad  # noqa: E402
-
+from fastcofi.train.objective import _use_buffers, cost_and_grad  # noqa: E402
 
 
 def median_seconds(fn, repeats, budget=20.0):

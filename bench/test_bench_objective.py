@@ -6,7 +6,7 @@ hand-vectorized numpy/scipy.sparse version. Skipped by default; run with
 
 import pytest
 
-from fastcofi.objective import cost_and_grad
+from fastcofi.train.objective import cost_and_grad
 
 from .problems import (
     DEFAULT_SIZES,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generality import SETS, synthetic_set  # noqa: E402
 from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
 from fastcofi import MatrixFactorization, read_ratings  # noqa: E402
-from fastcofi.split import random_split  # noqa: E402
+from fastcofi.evaluate.split import random_split  # noqa: E402
 
 ML100K = shared_data() / "ml-100k"
 

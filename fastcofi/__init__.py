@@ -3,12 +3,16 @@
 Importing the package does no work and changes no environment variable.
 """
 
-from . import datasets, metrics, split
-from .evaluation import cross_validate
-from .io import ModelFileError, RatingsFileError, load_model, read_ratings, read_titles
+from . import datasets
+from .data._source import RatingsFileError
+from .data.ratings import Ratings
+from .data.read import read_ratings
+from .data.titles import read_titles
+from .evaluate import metrics, split
+from .evaluate.cross_validation import cross_validate
 from .model import MatrixFactorization
-from .ratings import Ratings
-from .solvers import ConvergenceWarning
+from .model_file import ModelFileError, load_model
+from .train.solvers import ConvergenceWarning
 
 __all__ = [
     "MatrixFactorization",

@@ -28,10 +28,14 @@ import warnings
 
 import numpy as np
 
-from .objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights, threads
-from .ratings import (
-    Ratings, balanced_bounds, check_duplicates_policy, check_rating_dtype, unique_ids,
+from .data.ratings import (
+    Ratings,
+    balanced_bounds,
+    check_duplicates_policy,
+    check_rating_dtype,
+    unique_ids,
 )
+from .train.objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights, threads
 
 __all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
 
@@ -188,7 +192,7 @@ def _worker_threads():
 def _check_frame_columns(frame, columns):
     """Raise unless the DataFrame has every column of ``columns`` ({role: name}); checked on the
     driver against the frame's metadata, before any cluster work."""
-    from .io import _frame_columns
+    from .data.frames import _frame_columns
 
     labels = list(frame.columns)  # the labels themselves: a frame may have integer labels
     for role, name in columns.items():
@@ -203,7 +207,7 @@ def _check_frame_columns(frame, columns):
 def _frame_arrays(frame, columns):
     """(users, items, values) of one pandas partition, from the columns ``columns`` ({role:
     name}), each converted as `fastcofi.io.ratings_from_dataframe` converts it."""
-    from .io import _column_array
+    from .data.frames import _column_array
 
     users, items, values = (_column_array(frame[name], role) for role, name in columns.items())
     check_rating_dtype(values, f"the rating column {columns['rating']!r}")
@@ -219,7 +223,7 @@ def _file_arrays(path, duplicates, read_kwargs):
     duplicates="mean" would give a pair a mean of per-file means. Under "error" a pair repeated
     within the file is named here, by file and lines, as `read_ratings` names it.
     """
-    from .io import _read_columns, _row_ids, _to_ratings
+    from .data.read import _read_columns, _row_ids, _to_ratings
 
     source, columns, header_lines = _read_columns(path, **read_kwargs)
     users, items = _row_ids(columns["user"]), _row_ids(columns["item"])
@@ -231,7 +235,7 @@ def _file_arrays(path, duplicates, read_kwargs):
 
 def _ids_summary(arrays):
     """Unique user ids, unique item ids, and the number of ratings of each."""
-    from .ratings import _as_id_array
+    from .data.ratings import _as_id_array
 
     users, items, values = arrays
     users = _as_id_array(users, "user ids")
@@ -248,7 +252,7 @@ def _ids_summary(arrays):
 def _split_partition(arrays, user_ids, item_ids, bounds, by):
     """One partition's ratings cut into blocks: per block (items, users, values), local to the
     block on the ``by`` side."""
-    from .ratings import _as_id_array
+    from .data.ratings import _as_id_array
 
     users, items, values = arrays
     u = np.searchsorted(user_ids, _as_id_array(users, "user ids")).astype(np.int64)

@@ -7,10 +7,11 @@ import sys
 import numpy as np
 
 from . import serving
-from .checkpoint import read_checkpoint, write_checkpoint
-from .objective import WEIGHT_POWERS, FlatObjective
-from .ratings import Ratings, lookup, value_moments
-from .solvers import minimize_als, minimize_scipy, minimize_vb
+from .data.ratings import Ratings, lookup, value_moments
+from .train.checkpoint import read_checkpoint, write_checkpoint
+from .train.objective import WEIGHT_POWERS, FlatObjective
+from .train.solvers import minimize_als, minimize_scipy
+from .train.vb import minimize_vb
 
 __all__ = ["MatrixFactorization"]
 
@@ -552,7 +553,7 @@ class MatrixFactorization:
     def save(self, path):
         """Write the fitted model to one ``.npz`` file (arrays only, atomically); see
         `load_model`."""
-        from .io import save_model
+        from .model_file import save_model
 
         self._check_fitted()
         save_model(self, path)
@@ -591,7 +592,7 @@ class MatrixFactorization:
         """A new user's factors (and bias) from their ratings, the item side held fixed.
 
         Solves the same regularized least-squares row as ALS training does for a user (the
-        kernel `fastcofi._kernels.solve_row`), with the same normalization, biases and
+        kernel `fastcofi.solve_row`), with the same normalization, biases and
         regularization (under ``reg_weighting="count"`` or ``"sqrt"`` the penalty is scaled by the
         number of known rated items, or its square root). A training user's own ratings give back
         their trained factors once training has converged. No retraining; microseconds.

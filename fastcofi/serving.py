@@ -10,7 +10,7 @@ and top-n selection run in Numba kernels (`fastcofi._kernels`) that release the 
   whatever the number of users), each scored by one BLAS product and finished by a kernel
   parallel over the chunk's users;
 - similar items / users: a serial kernel of cosine similarities and the same heap selection;
-- a new user (`fold_in`): the training row solve, `fastcofi._kernels.solve_row`, with the items
+- a new user (`fold_in`): the training row solve, `fastcofi.solve_row`, with the items
   fixed and the same offsets, biases and regularization as ALS training.
 
 Thread safety: the serial kernels share nothing. Numba's parallel kernels may only be entered
@@ -26,9 +26,10 @@ from contextlib import nullcontext
 import numba
 import numpy as np
 
-from . import _kernels
-from .objective import WEIGHT_POWERS, row_weights
-from .ratings import Ratings, lookup
+from .data.ratings import Ratings, lookup
+from .kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
+from .kernels.topn import cosine_top_n, top_n_batch
+from .train.objective import WEIGHT_POWERS, row_weights
 
 __all__ = ["UserClusters", "fold_in", "recommend", "similar"]
 
@@ -217,7 +218,7 @@ def recommend(model, user, n, exclude_seen, items, filter_items):
     out_index = np.empty((n_query, n), dtype=np.int64)
     out_scores = np.empty((n_query, n))
     if n_query and n:
-        from .objective import threads
+        from .train.objective import threads
 
         X = state.X
         rows = min(n_query, _batch_rows(X.shape[0]))
@@ -228,7 +229,7 @@ def recommend(model, user, n, exclude_seen, items, filter_items):
             scores = buffer[: stop - start]
             np.matmul(state.Theta[chunk], X.T, out=scores)  # BLAS; releases the GIL
             with threads(model.n_threads), _parallel_guard():
-                _kernels.top_n_batch(
+                top_n_batch(
                     scores, chunk, state.item_off, state.mu, state.user_off, state.seen_indptr,
                     state.seen_items, exclude_seen, mask, use_mask, n, out_index[start:stop],
                     out_scores[start:stop],
@@ -255,13 +256,13 @@ def _fold(model, items, values):
     fit_bias = model.normalize == "biases"
     if items.dtype.kind in "iu" and state.int_items:
         index = np.empty(items.shape[0], dtype=np.int64)
-        beta, status = _kernels.fold_in_ids(
+        beta, status = fold_in_ids(
             model.item_ids_, np.array(items, dtype=np.int64), values, state.X,
             state.col_offset, reg, reg_bias, weight_power, fit_bias, index, w,
         )
     else:
         index = _indices(model.item_ids_, items)
-        beta, status = _kernels.fold_in_row(
+        beta, status = fold_in_row(
             index, values, state.X, state.col_offset, reg, reg_bias, weight_power,
             fit_bias, w,
         )
@@ -353,10 +354,10 @@ def add_users(model, ratings):
     if n_new:
         n_chunks = int(min(_MAX_CHUNKS, n_new))
         chunks = (np.arange(n_chunks + 1, dtype=np.int64) * n_new) // n_chunks
-        from .objective import threads
+        from .train.objective import threads
 
         with threads(model.n_threads), _parallel_guard():
-            _kernels.solve_rows(
+            solve_rows(
                 new_indptr, new_cols, new_values, chunks, state.X, state.col_offset,
                 np.zeros(n_new), float(reg), float(reg_bias), weights, fit_bias,
                 Theta_new, bias_new,
@@ -406,7 +407,7 @@ def similar(model, query, n, side):
     n_eff = min(n, F.shape[0])
     out_index = np.empty(n_eff, dtype=np.int64)
     out_scores = np.empty(n_eff)
-    count = _kernels.cosine_top_n(F, norms, q, n_eff, out_index, out_scores)
+    count = cosine_top_n(F, norms, q, n_eff, out_index, out_scores)
     return ids[out_index[:count]], out_scores[:count]
 
 
@@ -512,7 +513,7 @@ def warm_up(model):
     state = _state(model)
     k = state.X.shape[1]
     with _parallel_guard():
-        _kernels.solve_rows(
+        solve_rows(
             np.array([0, 1], dtype=np.int64), np.zeros(1, dtype=state.seen_items.dtype),
             np.ones(1), np.array([0, 1], dtype=np.int64), state.X, state.col_offset, np.zeros(1),
             1.0, 1.0, np.ones(1), model.normalize == "biases", np.zeros((1, k)), np.zeros(1),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fastcofi import ConvergenceWarning, MatrixFactorization
-from fastcofi.checkpoint import read_checkpoint
-from fastcofi.datasets import synthetic
+from fastcofi.data.synthetic import synthetic
+from fastcofi.train.checkpoint import read_checkpoint
 
 from .conftest import REPO
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastcofi.cli import main
-from fastcofi.io import load_model
+from fastcofi.app.cli import main
+from fastcofi.model_file import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 N_USERS, N_ITEMS = 40, 30

@@ -10,8 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastcofi import datasets
-from fastcofi.datasets import ChecksumError, DownloadError, fetch, load, synthetic
+from fastcofi.data import movielens as datasets
+from fastcofi.data.movielens import ChecksumError, DownloadError, fetch, load
+from fastcofi.data.synthetic import synthetic
 
 RATINGS = b"1\t1\t5\t881250949\n1\t2\t3\t881250950\n2\t1\t4\t881250951\n"
 

@@ -2,8 +2,8 @@ import re
 
 import numpy as np
 
-from fastcofi.cli import main
-from fastcofi.demo import load_toy, run_demo
+from fastcofi.app.cli import main
+from fastcofi.app.demo import load_toy, run_demo
 
 LINE = re.compile(r"^Predicting rating (\d+\.\d) for movie (.+)$")
 

@@ -13,9 +13,9 @@ distributed = pytest.importorskip("distributed")
 
 from fastcofi import MatrixFactorization, Ratings
 from fastcofi import distributed as fd
-from fastcofi.cli import main
-from fastcofi.io import load_model
-from fastcofi.objective import FlatObjective, cost_and_grad
+from fastcofi.app.cli import main
+from fastcofi.model_file import load_model
+from fastcofi.train.objective import FlatObjective, cost_and_grad
 
 RTOL = 1e-9
 # Short fits stop at max_iter on purpose.
@@ -305,7 +305,7 @@ def write_rating_files(folder, files):
 @pytest.mark.parametrize("by", ["items", "users"])
 @pytest.mark.parametrize("duplicates", ["last", "mean"])
 def test_files_give_the_ratings_of_one_file_of_all_their_rows(client, tmp_path, by, duplicates):
-    from fastcofi.io import read_ratings
+    from fastcofi.data.read import read_ratings
 
     paths, whole = write_rating_files(tmp_path, REPEATED_FILES)
     users, items, values = (np.array(c) for c in zip(*(r for f in REPEATED_FILES for r in f)))
@@ -325,7 +325,8 @@ def test_files_give_the_ratings_of_one_file_of_all_their_rows(client, tmp_path, 
 
 
 def test_files_repeating_a_pair_are_refused_under_duplicates_error(client, tmp_path):
-    from fastcofi.io import RatingsFileError, read_ratings
+    from fastcofi.data._source import RatingsFileError
+    from fastcofi.data.read import read_ratings
 
     paths, whole = write_rating_files(tmp_path, REPEATED_FILES)
     with pytest.raises(RatingsFileError, match="duplicated rating for user 1 and item 10"):

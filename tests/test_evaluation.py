@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from fastcofi import MatrixFactorization
-from fastcofi.evaluation import cross_validate
-from fastcofi.metrics import rmse
-from fastcofi.solvers import ConvergenceWarning
-from fastcofi.split import kfold
+from fastcofi.evaluate.cross_validation import cross_validate
+from fastcofi.evaluate.metrics import rmse
+from fastcofi.evaluate.split import kfold
+from fastcofi.train.solvers import ConvergenceWarning
 
 
 def _data(seed=0, n_users=20, n_items=12):

@@ -11,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastcofi import Ratings
-from fastcofi.io import RatingsFileError, ratings_from_dataframe, read_ratings, read_titles
+from fastcofi.data._source import RatingsFileError
+from fastcofi.data.frames import ratings_from_dataframe
+from fastcofi.data.read import read_ratings
+from fastcofi.data.titles import read_titles
 
 from .conftest import HAVE_ARROW, shared_data_dir, write
 

@@ -8,16 +8,20 @@ import time
 import numpy as np
 import pytest
 
-import fastcofi.io as fio
-from fastcofi import Ratings, _kernels
-from fastcofi.io import RatingsFileError, read_ratings
+from fastcofi import Ratings
+from fastcofi.data import _arrow, _text, read
+from fastcofi.data._source import RatingsFileError
+from fastcofi.data.read import read_ratings
+from fastcofi.kernels.parse import BY_USER, BY_USER_THEN_ITEM, UNORDERED, user_order
 
 from .conftest import HAVE_ARROW, write
 
+
 def shrink_blocks(patch):
     """Blocks of a few lines each, so that every file spans many blocks."""
-    patch.setattr(fio, "_BLOCK_BYTES", 64)
-    patch.setattr(fio, "_PARQUET_BATCH_ROWS", 7)
+    patch.setattr(_text, "_BLOCK_BYTES", 64)
+    patch.setattr(_arrow, "_BLOCK_BYTES", 64)
+    patch.setattr(_arrow, "_PARQUET_BATCH_ROWS", 7)
 
 
 @pytest.fixture
@@ -168,7 +172,7 @@ def test_nonfinite_and_bad_utf8_across_blocks(tmp_path, tiny_blocks, engine):
 
 
 def parse_workers():
-    return [t for t in threading.enumerate() if t.name.startswith(fio._CSV_THREAD_PREFIX)]
+    return [t for t in threading.enumerate() if t.name.startswith(_arrow._CSV_THREAD_PREFIX)]
 
 
 def test_refused_read_ends_its_parse_workers_without_the_gc(tmp_path, tiny_blocks):
@@ -215,10 +219,10 @@ def test_raw_columns_are_every_row_in_file_order(tmp_path, tiny_blocks, engine, 
     items = [int(f[1]) for f in fields]
     values = [float(f[2]) for f in fields]
     stamps = [int(f[3]) for f in fields]
-    source, columns, header_lines = fio._read_columns(path, engine=engine)
+    source, columns, header_lines = read._read_columns(path, engine=engine)
     assert header_lines == 1 and source.name == str(path)
-    assert fio._row_ids(columns["user"]).tolist() == users
-    assert fio._row_ids(columns["item"]).tolist() == items
+    assert read._row_ids(columns["user"]).tolist() == users
+    assert read._row_ids(columns["item"]).tolist() == items
     assert columns["rating"].tolist() == values and columns["timestamp"].tolist() == stamps
     for duplicates in ("last", "mean"):
         expected = Ratings.from_arrays(users, items, values, duplicates=duplicates,
@@ -234,7 +238,7 @@ def test_float32_overflow_in_a_later_block(tmp_path, tiny_blocks, engine):
 
 
 def test_auto_engine_without_pyarrow(tmp_path, monkeypatch):
-    monkeypatch.setattr(fio, "_have_pyarrow", lambda: False)
+    monkeypatch.setattr(read, "_have_pyarrow", lambda: False)
     path = write(tmp_path, "ratings.csv", ratings_csv(movielens_lines(100, seed=13)))
     r = read_ratings(path)
     assert r.nnz == 100 and r.timestamps is not None
@@ -271,11 +275,11 @@ def test_user_grouped_file_equals_shuffled_file(tmp_path, monkeypatch, engine, d
 
 def test_user_order_check():
     users = np.array([0, 0, 1, 1, 2], dtype=np.int32)
-    order = _kernels.user_order
-    assert order(users, np.array([1, 2, 0, 5, 0], dtype=np.int32)) == _kernels.BY_USER_THEN_ITEM
-    assert order(users, np.array([1, 1, 0, 5, 0], dtype=np.int32)) == _kernels.BY_USER  # a repeat
-    assert order(users, np.array([2, 1, 0, 5, 0], dtype=np.int32)) == _kernels.BY_USER
-    assert order(users[::-1].copy(), np.zeros(5, dtype=np.int32)) == _kernels.UNORDERED
+    order = user_order
+    assert order(users, np.array([1, 2, 0, 5, 0], dtype=np.int32)) == BY_USER_THEN_ITEM
+    assert order(users, np.array([1, 1, 0, 5, 0], dtype=np.int32)) == BY_USER  # a repeat
+    assert order(users, np.array([2, 1, 0, 5, 0], dtype=np.int32)) == BY_USER
+    assert order(users[::-1].copy(), np.zeros(5, dtype=np.int32)) == UNORDERED
 
 
 @pytest.mark.parametrize("duplicates", ["last", "mean"])

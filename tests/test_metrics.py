@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastcofi import MatrixFactorization, Ratings
-from fastcofi.metrics import (
+from fastcofi.evaluate.metrics import (
     coverage,
     evaluate,
     hit_rate,
@@ -19,7 +19,7 @@ from fastcofi.metrics import (
     recall_at_k,
     rmse,
 )
-from fastcofi.solvers import ConvergenceWarning
+from fastcofi.train.solvers import ConvergenceWarning
 
 
 class StubModel:

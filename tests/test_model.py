@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, reference
-from fastcofi.demo import toy_ratings_with_new_user
-
-from .planted import planted
+from fastcofi.app.demo import toy_ratings_with_new_user
+from fastcofi.data.synthetic import planted
 
 # The tutorial's model: item-mean normalization and a plain penalty on the summed cost.
 TUTORIAL = dict(normalize="item_mean", reg_weighting="none")
@@ -245,8 +244,8 @@ def test_float32_ratings_train_to_the_float64_model():
 @pytest.mark.slow  # three fits of 10k ratings: about 50 s with the JIT off
 def test_default_penalty_follows_the_ratings_units():
     """Ratings in other units (0-1, -10..10) get the same model, scaled, from the defaults."""
-    from fastcofi.datasets import synthetic
-    from fastcofi.split import random_split
+    from fastcofi.data.synthetic import synthetic
+    from fastcofi.evaluate.split import random_split
 
     ratings = synthetic(300, 200, 12_000, rank=3, noise=0.6, seed=0, step=None,
                         rating_scale=(-100, 100))

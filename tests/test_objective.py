@@ -4,7 +4,7 @@ from hypothesis import given
 from scipy.optimize import check_grad
 
 from fastcofi import Ratings, reference
-from fastcofi.objective import FlatObjective, _evaluate, column_blocks, cost_and_grad, threads
+from fastcofi.train.objective import FlatObjective, _evaluate, column_blocks, cost_and_grad, threads
 
 from .strategies import relative_error, sparse_problems
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fastcofi import MatrixFactorization, Ratings
-from fastcofi.plotting import plot_convergence
+from fastcofi.app.plotting import plot_convergence
 
 
 def test_plot_convergence_draws_cost_and_validation(tmp_path):

@@ -1,12 +1,21 @@
+import numba as nb
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastcofi import Ratings, _kernels
-from fastcofi.objective import threads
-from fastcofi.ratings import lookup, unique_ids
+from fastcofi import Ratings
+from fastcofi.data.ratings import lookup, unique_ids
+from fastcofi.kernels.sparse import (
+    _SORT_MIN_PER_THREAD,
+    _row_major_order,
+    _sort_parts,
+    _transpose_csr,
+    row_major_order,
+    transpose_csr,
+)
+from fastcofi.train.objective import threads
 
 
 def _dense_of(ratings):
@@ -268,8 +277,8 @@ def _transpose(matrix, with_extra, n_parts=None):
     out_extra = np.empty(csr.nnz, dtype=np.int64) if with_extra else None
     args = (csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data, n_cols,
             out_indices, out_values, extra, out_extra)
-    indptr = (_kernels.transpose_csr(*args) if n_parts is None
-              else _kernels._transpose_csr(*args, n_parts))
+    indptr = (transpose_csr(*args) if n_parts is None
+              else _transpose_csr(*args, n_parts))
     expected = sp.csr_array(csr.T)
     expected.has_sorted_indices = False
     expected.sort_indices()
@@ -295,7 +304,7 @@ def test_transpose_csr_equals_scipy(n_rows, n_cols, density, with_extra, seed):
 
 def test_transpose_csr_in_parallel_equals_one_thread():
     # Enough entries that each of two threads takes a run of rows of its own.
-    assert 400 * 500 * 0.8 > 2 * _kernels._SORT_MIN_PER_THREAD
+    assert 400 * 500 * 0.8 > 2 * _SORT_MIN_PER_THREAD
     rng = np.random.default_rng(0)
     matrix = (rng.random((400, 500)) < 0.8) * rng.normal(size=(400, 500))
     with threads(1):
@@ -307,11 +316,11 @@ def test_transpose_csr_in_parallel_equals_one_thread():
 
 
 def test_sort_threads_keep_key_counts_under_4_bytes_per_entry(monkeypatch):
-    monkeypatch.setattr(_kernels.nb, "get_num_threads", lambda: 8)
-    assert _kernels._sort_parts(10**6, 100) == 8
-    assert _kernels._sort_parts(10**6, 10**6) == 1  # 2 x 8 MB of counts for 8 MB of entries
-    assert _kernels._sort_parts(10**6, 10**5) == 5  # 5 x 0.8 MB of counts: 4 MB
-    assert _kernels._sort_parts(100, 10) == 1  # too few entries to split
+    monkeypatch.setattr(nb, "get_num_threads", lambda: 8)
+    assert _sort_parts(10**6, 100) == 8
+    assert _sort_parts(10**6, 10**6) == 1  # 2 x 8 MB of counts for 8 MB of entries
+    assert _sort_parts(10**6, 10**5) == 5  # 5 x 0.8 MB of counts: 4 MB
+    assert _sort_parts(100, 10) == 1  # too few entries to split
 
 
 def _awkward_csrs():
@@ -342,13 +351,13 @@ def test_parallel_sorts_hold_for_any_number_of_parts(n_parts):
         indices = csr.indices.astype(np.int32)
         rows = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(csr.indptr))
         shuffle = np.random.default_rng(n_parts).permutation(csr.nnz)
-        order, row_indptr = _kernels._row_major_order(rows[shuffle], indices[shuffle], n_rows,
+        order, row_indptr = _row_major_order(rows[shuffle], indices[shuffle], n_rows,
                                                       n_parts)
         np.testing.assert_array_equal(order, np.lexsort((indices[shuffle], rows[shuffle])))
         np.testing.assert_array_equal(row_indptr, csr.indptr)
 
 
-@pytest.mark.parametrize("n", [50, 3 * _kernels._SORT_MIN_PER_THREAD])
+@pytest.mark.parametrize("n", [50, 3 * _SORT_MIN_PER_THREAD])
 def test_row_major_order_equals_a_stable_lexsort_on_any_thread_count(n):
     rng = np.random.default_rng(n)
     rows = rng.integers(0, 300, n).astype(np.int32)
@@ -356,14 +365,14 @@ def test_row_major_order_equals_a_stable_lexsort_on_any_thread_count(n):
     expected = np.lexsort((cols, rows))
     for n_threads in (1, 2):
         with threads(n_threads):
-            order, indptr = _kernels.row_major_order(rows, cols, 300)
+            order, indptr = row_major_order(rows, cols, 300)
         np.testing.assert_array_equal(order, expected)
         np.testing.assert_array_equal(indptr, np.r_[0, np.cumsum(np.bincount(rows, minlength=300))])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_value_moments_match_numpy_in_chunks(dtype):
-    from fastcofi.ratings import value_moments
+    from fastcofi.data.ratings import value_moments
 
     values = (np.random.default_rng(0).integers(1, 6, size=1001) * 0.5 + 100).astype(dtype)
     mean, variance = value_moments(values, chunk=64)

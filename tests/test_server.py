@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from fastcofi import MatrixFactorization, Ratings
-from fastcofi.cli import main
-from fastcofi.server import make_server
+from fastcofi.app.cli import main
+from fastcofi.app.server import make_server
 
 REPO = Path(__file__).resolve().parent.parent
 N_USERS, N_ITEMS = 30, 25

@@ -11,7 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastcofi import MatrixFactorization, Ratings, _kernels, load_model, serving
+from fastcofi import MatrixFactorization, Ratings, load_model, serving
+from fastcofi.kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
+from fastcofi.kernels.sparse import lookup_int
+from fastcofi.kernels.topn import cosine_top_n, select_top_n, top_n_batch
 
 from .conftest import JIT_DISABLED, REPO
 
@@ -203,7 +206,7 @@ def test_select_top_n_matches_full_sort(values, n):
     scores = np.array(values, dtype=np.float64)
     out_index = np.empty(max(n, 0), dtype=np.int64)
     out_scores = np.empty(max(n, 0))
-    count = _kernels.select_top_n(scores, n, out_index, out_scores)
+    count = select_top_n(scores, n, out_index, out_scores)
     finite = np.flatnonzero(scores > -np.inf)
     expected = finite[np.lexsort((finite, -scores[finite]))][:n]
     assert count == expected.shape[0]
@@ -389,8 +392,7 @@ def test_cluster_users_recovers_planted_groups(model):
 
 
 # -- warm-up, threads -----------------------------------------------------------------------------
-SERVING_KERNELS = ("top_n_batch", "cosine_top_n", "lookup_int", "fold_in_ids",
-                   "fold_in_row", "solve_rows")
+SERVING_KERNELS = (top_n_batch, cosine_top_n, lookup_int, fold_in_ids, fold_in_row, solve_rows)
 
 
 @needs_jit
@@ -398,7 +400,7 @@ def test_no_compilation_after_warm_up(model, tmp_path):
     model.save(tmp_path / "m.npz")
     for m in (model, load_model(tmp_path / "m.npz")):
         m.warm_up()
-        before = {name: len(getattr(_kernels, name).signatures) for name in SERVING_KERNELS}
+        before = [len(kernel.signatures) for kernel in SERVING_KERNELS]
         user, item = m.user_ids_[1], m.item_ids_[2]
         m.recommend(user, n=3)
         m.recommend(int(user), n=3, items=[item], filter_items=[item])
@@ -412,7 +414,7 @@ def test_no_compilation_after_warm_up(model, tmp_path):
         m.similar_users(user, 2)
         m.cluster_users(2, random_state=0).recommend(1, 3)
         m.add_users(Ratings.from_arrays([10**7], [item], [4.0]))
-        after = {name: len(getattr(_kernels, name).signatures) for name in SERVING_KERNELS}
+        after = [len(kernel.signatures) for kernel in SERVING_KERNELS]
         assert after == before
 
 

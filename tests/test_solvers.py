@@ -6,8 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import check_grad
 
-from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, _kernels
-from fastcofi.objective import FlatObjective
+from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
+from fastcofi.kernels.rowsolve import solve_row
+from fastcofi.train.objective import FlatObjective
 
 from .strategies import relative_error, sparse_problems
 
@@ -63,7 +64,7 @@ def test_row_solve_equals_normal_equations(seed, k, fit_bias, n):
     A = np.empty((k + 1, k + 1))
     b = np.empty(k + 1)
     out = np.empty(k)
-    beta = _kernels.solve_row(
+    beta = solve_row(
         cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b, out
     )
     design = np.hstack([F[cols], np.ones((n, 1))]) if fit_bias else F[cols]
@@ -77,7 +78,7 @@ def test_row_solve_equals_normal_equations(seed, k, fit_bias, n):
 def test_row_solve_reports_a_singular_system():
     F = np.zeros((3, 2))
     out = np.ones(2)
-    beta = _kernels.solve_row(
+    beta = solve_row(
         np.array([0], dtype=np.int32), np.array([1.0]), F, np.zeros(3), 0.0, 0.0, 0.0, False,
         np.empty((3, 3)), np.empty(3), out,
     )

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastcofi import Ratings
-from fastcofi.split import (
+from fastcofi.evaluate.split import (
     kfold,
     leave_k_out,
     official_folds,
@@ -14,7 +14,6 @@ from fastcofi.split import (
     random_split_indices,
     temporal_split,
 )
-
 
 
 def _coo(seed, n_users=12, n_items=9, density=0.5, string_ids=False):

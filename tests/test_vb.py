@@ -8,11 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastcofi import MatrixFactorization, ModelFileError, Ratings, _kernels, load_model, solvers
-from fastcofi.objective import FlatObjective, threads
-from fastcofi.solvers import ConvergenceWarning, _moments
+from fastcofi import MatrixFactorization, ModelFileError, Ratings, load_model
+from fastcofi.data.synthetic import planted as planted_problem
+from fastcofi.kernels.vb import vb_update_rows
+from fastcofi.train import vb as vb_solver
+from fastcofi.train.objective import FlatObjective, threads
+from fastcofi.train.solvers import ConvergenceWarning
+from fastcofi.train.vb import _moments
 
-from .planted import planted as planted_problem
 from .strategies import relative_error, sparse_problems
 
 pytestmark = pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
@@ -74,7 +77,7 @@ def test_row_update_matches_the_dense_derivation(problem, seed):
     mean = np.zeros((ratings.n_items, d))
     cov = np.zeros((ratings.n_items, d, d))
     sse, logdet = np.zeros(ratings.n_items), np.zeros(ratings.n_items)
-    failed = _kernels.vb_update_rows(
+    failed = vb_update_rows(
         *ratings.by_item, ratings._item_chunks, mu, *_moments(user_mean, user_cov), precision,
         tau, mean, cov, sse, logdet,
     )
@@ -140,7 +143,7 @@ def _vb_from(train, init_noise, on_iteration=None, k=4):
     params = objective.pack(rng.normal(0, 0.1, (train.n_items, k)),
                             rng.normal(0, 0.1, (train.n_users, k)),
                             np.zeros(train.n_items), np.zeros(train.n_users))
-    return solvers.minimize_vb(objective, params, max_iter=200, tol=3e-3, init_noise=init_noise,
+    return vb_solver.minimize_vb(objective, params, max_iter=200, tol=3e-3, init_noise=init_noise,
                                on_iteration=on_iteration)
 
 
@@ -174,8 +177,8 @@ def test_a_start_that_fails_is_dropped(seed):
 def test_replay_and_warning_happen_once(planted, monkeypatch):
     train, _ = planted_problem(noise=1.0, n_users=120, n_items=80, density=0.4)
     runs = []
-    real_run = solvers._vb_run
-    monkeypatch.setattr(solvers, "_vb_run", lambda *a: runs.append(a[6]) or real_run(*a))
+    real_run = vb_solver._vb_run
+    monkeypatch.setattr(vb_solver, "_vb_run", lambda *a: runs.append(a[6]) or real_run(*a))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         MatrixFactorization(n_factors=4, solver="vb", max_iter=3, tol=0).fit(train)
@@ -267,8 +270,8 @@ def test_validation_history_and_callback(planted):
 def test_verbose_alone_replays_the_kept_start(monkeypatch, capsys):
     train, _ = planted_problem(noise=1.0, n_users=120, n_items=80, density=0.4)
     runs = []
-    real_run = solvers._vb_run
-    monkeypatch.setattr(solvers, "_vb_run", lambda *a: runs.append(a[6]) or real_run(*a))
+    real_run = vb_solver._vb_run
+    monkeypatch.setattr(vb_solver, "_vb_run", lambda *a: runs.append(a[6]) or real_run(*a))
     model = MatrixFactorization(n_factors=4, solver="vb", max_iter=3, tol=0, verbose=True,
                                 random_state=0)
     with warnings.catch_warnings():

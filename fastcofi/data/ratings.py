@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _kernels
+from ..kernels.sparse import compact_ids, gather_rows, row_major_order, take, transpose_csr
 
 __all__ = ["Ratings"]
 
@@ -99,7 +99,7 @@ def unique_ids(ids):
             # wider than its range, and int64 mixed with uint64 would turn into float.
             wide = np.uint64 if ids.dtype.kind == "u" else np.int64
             index = np.empty(ids.shape[0], dtype=_index_dtype(min(span, ids.shape[0])))
-            offsets = _kernels.compact_ids(ids, wide(lo), span, index)
+            offsets = compact_ids(ids, wide(lo), span, index)
             return (offsets.astype(wide) + wide(lo)).astype(ids.dtype), index
     uniq, index = np.unique(ids, return_inverse=True)
     return uniq, index.reshape(-1)
@@ -210,10 +210,10 @@ class Ratings:
         n_users, n_items = len(user_ids), len(item_ids)
         users = users.astype(_index_dtype(n_users), copy=False)
         items = items.astype(_index_dtype(n_items), copy=False)
-        order, item_indptr = _kernels.row_major_order(items, users, n_items)
+        order, item_indptr = row_major_order(items, users, n_items)
         row_users = np.empty_like(users)
         sorted_values = np.empty_like(values)
-        if _kernels.gather_rows(order, item_indptr, users, values, row_users, sorted_values):
+        if gather_rows(order, item_indptr, users, values, row_users, sorted_values):
             # same[p]: sorted position p + 1 repeats the (item, user) pair at position p.
             same = row_users[1:] == row_users[:-1]
             row_starts = item_indptr[1:-1]
@@ -234,11 +234,11 @@ class Ratings:
             row_users = row_users[last_of_group]
             item_indptr = np.zeros(n_items + 1, dtype=np.int64)
             np.cumsum(np.bincount(items[order], minlength=n_items), out=item_indptr[1:])
-        ts = None if timestamps is None else _kernels.take(timestamps, order)
+        ts = None if timestamps is None else take(timestamps, order)
         del order
         user_items = np.empty(row_users.shape[0], dtype=items.dtype)
         user_values = np.empty_like(sorted_values)
-        user_indptr = _kernels.transpose_csr(
+        user_indptr = transpose_csr(
             item_indptr, row_users, sorted_values, n_users, user_items, user_values
         )
         return cls._assemble(
@@ -269,13 +269,13 @@ class Ratings:
         item_users = np.empty(nnz, dtype=_index_dtype(len(user_ids)))
         if timestamps is None:
             item_values = np.empty_like(user_values)
-            item_indptr = _kernels.transpose_csr(
+            item_indptr = transpose_csr(
                 user_indptr, user_items, user_values, len(item_ids), item_users, item_values
             )
         else:
             item_values = np.empty_like(user_values)
             item_timestamps = np.empty_like(timestamps)
-            item_indptr = _kernels.transpose_csr(
+            item_indptr = transpose_csr(
                 user_indptr, user_items, user_values, len(item_ids), item_users, item_values,
                 timestamps, item_timestamps,
             )
@@ -471,7 +471,7 @@ class Ratings:
     @classmethod
     def from_dataframe(cls, df, *, user="user", item="item", rating="rating", **kwargs):
         """Build from a pandas DataFrame's columns; see `fastcofi.io.ratings_from_dataframe`."""
-        from .io import ratings_from_dataframe
+        from .frames import ratings_from_dataframe
 
         return ratings_from_dataframe(df, user=user, item=item, rating=rating, **kwargs)
 

@@ -37,7 +37,7 @@ knows (``len(model.item_ids_)``).
 
 import numpy as np
 
-from .ratings import Ratings, lookup
+from ..data.ratings import Ratings, lookup
 
 __all__ = [
     "rmse",

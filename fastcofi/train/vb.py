@@ -1,153 +1,13 @@
-"""Solvers: scipy's CG and L-BFGS-B on the fused objective, and alternating least squares.
-
-Every solver minimizes the same objective (`fastcofi.objective.FlatObjective`) and reports each
-iteration through ``on_iteration(iteration, params, history) -> stop``.
-"""
+"""Variational Bayes: mean-field updates of both sides until the free energy settles."""
 
 import time
-import warnings
 
 import numpy as np
 
-from . import _kernels
+from ..data.ratings import value_moments
+from ..kernels.vb import vb_update_rows
 from .objective import threads
-from .ratings import value_moments
-
-__all__ = ["ConvergenceWarning", "minimize_scipy", "minimize_als", "minimize_vb"]
-
-
-class ConvergenceWarning(UserWarning):
-    """Training stopped before its convergence test was met."""
-
-
-def _warn(solver, nit, tol, reason):
-    warnings.warn(
-        f"{solver} stopped after {nit} iterations without meeting tol={tol}: {reason}",
-        ConvergenceWarning,
-        stacklevel=4,
-    )
-
-
-def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None):
-    """Minimize ``objective`` with ``scipy.optimize.minimize(method="CG" or "L-BFGS-B", jac=True)``.
-
-    Parameters
-    ----------
-    objective : callable
-        ``objective(x) -> (cost, gradient)`` with a fresh gradient array each call.
-    x0 : ndarray of shape (n_params,), float64
-    method : {"CG", "L-BFGS-B"}
-    max_iter : int
-    tol : float
-        Stop once the gradient's largest entry is below ``tol`` times its value at ``x0``
-        (relative, so the test does not depend on the number of ratings). 0 disables the test;
-        scipy may still stop when its line search makes no progress.
-    on_iteration : callable, optional
-        ``on_iteration(iteration, x, history) -> bool`` after each iteration, with the current
-        iterate; returning True stops training (without a convergence warning).
-
-    Returns
-    -------
-    result : scipy.optimize.OptimizeResult
-    history : dict of lists ``"cost"`` and ``"seconds"``, one entry per iteration
-    """
-    # Imported here: scipy.optimize takes most of a second to import, which serving never needs.
-    from scipy import optimize
-    from threadpoolctl import threadpool_limits
-
-    history = {"cost": [], "seconds": []}
-
-    def scipy_callback(intermediate_result):
-        history["cost"].append(float(intermediate_result.fun))
-        history["seconds"].append(time.perf_counter() - start)
-        if on_iteration is not None and on_iteration(
-            len(history["cost"]), intermediate_result.x, history
-        ):
-            raise StopIteration
-
-    if method == "CG":
-        options = {"maxiter": int(max_iter)}
-    else:
-        # L-BFGS-B's own relative-decrease test would stop long before the gradient test.
-        options = {"maxiter": int(max_iter), "ftol": 0.0, "maxfun": 4 * int(max_iter) + 20}
-    # The vector updates are memory-bound: BLAS threads would only spin against the kernel's.
-    with threadpool_limits(limits=1, user_api="blas"):
-        start = time.perf_counter()
-        _, grad0 = objective(x0)
-        gtol = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else 0.0
-        options["gtol"] = gtol
-        result = optimize.minimize(
-            objective, x0, method=method, jac=True, callback=scipy_callback, options=options
-        )
-    if not result.success and result.status != 99:
-        _warn(method, result.nit, tol, result.message)
-    return result, history
-
-
-def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=None):
-    """Alternating least squares on ``objective``'s parameters, updated in place.
-
-    Each iteration solves every user row with the items fixed, then every item row with the
-    users fixed (closed-form regularized least squares, `fastcofi._kernels.solve_rows`), so the
-    cost never increases. Stops, as the scipy solvers do, once the gradient's largest entry is
-    below ``tol`` times its value at the start (0 disables the test), when a sweep no longer
-    lowers the cost at all, after ``max_iter`` iterations, or when ``on_iteration`` asks.
-
-    Parameters
-    ----------
-    objective : FlatObjective
-        Supplies the ratings, regularization and the parameter layout.
-    params : ndarray of shape (objective.size,), float64
-        Initial parameters; overwritten with the result.
-    fit_bias : bool
-        Learn the user and item biases (they must be part of ``objective``'s parameters).
-
-    Returns
-    -------
-    params : ndarray (the same array)
-    history : dict of lists ``"cost"`` and ``"seconds"``
-    converged : bool
-    """
-    ratings = objective.ratings
-    X, Theta, item_bias, user_bias = objective.unpack(params)
-    zeros_items, zeros_users = np.zeros(ratings.n_items), np.zeros(ratings.n_users)
-    history = {"cost": [], "seconds": []}
-    start = time.perf_counter()
-    previous, grad0 = objective(params)
-    threshold = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else -1.0
-    converged = False
-    with threads(objective.n_threads):
-        for iteration in range(1, int(max_iter) + 1):
-            if fit_bias:
-                # Biases are learned: they sit beside the factors in each row solve.
-                user_offsets = (objective.mu + item_bias, zeros_users)
-                item_offsets = (objective.mu + user_bias, zeros_items)
-            else:
-                # Fixed biases (item means): a user's targets subtract the item's mean, an item's
-                # targets its own mean.
-                user_offsets = (objective.mu + item_bias, user_bias)
-                item_offsets = (user_bias, objective.mu + item_bias)
-            _kernels.solve_rows(
-                *ratings.by_user, ratings._user_chunks, X, *user_offsets,
-                objective.reg, objective.reg_bias, objective.weights[1], fit_bias, Theta, user_bias,
-            )
-            _kernels.solve_rows(
-                *ratings.by_item, ratings._item_chunks, Theta, *item_offsets,
-                objective.reg, objective.reg_bias, objective.weights[0], fit_bias, X, item_bias,
-            )
-            cost, grad = objective(params)
-            history["cost"].append(cost)
-            history["seconds"].append(time.perf_counter() - start)
-            if on_iteration is not None and on_iteration(iteration, params, history):
-                return params, history, True
-            if np.max(np.abs(grad)) <= threshold or cost >= previous:
-                converged = True
-                break
-            previous = cost
-    if not converged:
-        _warn("ALS", len(history["cost"]), tol, "maximum number of iterations reached")
-    return params, history, converged
-
+from .solvers import _warn
 
 # The free energy's relative change that ends VB, as a fraction of ``tol`` (3e-4 at the default
 # tol): ML-100K's test RMSE has stopped moving by then (17-23 sweeps; 1e-4 takes 23-29 sweeps
@@ -156,7 +16,7 @@ _VB_TOL_SCALE = 0.1
 
 
 def _moments(mean, cov):
-    """The posterior moments `fastcofi._kernels.vb_update_rows` reads of the other side."""
+    """The posterior moments `fastcofi.vb_update_rows` reads of the other side."""
     k = mean.shape[1] - 1
     first = mean.copy()
     first[:, k] = 1.0
@@ -183,7 +43,7 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01,
     The model of ``objective`` (``mu`` + biases + factors) with priors instead of penalties:
     every item's (factors, bias) ~ N(0, diag(item variances)), every user's likewise with its
     own variances, ratings with Gaussian noise. Mean-field updates alternate items and users
-    (`fastcofi._kernels.vb_update_rows`, each row's full covariance kept); after each sweep
+    (`fastcofi.vb_update_rows`, each row's full covariance kept); after each sweep
     every variance is set to its posterior average (per factor dimension, so unneeded dimensions
     shrink away: automatic relevance determination). The free energy never decreases. Stops when
     a sweep changes it by less than ``tol / 10`` of its size, after ``max_iter`` sweeps, or when
@@ -273,12 +133,12 @@ def _vb_run(objective, params, max_iter, tol, init_cov, init_noise_variance, on_
     threshold = float(tol) * _VB_TOL_SCALE
     with threads(objective.n_threads):
         for iteration in range(1, int(max_iter) + 1):
-            failed = _kernels.vb_update_rows(
+            failed = vb_update_rows(
                 *ratings.by_item, ratings._item_chunks, objective.mu,
                 *_moments(user_mean, user_cov), 1.0 / variances["items"], tau, item_mean,
                 item_cov, item_sse, item_logdet,
             )
-            failed += _kernels.vb_update_rows(
+            failed += vb_update_rows(
                 *ratings.by_user, ratings._user_chunks, objective.mu,
                 *_moments(item_mean, item_cov), 1.0 / variances["users"], tau, user_mean,
                 user_cov, user_sse, user_logdet,

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from .metrics import RANKING_METRICS, rating_metrics, ranking_metrics
+from .metrics import RANKING_METRICS, ranking_metrics, rating_metrics
 from .split import kfold
 
 __all__ = ["cross_validate"]

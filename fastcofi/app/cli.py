@@ -54,7 +54,7 @@ def _print_json(document):
 
 def _typed_id(model_ids, text, option):
     """The command-line id ``text`` as the type of the model's ids (str or int)."""
-    from .ratings import _parse_int
+    from ..data.ratings import _parse_int
 
     if model_ids.dtype.kind == "U":
         return text
@@ -86,14 +86,14 @@ def _check_output(path):
 
 
 def _rating_metrics(model, ratings):
-    from .metrics import rating_metrics
+    from ..evaluate.metrics import rating_metrics
 
     return rating_metrics(model, ratings)
 
 
 # -- train -----------------------------------------------------------------------------------
 def _cmd_train(args):
-    from .model import MatrixFactorization
+    from ..model import MatrixFactorization
 
     _check_output(args.output)
     params = {
@@ -104,7 +104,7 @@ def _cmd_train(args):
     model._check_params()  # a bad flag fails before any file is read
     if args.dask is None:
         return _train(args, model, None)
-    from .distributed import _close_client, _connect
+    from ..distributed import _close_client, _connect
 
     if model.solver not in ("cg", "lbfgs"):
         raise ValueError(f"--dask trains with --solver cg or lbfgs, found --solver {model.solver}")
@@ -117,7 +117,8 @@ def _cmd_train(args):
 
 
 def _train(args, model, dask_client):
-    from .io import read_ratings, read_titles
+    from ..data.read import read_ratings
+    from ..data.titles import read_titles
 
     ratings = read_ratings(args.data, format=args.format)
     titles = read_titles(args.titles) if args.titles else None
@@ -126,7 +127,7 @@ def _train(args, model, dask_client):
         test = read_ratings(args.test, format=args.format)
         train = ratings
     elif args.test_fraction is not None:
-        from .split import random_split
+        from ..evaluate.split import random_split
 
         train, test = random_split(ratings, args.test_fraction, random_state=args.seed)
     else:
@@ -152,7 +153,7 @@ def _train(args, model, dask_client):
         if dask_client is None:
             model.fit(train, **fit_kwargs)
         else:
-            from .distributed import fit
+            from ..distributed import fit
 
             try:
                 fit(model, train, client=dask_client, **fit_kwargs)
@@ -177,12 +178,13 @@ def _train(args, model, dask_client):
 
 # -- evaluate --------------------------------------------------------------------------------
 def _cmd_evaluate(args):
-    from .io import load_model, read_ratings
+    from ..data.read import read_ratings
+    from ..model_file import load_model
 
     model = load_model(args.model)
     test = read_ratings(args.data, format=args.format)
     try:
-        from .metrics import evaluate
+        from ..evaluate.metrics import evaluate
     except ImportError:  # pragma: no cover - metrics ships with fastcofi
         evaluate = None
     if evaluate is not None:
@@ -200,7 +202,7 @@ def _cmd_evaluate(args):
 
 # -- recommend / predict ---------------------------------------------------------------------
 def _cmd_recommend(args):
-    from .io import load_model
+    from ..model_file import load_model
 
     model = load_model(args.model)
     if args.cluster is not None:
@@ -249,8 +251,8 @@ def _print_rows(rows):
 
 
 def _cmd_predict(args):
-    from .io import load_model
-    from .ratings import lookup
+    from ..data.ratings import lookup
+    from ..model_file import load_model
 
     model = load_model(args.model)
     user = _typed_id(model.user_ids_, args.user, "--user")
@@ -271,7 +273,7 @@ def _cmd_predict(args):
 
 # -- info ------------------------------------------------------------------------------------
 def _cmd_info(args):
-    from .io import model_info
+    from ..model_file import model_info
 
     info = model_info(args.model)
     if args.json:
@@ -313,7 +315,7 @@ def _build_parser():
     demo.add_argument("--max-iter", type=int, default=100, help="CG iterations (default 100)")
     demo.set_defaults(func=_cmd_demo)
 
-    from .io import FORMATS
+    from ..data.read import FORMATS
 
     train = sub.add_parser("train", help="fit a model on a rating file and write it (.npz)")
     train.add_argument("data", metavar="DATA",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ratings import Ratings, lookup
+from ..data.ratings import Ratings, lookup
 
 __all__ = [
     "random_split",
@@ -335,7 +335,7 @@ def official_folds(folder, which="u"):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found; expected the MovieLens 100K files")
         paths.append(pair)
-    from .io import read_ratings  # deferred: the reader is only needed here
+    from ..data.read import read_ratings  # deferred: the reader is only needed here
 
     return [
         (read_ratings(base, format="ml-100k"), read_ratings(test, format="ml-100k"))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import MatrixFactorization
-from .ratings import Ratings
+from ..data.ratings import Ratings
+from ..model import MatrixFactorization
 
 __all__ = ["load_toy", "run_demo", "NEW_USER_RATINGS", "DEMO_REG"]
 
@@ -23,7 +23,7 @@ def _toy_dir():
     if packaged.is_dir():
         return packaged
     # Running from a source checkout: the files live in the repository's data/ folder.
-    return Path(__file__).resolve().parent.parent / "data" / "seed-toy"
+    return Path(__file__).resolve().parents[2] / "data" / "seed-toy"
 
 
 def load_toy():

@@ -1,0 +1,1 @@
+"""The data layer: files, arrays and frames -> :class:`Ratings`. Never imports the model."""

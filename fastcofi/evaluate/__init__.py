@@ -1,0 +1,1 @@
+"""Evaluation: metrics, train/test splits and cross-validation."""

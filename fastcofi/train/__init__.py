@@ -1,0 +1,1 @@
+"""Training: the objective over `Ratings`, the solvers that minimize it, and checkpoints."""

@@ -1,0 +1,324 @@
+"""The tutorial's objective over sparse ratings, for tests, benchmarks and the solvers."""
+
+from contextlib import contextmanager
+from typing import NamedTuple, Optional
+
+import numba
+import numpy as np
+
+from ..data.ratings import Ratings, balanced_bounds
+from ..kernels.objective import cost_and_grad_buffered, cost_and_grad_two_pass
+
+__all__ = ["FlatObjective", "cost_and_grad", "row_weights"]
+
+# Each row's penalty is multiplied by (its number of ratings) ** power.
+WEIGHT_POWERS = {"none": 0.0, "count": 1.0, "sqrt": 0.5}
+
+
+def row_weights(counts, reg_weighting):
+    """Penalty weight of each row from its number of ratings (float64).
+
+    ``"none"``: 1; ``"count"``: the count (ALS-WR); ``"sqrt"``: its square root. Under the last
+    two a row with no rating has no penalty (and no data: its factors stay at zero).
+    """
+    power = WEIGHT_POWERS[reg_weighting]
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.ones_like(counts) if power == 0.0 else counts**power
+
+
+@contextmanager
+def threads(n_threads):
+    """Run numba's parallel kernels on ``n_threads`` threads inside the block (None: numba's
+    default).
+
+    numba's thread count is per calling thread, so this does not affect other threads.
+    """
+    if n_threads is None:
+        yield
+        return
+    available = numba.config.NUMBA_NUM_THREADS
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive integer or None, found {n_threads!r}")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(int(n_threads), available))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _check_factors(item_factors, user_factors, ratings):
+    if not isinstance(ratings, Ratings):
+        raise TypeError(f"ratings must be a fastcofi.Ratings, found {type(ratings).__name__}")
+    return _check_factor_shapes(item_factors, user_factors, ratings)
+
+
+def _check_factor_shapes(item_factors, user_factors, ratings):
+    """Contiguous float64 factors whose rows match ``ratings.n_items`` / ``ratings.n_users``
+    (a `Ratings` or anything with those two attributes, such as a Dask handle)."""
+    X = np.ascontiguousarray(item_factors, dtype=np.float64)
+    Theta = np.ascontiguousarray(user_factors, dtype=np.float64)
+    if X.ndim != 2 or Theta.ndim != 2:
+        raise ValueError(
+            f"item_factors and user_factors must be 2-dimensional, found shapes {X.shape} and "
+            f"{Theta.shape}"
+        )
+    if X.shape[0] != ratings.n_items or Theta.shape[0] != ratings.n_users:
+        raise ValueError(
+            f"expected item_factors with {ratings.n_items} rows and user_factors with "
+            f"{ratings.n_users} rows, found shapes {X.shape} and {Theta.shape}"
+        )
+    if X.shape[1] != Theta.shape[1]:
+        raise ValueError(
+            f"item_factors and user_factors must have the same number of columns, found "
+            f"{X.shape[1]} and {Theta.shape[1]}"
+        )
+    return X, Theta
+
+
+# The one-pass kernel's buffers may take this much memory, or as much as the ratings' values
+# when that is more, before the buffer-free two-pass kernel is used instead.
+_BUFFER_ALLOWANCE = 64 << 20
+
+
+def _use_buffers(ratings, n_factors):
+    smaller = min(ratings.n_items, ratings.n_users)
+    buffer_bytes = numba.config.NUMBA_NUM_THREADS * smaller * (n_factors + 1) * 8
+    return buffer_bytes <= max(_BUFFER_ALLOWANCE, 8 * ratings.nnz)
+
+
+# The one-pass kernel walks its rows once per block of the other side's columns, each block's
+# factor and buffer rows taking about this many bytes: at 1e7 ratings (30k x 400k) one evaluation
+# took 1.5-2.2x less time than a single walk at k = 32 and 50, 0.96-1.8x at k = 10 depending on
+# the run; 1 and 2 MiB blocks were slower at k = 10 and 32 (bench/kernel_ab.py, README).
+_BLOCK_BYTES = 4 << 20
+
+
+def column_blocks(n_cols, n_factors, block_bytes=_BLOCK_BYTES):
+    """Column boundaries (int64, from 0 to ``n_cols``) of blocks whose factor and buffer rows
+    ((2 k + 1) floats per column) take about ``block_bytes`` each."""
+    total = n_cols * (2 * n_factors + 1) * 8
+    n_blocks = int(max(1, min(n_cols, -(-total // block_bytes))))
+    return (np.arange(n_blocks + 1, dtype=np.int64) * n_cols) // n_blocks
+
+
+class _Plan(NamedTuple):
+    """How `_evaluate` walks ``ratings`` for ``n_factors``: the one-pass kernel's walked side,
+    row groups and column blocks, or ``walk_items`` None for the two-pass kernel."""
+
+    ratings: Ratings
+    n_factors: int
+    walk_items: Optional[bool]
+    groups: Optional[np.ndarray]
+    blocks: Optional[np.ndarray]
+
+
+def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
+    """The `_Plan` for ``ratings`` and ``n_factors``; ``buffered`` as in `_evaluate`."""
+    if buffered is None:
+        buffered = _use_buffers(ratings, n_factors)
+    if not buffered:
+        return _Plan(ratings, n_factors, None, None, None)
+    # Walk the side with more rows; the other side's rows are read at random and buffered.
+    walk_items = ratings.n_items >= ratings.n_users
+    indptr, n_cols = (
+        (ratings.by_item[0], ratings.n_users) if walk_items
+        else (ratings.by_user[0], ratings.n_items)
+    )
+    # One group per thread numba may start (not per thread running now), so the grouping and
+    # hence every rounding is the same whatever n_threads is set to.
+    groups = balanced_bounds(indptr, min(numba.config.NUMBA_NUM_THREADS, indptr.shape[0] - 1))
+    blocks = column_blocks(n_cols, n_factors, block_bytes)
+    return _Plan(ratings, n_factors, walk_items, groups, blocks)
+
+
+def _plan_fits(plan, ratings, n_factors):
+    """Whether ``plan`` was made for these ratings and this k: a plan for other ratings would
+    send the kernel out of bounds."""
+    return plan is not None and plan.ratings is ratings and plan.n_factors == n_factors
+
+
+def _evaluate(
+    X, Theta, item_bias, user_bias, mu, ratings, reg, reg_bias, weights, grads, buffered=None,
+    block_bytes=_BLOCK_BYTES, plan=None,
+):
+    """Cost of the factors on ``ratings``; writes ``grads`` (X, Theta, item bias, user bias).
+
+    ``buffered`` picks the kernel (default: the one-pass kernel when its buffers fit, see
+    ``_BUFFER_ALLOWANCE``); both give the same result up to rounding. ``block_bytes`` sizes the
+    one-pass kernel's column blocks (see `column_blocks`); the gradients do not depend on it.
+    ``plan``, from `_plan` for these ratings and k, replaces both (solvers make it once).
+    """
+    if not _plan_fits(plan, ratings, X.shape[1]):
+        plan = _plan(ratings, X.shape[1], block_bytes, buffered)
+    mu, reg, reg_bias = float(mu), float(reg), float(reg_bias)
+    if plan.walk_items is None:
+        return cost_and_grad_two_pass(
+            X, Theta, item_bias, user_bias, mu,
+            *ratings.by_item, ratings._item_chunks, *ratings.by_user, ratings._user_chunks,
+            reg, reg_bias, *weights, *grads,
+        )
+    _, _, walk_items, groups, blocks = plan
+    X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
+    item_weight, user_weight = weights
+    items = (X, item_bias, ratings.by_item, item_weight, X_grad, item_bias_grad)
+    users = (Theta, user_bias, ratings.by_user, user_weight, Theta_grad, user_bias_grad)
+    own, other = (items, users) if walk_items else (users, items)
+    factors, bias, csr, weight, grad, bias_grad = own
+    return cost_and_grad_buffered(
+        factors, other[0], bias, other[1], mu, *csr, groups, blocks, reg, reg_bias, weight,
+        other[3], grad, other[4], bias_grad, other[5],
+    )
+
+
+def cost_and_grad(item_factors, user_factors, ratings, reg, *, n_threads=None):
+    """The tutorial's cost and both gradients over the observed ratings only.
+
+    ``1/2 sum_observed (x_i . theta_j - y_ij)^2 + reg/2 (|X|^2 + |Theta|^2)`` on ``ratings.values``
+    as stored (no normalization, no biases).
+
+    Parameters
+    ----------
+    item_factors : ndarray of shape (n_items, n_factors)
+        Rows ordered as ``ratings.item_ids``.
+    user_factors : ndarray of shape (n_users, n_factors)
+        Rows ordered as ``ratings.user_ids``.
+    ratings : Ratings
+    reg : float
+    n_threads : int, optional
+        Threads for the parallel kernel; the result does not depend on it.
+
+    Returns
+    -------
+    cost : float
+    item_grad : ndarray of shape (n_items, n_factors), float64
+    user_grad : ndarray of shape (n_users, n_factors), float64
+    """
+    X, Theta = _check_factors(item_factors, user_factors, ratings)
+    X_grad = np.empty_like(X)
+    Theta_grad = np.empty_like(Theta)
+    item_zeros, user_zeros = np.zeros(ratings.n_items), np.zeros(ratings.n_users)
+    weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
+    grads = (X_grad, Theta_grad, np.empty(ratings.n_items), np.empty(ratings.n_users))
+    with threads(n_threads):
+        cost = _evaluate(X, Theta, item_zeros, user_zeros, 0.0, ratings, reg, 0.0, weights, grads)
+    return float(cost), X_grad, Theta_grad
+
+
+class FlatObjective:
+    """``fun(params) -> (cost, gradient)`` over one flat float64 parameter vector, for scipy.
+
+    The vector is ``[X.ravel(), Theta.ravel()]``, followed by ``[item_bias, user_bias]`` when the
+    biases are learned. The prediction is ``X[i] . Theta[j] + mu + item_bias[i] + user_bias[j]``;
+    with fixed biases (mean normalization: ``item_bias`` = item means, ``mu`` = 0) the biases are
+    constants. The gradient is a fresh array on every call: scipy's CG keeps the previous gradient
+    by reference and subtracts it from the new one.
+
+    Parameters
+    ----------
+    ratings : Ratings
+    n_factors : int
+    reg : float
+        Regularization of the factors.
+    mu : float
+        Global offset.
+    item_bias, user_bias : ndarray, optional
+        Fixed biases (zeros by default); ignored when ``learn_biases``.
+    learn_biases : bool
+        Optimize the biases too, regularized by ``reg_bias``.
+    reg_bias : float
+    reg_weighting : {"none", "count", "sqrt"}
+        Multiply each row's penalty by 1, its number of ratings (ALS-WR's weighting) or the
+        square root of that number (see `row_weights`).
+    n_threads : int, optional
+    """
+
+    def __init__(
+        self,
+        ratings,
+        n_factors,
+        reg,
+        *,
+        mu=0.0,
+        item_bias=None,
+        user_bias=None,
+        learn_biases=False,
+        reg_bias=0.0,
+        reg_weighting="none",
+        n_threads=None,
+    ):
+        self.ratings = ratings
+        self.n_factors = int(n_factors)
+        self.reg = float(reg)
+        self.mu = float(mu)
+        self.learn_biases = bool(learn_biases)
+        self.reg_bias = float(reg_bias) if learn_biases else 0.0
+        self.item_bias = (
+            np.zeros(ratings.n_items) if item_bias is None
+            else np.ascontiguousarray(item_bias, dtype=np.float64)
+        )
+        self.user_bias = (
+            np.zeros(ratings.n_users) if user_bias is None
+            else np.ascontiguousarray(user_bias, dtype=np.float64)
+        )
+        self.reg_weighting = reg_weighting
+        self.weights = tuple(row_weights(c, reg_weighting) for c in self._row_counts())
+        self.n_threads = n_threads
+        self._plan = None
+
+    def _row_counts(self):
+        """Ratings per item and per user."""
+        return np.diff(self.ratings.by_item[0]), np.diff(self.ratings.by_user[0])
+
+    def _current_plan(self):
+        """The kernel's plan, made once (and again only if ``ratings`` or ``n_factors`` were
+        replaced)."""
+        if not _plan_fits(self._plan, self.ratings, self.n_factors):
+            self._plan = _plan(self.ratings, self.n_factors)
+        return self._plan
+
+    def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
+        """The cost; writes ``grads`` (X, Theta, item bias, user bias). Subclasses evaluate
+        elsewhere (``fastcofi.distributed``) with the same layout and contract."""
+        with threads(self.n_threads):
+            return _evaluate(
+                X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
+                self.weights, grads, plan=self._current_plan(),
+            )
+
+    @property
+    def size(self):
+        r = self.ratings
+        return (r.n_items + r.n_users) * (self.n_factors + (1 if self.learn_biases else 0))
+
+    def pack(self, item_factors, user_factors, item_bias=None, user_bias=None):
+        parts = [np.ravel(item_factors), np.ravel(user_factors)]
+        if self.learn_biases:
+            parts += [np.ravel(item_bias), np.ravel(user_bias)]
+        return np.concatenate(parts).astype(np.float64)
+
+    def unpack(self, params):
+        """Views of ``params`` as (item_factors, user_factors, item_bias, user_bias)."""
+        n_items, n_users, k = self.ratings.n_items, self.ratings.n_users, self.n_factors
+        split = n_items * k
+        end = split + n_users * k
+        X = params[:split].reshape(n_items, k)
+        Theta = params[split:end].reshape(n_users, k)
+        if not self.learn_biases:
+            return X, Theta, self.item_bias, self.user_bias
+        return X, Theta, params[end : end + n_items], params[end + n_items :]
+
+    def __call__(self, params):
+        params = np.ascontiguousarray(params, dtype=np.float64)
+        if params.shape != (self.size,):
+            raise ValueError(
+                f"expected a parameter vector of shape ({self.size},), found {params.shape}"
+            )
+        grad = np.empty_like(params)
+        X, Theta, item_bias, user_bias = self.unpack(params)
+        if self.learn_biases:
+            grads = self.unpack(grad)
+        else:
+            X_grad, Theta_grad, _, _ = self.unpack(grad)
+            grads = (X_grad, Theta_grad, np.empty_like(item_bias), np.empty_like(user_bias))
+        return float(self._evaluate_into(X, Theta, item_bias, user_bias, grads)), grad
