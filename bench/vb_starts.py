@@ -4,7 +4,7 @@
 
 ``solver="vb"`` runs from an initial noise variance of the ratings' variance and of a sixteenth
 of it, and keeps the run with the higher free energy (`fastcofi.solvers.minimize_vb`). This
-fits each start alone and both, on the planted sets of ``tests/planted.py`` (rank 3, noise 0.3,
+fits each start alone and both, on the planted sets of ``fastcofi.data.synthetic.planted`` (rank 3, noise 0.3,
 1.0 and 1.5, k = 8, 10 and 20; RMSE as a multiple of the noise floor), on ML-100K u1 and u2 and
 on the small dense set of `bench/generality.py`, beside CG with its default penalty. Prints and
 writes ``bench/results/vb_starts.json``.
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.planted import planted  # noqa: E402
+from fastcofi.data.synthetic import planted  # noqa: E402
 
 from bench.generality import synthetic_set  # noqa: E402
 from bench.problems import RESULTS, write_json  # noqa: E402
