@@ -19,12 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastcofi.data.synthetic import planted  # noqa: E402
-
 from bench.generality import synthetic_set  # noqa: E402
 from bench.problems import RESULTS, write_json  # noqa: E402
 from bench.vb_penalty import ML100K, rmse  # noqa: E402
 from fastcofi import MatrixFactorization, Ratings, read_ratings  # noqa: E402
+from fastcofi.data.synthetic import planted  # noqa: E402
 from fastcofi.evaluate.split import random_split  # noqa: E402
 
 STARTS = {"first start (1)": 1.0, "second start (1/16)": 1.0 / 16, "both (kept)": (1.0, 1.0 / 16)}

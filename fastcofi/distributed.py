@@ -189,15 +189,15 @@ def _worker_threads():
         return None
 
 
-def _check_frame_columns(frame, columns):
+def _checkcolumn_names(frame, columns):
     """Raise unless the DataFrame has every column of ``columns`` ({role: name}); checked on the
     driver against the frame's metadata, before any cluster work."""
-    from .data.frames import _frame_columns
+    from .data.frames import column_names
 
     labels = list(frame.columns)  # the labels themselves: a frame may have integer labels
     for role, name in columns.items():
         if name not in labels:
-            found = _frame_columns(frame)
+            found = column_names(frame)
             raise ValueError(
                 f"the ratings DataFrame has no {role} column {name!r}; found the columns {found} "
                 "(pass user=, item=, rating= to scatter)"
@@ -206,10 +206,10 @@ def _check_frame_columns(frame, columns):
 
 def _frame_arrays(frame, columns):
     """(users, items, values) of one pandas partition, from the columns ``columns`` ({role:
-    name}), each converted as `fastcofi.io.ratings_from_dataframe` converts it."""
-    from .data.frames import _column_array
+    name}), each converted as `Ratings.from_dataframe` converts it."""
+    from .data.frames import column_array
 
-    users, items, values = (_column_array(frame[name], role) for role, name in columns.items())
+    users, items, values = (column_array(frame[name], role) for role, name in columns.items())
     check_rating_dtype(values, f"the rating column {columns['rating']!r}")
     return users, items, values.astype(np.float64, copy=False)
 
@@ -523,7 +523,7 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         raise ValueError(f"n_shards must be a positive integer, found {n_shards!r}")
     columns = {"user": user, "item": item, "rating": rating}
     if hasattr(ratings, "to_delayed"):
-        _check_frame_columns(ratings, columns)
+        _checkcolumn_names(ratings, columns)
     client, owned = _connect(client)
     try:
         workers = sorted(client.scheduler_info()["workers"])

@@ -1,15 +1,18 @@
-"""Model files: save_model, load_model and model_info."""
+"""The model file format: what a fitted model is saved as (`save_model`) and read back from
+(`read_model_file`, which checks every member; `fastcofi.load_model` builds the model).
 
-import errno
+The format knows the fitted attributes by name and never imports the estimator."""
+
 import json
 import os
 import re
-import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ._npzfile import check_header, read_npz, write_npz
+
+__all__ = ["ModelFileError", "read_model_file", "save_model"]
 
 # -- model files -----------------------------------------------------------------------------
 # One uncompressed ``.npz`` (a zip of ``.npy`` members), arrays only, read with allow_pickle=False.
@@ -175,116 +178,11 @@ def save_model(model, path):
         Fitted.
     path : str or PathLike
     """
-    path = Path(os.fspath(path))
     if not hasattr(model, "item_factors_"):
         raise AttributeError(
             f"this {type(model).__name__} is not fitted yet; call fit(ratings) first"
         )
-    if path.is_dir():
-        raise IsADirectoryError(
-            errno.EISDIR, "is a directory; expected a model file path", str(path)
-        )
-    arrays = _model_arrays(model)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            errno.ENOENT, "the folder to write the model file in does not exist", str(folder)
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _new_file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def _new_file_mode(path):
-    """Keep the mode of a file being replaced; else the mode open() would give (0o666 - umask)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _fsync_dir(folder):
-    """Make the rename durable where the platform allows opening a directory."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _read_npz(path):
-    """Every member of the file as a dict of arrays; ModelFileError for anything unreadable."""
-    if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "no such model file", str(path))
-    if path.is_dir():
-        raise ModelFileError(path, "is a directory; expected a fastcofi model file (.npz)")
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if not head:
-            raise ModelFileError(path, "the file is empty; expected a fastcofi model file (.npz)")
-        if head != b"PK\x03\x04":
-            raise ModelFileError(
-                path, f"not a fastcofi model file: expected an .npz (zip) archive, "
-                f"found a file starting with {head!r}"
-            )
-        f.seek(0)
-        try:
-            # numpy reads each member's bytes without reaching the end of its stream, where
-            # zipfile checks the CRC: check every member first so corruption cannot pass.
-            with zipfile.ZipFile(f) as archive:
-                bad = archive.testzip()
-            if bad is not None:
-                raise ModelFileError(
-                    path, f"corrupted model file: the member {bad!r} fails its CRC check"
-                )
-            f.seek(0)
-            with np.load(f, allow_pickle=False) as npz:
-                names = list(npz.files)
-                arrays = {}
-                for name in names:
-                    try:
-                        value = npz[name]
-                    except ValueError as exc:
-                        if "pickle" in str(exc).lower():
-                            raise ModelFileError(
-                                path, f"member {name!r} holds Python objects (a pickle); a "
-                                "fastcofi model file holds plain arrays only, and pickles are "
-                                "never loaded"
-                            ) from None
-                        raise
-                    if not isinstance(value, np.ndarray):
-                        raise ModelFileError(
-                            path, f"not a fastcofi model file: the member {name!r} is not a "
-                            ".npy array"
-                        )
-                    arrays[name] = value
-        except ModelFileError:
-            raise
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, KeyError,
-                TypeError, RuntimeError, NotImplementedError, MemoryError) as exc:
-            raise ModelFileError(
-                path, f"corrupted or truncated model file: cannot read it as .npz ({exc})"
-            ) from None
-    return arrays
+    write_npz(path, _model_arrays(model), "model file path")
 
 
 def _need(path, arrays, name, kinds, ndim, what):
@@ -332,93 +230,31 @@ def _readonly_copy(arr):
     return arr
 
 
-def load_model(path, *, warm=False):
-    """Load a model written by :func:`save_model` (``MatrixFactorization.save``).
-
-    Nothing in the file is executed: it is read with ``allow_pickle=False`` and every member is
-    checked (format marker, version, dtypes, shapes, index ranges) before the model is built. The
-    loaded arrays are read-only. ``result_`` is None; ``titles_`` is set when the file has titles.
-
-    Parameters
-    ----------
-    path : str or PathLike
-    warm : bool, default False
-        Run each serving kernel once (``model.warm_up()``) so the first request compiles nothing.
-
-    Returns
-    -------
-    MatrixFactorization
-
-    Raises
-    ------
-    ModelFileError
-        A ``ValueError`` naming the file and the problem: not a model file, a newer format
-        version, a missing or malformed member, a corrupted or truncated file.
-    FileNotFoundError
-        The path does not exist.
-    """
-    model, _ = _load_model(path)
-    if warm:
-        model.warm_up()
-    return model
-
-
-def model_info(path):
-    """A summary of a model file (loaded and checked in full), for ``fastcofi info``.
+def read_model_file(path):
+    """Every member of a model file, checked (format marker, version, dtypes, shapes, index
+    ranges); nothing in it is executed.
 
     Returns
     -------
     dict
-        ``"format_version"``, ``"n_users"``, ``"n_items"``, ``"n_factors"``, ``"params"`` (the
-        hyperparameters), and ``"fastcofi_version"``, ``"normalize"``, ``"n_ratings"``
-        (training ratings), ``"rating_range"``, ``"n_iter"``, ``"user_id_type"``,
-        ``"item_id_type"`` (``"int"`` or ``"str"``), ``"n_titles"``, and ``"reg"``,
-        ``"reg_bias"``: the penalties training used (``params`` may hold None for them).
+        ``"format_version"``, ``"fastcofi_version"``, ``"params"`` (the stored
+        hyperparameters), and the fitted state: ``"item_factors"``, ``"user_factors"``,
+        ``"item_ids"``, ``"user_ids"``, ``"global_mean"``, ``"item_means"``, ``"item_bias"``,
+        ``"user_bias"`` (None where the normalization has none), ``"rating_range"``,
+        ``"penalties"`` ((reg, reg_bias), None in a version 1 file), ``"noise_variance"``,
+        ``"user_bias_variance"``, ``"seen"`` (CSR pair), ``"n_iter"``, ``"best_iteration"``,
+        ``"history"``, ``"titles"`` (dict or None); arrays read-only.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the file and what is wrong with it.
+    FileNotFoundError
     """
-    model, meta = _load_model(path)
-    return {
-        "format_version": meta["format_version"],
-        "n_users": int(model.user_factors_.shape[0]),
-        "n_items": int(model.item_factors_.shape[0]),
-        "n_factors": int(model.item_factors_.shape[1]),
-        "params": model.get_params(),
-        "fastcofi_version": meta["fastcofi_version"],
-        "normalize": model.normalize,
-        "n_ratings": int(model._seen[1].shape[0]),
-        "rating_range": [float(v) for v in model.rating_range_],
-        "n_iter": int(model.n_iter_),
-        "user_id_type": "str" if model.user_ids_.dtype.kind == "U" else "int",
-        "item_id_type": "str" if model.item_ids_.dtype.kind == "U" else "int",
-        "n_titles": len(getattr(model, "titles_", None) or {}),
-        "reg": float(model.reg_),
-        "reg_bias": float(model.reg_bias_),
-    }
-
-
-def _load_model(path):
-    from .model import MatrixFactorization
-
     path = Path(os.fspath(path))
-    arrays = _read_npz(path)
-    if "fastcofi_format" not in arrays:
-        raise ModelFileError(
-            path, "not a fastcofi model file: an .npz without the 'fastcofi_format' marker "
-            f"(it holds {sorted(arrays)[:8]})"
-        )
-    marker = arrays["fastcofi_format"]
-    if marker.dtype.kind != "U" or marker.ndim != 0 or str(marker) != MODEL_FORMAT:
-        raise ModelFileError(
-            path, f"not a fastcofi model file: the format marker is {marker!r}, "
-            f"expected {MODEL_FORMAT!r}"
-        )
-    version_arr = _need(path, arrays, "format_version", "iu", 0, "a 0-d integer")
-    version = int(version_arr)
-    if version not in _READABLE_VERSIONS:
-        newer = "a newer" if version > MODEL_FORMAT_VERSION else "an unknown"
-        raise ModelFileError(
-            path, f"{newer} model format version {version}; this fastcofi reads versions "
-            f"{', '.join(map(str, _READABLE_VERSIONS))} (upgrade fastcofi to load it)"
-        )
+    arrays = read_npz(path, ModelFileError, "model file")
+    version = check_header(path, arrays, MODEL_FORMAT, _READABLE_VERSIONS, ModelFileError,
+                           "fastcofi model file")
     writer = str(arrays["fastcofi_version"]) if "fastcofi_version" in arrays else "unknown"
     try:
         params = json.loads(_text(path, arrays, "params"))
@@ -427,16 +263,7 @@ def _load_model(path):
     if not isinstance(params, dict):
         raise ModelFileError(path, "the member 'params' is not a JSON object")
     normalize = _text(path, arrays, "normalize")
-    known = MatrixFactorization._PARAMS
-    kwargs = {name: value for name, value in params.items() if name in known}
-    if isinstance(kwargs.get("clip"), list):
-        kwargs["clip"] = tuple(kwargs["clip"])
-    kwargs["normalize"] = normalize
-    model = MatrixFactorization(**kwargs)
-    try:
-        model._check_params()
-    except ValueError as exc:
-        raise ModelFileError(path, f"invalid hyperparameters ({exc})") from None
+    params["normalize"] = normalize
 
     item_ids = _ids(path, arrays, "item_ids")
     user_ids = _ids(path, arrays, "user_ids")
@@ -469,14 +296,11 @@ def _load_model(path):
         penalties = [float(_floats(path, arrays, name, 0, what)) for name in ("reg", "reg_bias")]
         if min(penalties) < 0:
             raise ModelFileError(path, f"reg and reg_bias must be >= 0, found {penalties}")
-    elif model.reg is None:
-        raise ModelFileError(path, "a version 1 file must hold a number as params' reg, found null")
     else:
-        # reg is a number, so the training ratings' variance is not needed to resolve it
-        penalties = model._penalties(variance=None)
+        penalties = None
 
     noise_variance = user_bias_variance = None
-    if model.solver == "vb":
+    if params.get("solver") == "vb":
         what = "a 0-d float > 0 (solver 'vb' folds new users in with it)"
         noise_variance = float(_floats(path, arrays, "noise_variance", 0, what))
         user_bias_variance = float(_floats(path, arrays, "user_bias_variance", 0, what))
@@ -521,23 +345,25 @@ def _load_model(path):
             raise ModelFileError(path, "title_ids and item_ids hold ids of different types")
         titles = dict(zip(title_ids.tolist(), title_texts.tolist()))
 
-    model.item_factors_ = _readonly_copy(item_factors)
-    model.user_factors_ = _readonly_copy(user_factors)
-    model.item_ids_ = _readonly_copy(item_ids)
-    model.user_ids_ = _readonly_copy(user_ids)
-    model.global_mean_ = global_mean
-    model.item_means_ = None if item_means is None else _readonly_copy(item_means)
-    model.item_bias_ = None if item_bias is None else _readonly_copy(item_bias)
-    model.user_bias_ = None if user_bias is None else _readonly_copy(user_bias)
-    model.rating_range_ = (float(rating_range[0]), float(rating_range[1]))
-    model.reg_, model.reg_bias_ = penalties
-    model.noise_variance_ = noise_variance
-    model.user_bias_variance_ = user_bias_variance
-    model.n_iter_ = n_iter
-    model.best_iteration_ = best_iteration
-    model.result_ = None
-    model.history_ = history
-    model._seen = (_readonly_copy(indptr), _readonly_copy(indices))
-    if titles is not None:
-        model.titles_ = titles
-    return model, {"format_version": version, "fastcofi_version": writer}
+    return {
+        "format_version": version,
+        "fastcofi_version": writer,
+        "params": params,
+        "item_factors": _readonly_copy(item_factors),
+        "user_factors": _readonly_copy(user_factors),
+        "item_ids": _readonly_copy(item_ids),
+        "user_ids": _readonly_copy(user_ids),
+        "global_mean": global_mean,
+        "item_means": None if item_means is None else _readonly_copy(item_means),
+        "item_bias": None if item_bias is None else _readonly_copy(item_bias),
+        "user_bias": None if user_bias is None else _readonly_copy(user_bias),
+        "rating_range": (float(rating_range[0]), float(rating_range[1])),
+        "penalties": None if penalties is None else tuple(penalties),
+        "noise_variance": noise_variance,
+        "user_bias_variance": user_bias_variance,
+        "n_iter": n_iter,
+        "best_iteration": best_iteration,
+        "history": history,
+        "seen": (_readonly_copy(indptr), _readonly_copy(indices)),
+        "titles": titles,
+    }

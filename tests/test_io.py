@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from fastcofi import Ratings
 from fastcofi.data._source import RatingsFileError
-from fastcofi.data.frames import ratings_from_dataframe
 from fastcofi.data.read import read_ratings
 from fastcofi.data.titles import read_titles
 
@@ -145,16 +144,16 @@ def test_parquet(tmp_path):
 def test_from_dataframe():
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"u": ["a", "b", "a"], "i": [1, 1, 2], "r": [3.0, 4.0, 5.0]})
-    r = ratings_from_dataframe(df, user="u", item="i", rating="r")
+    r = Ratings.from_dataframe(df, user="u", item="i", rating="r")
     assert isinstance(r, Ratings) and triples(r) == [("a", 1, 3.0), ("a", 2, 5.0), ("b", 1, 4.0)]
     with pytest.raises(ValueError, match="'rating' is not a column"):
-        ratings_from_dataframe(df, user="u", item="i")
+        Ratings.from_dataframe(df, user="u", item="i")
     with pytest.raises(ValueError, match="finite"):
-        ratings_from_dataframe(pd.DataFrame({"user": [1], "item": [1], "rating": [np.nan]}))
+        Ratings.from_dataframe(pd.DataFrame({"user": [1], "item": [1], "rating": [np.nan]}))
 
 
 def test_from_dataframe_dict_of_arrays():
-    r = ratings_from_dataframe({"user": np.array([1, 2]), "item": np.array([3, 3]),
+    r = Ratings.from_dataframe({"user": np.array([1, 2]), "item": np.array([3, 3]),
                                 "rating": np.array([1.0, 2.0])})
     assert triples(r) == [(1, 3, 1.0), (2, 3, 2.0)]
 

@@ -534,7 +534,7 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
     """
     from threadpoolctl import threadpool_limits
 
-    from ..model_file import load_model
+    from ..model import load_model
 
     _check_settings(port, max_n, max_body, threads)
     out = sys.stdout if out is None else out

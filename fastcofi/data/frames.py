@@ -1,36 +1,27 @@
-"""Columns from data frames: pandas, polars, pyarrow tables, dicts of arrays."""
+"""Columns from data frames: pandas, polars, pyarrow tables, dicts of arrays, as numpy arrays.
+
+`Ratings.from_dataframe` and the Dask driver build on these; nothing here knows `Ratings`.
+"""
+
+__all__ = ["column_array", "column_names", "frame_columns"]
 
 
 import numpy as np
 
-from .ratings import Ratings
 
+def frame_columns(df, roles):
+    """The columns ``roles`` names (``{role: column name or None}``) as numpy arrays.
 
-def ratings_from_dataframe(df, *, user="user", item="item", rating="rating", timestamp=None,
-                           dtype=np.float64, duplicates="error"):
-    """Build :class:`~fastcofi.ratings.Ratings` from a data frame's columns.
-
-    Attached as ``Ratings.from_dataframe``. Works with pandas, polars, a pyarrow Table or a dict
-    of arrays: anything whose ``df[name]`` gives a column convertible with ``numpy.asarray``.
-
-    Parameters
-    ----------
-    df : DataFrame-like
-    user, item, rating : str
-        Column names of the user ids, item ids (integers or strings) and ratings (numbers).
-    timestamp : str, optional
-        Column of timestamps to keep.
-    dtype, duplicates
-        As in :meth:`Ratings.from_arrays`.
+    Works with pandas, polars, a pyarrow Table or a dict of arrays: anything whose ``df[name]``
+    gives a column convertible with ``numpy.asarray``. Roles whose name is None are left out.
 
     Returns
     -------
-    Ratings
+    dict of ndarray, keyed by role
     """
-    columns = _frame_columns(df)
+    columns = column_names(df)
     picked = {}
-    roles = (("user", user), ("item", item), ("rating", rating), ("timestamp", timestamp))
-    for role, name in roles:
+    for role, name in roles.items():
         if name is None:
             continue
         if columns is not None and name not in columns:
@@ -39,14 +30,12 @@ def ratings_from_dataframe(df, *, user="user", item="item", rating="rating", tim
             col = df[name]
         except (KeyError, IndexError, TypeError):
             raise ValueError(f"{role}={name!r} is not a column of the data frame") from None
-        picked[role] = _column_array(col, role)
-    return Ratings.from_arrays(
-        picked["user"], picked["item"], picked["rating"], dtype=dtype, duplicates=duplicates,
-        timestamps=picked.get("timestamp"),
-    )
+        picked[role] = column_array(col, role)
+    return picked
 
 
-def _frame_columns(df):
+def column_names(df):
+    """The frame's column labels as a list (labels that are not strings as text), or None."""
     cols = getattr(df, "columns", None)
     if cols is None and isinstance(df, dict):
         cols = df.keys()
@@ -56,7 +45,9 @@ def _frame_columns(df):
     return [str(c) if not isinstance(c, str) else c for c in list(cols)]
 
 
-def _column_array(col, role):
+def column_array(col, role):
+    """One column as a numpy array; a rating column of objects (pandas' nullable floats)
+    as float64."""
     if hasattr(col, "to_numpy"):
         try:
             arr = col.to_numpy()

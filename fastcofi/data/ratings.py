@@ -1,14 +1,13 @@
 """`Ratings`: the immutable sparse store of observed ratings."""
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._npzfile import atomic_folder
 from ..kernels.sparse import compact_ids, gather_rows, row_major_order, take, transpose_csr
+from .frames import frame_columns
 
 __all__ = ["Ratings"]
 
@@ -469,11 +468,34 @@ class Ratings:
         )
 
     @classmethod
-    def from_dataframe(cls, df, *, user="user", item="item", rating="rating", **kwargs):
-        """Build from a pandas DataFrame's columns; see `fastcofi.io.ratings_from_dataframe`."""
-        from .frames import ratings_from_dataframe
+    def from_dataframe(cls, df, *, user="user", item="item", rating="rating", timestamp=None,
+                       dtype=np.float64, duplicates="error"):
+        """Build from a data frame's columns.
 
-        return ratings_from_dataframe(df, user=user, item=item, rating=rating, **kwargs)
+        Works with pandas, polars, a pyarrow Table or a dict of arrays: anything whose
+        ``df[name]`` gives a column convertible with ``numpy.asarray``.
+
+        Parameters
+        ----------
+        df : DataFrame-like
+        user, item, rating : str
+            Column names of the user ids, item ids (integers or strings) and ratings (numbers).
+        timestamp : str, optional
+            Column of timestamps to keep.
+        dtype, duplicates
+            As in `from_arrays`.
+
+        Returns
+        -------
+        Ratings
+        """
+        picked = frame_columns(
+            df, {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+        )
+        return cls.from_arrays(
+            picked["user"], picked["item"], picked["rating"], dtype=dtype, duplicates=duplicates,
+            timestamps=picked.get("timestamp"),
+        )
 
     # -- attributes ---------------------------------------------------------------------------
     @property
@@ -554,23 +576,11 @@ class Ratings:
             "nnz": self.nnz,
             "arrays": [name for name, a in arrays.items() if a is not None],
         }
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             for name, array in arrays.items():
                 if array is not None:
                     np.save(tmp / f"{name}.npy", array, allow_pickle=False)
             (tmp / "header.json").write_text(json.dumps(header))
-            if folder.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-                os.replace(folder, old / "previous")
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, folder, mmap=True):

@@ -6,41 +6,44 @@ other data or settings is refused instead of silently continuing from the wrong 
 """
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_checkpoint", "read_checkpoint"]
+from .._npzfile import check_header, header, read_npz, write_npz
+
+__all__ = ["CheckpointError", "write_checkpoint", "read_checkpoint"]
 
 _FORMAT = "fastcofi-checkpoint"
-_VERSION = 1
+# Version 2 marks the file like the model file does; version 1 ("format"/"version" members)
+# still loads.
+_VERSION = 2
+_WHAT = "checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: unreadable, of another format or version, or
+    written for other data or settings."""
+
+    def __init__(self, path, message):
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+
+
+def _unreadable(path, message):
+    return CheckpointError(path, f"unreadable checkpoint: {message}")
 
 
 def write_checkpoint(path, params, iteration, history, fingerprint):
     """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
     arrays = {
-        "format": np.array(_FORMAT),
-        "version": np.array(_VERSION),
+        **header(_FORMAT, _VERSION),
         "fingerprint": np.array(json.dumps(fingerprint, sort_keys=True)),
         "params": np.asarray(params, dtype=np.float64),
         "iteration": np.array(int(iteration)),
     }
     for key, values in history.items():
         arrays[f"history_{key}"] = np.asarray(values, dtype=np.float64)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_npz(path, arrays, _WHAT)
 
 
 def read_checkpoint(path, fingerprint):
@@ -48,37 +51,30 @@ def read_checkpoint(path, fingerprint):
 
     Raises
     ------
-    ValueError
-        When the file is not a fastcofi checkpoint, or was written for other data or settings.
+    CheckpointError
+        A ``ValueError``: the file is not a readable fastcofi checkpoint, is of an unknown
+        version, or was written for other data or settings.
     """
-    path = Path(path)
+    arrays = read_npz(path, _unreadable, _WHAT)
+    if "fastcofi_format" not in arrays and "format" in arrays:
+        if str(arrays["format"]) != _FORMAT or int(arrays.get("version", -1)) != 1:
+            raise CheckpointError(path, "not a fastcofi checkpoint")
+    else:
+        check_header(path, arrays, _FORMAT, (1, _VERSION), CheckpointError, "fastcofi checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "format" not in data.files or str(data["format"]) != _FORMAT:
-                raise ValueError(f"{path}: not a fastcofi checkpoint")
-            if int(data["version"]) != _VERSION:
-                raise ValueError(
-                    f"{path}: checkpoint version {int(data['version'])} is not supported "
-                    f"(this fastcofi reads version {_VERSION})"
-                )
-            stored = json.loads(str(data["fingerprint"]))
-            if stored != json.loads(json.dumps(fingerprint, sort_keys=True)):
-                changed = sorted(k for k in set(stored) | set(fingerprint)
-                                 if stored.get(k) != fingerprint.get(k))
-                raise ValueError(
-                    f"{path}: checkpoint was written for other data or settings "
-                    f"(differs in {', '.join(changed)}); remove it or train without resume"
-                )
-            history = {
-                key[len("history_"):]: data[key].tolist()
-                for key in data.files if key.startswith("history_")
-            }
-            return np.array(data["params"]), int(data["iteration"]), history
-    except (OSError, EOFError, KeyError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: unreadable checkpoint ({exc})") from None
-    except ValueError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: unreadable checkpoint ({exc})") from None
+        stored = json.loads(str(arrays["fingerprint"]))
+        params = np.array(arrays["params"], dtype=np.float64)
+        iteration = int(arrays["iteration"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _unreadable(path, f"a member is missing or malformed ({exc})") from None
+    if stored != json.loads(json.dumps(fingerprint, sort_keys=True)):
+        changed = sorted(k for k in set(stored) | set(fingerprint)
+                         if stored.get(k) != fingerprint.get(k))
+        raise CheckpointError(
+            path, f"checkpoint was written for other data or settings "
+            f"(differs in {', '.join(changed)}); remove it or train without resume"
+        )
+    history = {
+        key[len("history_"):]: arrays[key].tolist() for key in arrays if key.startswith("history_")
+    }
+    return params, iteration, history
