@@ -19,7 +19,8 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.problems import factors_for, ratings_for  # noqa: E402
-from fastcofi.train.objective import _evaluate, column_blocks, threads  # noqa: E402
+from fastcofi._parallel import threads
+from fastcofi.train.objective import _evaluate, column_blocks  # noqa: E402
 
 VARIANTS = {
     "one-pass, blocks": {"buffered": True},

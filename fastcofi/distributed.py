@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 
+from ._parallel import threads
 from .data.ratings import (
     Ratings,
     balanced_bounds,
@@ -35,7 +36,7 @@ from .data.ratings import (
     check_rating_dtype,
     unique_ids,
 )
-from .train.objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights, threads
+from .train.objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights
 
 __all__ = ["DistributedObjective", "ShardedRatings", "cost_and_grad", "fit", "scatter"]
 
@@ -189,7 +190,7 @@ def _worker_threads():
         return None
 
 
-def _checkcolumn_names(frame, columns):
+def _check_frame_columns(frame, columns):
     """Raise unless the DataFrame has every column of ``columns`` ({role: name}); checked on the
     driver against the frame's metadata, before any cluster work."""
     from .data.frames import column_names
@@ -523,7 +524,7 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
         raise ValueError(f"n_shards must be a positive integer, found {n_shards!r}")
     columns = {"user": user, "item": item, "rating": rating}
     if hasattr(ratings, "to_delayed"):
-        _checkcolumn_names(ratings, columns)
+        _check_frame_columns(ratings, columns)
     client, owned = _connect(client)
     try:
         workers = sorted(client.scheduler_info()["workers"])

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 from . import serving
+from ._parallel import check_n_threads
 from .data.ratings import Ratings, lookup, value_moments
 from .model_file import ModelFileError, read_model_file, save_model
 from .train.checkpoint import read_checkpoint, write_checkpoint
@@ -223,8 +224,7 @@ class MatrixFactorization:
                 "solver='vb' learns the biases with the factors: it needs normalize='biases', "
                 f"found normalize={self.normalize!r}"
             )
-        if self.n_threads is not None:
-            positive_int("n_threads")
+        check_n_threads(self.n_threads)
         clip = self.clip
         if not isinstance(clip, bool):
             try:

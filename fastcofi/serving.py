@@ -20,12 +20,10 @@ from several threads at once under the ``tbb`` or ``omp`` threading layers; unde
 Ties: items with equal scores are ranked by their position in ``item_ids_`` (smaller first).
 """
 
-import threading
-from contextlib import nullcontext
 
-import numba
 import numpy as np
 
+from ._parallel import parallel_kernels
 from .data.ratings import Ratings, lookup
 from .kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
 from .kernels.topn import cosine_top_n, top_n_batch
@@ -33,28 +31,12 @@ from .train.objective import WEIGHT_POWERS, row_weights
 
 __all__ = ["UserClusters", "fold_in", "recommend", "similar"]
 
-_THREAD_SAFE_LAYERS = ("tbb", "omp")
-_PARALLEL_LOCK = threading.Lock()
-_layer_safe = False
 _NO_MASK = np.ones(0, dtype=np.bool_)
 # Scores held at once by the batch path (users per chunk x items): 32 MiB of float64, whatever
 # the number of users.
 _BATCH_CELLS = 1 << 22
 # Chunks of the parallel row solves of add_users.
 _MAX_CHUNKS = 256
-
-
-def _parallel_guard():
-    """A lock around parallel kernel calls unless numba runs on a thread-safe threading layer."""
-    return nullcontext() if _layer_safe else _PARALLEL_LOCK
-
-
-def _note_layer():
-    global _layer_safe
-    try:
-        _layer_safe = numba.threading_layer() in _THREAD_SAFE_LAYERS
-    except ValueError:  # no parallel kernel has run yet
-        pass
 
 
 class _State:
@@ -218,7 +200,6 @@ def recommend(model, user, n, exclude_seen, items, filter_items):
     out_index = np.empty((n_query, n), dtype=np.int64)
     out_scores = np.empty((n_query, n))
     if n_query and n:
-        from .train.objective import threads
 
         X = state.X
         rows = min(n_query, _batch_rows(X.shape[0]))
@@ -228,13 +209,12 @@ def recommend(model, user, n, exclude_seen, items, filter_items):
             chunk = index[start:stop]
             scores = buffer[: stop - start]
             np.matmul(state.Theta[chunk], X.T, out=scores)  # BLAS; releases the GIL
-            with threads(model.n_threads), _parallel_guard():
+            with parallel_kernels(model.n_threads):
                 top_n_batch(
                     scores, chunk, state.item_off, state.mu, state.user_off, state.seen_indptr,
                     state.seen_items, exclude_seen, mask, use_mask, n, out_index[start:stop],
                     out_scores[start:stop],
                 )
-                _note_layer()
     return _ids_of(model.item_ids_, out_index), out_scores
 
 
@@ -354,15 +334,13 @@ def add_users(model, ratings):
     if n_new:
         n_chunks = int(min(_MAX_CHUNKS, n_new))
         chunks = (np.arange(n_chunks + 1, dtype=np.int64) * n_new) // n_chunks
-        from .train.objective import threads
 
-        with threads(model.n_threads), _parallel_guard():
+        with parallel_kernels(model.n_threads):
             solve_rows(
                 new_indptr, new_cols, new_values, chunks, state.X, state.col_offset,
                 np.zeros(n_new), float(reg), float(reg_bias), weights, fit_bias,
                 Theta_new, bias_new,
             )
-            _note_layer()
 
     # Merge, keeping the user ids sorted so that lookups still work.
     all_ids = np.concatenate([old_ids, new_ids])
@@ -512,10 +490,9 @@ def warm_up(model):
     # add_users' kernel, on one made-up user (the model is not changed).
     state = _state(model)
     k = state.X.shape[1]
-    with _parallel_guard():
+    with parallel_kernels():
         solve_rows(
             np.array([0, 1], dtype=np.int64), np.zeros(1, dtype=state.seen_items.dtype),
             np.ones(1), np.array([0, 1], dtype=np.int64), state.X, state.col_offset, np.zeros(1),
             1.0, 1.0, np.ones(1), model.normalize == "biases", np.zeros((1, k)), np.zeros(1),
         )
-        _note_layer()

@@ -4,7 +4,8 @@ from hypothesis import given
 from scipy.optimize import check_grad
 
 from fastcofi import Ratings, reference
-from fastcofi.train.objective import FlatObjective, _evaluate, column_blocks, cost_and_grad, threads
+from fastcofi._parallel import threads
+from fastcofi.train.objective import FlatObjective, _evaluate, column_blocks, cost_and_grad
 
 from .strategies import relative_error, sparse_problems
 

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastcofi import Ratings
+from fastcofi._parallel import threads
 from fastcofi.data.ratings import lookup, unique_ids
 from fastcofi.kernels.sparse import (
     _SORT_MIN_PER_THREAD,
@@ -15,7 +16,6 @@ from fastcofi.kernels.sparse import (
     row_major_order,
     transpose_csr,
 )
-from fastcofi.train.objective import threads
 
 
 def _dense_of(ratings):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastcofi import MatrixFactorization, Ratings, load_model, serving
+from fastcofi import MatrixFactorization, Ratings, _parallel, load_model
 from fastcofi.kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
 from fastcofi.kernels.sparse import lookup_int
 from fastcofi.kernels.topn import cosine_top_n, select_top_n, top_n_batch
@@ -482,4 +482,4 @@ def test_parallel_guard_tracks_layer():
     model = MatrixFactorization(2, max_iter=3, random_state=0).fit(low_rank_ratings(10, 8))
     model.recommend(model.user_ids_, n=2)
     safe = numba.threading_layer() in ("tbb", "omp")
-    assert (serving._parallel_guard() is serving._PARALLEL_LOCK) != safe
+    assert (_parallel._parallel_guard() is _parallel._PARALLEL_LOCK) != safe

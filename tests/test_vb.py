@@ -9,10 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastcofi import MatrixFactorization, ModelFileError, Ratings, load_model
+from fastcofi._parallel import threads
 from fastcofi.data.synthetic import planted as planted_problem
 from fastcofi.kernels.vb import vb_update_rows
 from fastcofi.train import vb as vb_solver
-from fastcofi.train.objective import FlatObjective, threads
+from fastcofi.train.objective import FlatObjective
 from fastcofi.train.solvers import ConvergenceWarning
 from fastcofi.train.vb import _moments
 

@@ -60,6 +60,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from .._parallel import one_blas_thread
 from ..data.ratings import _parse_int, lookup
 
 __all__ = ["ModelServer", "make_server", "serve"]
@@ -532,8 +533,6 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
     Prints one line, ``fastcofi: serving MODEL on http://HOST:PORT``, to ``out`` (stdout) once
     the socket listens, so that a caller who asked for port 0 can read the port.
     """
-    from threadpoolctl import threadpool_limits
-
     from ..model import load_model
 
     _check_settings(port, max_n, max_body, threads)
@@ -552,7 +551,7 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
         # One BLAS thread per request: the requests are the parallelism. OpenBLAS's own threads,
         # shared by concurrent callers, spin against each other (bench/bench_http.py on 2 cores,
         # 8 clients: about 75 requests/s with numpy's default BLAS threads, 750-1300 with one).
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             thread.start()
             try:
                 print(f"fastcofi: serving {model_path} on {server.url}", file=out, flush=True)

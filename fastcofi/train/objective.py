@@ -1,11 +1,11 @@
 """The tutorial's objective over sparse ratings, for tests, benchmarks and the solvers."""
 
-from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
 import numba
 import numpy as np
 
+from .._parallel import threads
 from ..data.ratings import Ratings, balanced_bounds
 from ..kernels.objective import cost_and_grad_buffered, cost_and_grad_two_pass
 
@@ -24,27 +24,6 @@ def row_weights(counts, reg_weighting):
     power = WEIGHT_POWERS[reg_weighting]
     counts = np.asarray(counts, dtype=np.float64)
     return np.ones_like(counts) if power == 0.0 else counts**power
-
-
-@contextmanager
-def threads(n_threads):
-    """Run numba's parallel kernels on ``n_threads`` threads inside the block (None: numba's
-    default).
-
-    numba's thread count is per calling thread, so this does not affect other threads.
-    """
-    if n_threads is None:
-        yield
-        return
-    available = numba.config.NUMBA_NUM_THREADS
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
-        raise ValueError(f"n_threads must be a positive integer or None, found {n_threads!r}")
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(int(n_threads), available))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 def _check_factors(item_factors, user_factors, ratings):

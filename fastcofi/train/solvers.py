@@ -9,8 +9,8 @@ import warnings
 
 import numpy as np
 
+from .._parallel import one_blas_thread, threads
 from ..kernels.rowsolve import solve_rows
-from .objective import threads
 
 __all__ = ["ConvergenceWarning", "minimize_scipy", "minimize_als"]
 
@@ -52,7 +52,6 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None):
     """
     # Imported here: scipy.optimize takes most of a second to import, which serving never needs.
     from scipy import optimize
-    from threadpoolctl import threadpool_limits
 
     history = {"cost": [], "seconds": []}
 
@@ -69,8 +68,7 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None):
     else:
         # L-BFGS-B's own relative-decrease test would stop long before the gradient test.
         options = {"maxiter": int(max_iter), "ftol": 0.0, "maxfun": 4 * int(max_iter) + 20}
-    # The vector updates are memory-bound: BLAS threads would only spin against the kernel's.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         start = time.perf_counter()
         _, grad0 = objective(x0)
         gtol = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else 0.0

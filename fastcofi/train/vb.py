@@ -4,9 +4,9 @@ import time
 
 import numpy as np
 
+from .._parallel import threads
 from ..data.ratings import value_moments
 from ..kernels.vb import vb_update_rows
-from .objective import threads
 from .solvers import _warn
 
 # The free energy's relative change that ends VB, as a fraction of ``tol`` (3e-4 at the default
