@@ -753,7 +753,7 @@ def fit(model, data, client=None, *, by="items", **fit_kwargs):
         def make_objective(_ratings, n_factors, reg, **kwargs):
             return DistributedObjective(sharded, n_factors, reg, **kwargs)
 
-        model.fit(ratings, _make_objective=make_objective, **fit_kwargs)
+        model.fit(ratings, make_objective=make_objective, **fit_kwargs)
     finally:
         if owned:
             sharded.close()

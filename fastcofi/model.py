@@ -2,7 +2,6 @@
 
 import logging
 import os
-import sys
 
 import numpy as np
 
@@ -12,6 +11,14 @@ from .data.ratings import Ratings, lookup, value_moments
 from .model_file import ModelFileError, read_model_file, save_model
 from .train.checkpoint import read_checkpoint, write_checkpoint
 from .train.objective import WEIGHT_POWERS, FlatObjective
+from .train.observers import (
+    Checkpointing,
+    EarlyStopping,
+    Observers,
+    Progress,
+    UserCallback,
+    debug_log,
+)
 from .train.solvers import minimize_als, minimize_scipy
 from .train.vb import minimize_vb
 
@@ -25,6 +32,33 @@ _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 # The default factor penalty, per unit of the training ratings' standard deviation: 1.29-1.30 on
 # ML-100K's folds (std 1.12-1.13), where 1.3 was tuned.
 _REG_PER_STD = 1.15
+
+
+def _check_fit_args(solver, ratings, validation, checkpoint, checkpoint_every, resume):
+    if not isinstance(ratings, Ratings):
+        raise TypeError(f"ratings must be a fastcofi.Ratings, found {type(ratings).__name__}")
+    if validation is not None and not isinstance(validation, Ratings):
+        raise TypeError(
+            f"validation must be a fastcofi.Ratings, found {type(validation).__name__}"
+        )
+    if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+        raise ValueError(
+            f"checkpoint_every must be a positive integer, found {checkpoint_every!r}"
+        )
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    if checkpoint is not None and solver == "vb":
+        raise ValueError(
+            "solver='vb' does not checkpoint (its state holds a covariance per row); "
+            "use solver 'cg', 'lbfgs' or 'als' with checkpoint="
+        )
+
+
+def _item_means(ratings, global_mean):
+    """Each item's mean training rating; the global mean for an item without ratings."""
+    counts = np.diff(ratings.by_item[0])
+    sums = np.bincount(ratings.coo()[1], weights=ratings.values, minlength=ratings.n_items)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
 
 
 class MatrixFactorization:
@@ -239,7 +273,7 @@ class MatrixFactorization:
     # -- training -----------------------------------------------------------------------------
     def fit(
         self, ratings, *, validation=None, callback=None, checkpoint=None, checkpoint_every=10,
-        resume=False, _make_objective=FlatObjective, _vb_options=None,
+        resume=False, make_objective=FlatObjective,
     ):
         """Learn the model from ``ratings``.
 
@@ -262,194 +296,139 @@ class MatrixFactorization:
             scipy does not expose CG's search direction (nor L-BFGS's memory), so a resumed run
             restarts them from the steepest descent; early stopping restarts its count too. A
             checkpoint written for other data or settings is refused.
+        make_objective : callable, default `fastcofi.train.objective.FlatObjective`
+            Builds what the solvers minimize, called as ``make_objective(ratings, n_factors,
+            reg, mu=, item_bias=, learn_biases=, reg_bias=, reg_weighting=, n_threads=)``; it
+            must keep `FlatObjective`'s contract. `fastcofi.distributed.fit` passes one whose
+            evaluations run on a Dask cluster.
 
         Returns
         -------
         self
         """
         self._check_params()
-        if not isinstance(ratings, Ratings):
-            raise TypeError(f"ratings must be a fastcofi.Ratings, found {type(ratings).__name__}")
-        if validation is not None and not isinstance(validation, Ratings):
-            raise TypeError(
-                f"validation must be a fastcofi.Ratings, found {type(validation).__name__}"
-            )
-        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-            raise ValueError(
-                f"checkpoint_every must be a positive integer, found {checkpoint_every!r}"
-            )
-        if resume and checkpoint is None:
-            raise ValueError("resume=True needs a checkpoint path")
-        if _vb_options is not None and (self.solver != "vb" or {"max_iter", "tol", "on_iteration"}
-                                        & set(_vb_options)):
-            raise ValueError(
-                f"_vb_options is for solver='vb' and may not set max_iter, tol or on_iteration; "
-                f"found solver={self.solver!r} and {sorted(_vb_options)}"
-            )
-        if checkpoint is not None and self.solver == "vb":
-            raise ValueError(
-                "solver='vb' does not checkpoint (its state holds a covariance per row); "
-                "use solver 'cg', 'lbfgs' or 'als' with checkpoint="
-            )
-        n_items, n_users, k = ratings.n_items, ratings.n_users, int(self.n_factors)
-        values = ratings.values
-        global_mean, variance = value_moments(values)
-        learn_biases = self.normalize == "biases"
-        item_means = None
-        if self.normalize == "item_mean":
-            counts = np.diff(ratings.by_item[0])
-            sums = np.bincount(ratings.coo()[1], weights=values, minlength=n_items)
-            # An item with no rating (declared only) is predicted at the global mean.
-            item_means = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
+        _check_fit_args(self.solver, ratings, validation, checkpoint, checkpoint_every, resume)
+        global_mean, variance = value_moments(ratings.values)
+        item_means = _item_means(ratings, global_mean) if self.normalize == "item_mean" else None
         reg, reg_bias = self._penalties(variance)
-        # _make_objective: fastcofi.distributed's seam (same arguments, same contract);
-        # _vb_options: extra arguments of minimize_vb, for the benchmarks that study it.
-        objective = _make_objective(
-            ratings,
-            k,
-            reg,
-            mu=global_mean if learn_biases else 0.0,
-            item_bias=item_means,
-            learn_biases=learn_biases,
-            reg_bias=reg_bias,
-            reg_weighting=self.reg_weighting,
-            n_threads=self.n_threads,
+        learn_biases = self.normalize == "biases"
+        objective = make_objective(
+            ratings, int(self.n_factors), reg, mu=global_mean if learn_biases else 0.0,
+            item_bias=item_means, learn_biases=learn_biases, reg_bias=reg_bias,
+            reg_weighting=self.reg_weighting, n_threads=self.n_threads,
         )
-        rng = np.random.default_rng(self.random_state)
-        scale = float(self.init_scale)
-        params = objective.pack(
-            rng.normal(0.0, scale, size=(n_items, k)),
-            rng.normal(0.0, scale, size=(n_users, k)),
-            np.zeros(n_items),
-            np.zeros(n_users),
-        )
-
-        fingerprint = {
-            **{key: self.get_params()[key] for key in
-               ("n_factors", "normalize", "reg", "reg_bias", "reg_weighting", "solver")},
-            # reg=None resolves from the data: the penalties used are what must match.
-            "reg_used": reg, "reg_bias_used": reg_bias,
-            "n_users": n_users, "n_items": n_items, "nnz": ratings.nnz,
-            "ratings_sum": float(values.sum(dtype=np.float64)),
-        }
+        params = self._initial_params(objective)
+        fingerprint = self._fingerprint(ratings, reg, reg_bias)
         done, prior = 0, {}
         if resume and os.path.exists(checkpoint):
             params, done, prior = read_checkpoint(checkpoint, fingerprint)
             if params.shape != (objective.size,):
                 raise ValueError(f"{checkpoint}: parameter vector has the wrong size")
-        prior_seconds = prior["seconds"][-1] if prior.get("seconds") else 0.0
-
-        def merged(history):
-            out = {key: list(prior.get(key, [])) for key in history}
-            for key, values_ in history.items():
-                shift = prior_seconds if key == "seconds" else 0.0
-                out[key] += [v + shift for v in values_]
-            return out
-
-        val_pairs = None
-        if validation is not None:
-            v_users, v_items, v_values = validation.coo()
-            val_pairs = (
-                lookup(ratings.user_ids, validation.user_ids)[0][v_users],
-                lookup(ratings.item_ids, validation.item_ids)[0][v_items],
-                np.asarray(v_values, dtype=np.float64),
-            )
         self._set_data_state(ratings, global_mean, item_means)
         self.reg_, self.reg_bias_ = reg, reg_bias
         self._set_params(objective, params)
-        best = {"rmse": np.inf, "iteration": 0, "params": None}
 
-        # Each step observes one iteration and may ask to stop. Only steps that are asked for
-        # are built, so "nothing observes" is known here, not restated elsewhere: VB then skips
-        # replaying its kept start (see minimize_vb).
-        steps = []
-        if val_pairs is not None:
-            def track_validation(iteration, current, history, info):
-                self._set_params(objective, current)
-                pred = self._predict_indices(val_pairs[0], val_pairs[1])
-                info["val_rmse"] = float(np.sqrt(np.mean((pred - val_pairs[2]) ** 2)))
-                history.setdefault("val_rmse", []).append(info["val_rmse"])
-                if info["val_rmse"] < best["rmse"]:
-                    best.update(rmse=info["val_rmse"], iteration=iteration, params=current.copy())
-                return iteration - max(best["iteration"], done) >= self.patience
-            steps.append(track_validation)
+        observers = Observers([], done, prior)
+        stopping = None
+        if validation is not None:
+            rmse = self._validation_rmse(objective, ratings, validation)
+            stopping = EarlyStopping(rmse, self.patience, start=done)
+            observers.observers.append(stopping)
         if self.verbose:
-            def print_progress(iteration, current, history, info):
-                extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
-                print(
-                    f"iter {iteration:4d}  cost {info['cost']:.6g}  {info['seconds']:.2f}s{extra}",
-                    file=sys.stderr,
-                )
-            steps.append(print_progress)
+            observers.observers.append(Progress())
         if logger.isEnabledFor(logging.DEBUG):
-            steps.append(lambda iteration, current, history, info: logger.debug(
-                "iteration %d: %s", iteration, info))
+            observers.observers.append(debug_log)
         if callback is not None:
-            steps.append(lambda iteration, current, history, info: callback(iteration, info))
+            observers.observers.append(UserCallback(callback))
         if checkpoint is not None:
-            def save_every(iteration, current, history, info):
-                if iteration % checkpoint_every == 0:
-                    write_checkpoint(checkpoint, current, iteration, merged(history), fingerprint)
-            steps.append(save_every)
+            observers.observers.append(
+                Checkpointing(checkpoint, checkpoint_every, fingerprint, observers))
 
-        def on_iteration(local_iteration, current, history):
-            iteration = done + local_iteration
-            info = {key: values_[-1] for key, values_ in history.items()}
-            info["seconds"] += prior_seconds
-            # Every step runs (no short cut), in order: a later one sees what earlier ones added.
-            stops = [bool(step(iteration, current, history, info)) for step in steps]
-            return any(stops)
-
-        hook = on_iteration if steps else None
-
-        remaining = int(self.max_iter) - done
-        if remaining <= 0:
-            result, history, n_iter = None, {key: [] for key in prior}, 0
-        elif self.solver == "als":
-            params, history, _ = minimize_als(
-                objective, params, fit_bias=learn_biases, max_iter=remaining, tol=self.tol,
-                on_iteration=hook,
-            )
-            result = None
-            n_iter = len(history["cost"])
-        elif self.solver == "vb":
-            params, history, vb_state = minimize_vb(
-                objective, params, max_iter=remaining, tol=self.tol,
-                on_iteration=hook, **(_vb_options or {}),
-            )
-            result = None
-            n_iter = len(history["cost"])
-        else:
-            result, history = minimize_scipy(
-                objective, params, method=_SCIPY_METHODS[self.solver], max_iter=remaining,
-                tol=self.tol, on_iteration=hook,
-            )
-            params = result.x
-            n_iter = int(result.nit)
-        history = merged(history)
-        n_iter += done
+        params, history, n_iter, result, vb_state = self._run_solver(
+            objective, params, int(self.max_iter) - done, observers.hook, prior)
+        history, n_iter = observers.merged(history), n_iter + done
         if checkpoint is not None:
             write_checkpoint(checkpoint, params, n_iter, history, fingerprint)
-        if val_pairs is not None and best["params"] is not None:
-            params = best["params"]
-        if val_pairs is not None and "val_rmse" not in history:
-            history["val_rmse"] = []
-        self._set_params(objective, params)
-        self.noise_variance_ = self.user_bias_variance_ = None
-        # The solver's whole state, for the benchmarks that study VB (not saved with the model).
-        self._vb_state = vb_state if self.solver == "vb" else None
-        if self.solver == "vb":
-            # Unit prior variance on the user side makes fold-in a plain ridge solve.
-            scale = np.sqrt(vb_state["user_variances"][:k])
-            self.item_factors_ *= scale
-            self.user_factors_ /= scale
-            self.noise_variance_ = float(vb_state["noise_variance"])
-            self.user_bias_variance_ = float(vb_state["user_variances"][k])
+        kept = stopping is not None and stopping.best_params is not None
+        if stopping is not None:
+            history.setdefault("val_rmse", [])
+        self._set_params(objective, stopping.best_params if kept else params)
+        self._set_posterior(vb_state)
         self.n_iter_ = n_iter
-        self.best_iteration_ = best["iteration"] if best["params"] is not None else n_iter
+        self.best_iteration_ = stopping.best_iteration if kept else n_iter
         self.result_ = result
         self.history_ = history
         return self
+
+    def _run_solver(self, objective, params, remaining, hook, prior):
+        """``(params, this run's history, its iterations, scipy's result or None, VB's state or
+        None)`` from ``remaining`` iterations of the chosen solver."""
+        if remaining <= 0:
+            return params, {key: [] for key in prior}, 0, None, None
+        if self.solver == "als":
+            params, history, _ = minimize_als(
+                objective, params, fit_bias=objective.learn_biases, max_iter=remaining,
+                tol=self.tol, on_iteration=hook,
+            )
+            return params, history, len(history["cost"]), None, None
+        if self.solver == "vb":
+            params, history, state = minimize_vb(
+                objective, params, max_iter=remaining, tol=self.tol, on_iteration=hook,
+            )
+            return params, history, len(history["cost"]), None, state
+        result, history = minimize_scipy(
+            objective, params, method=_SCIPY_METHODS[self.solver], max_iter=remaining,
+            tol=self.tol, on_iteration=hook,
+        )
+        return result.x, history, int(result.nit), result, None
+
+    def _initial_params(self, objective):
+        """Normal random factors of standard deviation ``init_scale``, zero biases, packed."""
+        rng = np.random.default_rng(self.random_state)
+        scale, k = float(self.init_scale), int(self.n_factors)
+        n_items, n_users = objective.ratings.n_items, objective.ratings.n_users
+        return objective.pack(
+            rng.normal(0.0, scale, size=(n_items, k)), rng.normal(0.0, scale, size=(n_users, k)),
+            np.zeros(n_items), np.zeros(n_users),
+        )
+
+    def _fingerprint(self, ratings, reg, reg_bias):
+        """What a checkpoint must have been written for to be resumed from."""
+        params = self.get_params()
+        return {
+            **{key: params[key] for key in
+               ("n_factors", "normalize", "reg", "reg_bias", "reg_weighting", "solver")},
+            # reg=None resolves from the data: the penalties used are what must match.
+            "reg_used": reg, "reg_bias_used": reg_bias,
+            "n_users": ratings.n_users, "n_items": ratings.n_items, "nnz": ratings.nnz,
+            "ratings_sum": float(ratings.values.sum(dtype=np.float64)),
+        }
+
+    def _validation_rmse(self, objective, ratings, validation):
+        """``params -> RMSE on validation``; sets the fitted factors to ``params`` as it goes."""
+        v_users, v_items, v_values = validation.coo()
+        users = lookup(ratings.user_ids, validation.user_ids)[0][v_users]
+        items = lookup(ratings.item_ids, validation.item_ids)[0][v_items]
+        values = np.asarray(v_values, dtype=np.float64)
+
+        def rmse(params):
+            self._set_params(objective, params)
+            return float(np.sqrt(np.mean((self._predict_indices(users, items) - values) ** 2)))
+
+        return rmse
+
+    def _set_posterior(self, vb_state):
+        """VB's learned variances (None for the other solvers), and its factors rescaled."""
+        self.noise_variance_ = self.user_bias_variance_ = None
+        if vb_state is None:
+            return
+        # Unit prior variance on the user side makes fold-in a plain ridge solve.
+        k = int(self.n_factors)
+        scale = np.sqrt(vb_state["user_variances"][:k])
+        self.item_factors_ *= scale
+        self.user_factors_ /= scale
+        self.noise_variance_ = float(vb_state["noise_variance"])
+        self.user_bias_variance_ = float(vb_state["user_variances"][k])
 
     def _penalties(self, variance):
         """(reg, reg_bias) as used in training: ``reg=None`` resolved from the training ratings'

@@ -281,12 +281,3 @@ def test_verbose_alone_replays_the_kept_start(monkeypatch, capsys):
     assert len(runs) == 3 and runs[2] is not None  # two starts, then the kept one observed
     assert len(capsys.readouterr().err.splitlines()) == model.n_iter_
 
-
-@pytest.mark.parametrize("solver, options, match", [
-    ("cg", {"init_noise": 1.0}, "solver='cg'"),
-    ("vb", {"max_iter": 2}, "max_iter"),
-])
-def test_vb_options_are_checked(planted, solver, options, match):
-    train, _ = planted
-    with pytest.raises(ValueError, match=match):
-        MatrixFactorization(solver=solver).fit(train, _vb_options=options)
