@@ -29,12 +29,12 @@ import warnings
 import numpy as np
 
 from ._parallel import threads
+from .data.ids import unique_ids
 from .data.ratings import (
     Ratings,
     balanced_bounds,
     check_duplicates_policy,
     check_rating_dtype,
-    unique_ids,
 )
 from .train.objective import FlatObjective, _check_factor_shapes, _evaluate, row_weights
 
@@ -236,7 +236,7 @@ def _file_arrays(path, duplicates, read_kwargs):
 
 def _ids_summary(arrays):
     """Unique user ids, unique item ids, and the number of ratings of each."""
-    from .data.ratings import _as_id_array
+    from .data.ids import _as_id_array
 
     users, items, values = arrays
     users = _as_id_array(users, "user ids")
@@ -253,7 +253,7 @@ def _ids_summary(arrays):
 def _split_partition(arrays, user_ids, item_ids, bounds, by):
     """One partition's ratings cut into blocks: per block (items, users, values), local to the
     block on the ``by`` side."""
-    from .data.ratings import _as_id_array
+    from .data.ids import _as_id_array
 
     users, items, values = arrays
     u = np.searchsorted(user_ids, _as_id_array(users, "user ids")).astype(np.int64)

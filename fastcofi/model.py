@@ -7,7 +7,8 @@ import numpy as np
 
 from . import serving
 from ._parallel import check_n_threads
-from .data.ratings import Ratings, lookup, value_moments
+from .data.ids import lookup
+from .data.ratings import Ratings, value_moments
 from .model_file import ModelFileError, read_model_file, save_model
 from .train.checkpoint import read_checkpoint, write_checkpoint
 from .train.objective import WEIGHT_POWERS, FlatObjective

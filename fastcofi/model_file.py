@@ -92,7 +92,7 @@ def _title_arrays(titles, item_ids):
         if item_ids.dtype.kind == "U":
             key = str(key)
         else:
-            from .data.ratings import _parse_int
+            from .data.ids import _parse_int
 
             key = _parse_int(key)
             if key is None:
@@ -105,7 +105,7 @@ def _title_arrays(titles, item_ids):
     order = np.argsort(key_array, kind="stable")
     key_array = key_array[order]
     text_array = np.array(texts, dtype=str)[order] if texts else np.array([], dtype="<U1")
-    from .data.ratings import lookup
+    from .data.ids import lookup
 
     _, known = lookup(item_ids, key_array)
     if not known.any():

@@ -24,7 +24,8 @@ Ties: items with equal scores are ranked by their position in ``item_ids_`` (sma
 import numpy as np
 
 from ._parallel import parallel_kernels
-from .data.ratings import Ratings, lookup
+from .data.ids import lookup
+from .data.ratings import Ratings
 from .kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
 from .kernels.topn import cosine_top_n, top_n_batch
 from .train.objective import WEIGHT_POWERS, row_weights

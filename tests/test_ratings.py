@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from fastcofi import Ratings
 from fastcofi._parallel import threads
-from fastcofi.data.ratings import lookup, unique_ids
+from fastcofi.data.ids import lookup, unique_ids
 from fastcofi.kernels.sparse import (
     _SORT_MIN_PER_THREAD,
     _row_major_order,

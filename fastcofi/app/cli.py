@@ -54,7 +54,7 @@ def _print_json(document):
 
 def _typed_id(model_ids, text, option):
     """The command-line id ``text`` as the type of the model's ids (str or int)."""
-    from ..data.ratings import _parse_int
+    from ..data.ids import _parse_int
 
     if model_ids.dtype.kind == "U":
         return text
@@ -251,7 +251,7 @@ def _print_rows(rows):
 
 
 def _cmd_predict(args):
-    from ..data.ratings import lookup
+    from ..data.ids import lookup
     from ..model import load_model
 
     model = load_model(args.model)

@@ -61,7 +61,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from .._parallel import one_blas_thread
-from ..data.ratings import _parse_int, lookup
+from ..data.ids import _parse_int, lookup
 
 __all__ = ["ModelServer", "make_server", "serve"]
 

@@ -39,7 +39,8 @@ from ._source import (
     _resolve,
 )
 from ._text import _read_builtin_strings, _with_string_ids
-from .ratings import Ratings, _index_dtype, check_duplicates_policy, unique_ids
+from .ids import _index_dtype, unique_ids
+from .ratings import Ratings, check_duplicates_policy
 
 __all__ = ["FORMATS", "RatingsFileError", "read_ratings"]
 

@@ -73,7 +73,8 @@ def synthetic(n_users, n_items, n_ratings, *, rank=10, noise=0.5, seed=None, rat
         be drawn.
     """
     from ..kernels.sparse import transpose_csr
-    from .ratings import Ratings, _index_dtype
+    from .ids import _index_dtype
+    from .ratings import Ratings
 
     n_users, n_items, n_ratings, rank = (int(v) for v in (n_users, n_items, n_ratings, rank))
     if n_users < 1 or n_items < 1 or n_ratings < 1 or rank < 1:

@@ -37,7 +37,8 @@ knows (``len(model.item_ids_)``).
 
 import numpy as np
 
-from ..data.ratings import Ratings, lookup
+from ..data.ids import lookup
+from ..data.ratings import Ratings
 
 __all__ = [
     "rmse",

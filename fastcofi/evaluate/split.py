@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.ratings import Ratings, lookup
+from ..data.ids import lookup
+from ..data.ratings import Ratings
 
 __all__ = [
     "random_split",
