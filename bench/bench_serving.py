@@ -50,6 +50,7 @@ def synthetic_model(n_users, n_items, n_factors, *, seen_per_user=20, seed=0):
     model.item_bias_ = rng.normal(0.0, 0.3, size=n_items)
     model.user_bias_ = rng.normal(0.0, 0.3, size=n_users)
     model.rating_range_ = (1.0, 5.0)
+    model.reg_ = model.reg_bias_ = 1.0
     model.n_iter_ = 0
     model.best_iteration_ = 0
     model.result_ = None
@@ -58,7 +59,7 @@ def synthetic_model(n_users, n_items, n_factors, *, seen_per_user=20, seed=0):
     indptr = np.arange(n_users + 1, dtype=np.int64) * m
     items = rng.integers(0, n_items, size=(n_users, m), dtype=np.int32)
     items.sort(axis=1)
-    model._seen = (indptr, items.reshape(-1))
+    model.seen_indptr_, model.seen_indices_ = indptr, items.reshape(-1)
     return model
 
 

@@ -414,7 +414,8 @@ class MatrixFactorization:
 
         def rmse(params):
             self._set_params(objective, params)
-            return float(np.sqrt(np.mean((self._predict_indices(users, items) - values) ** 2)))
+            pred = serving.state_of(self).predict(users, items)
+            return float(np.sqrt(np.mean((pred - values) ** 2)))
 
         return rmse
 
@@ -444,7 +445,7 @@ class MatrixFactorization:
         self.global_mean_ = global_mean
         self.item_means_ = item_means
         self.rating_range_ = (float(ratings.values.min()), float(ratings.values.max()))
-        self._seen = ratings.by_user[:2]
+        self.seen_indptr_, self.seen_indices_ = ratings.by_user[:2]
 
     def _set_params(self, objective, params):
         """The fitted factors and biases from a parameter vector (copied)."""
@@ -462,54 +463,6 @@ class MatrixFactorization:
                 f"this {type(self).__name__} is not fitted yet; call fit(ratings) first"
             )
 
-    def _offsets(self):
-        """(mu, per-item offset, per-user offset) such that the score is mu + both + X . Theta."""
-        n_items, n_users = self.item_factors_.shape[0], self.user_factors_.shape[0]
-        if self.item_bias_ is not None:
-            return self.global_mean_, self.item_bias_, self.user_bias_
-        if self.item_means_ is not None:
-            return 0.0, self.item_means_, np.zeros(n_users)
-        return 0.0, np.zeros(n_items), np.zeros(n_users)
-
-    def _fold_in_penalty(self):
-        """(reg, reg_bias, reg_weighting) of a new user's row solve."""
-        if getattr(self, "noise_variance_", None) is not None:
-            return (self.noise_variance_, self.noise_variance_ / self.user_bias_variance_,
-                    "none")
-        return float(self.reg_), float(self.reg_bias_), self.reg_weighting
-
-    def _clip_range(self):
-        if self.clip is True:
-            return self.rating_range_
-        if self.clip is False:
-            return None
-        return tuple(float(v) for v in self.clip)
-
-    def _predict_indices(self, u_index, i_index):
-        """Predictions for dense indices, -1 meaning unknown (see `predict`)."""
-        mu, item_off, user_off = self._offsets()
-        u_known = u_index >= 0
-        i_known = i_index >= 0
-        both = u_known & i_known
-        pred = np.full(u_index.shape, self.global_mean_, dtype=np.float64)
-        # Fallbacks: what is known of an unseen user's item or an unseen item's user.
-        if self.normalize != "none":
-            pred[i_known] = mu + item_off[i_index[i_known]]
-            only_user = u_known & ~i_known
-            pred[only_user] = (
-                mu + user_off[u_index[only_user]] if self.item_bias_ is not None
-                else self.global_mean_
-            )
-        ui, ii = u_index[both], i_index[both]
-        pred[both] = (
-            mu + item_off[ii] + user_off[ui]
-            + np.einsum("ij,ij->i", self.item_factors_[ii], self.user_factors_[ui])
-        )
-        bounds = self._clip_range()
-        if bounds is not None:
-            np.clip(pred, bounds[0], bounds[1], out=pred)
-        return pred
-
     def predict(self, users, items):
         """Predicted ratings for pairs of external ids, clipped as ``clip`` says.
 
@@ -526,7 +479,7 @@ class MatrixFactorization:
         """
         self._check_fitted()
         users, items = np.broadcast_arrays(np.asarray(users), np.asarray(items))
-        pred = self._predict_indices(
+        pred = serving.state_of(self).predict(
             lookup(self.user_ids_, users)[0], lookup(self.item_ids_, items)[0]
         )
         return pred if pred.ndim else float(pred)
@@ -735,7 +688,7 @@ def _from_file(path):
                  "user_bias_variance", "n_iter", "best_iteration", "history"):
         setattr(model, name + "_", contents[name])
     model.result_ = None
-    model._seen = contents["seen"]
+    model.seen_indptr_, model.seen_indices_ = contents["seen"]
     if contents["titles"] is not None:
         model.titles_ = contents["titles"]
     return model, contents
@@ -793,7 +746,7 @@ def model_info(path):
         "params": model.get_params(),
         "fastcofi_version": contents["fastcofi_version"],
         "normalize": model.normalize,
-        "n_ratings": int(model._seen[1].shape[0]),
+        "n_ratings": int(model.seen_indices_.shape[0]),
         "rating_range": [float(v) for v in model.rating_range_],
         "n_iter": int(model.n_iter_),
         "user_id_type": "str" if model.user_ids_.dtype.kind == "U" else "int",

@@ -120,7 +120,7 @@ def _model_arrays(model):
     params = {name: _jsonable(value) for name, value in model.get_params().items()}
     item_ids = _id_array(model.item_ids_, "item_ids_")
     user_ids = _id_array(model.user_ids_, "user_ids_")
-    seen_indptr, seen_indices = model._seen
+    seen_indptr, seen_indices = model.seen_indptr_, model.seen_indices_
     arrays = {
         "fastcofi_format": np.array(MODEL_FORMAT),
         "format_version": np.array(MODEL_FORMAT_VERSION, dtype=np.int64),

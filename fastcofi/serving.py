@@ -30,7 +30,7 @@ from .kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
 from .kernels.topn import cosine_top_n, top_n_batch
 from .train.objective import WEIGHT_POWERS, row_weights
 
-__all__ = ["UserClusters", "fold_in", "recommend", "similar"]
+__all__ = ["FittedState", "UserClusters", "fold_in", "recommend", "similar", "state_of"]
 
 _NO_MASK = np.ones(0, dtype=np.bool_)
 # Scores held at once by the batch path (users per chunk x items): 32 MiB of float64, whatever
@@ -40,50 +40,98 @@ _BATCH_CELLS = 1 << 22
 _MAX_CHUNKS = 256
 
 
-class _State:
-    """Arrays the kernels need, derived once per fitted state of a model (kept in ``_serving``)."""
+# The fitted attributes a state is derived from: a new state is made when any was replaced.
+_FITTED = ("item_factors_", "user_factors_", "item_bias_", "user_bias_", "item_means_",
+           "global_mean_", "seen_indptr_", "seen_indices_", "rating_range_", "reg_", "reg_bias_",
+           "noise_variance_")
 
-    __slots__ = (
-        "Theta", "X", "col_offset", "int_items", "item_norms", "item_off", "key", "mu",
-        "seen_indptr", "seen_items", "user_norms", "user_off",
-    )
 
-    def __init__(self, model, key):
-        self.key = key
-        mu, item_off, user_off = model._offsets()
+class FittedState:
+    """What serving needs, derived once from a fitted model's public attributes.
+
+    The score of user ``u`` and item ``i`` is ``mu + item_off[i] + user_off[u] + X[i] . Theta[u]``;
+    `predict` is the one place where it is completed with the fallbacks and clipped.
+    """
+
+    def __init__(self, model):
+        self.key = tuple(model.__dict__.get(name) for name in _FITTED)
         self.X = np.ascontiguousarray(model.item_factors_, dtype=np.float64)
         self.Theta = np.ascontiguousarray(model.user_factors_, dtype=np.float64)
+        self.item_ids, self.user_ids = model.item_ids_, model.user_ids_
+        self.global_mean = float(model.global_mean_)
+        self.normalize = model.normalize
+        self.biases = model.item_bias_ is not None
+        n_items, n_users = self.X.shape[0], self.Theta.shape[0]
+        if self.biases:
+            mu, item_off, user_off = self.global_mean, model.item_bias_, model.user_bias_
+        elif model.item_means_ is not None:
+            mu, item_off, user_off = 0.0, model.item_means_, np.zeros(n_users)
+        else:
+            mu, item_off, user_off = 0.0, np.zeros(n_items), np.zeros(n_users)
         self.mu = float(mu)
         self.item_off = np.ascontiguousarray(item_off, dtype=np.float64)
         self.user_off = np.ascontiguousarray(user_off, dtype=np.float64)
         # The user solve's column offsets exactly as ALS training forms them: mu + item offset.
         self.col_offset = self.mu + self.item_off
-        indptr, items = model._seen
-        self.seen_indptr = np.ascontiguousarray(indptr, dtype=np.int64)
-        self.seen_items = np.ascontiguousarray(items)
-        self.item_norms = None
-        self.user_norms = None
+        self.seen_indptr = np.ascontiguousarray(model.seen_indptr_, dtype=np.int64)
+        self.seen_items = np.ascontiguousarray(model.seen_indices_)
         self.int_items = model.item_ids_.dtype == np.int64
+        self.item_norms = self.user_norms = None
+        if model.clip is True:
+            self.clip = tuple(model.rating_range_)
+        elif model.clip is False:
+            self.clip = None
+        else:
+            self.clip = tuple(float(v) for v in model.clip)
+        # A new user is solved like a training user; VB's users have unit prior variance.
+        if getattr(model, "noise_variance_", None) is not None:
+            noise = model.noise_variance_
+            self.fold_in_penalty = (noise, noise / model.user_bias_variance_, "none")
+        else:
+            self.fold_in_penalty = (float(model.reg_), float(model.reg_bias_),
+                                    model.reg_weighting)
+        self.n_threads = model.n_threads
+
+    def predict(self, u_index, i_index, new_user=None):
+        """Predictions for dense indices (-1: unknown), clipped.
+
+        An unknown user or item gets the fallback: the global mean plus whatever is known (the
+        item's offset; the user's bias under ``normalize="biases"``). ``new_user``, a folded-in
+        ``(user_vector, user_bias)``, stands for the user of every pair (``u_index`` unused).
+        """
+        i_known = i_index >= 0
+        u_known = np.ones(i_index.shape, dtype=bool) if new_user is not None else u_index >= 0
+        both = u_known & i_known
+        pred = np.full(i_index.shape, self.global_mean, dtype=np.float64)
+        if self.normalize != "none":
+            pred[i_known] = self.mu + self.item_off[i_index[i_known]]
+            only_user = u_known & ~i_known
+            if self.biases:
+                pred[only_user] = self.mu + (
+                    new_user[1] if new_user is not None else self.user_off[u_index[only_user]]
+                )
+        ii = i_index[both]
+        if new_user is not None:
+            user_off, dots = new_user[1], self.X[ii] @ new_user[0]
+        else:
+            ui = u_index[both]
+            user_off = self.user_off[ui]
+            dots = np.einsum("ij,ij->i", self.X[ii], self.Theta[ui])
+        pred[both] = self.mu + self.item_off[ii] + user_off + dots
+        if self.clip is not None:
+            np.clip(pred, self.clip[0], self.clip[1], out=pred)
+        return pred
 
 
-def _state(model):
-    """The model's serving state, rebuilt when a fitted array was replaced (e.g. by a refit)."""
-    d = model.__dict__
-    state = d.get("_serving")
-    if state is not None:
-        key = state.key
-        if (
-            key[0] is d["item_factors_"] and key[1] is d["user_factors_"]
-            and key[2] is d["item_bias_"] and key[3] is d["user_bias_"]
-            and key[4] is d["item_means_"] and key[5] is d["global_mean_"] and key[6] is d["_seen"]
-        ):
-            return state
-    key = (
-        d["item_factors_"], d["user_factors_"], d["item_bias_"], d["user_bias_"],
-        d["item_means_"], d["global_mean_"], d["_seen"],
-    )
-    state = _State(model, key)
-    d["_serving"] = state  # a benign race: every thread builds the same state
+def state_of(model):
+    """The model's serving state, made anew when a fitted attribute was replaced (a refit)."""
+    state = model.__dict__.get("_serving")
+    if state is not None and all(
+        a is b for a, b in zip(state.key, (model.__dict__.get(n) for n in _FITTED))
+    ):
+        return state
+    state = FittedState(model)
+    model.__dict__["_serving"] = state  # a benign race: every thread builds the same state
     return state
 
 
@@ -183,7 +231,7 @@ def _batch_rows(n_items):
 def recommend(model, user, n, exclude_seen, items, filter_items):
     """See `MatrixFactorization.recommend`."""
     n = _check_n(n)
-    state = _state(model)
+    state = state_of(model)
     mask, use_mask = _candidate_mask(model, items, filter_items)
     exclude_seen = bool(exclude_seen)
     if np.ndim(user) == 0:
@@ -222,7 +270,7 @@ def recommend(model, user, n, exclude_seen, items, filter_items):
 # -- fold-in ------------------------------------------------------------------------------------
 def _fold(model, items, values):
     """(user_vector, user_bias, dense indices of ``items``, -1 when unknown) of a new user."""
-    state = _state(model)
+    state = state_of(model)
     items = np.asarray(items)
     # Fresh, writable, contiguous arrays: the kernels then always see the same types.
     values = np.array(values, dtype=np.float64)
@@ -232,7 +280,7 @@ def _fold(model, items, values):
             f"{values.shape}"
         )
     w = np.empty(state.X.shape[1])
-    reg, reg_bias, weighting = model._fold_in_penalty()
+    reg, reg_bias, weighting = state.fold_in_penalty
     weight_power = WEIGHT_POWERS[weighting]
     fit_bias = model.normalize == "biases"
     if items.dtype.kind in "iu" and state.int_items:
@@ -284,16 +332,7 @@ def predict_new_user(model, items, values, candidate_items):
     w, beta, _, state = _fold(model, items, values)
     candidates = np.asarray(candidate_items)
     cand = _indices(model.item_ids_, candidates.reshape(-1)).reshape(candidates.shape)
-    known = cand >= 0
-    # An unknown candidate gets predict's fallback for a known user and an unknown item.
-    pred = np.full(cand.shape, state.mu + beta if model.item_bias_ is not None
-                   else model.global_mean_)
-    ci = cand[known]
-    pred[known] = state.item_off[ci] + (state.mu + beta) + state.X[ci] @ w
-    bounds = model._clip_range()
-    if bounds is not None:
-        np.clip(pred, bounds[0], bounds[1], out=pred)
-    return pred
+    return state.predict(None, cand, new_user=(w, beta))
 
 
 def add_users(model, ratings):
@@ -302,7 +341,7 @@ def add_users(model, ratings):
 
     if not isinstance(ratings, Ratings):
         raise TypeError(f"ratings must be a fastcofi.Ratings, found {type(ratings).__name__}")
-    state = _state(model)
+    state = state_of(model)
     old_ids = model.user_ids_
     new_ids = ratings.user_ids
     if (old_ids.dtype.kind == "U") != (new_ids.dtype.kind == "U") and old_ids.shape[0]:
@@ -330,7 +369,7 @@ def add_users(model, ratings):
     Theta_new = np.zeros((n_new, k))
     bias_new = np.zeros(n_new)
     fit_bias = model.normalize == "biases"
-    reg, reg_bias, weighting = model._fold_in_penalty()
+    reg, reg_bias, weighting = state.fold_in_penalty
     weights = row_weights(counts, weighting)
     if n_new:
         n_chunks = int(min(_MAX_CHUNKS, n_new))
@@ -359,7 +398,7 @@ def add_users(model, ratings):
     new.user_factors_ = np.concatenate([state.Theta, Theta_new])[order]
     if model.user_bias_ is not None:
         new.user_bias_ = np.concatenate([model.user_bias_, bias_new])[order]
-    new._seen = (merged_indptr, merged_items)
+    new.seen_indptr_, new.seen_indices_ = merged_indptr, merged_items
     return new
 
 
@@ -371,7 +410,7 @@ def _norms(F):
 def similar(model, query, n, side):
     """Cosine top-``n`` of an item (``side="item"``) or a user; see `similar_items`."""
     n = _check_n(n)
-    state = _state(model)
+    state = state_of(model)
     if side == "item":
         ids, F = model.item_ids_, state.X
         if state.item_norms is None:
@@ -411,7 +450,7 @@ class UserClusters:
         self.centers = centers
         n_clusters = centers.shape[0]
         self.sizes = np.bincount(labels, minlength=n_clusters).astype(np.int64)
-        user_off = _state(model).user_off
+        user_off = state_of(model).user_off
         sums = np.bincount(labels, weights=user_off, minlength=n_clusters)
         self.user_bias = np.where(self.sizes > 0, sums / np.maximum(self.sizes, 1), 0.0)
 
@@ -444,7 +483,7 @@ class UserClusters:
         c = self._check_cluster(cluster)
         n = _check_n(n)
         model = self._model
-        state = _state(model)
+        state = state_of(model)
         no_seen = np.zeros(1, dtype=np.int64)
         return _top_one(
             state, self.centers[c], state.mu + float(self.user_bias[c]), no_seen, no_seen, 0,
@@ -489,7 +528,7 @@ def warm_up(model):
     recommend_new_user(model, model.item_ids_[:1], [model.rating_range_[1]], 1, True)
     predict_new_user(model, model.item_ids_[:1], [model.rating_range_[1]], model.item_ids_[:1])
     # add_users' kernel, on one made-up user (the model is not changed).
-    state = _state(model)
+    state = state_of(model)
     k = state.X.shape[1]
     with parallel_kernels():
         solve_rows(

@@ -166,8 +166,8 @@ def test_fit_gives_the_single_machine_model(sharded, ratings, solver):
     np.testing.assert_array_equal(model.user_ids_, ref.user_ids_)
     assert model.global_mean_ == ref.global_mean_
     assert model.rating_range_ == ref.rating_range_
-    np.testing.assert_array_equal(model._seen[0], ref._seen[0])
-    np.testing.assert_array_equal(model._seen[1], ref._seen[1])
+    np.testing.assert_array_equal(model.seen_indptr_, ref.seen_indptr_)
+    np.testing.assert_array_equal(model.seen_indices_, ref.seen_indices_)
 
 
 def test_fit_item_mean_normalization_and_validation(sharded, ratings):

@@ -83,7 +83,8 @@ def assert_same_model(a, b):
     assert a.n_iter_ == b.n_iter_ and a.best_iteration_ == b.best_iteration_
     assert a.history_ == b.history_
     assert a.get_params() == b.get_params()
-    assert np.array_equal(a._seen[0], b._seen[0]) and np.array_equal(a._seen[1], b._seen[1])
+    assert np.array_equal(a.seen_indptr_, b.seen_indptr_)
+    assert np.array_equal(a.seen_indices_, b.seen_indices_)
 
 
 # -- round trips ---------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_file_holds_arrays_only_and_no_objects(int_model, tmp_path):
 def test_loaded_arrays_are_read_only_and_serving_works(tmp_path, toy):
     model = fit(toy[0])
     loaded = round_trip(model, tmp_path)
-    for arr in (loaded.item_factors_, loaded.user_factors_, loaded.item_means_, loaded._seen[1]):
+    for arr in (loaded.item_factors_, loaded.user_factors_, loaded.item_means_, loaded.seen_indices_):
         assert not arr.flags.writeable
     ids, _ = loaded.recommend(6, n=3)
     assert np.array_equal(ids, model.recommend(6, n=3)[0])

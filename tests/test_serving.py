@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastcofi import MatrixFactorization, Ratings, _parallel, load_model
+from fastcofi import MatrixFactorization, Ratings, _parallel, load_model, serving
 from fastcofi.kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
 from fastcofi.kernels.sparse import lookup_int
 from fastcofi.kernels.topn import cosine_top_n, select_top_n, top_n_batch
@@ -50,12 +50,18 @@ def model(ratings):
     return MatrixFactorization(4, random_state=0).fit(ratings)
 
 
+def _offsets(model):
+    """(mu, item offsets, user offsets) of the serving state."""
+    state = serving.state_of(model)
+    return state.mu, state.item_off, state.user_off
+
+
 def brute_force(model, u, n, exclude_seen=True, mask=None):
     """Reference top-n by a full sort (ties: smaller item index first)."""
-    mu, item_off, user_off = model._offsets()
+    mu, item_off, user_off = _offsets(model)
     scores = model.item_factors_ @ model.user_factors_[u] + item_off + mu + user_off[u]
     if exclude_seen:
-        indptr, items = model._seen
+        indptr, items = model.seen_indptr_, model.seen_indices_
         scores[items[indptr[u] : indptr[u + 1]]] = -np.inf
     if mask is not None:
         scores[~mask] = -np.inf
@@ -108,7 +114,7 @@ def test_exclusions(model):
     u = 3
     user = model.user_ids_[u]
     n_items = model.item_factors_.shape[0]
-    indptr, seen = model._seen
+    indptr, seen = model.seen_indptr_, model.seen_indices_
     seen_ids = set(model.item_ids_[seen[indptr[u] : indptr[u + 1]]].tolist())
     ids, _ = model.recommend(user, n=n_items)
     assert set(ids.tolist()) == set(model.item_ids_.tolist()) - seen_ids
@@ -169,7 +175,7 @@ def test_read_only_loaded_model(model, tmp_path):
     path = tmp_path / "m.npz"
     model.save(path)
     loaded = load_model(path)
-    assert not loaded.item_factors_.flags.writeable and not loaded._seen[1].flags.writeable
+    assert not loaded.item_factors_.flags.writeable and not loaded.seen_indices_.flags.writeable
     loaded.warm_up()
     users = model.user_ids_[:5]
     for a, b in zip(loaded.recommend(users, n=5), model.recommend(users, n=5)):
@@ -247,7 +253,7 @@ def test_fold_in_solves_the_normal_equations(model, ratings, normalize, weightin
     values = rng.integers(1, 6, 9).astype(float)
     items = np.concatenate([m.item_ids_[pick], [-17, 10**9]])  # two unknown items, ignored
     w, beta = m.fold_in(items, np.concatenate([values, [5.0, 1.0]]))
-    mu, item_off, _ = m._offsets()
+    mu, item_off, _ = _offsets(m)
     F = m.item_factors_[pick]
     target = values - (mu + item_off[pick])
     scale = 9.0 if weighting == "count" else 1.0
@@ -293,7 +299,9 @@ def test_fold_in_edge_cases(model):
 def test_add_users(model):
     snapshot = {name: np.array(getattr(model, name), copy=True)
                 for name in ("user_factors_", "user_ids_", "user_bias_")}
-    seen_before = tuple(np.array(a, copy=True) for a in model._seen)
+    seen_before = tuple(
+        np.array(a, copy=True) for a in (model.seen_indptr_, model.seen_indices_)
+    )
     before = model.recommend(model.user_ids_, n=5)
     items = model.item_ids_
     new = Ratings.from_arrays(
@@ -304,7 +312,7 @@ def test_add_users(model):
     # The original is untouched.
     for name, value in snapshot.items():
         np.testing.assert_array_equal(getattr(model, name), value)
-    for a, b in zip(model._seen, seen_before):
+    for a, b in zip((model.seen_indptr_, model.seen_indices_), seen_before):
         np.testing.assert_array_equal(a, b)
     assert model.user_factors_.shape[0] == snapshot["user_ids_"].shape[0]
     # The grown model: ids sorted, old users unchanged, new users as fold_in / recommend_new_user.
@@ -380,7 +388,7 @@ def test_cluster_users_recovers_planted_groups(model):
     members = planted.user_ids_[clusters.labels == c]
     assert set(clusters.members(c).tolist()) == set(members.tolist())
     ids, scores = clusters.recommend(c, n=5)
-    mu, item_off, user_off = planted._offsets()
+    mu, item_off, user_off = _offsets(planted)
     expected = planted.item_factors_ @ clusters.centers[c] + item_off + mu
     expected += user_off[clusters.labels == c].mean()
     assert ids.tolist() == planted.item_ids_[np.argsort(-expected)[:5]].tolist()
