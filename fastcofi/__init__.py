@@ -10,8 +10,8 @@ from .data.read import read_ratings
 from .data.titles import read_titles
 from .evaluate import metrics, split
 from .evaluate.cross_validation import cross_validate
-from .model import MatrixFactorization, load_model
-from .model_file import ModelFileError
+from .model import MatrixFactorization
+from .model_file import ModelFileError, load_model
 from .train.solvers import ConvergenceWarning
 
 __all__ = [

@@ -6,10 +6,10 @@ import os
 import numpy as np
 
 from . import serving
+from ._model_format import save_model
 from ._parallel import check_n_threads
 from .data.ids import lookup
 from .data.ratings import Ratings, value_moments
-from .model_file import ModelFileError, read_model_file, save_model
 from .train.checkpoint import read_checkpoint, write_checkpoint
 from .train.objective import WEIGHT_POWERS, FlatObjective
 from .train.observers import (
@@ -23,7 +23,7 @@ from .train.observers import (
 from .train.solvers import minimize_als, minimize_scipy
 from .train.vb import minimize_vb
 
-__all__ = ["MatrixFactorization", "load_model", "model_info"]
+__all__ = ["MatrixFactorization"]
 
 logger = logging.getLogger("fastcofi")
 
@@ -661,97 +661,3 @@ class MatrixFactorization:
         serving.warm_up(self)
         return self
 
-
-# -- model files ------------------------------------------------------------------------------
-def _from_file(path):
-    """The model a file holds (see `fastcofi.model_file`), and the file's contents."""
-    contents = read_model_file(path)
-    known = {name: value for name, value in contents["params"].items()
-             if name in MatrixFactorization._PARAMS}
-    if isinstance(known.get("clip"), list):
-        known["clip"] = tuple(known["clip"])
-    model = MatrixFactorization(**known)
-    try:
-        model._check_params()
-    except ValueError as exc:
-        raise ModelFileError(path, f"invalid hyperparameters ({exc})") from None
-    penalties = contents["penalties"]
-    if penalties is None:  # a version 1 file: params' reg must be a number
-        if model.reg is None:
-            raise ModelFileError(
-                path, "a version 1 file must hold a number as params' reg, found null"
-            )
-        penalties = model._penalties(variance=None)
-    model.reg_, model.reg_bias_ = penalties
-    for name in ("item_factors", "user_factors", "item_ids", "user_ids", "global_mean",
-                 "item_means", "item_bias", "user_bias", "rating_range", "noise_variance",
-                 "user_bias_variance", "n_iter", "best_iteration", "history"):
-        setattr(model, name + "_", contents[name])
-    model.result_ = None
-    model.seen_indptr_, model.seen_indices_ = contents["seen"]
-    if contents["titles"] is not None:
-        model.titles_ = contents["titles"]
-    return model, contents
-
-
-def load_model(path, *, warm=False):
-    """Load a model written by `MatrixFactorization.save`.
-
-    Nothing in the file is executed: it is read with ``allow_pickle=False`` and every member is
-    checked (format marker, version, dtypes, shapes, index ranges) before the model is built. The
-    loaded arrays are read-only. ``result_`` is None; ``titles_`` is set when the file has titles.
-
-    Parameters
-    ----------
-    path : str or PathLike
-    warm : bool, default False
-        Run each serving kernel once (``model.warm_up()``) so the first request compiles nothing.
-
-    Returns
-    -------
-    MatrixFactorization
-
-    Raises
-    ------
-    ModelFileError
-        A ``ValueError`` naming the file and the problem: not a model file, a newer format
-        version, a missing or malformed member, a corrupted or truncated file.
-    FileNotFoundError
-        The path does not exist.
-    """
-    model, _ = _from_file(path)
-    if warm:
-        model.warm_up()
-    return model
-
-
-def model_info(path):
-    """A summary of a model file (loaded and checked in full), for ``fastcofi info``.
-
-    Returns
-    -------
-    dict
-        ``"format_version"``, ``"n_users"``, ``"n_items"``, ``"n_factors"``, ``"params"`` (the
-        hyperparameters), and ``"fastcofi_version"``, ``"normalize"``, ``"n_ratings"``
-        (training ratings), ``"rating_range"``, ``"n_iter"``, ``"user_id_type"``,
-        ``"item_id_type"`` (``"int"`` or ``"str"``), ``"n_titles"``, and ``"reg"``,
-        ``"reg_bias"``: the penalties training used (``params`` may hold None for them).
-    """
-    model, contents = _from_file(path)
-    return {
-        "format_version": contents["format_version"],
-        "n_users": int(model.user_factors_.shape[0]),
-        "n_items": int(model.item_factors_.shape[0]),
-        "n_factors": int(model.item_factors_.shape[1]),
-        "params": model.get_params(),
-        "fastcofi_version": contents["fastcofi_version"],
-        "normalize": model.normalize,
-        "n_ratings": int(model.seen_indices_.shape[0]),
-        "rating_range": [float(v) for v in model.rating_range_],
-        "n_iter": int(model.n_iter_),
-        "user_id_type": "str" if model.user_ids_.dtype.kind == "U" else "int",
-        "item_id_type": "str" if model.item_ids_.dtype.kind == "U" else "int",
-        "n_titles": len(getattr(model, "titles_", None) or {}),
-        "reg": float(model.reg_),
-        "reg_bias": float(model.reg_bias_),
-    }

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastcofi.app.cli import main
-from fastcofi.model import load_model
+from fastcofi.model_file import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 N_USERS, N_ITEMS = 40, 30

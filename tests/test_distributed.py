@@ -14,7 +14,7 @@ distributed = pytest.importorskip("distributed")
 from fastcofi import MatrixFactorization, Ratings
 from fastcofi import distributed as fd
 from fastcofi.app.cli import main
-from fastcofi.model import load_model
+from fastcofi.model_file import load_model
 from fastcofi.train.objective import FlatObjective, cost_and_grad
 
 RTOL = 1e-9

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from fastcofi import MatrixFactorization, Ratings
-from fastcofi import model_file as fio
+from fastcofi import _model_format as fio
 from fastcofi.app.demo import toy_ratings_with_new_user
-from fastcofi.model import load_model, model_info
-from fastcofi.model_file import ModelFileError, save_model
+from fastcofi.model_file import ModelFileError, load_model, model_info, save_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NORMALIZE = ["item_mean", "biases", "none"]

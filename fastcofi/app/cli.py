@@ -179,7 +179,7 @@ def _train(args, model, dask_client):
 # -- evaluate --------------------------------------------------------------------------------
 def _cmd_evaluate(args):
     from ..data.read import read_ratings
-    from ..model import load_model
+    from ..model_file import load_model
 
     model = load_model(args.model)
     test = read_ratings(args.data, format=args.format)
@@ -202,7 +202,7 @@ def _cmd_evaluate(args):
 
 # -- recommend / predict ---------------------------------------------------------------------
 def _cmd_recommend(args):
-    from ..model import load_model
+    from ..model_file import load_model
 
     model = load_model(args.model)
     if args.cluster is not None:
@@ -252,7 +252,7 @@ def _print_rows(rows):
 
 def _cmd_predict(args):
     from ..data.ids import lookup
-    from ..model import load_model
+    from ..model_file import load_model
 
     model = load_model(args.model)
     user = _typed_id(model.user_ids_, args.user, "--user")
@@ -273,7 +273,7 @@ def _cmd_predict(args):
 
 # -- info ------------------------------------------------------------------------------------
 def _cmd_info(args):
-    from ..model import model_info
+    from ..model_file import model_info
 
     info = model_info(args.model)
     if args.json:

@@ -533,7 +533,7 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
     Prints one line, ``fastcofi: serving MODEL on http://HOST:PORT``, to ``out`` (stdout) once
     the socket listens, so that a caller who asked for port 0 can read the port.
     """
-    from ..model import load_model
+    from ..model_file import load_model
 
     _check_settings(port, max_n, max_body, threads)
     out = sys.stdout if out is None else out
