@@ -7,7 +7,7 @@ import numpy as np
 
 from .._parallel import threads
 from ..data.ratings import Ratings, balanced_bounds
-from ..kernels.objective import cost_and_grad_buffered, cost_and_grad_two_pass
+from ..kernels.objective import Gradient, Side, cost_and_grad_buffered, cost_and_grad_two_pass
 
 __all__ = ["FlatObjective", "cost_and_grad", "row_weights"]
 
@@ -131,23 +131,18 @@ def _evaluate(
     if not _plan_fits(plan, ratings, X.shape[1]):
         plan = _plan(ratings, X.shape[1], block_bytes, buffered)
     mu, reg, reg_bias = float(mu), float(reg), float(reg_bias)
-    if plan.walk_items is None:
-        return cost_and_grad_two_pass(
-            X, Theta, item_bias, user_bias, mu,
-            *ratings.by_item, ratings._item_chunks, *ratings.by_user, ratings._user_chunks,
-            reg, reg_bias, *weights, *grads,
-        )
-    _, _, walk_items, groups, blocks = plan
-    X_grad, Theta_grad, item_bias_grad, user_bias_grad = grads
     item_weight, user_weight = weights
-    items = (X, item_bias, ratings.by_item, item_weight, X_grad, item_bias_grad)
-    users = (Theta, user_bias, ratings.by_user, user_weight, Theta_grad, user_bias_grad)
-    own, other = (items, users) if walk_items else (users, items)
-    factors, bias, csr, weight, grad, bias_grad = own
-    return cost_and_grad_buffered(
-        factors, other[0], bias, other[1], mu, *csr, groups, blocks, reg, reg_bias, weight,
-        other[3], grad, other[4], bias_grad, other[5],
-    )
+    items = Side(X, item_bias, item_weight, *ratings.by_item, ratings._item_chunks)
+    users = Side(Theta, user_bias, user_weight, *ratings.by_user, ratings._user_chunks)
+    item_grad, user_grad = Gradient(grads[0], grads[2]), Gradient(grads[1], grads[3])
+    if plan.walk_items is None:
+        return cost_and_grad_two_pass(items, users, item_grad, user_grad, mu, reg, reg_bias)
+    _, _, walk_items, groups, blocks = plan
+    if walk_items:
+        return cost_and_grad_buffered(items, users, item_grad, user_grad, groups, blocks, mu, reg,
+                                      reg_bias)
+    return cost_and_grad_buffered(users, items, user_grad, item_grad, groups, blocks, mu, reg,
+                                  reg_bias)
 
 
 def cost_and_grad(item_factors, user_factors, ratings, reg, *, n_threads=None):
