@@ -22,6 +22,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -172,7 +173,9 @@ def main(argv=None):
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--probe-fraction", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--folder", default="/tmp/fastcofi-large")
+    parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "fastcofi-large"),
+                        help="where prepare writes train.csv and probe.csv and train reads them "
+                             "(default: fastcofi-large in the temporary directory)")
     parser.add_argument("--out", default=str(RESULTS / "large_scale.json"))
     args = parser.parse_args(argv)
 

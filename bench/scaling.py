@@ -3,7 +3,7 @@
     python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
     python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10 \
         --out bench/results/ratings_scaling
-    python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # the README table
+    python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # bench/README.md's table
 
 Writes bench/results/objective_scaling.json (medians, ratios, environment) and, when matplotlib
 is installed, bench/results/objective_scaling.png (log-log time vs ratings). Cells that would need
@@ -158,7 +158,7 @@ def _ms(seconds):
 
 
 def markdown(doc):
-    """The README's table from a results document."""
+    """bench/README.md's table from a results document."""
     lines = [
         (
             "| ratings (items x users) | k | 1 thread | 2 threads | ratings/s, 2 threads "
