@@ -26,32 +26,22 @@ and sends back gradients of the same shapes.
 import argparse
 import json
 import os
-import platform
-import sys
 import time
-from pathlib import Path
 
-import numba
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import RESULTS, environment, median_seconds
 
 from fastcofi import MatrixFactorization
 from fastcofi.data.ratings import value_moments
-from fastcofi.data.synthetic import synthetic
+from fastcofi.datasets import synthetic
 from fastcofi.train.objective import FlatObjective
 
-RESULTS = Path(__file__).resolve().parent / "results" / "distributed.json"
+OUT = RESULTS / "distributed.json"
 
 
 def median_time(fun, params, repeat):
-    fun(params)  # compile / warm up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fun(params)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Median seconds of ``fun(params)`` after one untimed call (compiles, warms the workers)."""
+    return median_seconds(lambda: fun(params), repeat)[0]
 
 
 DEFAULTS = MatrixFactorization().get_params()
@@ -113,18 +103,11 @@ def main(argv=None):
                 sharded.close()
 
     result = {
-        "env": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "numba": numba.__version__,
-            "dask": distributed.__version__,
-            "cpu": platform.machine(),
-            "cpus": os.cpu_count(),
-            "numba_threads": numba.config.NUMBA_NUM_THREADS,
-            "load_average_1min_at_end": os.getloadavg()[0],
-            "note": "all workers on one machine over loopback TCP; with 2 cores no configuration "
-                    "uses more than 2 cores; other processes shared the cores (indicative)",
-        },
+        "env": environment(
+            dask=distributed.__version__,
+            note="all workers on one machine over loopback TCP; with 2 cores no configuration "
+                 "uses more than 2 cores; other processes shared the cores (indicative)",
+        ),
         "data": {"n_users": ratings.n_users, "n_items": ratings.n_items, "nnz": ratings.nnz,
                  "objective": "learned biases, the estimator's default regularization"},
         "seconds_per_evaluation": {str(k): rows[k] for k in ks},
@@ -144,9 +127,9 @@ def main(argv=None):
               f"{v['received'] / 1e6:.2f} MB per evaluation ({v['item_rows']} item rows, "
               f"{v['user_rows']} user rows)")
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {OUT}")
     return result
 
 

@@ -21,8 +21,6 @@ the figure is a floor for the server (the Python clients use a good part of the 
 import argparse
 import http.client
 import json
-import os
-import platform
 import select
 import signal
 import subprocess
@@ -33,11 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import RESULTS, environment
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from fastcofi import MatrixFactorization, Ratings  # noqa: E402
+from fastcofi import MatrixFactorization, Ratings
 
 
 def build_model(path, n_users, n_items, n_factors, per_user=20, seed=0):
@@ -59,12 +55,10 @@ def build_model(path, n_users, n_items, n_factors, per_user=20, seed=0):
 
 
 def start_server(model_path, threads):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "fastcofi", "serve", str(model_path), "--port", "0"]
     if threads:
         cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     if not ready:
         proc.kill()
@@ -101,16 +95,6 @@ def client(port, n_users, deadline, seed, latencies, errors, counts):
     counts.append(len(mine))
 
 
-def environment():
-    import numba
-
-    return {
-        "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000)
@@ -119,7 +103,7 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="the server's --threads")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "http.jsonl"),
+    parser.add_argument("--out", default=str(RESULTS / "http.jsonl"),
                         help="append the result as a JSON line here ('' to skip)")
     args = parser.parse_args(argv)
 

@@ -4,11 +4,11 @@ Usage::
 
     python bench/bench_io.py                      # 25M lines, both engines
     python bench/bench_io.py --lines 5000000 --engine pyarrow --repeat 3
-    python bench/bench_io.py --file /tmp/ratings.csv --keep   # reuse / keep a written file
+    python bench/bench_io.py --file ratings.csv --keep   # reuse / keep a written file
     python bench/bench_io.py --source synthetic --lines 10000000   # datasets.synthetic's data
 
-Writes the file once into a temporary folder under /tmp (``--file`` to choose the path; it is
-deleted at the end unless ``--keep``), then reads it in a fresh subprocess per engine and repeat
+Writes the file once into a temporary folder (``--file`` to choose the path; it is deleted at
+the end unless ``--keep``), then reads it in a fresh subprocess per engine and repeat
 (so that peak RSS belongs to the read alone, with the Numba cache warm from a tiny read) and
 reports lines per second, the CPU seconds of the read, and the peak memory growth relative to
 the bytes of the final ``Ratings`` arrays. The target of issue 3: >= 5 M lines/s with peak
@@ -24,21 +24,18 @@ activity) user by user, in chunks: see `write_synthetic_csv`.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from harness import environment
 
 CHILD = r"""
 import json, os, resource, sys, time
 import numpy as np
-import fastcofi.io as fio
+from fastcofi import read_ratings
 def rss_kb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -50,11 +47,11 @@ def cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 path, engine, tiny, dtype = sys.argv[1:5]
 # Compile the builtin kernel (and warm imports) on a tiny file, outside the timing.
-fio.read_ratings(tiny, engine=engine)
+read_ratings(tiny, engine=engine)
 base = rss_kb()
 cpu = cpu_seconds()
 t = time.perf_counter()
-r = fio.read_ratings(path, engine=engine, dtype=np.dtype(dtype))
+r = read_ratings(path, engine=engine, dtype=np.dtype(dtype))
 seconds = time.perf_counter() - t
 cpu = cpu_seconds() - cpu
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -109,11 +106,12 @@ def write_synthetic_csv(path, n_ratings, *, n_users=480_189, n_items=17_770, see
     """Write the ratings of `fastcofi.datasets.synthetic` as ``userId,movieId,rating``, in chunks.
 
     The ratings are generated in memory (``dtype`` float32: 16 bytes per rating for both CSRs),
-    then written chunk by chunk (`bench.large_scale.write_ratings_csv`): a 1e8-rating file needs
+    then written chunk by chunk (``large_scale.write_ratings_csv``): a 1e8-rating file needs
     about 1.6 GB beside the file itself.
     """
-    from bench.large_scale import write_ratings_csv
-    from fastcofi.data.synthetic import synthetic
+    from large_scale import write_ratings_csv
+
+    from fastcofi.datasets import synthetic
 
     write_ratings_csv(synthetic(n_users, n_items, n_ratings, seed=seed, dtype=dtype), path)
     return path
@@ -135,9 +133,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.keep and not args.file:
         parser.error("--keep needs --file: without it the file lives in a temporary folder")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     engines = ["pyarrow", "builtin"] if args.engine == "both" else [args.engine]
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         path = args.file or os.path.join(tmp, "ratings.csv")
         tiny = os.path.join(tmp, "tiny.csv")
         write_ratings_csv(tiny, 10)
@@ -154,7 +151,7 @@ def main(argv=None):
         try:
             for engine in engines:
                 for _ in range(args.repeat):
-                    res = _read_in_child(path, engine, tiny, args, env)
+                    res = _read_in_child(path, engine, tiny, args)
                     if res is not None:
                         results.append(res)
         finally:
@@ -167,9 +164,9 @@ def main(argv=None):
     return 0
 
 
-def _read_in_child(path, engine, tiny, args, env):
+def _read_in_child(path, engine, tiny, args):
     out = subprocess.run([sys.executable, "-c", CHILD, path, engine, tiny, args.dtype],
-                         env=env, capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False)
     if out.returncode:
         print(f"{engine}: failed\n{out.stderr}", file=sys.stderr)
         return None
@@ -185,9 +182,7 @@ def _read_in_child(path, engine, tiny, args, env):
         lines_per_second=res["nnz"] / res["seconds"],
         lines_per_cpu_second=res["nnz"] / res["cpu_seconds"],
         peak_over_final=growth / res["final_bytes"],
-        cpu_count=os.cpu_count(),
-        python=platform.python_version(),
-        numpy=np.__version__,
+        environment=environment(),
     )
     print(f"{engine:8s} {res['nnz']:>11,} lines  {res['seconds']:6.2f} s "
           f"({res['cpu_seconds']:6.2f} CPU s)  {res['lines_per_second'] / 1e6:5.2f} M lines/s  "

@@ -23,15 +23,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.problems import RESULTS, factors_for, ratings_for, write_json  # noqa: E402
-from bench.scaling import environment  # noqa: E402
+from harness import RESULTS, environment, sample_seconds, write_json
+from problems import factors_for, ratings_for
 
 C_SOURCE = r"""
 #include <string.h>
@@ -113,22 +109,6 @@ def compiler_version():
     return done.stdout.splitlines()[0] if done.returncode == 0 and done.stdout else compiler
 
 
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def git_commit():
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent)
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def compile_c(k, folder):
     """Path of the compiled C objective for ``k`` factors, or None (with the reason printed)."""
     compiler = _compiler()
@@ -182,11 +162,11 @@ def _c_call(library, fixed, ratings, X, Theta, threads):
 
 def worker(variant, folder, size, k, threads, repeats, library):
     """Median seconds of ``repeats`` evaluations of one variant (run in a fresh process)."""
+    from problems import dense_cost_and_grad, dense_inputs
     from threadpoolctl import threadpool_limits
 
-    from bench.problems import dense_cost_and_grad, dense_inputs
     from fastcofi import Ratings
-    from fastcofi.train.objective import cost_and_grad
+    from fastcofi.objective import cost_and_grad
 
     ratings = Ratings.load(Path(folder) / size)
     X, Theta = factors_for(ratings, k)
@@ -210,12 +190,7 @@ def worker(variant, folder, size, k, threads, repeats, library):
             raise SystemExit(f"{variant} disagrees with fastcofi's objective at {size}, k={k}")
     blas = None if variant == "dense reference" else 1
     with threadpool_limits(limits=blas, user_api="blas"):
-        call()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t)
+        times = sample_seconds(call, repeats)
     return float(np.median(times))
 
 
@@ -281,9 +256,7 @@ def main():
                         print("  vs dense: " + ", ".join(f"{v} {x:.1f}x" for v, x in
                                                           row["speedup_vs_dense"].items()))
     doc = {"targets": {"ratings_per_s": TARGET_RATINGS_PER_S, "vs_dense": TARGET_VS_DENSE},
-           "environment": {**environment(), "cpu_model": cpu_model(),
-                           "commit": git_commit(), "compiler": compiler_version(),
-                           "c_flags": list(C_FLAGS)},
+           "environment": environment(compiler=compiler_version(), c_flags=list(C_FLAGS)),
            "rows": rows}
     write_json(RESULTS / "ceiling.json", doc)
     print(f"wrote {RESULTS / 'ceiling.json'}")

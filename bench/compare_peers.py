@@ -20,18 +20,15 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from harness import RESULTS, environment, shared_data, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
-from fastcofi import MatrixFactorization, Ratings  # noqa: E402
+from fastcofi import MatrixFactorization, Ratings
 
 PEER_SCRIPT = r"""
 import json, sys, time
@@ -177,7 +174,7 @@ def main():
             rows += peer_rows(data, protocol, args.peers_python, args.peers.split(","))
         report[protocol] = {"summary": summarize(rows), "rows": rows}
         print(json.dumps({protocol: report[protocol]["summary"]}, indent=1), flush=True)
-    write_json(RESULTS / "peers.json", report)
+    write_json(RESULTS / "peers.json", {**report, "environment": environment()})
     lines = []
     for protocol, doc in report.items():
         lines += [f"Protocol {protocol}", "", "| model | RMSE | MAE | fit s (median) |",

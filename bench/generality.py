@@ -24,16 +24,13 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
+from harness import RESULTS, environment, shared_data, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
-from fastcofi import MatrixFactorization, Ratings  # noqa: E402
-from fastcofi.data.synthetic import synthetic  # noqa: E402
-from fastcofi.evaluate.split import random_split  # noqa: E402
+from fastcofi import MatrixFactorization, Ratings
+from fastcofi.datasets import synthetic
+from fastcofi.evaluate.split import random_split
 
 SETS = {
     # name: (users, items, ratings, rank, noise, step, scale)
@@ -154,6 +151,7 @@ def main():
         for name, ratings, scale, floor in SET_GROUPS[group]():
             out[name] = run_set(ratings, scale, floor)
             print(name, json.dumps(out[name]), flush=True)
+    out["environment"] = environment()
     write_json(path, out)
 
 

@@ -22,15 +22,12 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.problems import RESULTS, write_json  # noqa: E402
+from harness import RESULTS, environment, sample_seconds, write_json
 
 NOISE = 0.5
 
@@ -82,7 +79,7 @@ def write_ratings_csv(ratings, path, *, probe_path=None, probe_fraction=0.0, see
 
 
 def prepare(args):
-    from fastcofi.data.synthetic import synthetic
+    from fastcofi.datasets import synthetic
 
     t0 = time.perf_counter()
     ratings = synthetic(args.users, args.items, int(args.ratings), noise=NOISE, seed=args.seed,
@@ -105,8 +102,7 @@ def prepare(args):
 
 
 def train(args):
-    from fastcofi import MatrixFactorization, read_ratings
-    from fastcofi.evaluate.metrics import rmse
+    from fastcofi import MatrixFactorization, metrics, read_ratings
 
     folder = Path(args.folder)
     t0 = time.perf_counter()
@@ -122,7 +118,7 @@ def train(args):
     model.fit(train_set, validation=probe)
     fit_s = time.perf_counter() - t1
     users, items, values = probe.coo()
-    probe_rmse = rmse(values, model.predict(probe.user_ids[users], probe.item_ids[items]))
+    probe_rmse = metrics.rmse(values, model.predict(probe.user_ids[users], probe.item_ids[items]))
     history = model.history_
     result = model.result_
     n_evals = int(result.nfev) if result is not None else None
@@ -160,12 +156,7 @@ def _evaluation_seconds(model, ratings, repeats=3):
     )
     params = objective.pack(model.item_factors_, model.user_factors_, model.item_bias_,
                             model.user_bias_)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        objective(params)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(sample_seconds(lambda: objective(params), repeats, warmup=0)))
 
 
 def main(argv=None):
@@ -182,7 +173,9 @@ def main(argv=None):
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--probe-fraction", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--folder", default="/tmp/fastcofi-large")
+    parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "fastcofi-large"),
+                        help="where prepare writes train.csv and probe.csv and train reads them "
+                             "(default: fastcofi-large in the temporary directory)")
     parser.add_argument("--out", default=str(RESULTS / "large_scale.json"))
     args = parser.parse_args(argv)
 
@@ -201,6 +194,7 @@ def main(argv=None):
         doc[step] = json.loads(out.strip().splitlines()[-1])
         doc[step]["process_s"] = time.perf_counter() - t
         print(step, json.dumps(doc[step]), flush=True)
+    doc["environment"] = environment()
     write_json(args.out, doc, indent=2)
     return 0
 

@@ -4,36 +4,13 @@ Sizes follow the engine issue: ML-100K's shape, then synthetic power-law sets of
 1e7 ratings. Problems are cached per process, so parametrized benchmarks build each one once.
 """
 
-import json
-import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from fastcofi import reference
-from fastcofi.data.synthetic import synthetic
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def write_json(path, doc, indent=1):
-    """Write ``doc`` as JSON to ``path`` through a temporary file, so that a run cut short
-    never leaves half a result behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=indent))
-    os.replace(tmp, path)
-
-
-def shared_data():
-    """The shared real-data folder: ``$FASTCOFI_TEST_DATA``, default ``../shared/data`` beside
-    the repository (as the tests find it)."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("FASTCOFI_TEST_DATA", default))
-
+from fastcofi.datasets import synthetic
 
 # name -> (n_items, n_users, n_ratings)
 SIZES = {

@@ -3,7 +3,7 @@
     python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
     python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10 \
         --out bench/results/ratings_scaling
-    python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # the README table
+    python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # bench/README.md's table
 
 Writes bench/results/objective_scaling.json (medians, ratios, environment) and, when matplotlib
 is installed, bench/results/objective_scaling.png (log-log time vs ratings). Cells that would need
@@ -12,23 +12,16 @@ more than 8 GB are recorded as skipped with the reason.
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numba
 import numpy as np
-import scipy
-from threadpoolctl import threadpool_limits
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.problems import (  # noqa: E402
+from harness import RESULTS, environment, median_seconds, write_json
+from problems import (
     DEFAULT_SIZES,
     MEMORY_LIMIT,
-    RESULTS,
     SIZES,
     Vectorized,
     dense_bytes,
@@ -37,43 +30,14 @@ from bench.problems import (  # noqa: E402
     factors_for,
     ratings_for,
     vectorized_bytes,
-    write_json,
 )
-from fastcofi.train.objective import _use_buffers, cost_and_grad  # noqa: E402
+from threadpoolctl import threadpool_limits
 
+from fastcofi.objective import cost_and_grad
+from fastcofi.train.objective import _use_buffers
 
-def median_seconds(fn, repeats, budget=20.0):
-    fn()  # compiled / warmed before timing
-    times = []
-    start = time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget and len(times) >= 3:
-            break
-    return float(np.median(times)), len(times)
-
-
-def environment():
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "numba": numba.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "numba_threads": numba.config.NUMBA_NUM_THREADS,
-        "threading_layer": _threading_layer(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def _threading_layer():
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return "not initialized"
+# A cell stops repeating after this many seconds once it has 3 timings.
+BUDGET = 20.0
 
 
 def ratings_bytes(ratings):
@@ -104,8 +68,9 @@ def run(sizes, factors, repeats):
             with threadpool_limits(limits=1, user_api="blas"):
                 time.sleep(0.5)
                 for threads in (1, 2):
-                    seconds, n = median_seconds(
-                        lambda: cost_and_grad(X, Theta, ratings, 1.0, n_threads=threads), repeats
+                    seconds, _ = median_seconds(
+                        lambda: cost_and_grad(X, Theta, ratings, 1.0, n_threads=threads), repeats,
+                        budget=BUDGET,
                     )
                     row[f"kernel_{threads}t_s"] = seconds
             row["kernel_ratings_per_s"] = ratings.nnz / row["kernel_2t_s"]
@@ -115,7 +80,8 @@ def run(sizes, factors, repeats):
                 row["vectorized_skipped"] = f"needs > {MEMORY_LIMIT / 1e9:.0f} GB"
             else:
                 vec = Vectorized(ratings)
-                row["vectorized_s"], _ = median_seconds(lambda: vec(X, Theta, 1.0), repeats)
+                row["vectorized_s"], _ = median_seconds(lambda: vec(X, Theta, 1.0), repeats,
+                                                         budget=BUDGET)
                 row["speedup_vs_vectorized"] = row["vectorized_s"] / row["kernel_2t_s"]
             n_items, n_users, _ = SIZES[size]
             if dense_bytes(size, k) > MEMORY_LIMIT or n_items * n_users > 5000 * 5000:
@@ -124,7 +90,8 @@ def run(sizes, factors, repeats):
             else:
                 dense, mask = dense_inputs(size)
                 row["dense_s"], _ = median_seconds(
-                    lambda: dense_cost_and_grad(X, Theta, dense, mask, 1.0), repeats
+                    lambda: dense_cost_and_grad(X, Theta, dense, mask, 1.0), repeats,
+                    budget=BUDGET,
                 )
                 row["speedup_vs_dense"] = row["dense_s"] / row["kernel_2t_s"]
             rows.append(row)
@@ -191,7 +158,7 @@ def _ms(seconds):
 
 
 def markdown(doc):
-    """The README's table from a results document."""
+    """bench/README.md's table from a results document."""
     lines = [
         (
             "| ratings (items x users) | k | 1 thread | 2 threads | ratings/s, 2 threads "

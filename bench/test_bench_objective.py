@@ -2,13 +2,12 @@
 hand-vectorized numpy/scipy.sparse version. Skipped by default; run with
 
     python3 -m pytest bench/test_bench_objective.py --benchmark-only --benchmark-group-by=param:size
+
+(or every suite at once: ``python3 -m pytest bench --benchmark-only``).
 """
 
 import pytest
-
-from fastcofi.train.objective import cost_and_grad
-
-from .problems import (
+from problems import (
     DEFAULT_SIZES,
     MEMORY_LIMIT,
     SIZES,
@@ -20,6 +19,8 @@ from .problems import (
     ratings_for,
     vectorized_bytes,
 )
+
+from fastcofi.objective import cost_and_grad
 
 SIZE_NAMES = list(DEFAULT_SIZES)
 FACTORS = [10, 50, 100]

@@ -10,19 +10,16 @@ fixed at 1.3 (the default before it followed the units). Prints and writes
 ``bench/results/units.json``.
 """
 
+import argparse
 import json
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
+from harness import RESULTS, environment, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.problems import RESULTS, write_json  # noqa: E402
-from fastcofi import MatrixFactorization, Ratings  # noqa: E402
-from fastcofi.data.synthetic import synthetic  # noqa: E402
-from fastcofi.evaluate.split import random_split  # noqa: E402
+from fastcofi import MatrixFactorization, Ratings
+from fastcofi.datasets import synthetic
+from fastcofi.evaluate.split import random_split
 
 # name: (users, items, ratings, rank, noise)
 SETS = {
@@ -35,6 +32,7 @@ PENALTIES = {"defaults (reg=None)": {}, "fixed reg=1.3": {"reg": 1.3}}
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     out = {}
     for name, (users, items, n, rank, noise) in SETS.items():
         ratings = synthetic(users, items, n, rank=rank, noise=noise, seed=0, step=None,
@@ -54,7 +52,7 @@ def main():
                 row[label][f"x{c:g}"] = float(np.sqrt(np.mean((pred - ty) ** 2)))
         out[name] = row
         print(name, json.dumps(row), flush=True)
-    write_json(RESULTS / "units.json", out)
+    write_json(RESULTS / "units.json", {**out, "environment": environment()})
 
 
 if __name__ == "__main__":

@@ -9,20 +9,17 @@ the default square-root count weighting (the penalty divided by the square root 
 rating counts' geometric mean). Prints and writes ``bench/results/vb_penalty.json``.
 """
 
+import argparse
 import json
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
+from generality import SETS, synthetic_set
+from harness import RESULTS, environment, shared_data, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.generality import SETS, synthetic_set  # noqa: E402
-from bench.problems import RESULTS, shared_data, write_json  # noqa: E402
-from fastcofi import MatrixFactorization, read_ratings  # noqa: E402
-from fastcofi.evaluate.split import random_split  # noqa: E402
+from fastcofi import MatrixFactorization, read_ratings
+from fastcofi.evaluate.split import random_split
 
 ML100K = shared_data() / "ml-100k"
 
@@ -45,6 +42,7 @@ def rmse(model, test):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     out = {}
     for name, train, test in sets():
         t = time.perf_counter()
@@ -76,7 +74,7 @@ def main():
                 row["fits"][f"{fit_name}, {solver}"] = rmse(model, test)
         out[name] = row
         print(name, json.dumps(row), flush=True)
-    write_json(RESULTS / "vb_penalty.json", out)
+    write_json(RESULTS / "vb_penalty.json", {**out, "environment": environment()})
 
 
 if __name__ == "__main__":

@@ -10,21 +10,18 @@ on the small dense set of `bench/generality.py`, beside CG with its default pena
 writes ``bench/results/vb_starts.json``.
 """
 
+import argparse
 import json
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
+from generality import synthetic_set
+from harness import RESULTS, environment, write_json
+from vb_penalty import ML100K, rmse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.generality import synthetic_set  # noqa: E402
-from bench.problems import RESULTS, write_json  # noqa: E402
-from bench.vb_penalty import ML100K, rmse  # noqa: E402
-from fastcofi import MatrixFactorization, Ratings, read_ratings  # noqa: E402
-from fastcofi.data.synthetic import planted  # noqa: E402
-from fastcofi.evaluate.split import random_split  # noqa: E402
+from fastcofi import MatrixFactorization, Ratings, read_ratings
+from fastcofi.data.synthetic import planted
+from fastcofi.evaluate.split import random_split
 
 STARTS = {"first start (1)": 1.0, "second start (1/16)": 1.0 / 16, "both (kept)": (1.0, 1.0 / 16)}
 
@@ -44,6 +41,7 @@ def sets():
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     out = {}
     for name, train, test, k, floor in sets():
         row = {"floor": floor}
@@ -59,7 +57,7 @@ def main():
         row["CG, default penalty"] = {"rmse": rmse(cg, test) / scale}
         out[name] = row
         print(name, json.dumps(row), flush=True)
-    write_json(RESULTS / "vb_starts.json", out)
+    write_json(RESULTS / "vb_starts.json", {**out, "environment": environment()})
 
 
 if __name__ == "__main__":

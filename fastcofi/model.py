@@ -98,7 +98,7 @@ class MatrixFactorization:
         shrunk as much per rating), or by 1 (``"none"``, the tutorial's plain penalty). The square
         root sits between the two: rows with few ratings are shrunk more per rating than busy
         ones, but less than under no weighting (ML-100K, protocol A: 0.9097 against 0.9173 for
-        ``"count"`` with its own tuned strengths; other shapes: see the README).
+        ``"count"`` with its own tuned strengths; other shapes: see bench/README.md).
     solver : {"cg", "lbfgs", "als", "vb"}, default "cg"
         ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused Numba objective
         (the tutorial's trainer); ``"lbfgs"``: L-BFGS-B on the same objective; ``"als"``:

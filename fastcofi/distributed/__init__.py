@@ -356,7 +356,7 @@ def scatter(ratings, client=None, *, by="items", n_shards=None, user="user", ite
     by : {"items", "users"}
         The side cut into blocks. Every shard is sent, per evaluation, the rows of the other side
         that it has ratings of, so that side's rows travel up to ``n_shards`` times: block the
-        side with more rows (users, usually, at scale; see the README's estimate).
+        side with more rows (users, usually, at scale; see the estimate in bench/README.md).
     n_shards : int, optional
         Blocks (default: one per worker), of about equal numbers of ratings.
     user, item, rating : str

@@ -69,7 +69,7 @@ def _use_buffers(ratings, n_factors):
 # The one-pass kernel walks its rows once per block of the other side's columns, each block's
 # factor and buffer rows taking about this many bytes: at 1e7 ratings (30k x 400k) one evaluation
 # took 1.5-2.2x less time than a single walk at k = 32 and 50, 0.96-1.8x at k = 10 depending on
-# the run; 1 and 2 MiB blocks were slower at k = 10 and 32 (bench/kernel_ab.py, README).
+# the run; 1 and 2 MiB blocks were slower at k = 10 and 32 (bench/kernel_ab.py, bench/README.md).
 _BLOCK_BYTES = 4 << 20
 
 

@@ -1,0 +1,59 @@
+"""bench/ runs on the installed package: its scripts and suites edit no ``sys.path``, import
+nothing from ``tests`` (or a ``bench`` package: siblings are imported by their own names), and
+every study script answers ``--help`` without starting its measurements."""
+
+import ast
+
+import pytest
+
+from tests.conftest import REPO
+
+BENCH = REPO / "bench"
+FILES = sorted(BENCH.glob("*.py"))
+SCRIPTS = [p for p in FILES if "__main__" in p.read_text()]
+
+
+def _imported_roots(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield "." if node.level else node.module.split(".")[0]
+
+
+def _touches_sys_path(tree):
+    """An attribute chain ``sys.path.<anything>`` or an assignment to ``sys.path``."""
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "path" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "sys"):
+            return True
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Attribute) and t.attr == "path"
+                and isinstance(t.value, ast.Name) and t.value.id == "sys" for t in node.targets):
+            return True
+    return False
+
+
+def test_bench_is_not_a_package():
+    # Scripts import their siblings by name (python3 bench/NAME.py puts bench/ on sys.path);
+    # with an __init__.py pytest would import the suites as bench.* and those imports would fail.
+    assert FILES, f"no benchmark files found in {BENCH}"
+    assert not (BENCH / "__init__.py").exists()
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_no_sys_path_edits_or_test_imports(path):
+    tree = ast.parse(path.read_text())
+    assert not _touches_sys_path(tree), f"{path.name} edits sys.path; import the installed package"
+    roots = set(_imported_roots(tree))
+    assert not roots & {"tests", "bench", "."}, (
+        f"{path.name} imports {sorted(roots & {'tests', 'bench', '.'})}: import the installed "
+        "package, and bench/ siblings by their own names"
+    )
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse_their_arguments(path):
+    # A script without a parser would start a long run when asked for --help.
+    assert "ArgumentParser(" in path.read_text(), f"{path.name} has no argparse parser"
