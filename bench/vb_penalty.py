@@ -19,15 +19,41 @@ from generality import SETS, synthetic_set
 from harness import RESULTS, environment, shared_data, write_json
 
 from fastcofi import MatrixFactorization, read_ratings
+from fastcofi.data.ratings import value_moments
 from fastcofi.evaluate.split import random_split
+from fastcofi.train.objective import FlatObjective
+from fastcofi.train.vb import minimize_vb
 
 ML100K = shared_data() / "ml-100k"
 
 
-def vb_state(train):
-    """Fit solver="vb" and return it with its solver state (the model keeps only part of it)."""
-    model = MatrixFactorization(solver="vb", random_state=0).fit(train)
-    return model, model._vb_state
+def vb_fit(train, k=10, init_noise=(1.0, 1.0 / 16)):
+    """What ``fit`` runs for ``solver="vb"``, through the public training functions, so that
+    its starts can be chosen and the solver's whole state kept (a fitted model keeps only part
+    of it). Returns the fitted model (its predictions are fit's) and the state."""
+    model = MatrixFactorization(n_factors=k, solver="vb", random_state=0)
+    mu, _ = value_moments(train.values)
+    objective = FlatObjective(train, k, 0.0, mu=mu, learn_biases=True, reg_bias=0.0)
+    rng = np.random.default_rng(model.random_state)
+    params = objective.pack(
+        rng.normal(0.0, model.init_scale, size=(train.n_items, k)),
+        rng.normal(0.0, model.init_scale, size=(train.n_users, k)),
+        np.zeros(train.n_items), np.zeros(train.n_users),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params, history, state = minimize_vb(objective, params, max_iter=model.max_iter,
+                                             tol=model.tol, init_noise=init_noise)
+    X, Theta, item_bias, user_bias = objective.unpack(params)
+    model.item_factors_, model.user_factors_ = np.array(X), np.array(Theta)
+    model.item_bias_, model.user_bias_ = np.array(item_bias), np.array(user_bias)
+    model.item_ids_, model.user_ids_ = train.item_ids, train.user_ids
+    model.global_mean_, model.item_means_ = mu, None
+    model.rating_range_ = (float(train.values.min()), float(train.values.max()))
+    model.seen_indptr_, model.seen_indices_ = train.by_user[:2]
+    model.reg_ = model.reg_bias_ = 0.0
+    model.n_iter_, model.history_ = len(history["cost"]), history
+    return model, state
 
 
 def sets():
@@ -46,7 +72,7 @@ def main():
     out = {}
     for name, train, test in sets():
         t = time.perf_counter()
-        vb, state = vb_state(train)
+        vb, state = vb_fit(train)
         vb_s = time.perf_counter() - t
         k = vb.n_factors
         noise = state["noise_variance"]

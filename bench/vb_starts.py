@@ -3,7 +3,7 @@
     python3 bench/vb_starts.py
 
 ``solver="vb"`` runs from an initial noise variance of the ratings' variance and of a sixteenth
-of it, and keeps the run with the higher free energy (`fastcofi.solvers.minimize_vb`). This
+of it, and keeps the run with the higher free energy (`fastcofi.train.vb.minimize_vb`). This
 fits each start alone and both, on the planted sets of ``fastcofi.data.synthetic.planted`` (rank 3, noise 0.3,
 1.0 and 1.5, k = 8, 10 and 20; RMSE as a multiple of the noise floor), on ML-100K u1 and u2 and
 on the small dense set of `bench/generality.py`, beside CG with its default penalty. Prints and
@@ -12,12 +12,11 @@ writes ``bench/results/vb_starts.json``.
 
 import argparse
 import json
-import warnings
 
 import numpy as np
 from generality import synthetic_set
 from harness import RESULTS, environment, write_json
-from vb_penalty import ML100K, rmse
+from vb_penalty import ML100K, rmse, vb_fit
 
 from fastcofi import MatrixFactorization, Ratings, read_ratings
 from fastcofi.data.synthetic import planted
@@ -47,10 +46,7 @@ def main():
         row = {"floor": floor}
         scale = floor or 1.0
         for start, init_noise in STARTS.items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = MatrixFactorization(n_factors=k, solver="vb", random_state=0)
-                model.fit(train, _vb_options={"init_noise": init_noise})
+            model, _ = vb_fit(train, k, init_noise)
             row[start] = {"rmse": rmse(model, test) / scale,
                           "free_energy": -model.history_["cost"][-1]}
         cg = MatrixFactorization(n_factors=k, random_state=0).fit(train)
