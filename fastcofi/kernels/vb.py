@@ -1,5 +1,7 @@
 """Variational Bayes: the mean-field update of every row of one side."""
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 from numba import prange
@@ -49,24 +51,56 @@ def _cholesky_inverse(L, inv_diag, row, out):
     return logdet
 
 
+class Rows(NamedTuple):
+    """One side's ratings by row: CSR (``indptr`` (n + 1,), ``indices`` (nnz,) of the other side's
+    rows, ``values`` (nnz,)) and ``chunks``, row boundaries of nonzero-balanced chunks."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    chunks: np.ndarray
+
+
+class Moments(NamedTuple):
+    """The other side's posterior moments, per row ``c`` with ``(w_c, c_c)`` its (factors, bias):
+    ``first[c]`` = E[(w, 1)] (d,), ``second[c]`` = E[(w, 1)(w, 1)^T] flattened (d * d,),
+    ``cross[c]`` = E[(w, 1) c] (d,), ``bias_mean[c]`` = E[c], ``bias_second[c]`` = E[c^2]."""
+
+    first: np.ndarray
+    second: np.ndarray
+    cross: np.ndarray
+    bias_mean: np.ndarray
+    bias_second: np.ndarray
+
+
+class Posterior(NamedTuple):
+    """Where a side's updated posteriors go: ``mean`` (n, d), ``cov`` (n, d, d), ``sse`` (n,) the
+    expected squared error of each row's ratings, ``logdet`` (n,) log det of each ``cov``."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    sse: np.ndarray
+    logdet: np.ndarray
+
+
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
-def vb_update_rows(
-    indptr, cols, values, chunks, mu, second, cross, first, bias_mean, bias_second, prior_precision,
-    tau, mean, cov, row_sse, row_logdet,
-):
+def vb_update_rows(rows, other, mu, tau, prior_precision, out):
     """Mean-field update of every row's Gaussian posterior over (factors, bias), in parallel.
 
     The model is ``values[p] = mu + u_r . (w_c, 1) + c_c + noise(precision tau)`` with ``u_r`` =
     (factors, bias) of row ``r`` (length d = k + 1) and ``(w_c, c_c)`` those of column ``c`` on the
-    other side, whose posterior enters through its moments: ``first[c]`` = E[(w, 1)],
-    ``second[c]`` = E[(w, 1)(w, 1)^T] flattened (d * d), ``cross[c]`` = E[(w, 1) c],
-    ``bias_mean[c]`` = E[c], ``bias_second[c]`` = E[c^2]. The prior of ``u_r`` is
+    other side, whose posterior enters through its `Moments`. The prior of ``u_r`` is
     N(0, diag(1 / prior_precision)).
 
-    Writes ``mean[r]``, ``cov[r]`` (d x d), ``row_sse[r]`` = the expected squared error of the
-    row's ratings under the updated posteriors and ``row_logdet[r]`` = log det ``cov[r]``. Returns
-    the number of rows whose system was not positive definite (left unchanged).
+    Writes row ``r`` of every array of ``out`` (a `Posterior`). Returns the number of rows whose
+    system was not positive definite (left unchanged).
     """
+    # Bound to locals before the parallel loop: numba 0.68's parallel loops lose writes made
+    # through a tuple's field inside them.
+    indptr, cols, values, chunks = rows.indptr, rows.indices, rows.values, rows.chunks
+    first, second, cross = other.first, other.second, other.cross
+    bias_mean, bias_second = other.bias_mean, other.bias_second
+    mean, cov, row_sse, row_logdet = out.mean, out.cov, out.sse, out.logdet
     d = mean.shape[1]
     n_chunks = chunks.shape[0] - 1
     failures = np.zeros(n_chunks, dtype=np.int64)
@@ -129,10 +163,3 @@ def vb_update_rows(
             row_sse[r] = sse
             row_logdet[r] = -logdet
     return failures.sum()
-
-
-# -- serving -------------------------------------------------------------------------------------
-# Top-n selection keeps a min-heap of the n best (score, index) pairs seen so far, "best" meaning
-# the higher score and, between equal scores, the smaller index; the root is the worst kept pair.
-# One pass over the scores, O(n_items log n), no full sort. Excluded items carry a score of -inf
-# (NaN is excluded too) and are never selected.

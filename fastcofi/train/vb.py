@@ -6,7 +6,7 @@ import numpy as np
 
 from .._parallel import threads
 from ..data.ratings import value_moments
-from ..kernels.vb import vb_update_rows
+from ..kernels.vb import Moments, Posterior, Rows, vb_update_rows
 from .solvers import _warn
 
 # The free energy's relative change that ends VB, as a fraction of ``tol`` (3e-4 at the default
@@ -16,7 +16,7 @@ _VB_TOL_SCALE = 0.1
 
 
 def _moments(mean, cov):
-    """The posterior moments `fastcofi.vb_update_rows` reads of the other side."""
+    """The posterior moments `fastcofi.kernels.vb.vb_update_rows` reads of the other side."""
     k = mean.shape[1] - 1
     first = mean.copy()
     first[:, k] = 1.0
@@ -24,8 +24,8 @@ def _moments(mean, cov):
     second[:, :k, :k] += cov[:, :k, :k]
     cross = first * mean[:, k:]
     cross[:, :k] += cov[:, :k, k]
-    return (second.reshape(len(mean), -1), cross, first, np.ascontiguousarray(mean[:, k]),
-            mean[:, k] ** 2 + cov[:, k, k])
+    return Moments(first, second.reshape(len(mean), -1), cross, np.ascontiguousarray(mean[:, k]),
+                   mean[:, k] ** 2 + cov[:, k, k])
 
 
 # Starts of `minimize_vb`: initial noise variances as fractions of the ratings' variance. From the
@@ -43,7 +43,7 @@ def minimize_vb(objective, params, *, max_iter, tol, init_cov=0.01,
     The model of ``objective`` (``mu`` + biases + factors) with priors instead of penalties:
     every item's (factors, bias) ~ N(0, diag(item variances)), every user's likewise with its
     own variances, ratings with Gaussian noise. Mean-field updates alternate items and users
-    (`fastcofi.vb_update_rows`, each row's full covariance kept); after each sweep
+    (`fastcofi.kernels.vb.vb_update_rows`, each row's full covariance kept); after each sweep
     every variance is set to its posterior average (per factor dimension, so unneeded dimensions
     shrink away: automatic relevance determination). The free energy never decreases. Stops when
     a sweep changes it by less than ``tol / 10`` of its size, after ``max_iter`` sweeps, or when
@@ -131,17 +131,17 @@ def _vb_run(objective, params, max_iter, tol, init_cov, init_noise_variance, on_
     previous = None
     converged = False
     threshold = float(tol) * _VB_TOL_SCALE
+    item_rows = Rows(*ratings.by_item, ratings._item_chunks)
+    user_rows = Rows(*ratings.by_user, ratings._user_chunks)
     with threads(objective.n_threads):
         for iteration in range(1, int(max_iter) + 1):
             failed = vb_update_rows(
-                *ratings.by_item, ratings._item_chunks, objective.mu,
-                *_moments(user_mean, user_cov), 1.0 / variances["items"], tau, item_mean,
-                item_cov, item_sse, item_logdet,
+                item_rows, _moments(user_mean, user_cov), objective.mu, tau,
+                1.0 / variances["items"], Posterior(item_mean, item_cov, item_sse, item_logdet),
             )
             failed += vb_update_rows(
-                *ratings.by_user, ratings._user_chunks, objective.mu,
-                *_moments(item_mean, item_cov), 1.0 / variances["users"], tau, user_mean,
-                user_cov, user_sse, user_logdet,
+                user_rows, _moments(item_mean, item_cov), objective.mu, tau,
+                1.0 / variances["users"], Posterior(user_mean, user_cov, user_sse, user_logdet),
             )
             if failed:
                 raise FloatingPointError(
