@@ -27,7 +27,7 @@ from ._parallel import parallel_kernels
 from .data.ids import lookup
 from .data.ratings import Ratings
 from .kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
-from .kernels.topn import cosine_top_n, top_n_batch
+from .kernels.topn import Offsets, Seen, TopN, cosine_top_n, top_n_batch
 from .train.objective import WEIGHT_POWERS, row_weights
 
 __all__ = ["FittedState", "UserClusters", "fold_in", "recommend", "similar", "state_of"]
@@ -249,8 +249,11 @@ def recommend(model, user, n, exclude_seen, items, filter_items):
     out_index = np.empty((n_query, n), dtype=np.int64)
     out_scores = np.empty((n_query, n))
     if n_query and n:
-
         X = state.X
+        offsets = Offsets(state.mu, state.item_off, state.user_off)
+        seen = Seen(state.seen_indptr, state.seen_items)
+        if not exclude_seen:
+            seen = Seen(state.seen_indptr[:0], state.seen_items[:0])
         rows = min(n_query, _batch_rows(X.shape[0]))
         buffer = np.empty((rows, X.shape[0]))
         for start in range(0, n_query, rows):
@@ -259,11 +262,8 @@ def recommend(model, user, n, exclude_seen, items, filter_items):
             scores = buffer[: stop - start]
             np.matmul(state.Theta[chunk], X.T, out=scores)  # BLAS; releases the GIL
             with parallel_kernels(model.n_threads):
-                top_n_batch(
-                    scores, chunk, state.item_off, state.mu, state.user_off, state.seen_indptr,
-                    state.seen_items, exclude_seen, mask, use_mask, n, out_index[start:stop],
-                    out_scores[start:stop],
-                )
+                top_n_batch(scores, chunk, offsets, seen, mask, n,
+                            TopN(out_index[start:stop], out_scores[start:stop]))
     return _ids_of(model.item_ids_, out_index), out_scores
 
 

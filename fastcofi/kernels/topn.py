@@ -1,5 +1,7 @@
 """Top-n selection: one user, a batch of users, cosine neighbours."""
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 from numba import prange
@@ -68,41 +70,61 @@ def select_top_n(scores, n, out_index, out_scores):
     return size
 
 
-@nb.njit(cache=True, nogil=True)
-def _finish_row(scores, item_off, base, seen_indptr, seen_items, u, exclude_seen, mask, use_mask):
-    """Turn dot products into scores in place: add the offsets, set excluded items to -inf."""
-    for i in range(scores.shape[0]):
-        scores[i] = scores[i] + item_off[i] + base
-    if exclude_seen:
-        for p in range(seen_indptr[u], seen_indptr[u + 1]):
-            scores[seen_items[p]] = -np.inf
-    if use_mask:
-        for i in range(scores.shape[0]):
-            if not mask[i]:
-                scores[i] = -np.inf
+class Offsets(NamedTuple):
+    """What turns a dot product into a score: ``mu + item_off[i] + user_off[u]`` (float64)."""
+
+    mu: float
+    item_off: np.ndarray
+    user_off: np.ndarray
+
+
+class Seen(NamedTuple):
+    """Items to leave out per user, as CSR (``indptr`` (n_users + 1,), ``items``); an empty
+    ``indptr`` leaves nothing out."""
+
+    indptr: np.ndarray
+    items: np.ndarray
+
+
+class TopN(NamedTuple):
+    """Where each row's top-n goes: ``index`` (rows, n) int64 and ``scores`` (rows, n) float64."""
+
+    index: np.ndarray
+    scores: np.ndarray
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def top_n_batch(
-    scores, users, item_off, mu, user_off, seen_indptr, seen_items, exclude_seen, mask, use_mask,
-    n, out_index, out_scores,
-):
+def top_n_batch(scores, users, offsets, seen, mask, n, out):
     """Top-``n`` items of each row of ``scores`` (user ``users[r]``), in parallel over rows.
 
-    The score of item ``i`` for row ``r`` is ``scores[r, i] + item_off[i] + mu + user_off[u]``;
-    the items of the user's row of the seen CSR are left out when ``exclude_seen``, and so are
-    the items where ``mask`` is False when ``use_mask``.
+    The score of item ``i`` for row ``r`` is ``scores[r, i]`` plus its `Offsets`; the user's
+    `Seen` items are left out, and so are the items where ``mask`` is False (an empty ``mask``
+    leaves every item in).
 
-    Row ``r`` of ``out_index`` / ``out_scores`` receives the top-n, padded with -1 and -inf; each
-    thread writes only the rows it owns.
+    Row ``r`` of ``out`` (a `TopN`) receives the top-n, padded with -1 and -inf; each thread
+    writes only the rows it owns.
     """
+    # Bound to locals before the parallel loop: numba 0.68's parallel loops lose writes made
+    # through a tuple's field inside them.
+    out_index, out_scores = out.index, out.scores
+    item_off, user_off, mu = offsets.item_off, offsets.user_off, offsets.mu
+    seen_indptr, seen_items = seen.indptr, seen.items
+    exclude_seen = seen_indptr.shape[0] > 0
+    use_mask = mask.shape[0] > 0
     for r in prange(scores.shape[0]):
         u = users[r]
-        _finish_row(
-            scores[r], item_off, mu + user_off[u], seen_indptr, seen_items, u, exclude_seen, mask,
-            use_mask,
-        )
-        count = select_top_n(scores[r], n, out_index[r], out_scores[r])
+        row = scores[r]
+        base = mu + user_off[u]
+        for i in range(row.shape[0]):
+            row[i] = row[i] + item_off[i] + base
+        if exclude_seen:
+            for p in range(seen_indptr[u], seen_indptr[u + 1]):
+                row[seen_items[p]] = -np.inf
+        if use_mask:
+            for i in range(row.shape[0]):
+                if not mask[i]:
+                    row[i] = -np.inf
+        count = select_top_n(row, n, out_index[r], out_scores[r])
         for q in range(count, n):
             out_index[r, q] = -1
             out_scores[r, q] = -np.inf
