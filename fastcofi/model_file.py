@@ -78,8 +78,9 @@ def model_info(path):
     dict
         ``"format_version"``, ``"n_users"``, ``"n_items"``, ``"n_factors"``, ``"params"`` (the
         hyperparameters), and ``"fastcofi_version"``, ``"normalize"``, ``"n_ratings"``
-        (training ratings), ``"rating_range"``, ``"n_iter"``, ``"user_id_type"``,
-        ``"item_id_type"`` (``"int"`` or ``"str"``), ``"n_titles"``, and ``"reg"``,
+        (training ratings), ``"rating_range"``, ``"n_iter"``, ``"best_iteration"`` (the
+        iteration kept), ``"user_id_type"``, ``"item_id_type"`` (``"int"`` or ``"str"``),
+        ``"n_titles"``, and ``"reg"``,
         ``"reg_bias"``: the penalties training used (``params`` may hold None for them).
     """
     model, contents = _from_file(path)
@@ -94,6 +95,7 @@ def model_info(path):
         "n_ratings": int(model.seen_indices_.shape[0]),
         "rating_range": [float(v) for v in model.rating_range_],
         "n_iter": int(model.n_iter_),
+        "best_iteration": int(model.best_iteration_),
         "user_id_type": "str" if model.user_ids_.dtype.kind == "U" else "int",
         "item_id_type": "str" if model.item_ids_.dtype.kind == "U" else "int",
         "n_titles": len(getattr(model, "titles_", None) or {}),

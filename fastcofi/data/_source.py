@@ -151,11 +151,17 @@ class _Layout:
         return label
 
 
+def _excerpt(raw, limit=24):
+    """A short, escaped excerpt of bytes for a message: never raw control bytes or a page of text."""
+    shown = repr(bytes(raw[:limit]))
+    return shown + ("..." if len(raw) > limit else "")
+
+
 def _bytes_repr(raw):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return f"invalid UTF-8 bytes {raw[:40]!r}"
+        return f"invalid UTF-8 bytes {_excerpt(raw)}"
     return repr(text[:40]) if text else "an empty field"
 
 

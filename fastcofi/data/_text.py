@@ -14,7 +14,15 @@ from ..kernels.parse import (
     POW10,
     parse_block,
 )
-from ._source import _BLOCK_BYTES, _SLOT_ROLE, RatingsFileError, _blocks, _bytes_repr, _Columns
+from ._source import (
+    _BLOCK_BYTES,
+    _SLOT_ROLE,
+    RatingsFileError,
+    _blocks,
+    _bytes_repr,
+    _Columns,
+    _excerpt,
+)
 
 
 def _builtin_error(source, layout, block, status, line_in_block, field, pos, lines_before):
@@ -111,7 +119,7 @@ def _check_utf8(source, block, lines_before):
         line_start = block.rfind(b"\n", 0, exc.start) + 1
         raise RatingsFileError(
             source.name,
-            f"expected UTF-8 text, found invalid UTF-8 bytes {block[exc.start:exc.end + 3]!r}",
+            f"expected UTF-8 text, found invalid UTF-8 bytes {_excerpt(block[exc.start:exc.end + 3])}",
             lines_before + block.count(b"\n", 0, exc.start) + 1,
             exc.start - line_start + 1,
         ) from None

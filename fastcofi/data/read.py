@@ -35,6 +35,7 @@ from ._source import (
     RatingsFileError,
     _bytes_repr,
     _choose_columns,
+    _excerpt,
     _Layout,
     _resolve,
 )
@@ -85,7 +86,7 @@ def _detect_format(source, head):
     raise RatingsFileError(
         source.name,
         "cannot tell the format from the file name or its first line "
-        f"{first[:60]!r}; pass format= one of {FORMATS}",
+        f"{_excerpt(first)}; pass format= one of {FORMATS}",
         line=1,
     )
 
@@ -145,12 +146,55 @@ def _row_ids(ids):
     return ids.astype(np.int64, copy=False)
 
 
+# UTF-16/32 text reads as NUL-riddled bytes; naming the encoding says what to do about it.
+# Longest marks first: the UTF-32 LE mark begins with the UTF-16 LE one.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+              (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def _refuse_wide_unicode(source, head):
+    encoding = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    if encoding is None and len(head) >= 8 and b"\x00" in head[:64]:
+        # Without a byte-order mark: ASCII text in UTF-16 has a NUL in every other byte, in
+        # UTF-32 three in every four.
+        size = min(len(head), 64)
+        sample = head[:size - size % 4]
+        zeros = [sample[i::4].count(0) for i in range(4)]
+        quarter = len(sample) // 4
+        if sum(z == quarter for z in zeros) == 3:
+            encoding = "UTF-32"
+        elif zeros[0] + zeros[2] == 2 * quarter or zeros[1] + zeros[3] == 2 * quarter:
+            encoding = "UTF-16"
+    if encoding is not None:
+        raise RatingsFileError(
+            source.name, f"the file is {encoding} text; expected UTF-8 (or ASCII): re-save it "
+            "as UTF-8 (for example: iconv -f " + encoding + " -t UTF-8 IN > OUT)", line=1,
+        )
+
+
+# Squared residuals of larger ratings overflow float64 (1e150 ** 2 = 1e300 leaves room for
+# sums over many ratings); such values are unit mistakes, refused where the line is known.
+_MAX_ABS_RATING = 1e150
+
+
+def _check_magnitude(source, values, header_lines):
+    big = np.abs(values) > _MAX_ABS_RATING
+    if big.any():
+        row = int(np.argmax(big))
+        raise RatingsFileError(
+            source.name, f"rating {float(values[row]):g} is too large: expected ratings within "
+            f"+-{_MAX_ABS_RATING:g} (the squared error would overflow); rescale the ratings",
+            line=row + 1 + header_lines,
+        )
+
+
 def _to_ratings(source, columns, duplicates, header_lines):
     """Ratings from the dict of `_Columns.finish`; empties the dict as each column is mapped,
     so that no raw id column outlives its mapping."""
     user_ids, uidx = _dense_ids(columns.pop("user"))
     item_ids, iidx = _dense_ids(columns.pop("item"))
     vals = columns.pop("rating")  # already in the dtype asked for (see _Columns)
+    _check_magnitude(source, vals, header_lines)
     ts = columns.pop("timestamp")
     order = user_order(uidx, iidx)
     if order != UNORDERED:
@@ -190,7 +234,7 @@ def _with_lines(message, header_lines):
 
 # -- read_ratings ----------------------------------------------------------------------------
 def read_ratings(path, format=None, *, user=None, item=None, rating=None, timestamp=None,
-                 sep=None, dtype=np.float64, duplicates="error", engine="auto"):
+                 sep=None, header=None, dtype=np.float64, duplicates="error", engine="auto"):
     """Read a rating file into :class:`~fastcofi.ratings.Ratings`.
 
     Parameters
@@ -211,6 +255,10 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
         ``timestamp=False`` ignores a timestamp column.
     sep : str, optional
         Field separator (one character, or ``"::"``); the format's own by default.
+    header : bool, optional
+        Whether the first line names the columns. By default the MovieLens formats say, and a
+        CSV/TSV has a header unless its first line is numbers only; ``False`` reads a first line
+        of string ids (``alice,pizza,4``) as data.
     dtype : {numpy.float64, numpy.float32}
         Storage type of the ratings.
     duplicates : {"error", "last", "mean"}
@@ -234,20 +282,22 @@ def read_ratings(path, format=None, *, user=None, item=None, rating=None, timest
     Raises
     ------
     RatingsFileError
-        A ``ValueError`` naming the file, line and column, what was expected and what was found.
+        A ``ValueError`` naming the file, line and column, what was expected and what was found:
+        among others for a rating that is not finite or is beyond ``1e150`` in magnitude (its
+        square would overflow the objective), and for a UTF-16/UTF-32 file (re-save it as UTF-8).
     FileNotFoundError
         The path does not exist.
     """
     check_duplicates_policy(duplicates)
     source, columns, header_lines = _read_columns(
         path, format, user=user, item=item, rating=rating, timestamp=timestamp, sep=sep,
-        dtype=dtype, engine=engine,
+        header=header, dtype=dtype, engine=engine,
     )
     return _to_ratings(source, columns, duplicates, header_lines)
 
 
 def _read_columns(path, format=None, *, user=None, item=None, rating=None, timestamp=None,
-                  sep=None, dtype=np.float64, engine="auto"):
+                  sep=None, header=None, dtype=np.float64, engine="auto"):
     """A rating file's rows as read, before ids are indexed and repeated pairs merged.
 
     The arguments are `read_ratings`'s, checked as it checks them. Returns ``(source, columns,
@@ -262,6 +312,8 @@ def _read_columns(path, format=None, *, user=None, item=None, rating=None, times
     if sep is not None and (not isinstance(sep, str) or sep not in ("::",) and len(sep) != 1
                             or sep in ("\n", "\r", '"')):
         raise ValueError(f"sep must be one character or '::', found {sep!r}")
+    if header not in (None, True, False):
+        raise ValueError(f"header must be None, True or False, found {header!r}")
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise ValueError(f"dtype must be float64 or float32, found {dtype}")
@@ -285,13 +337,14 @@ def _read_columns(path, format=None, *, user=None, item=None, rating=None, times
         return source, columns, 0
     if not head.strip():
         raise RatingsFileError(source.name, "the file is empty; expected rating lines")
+    _refuse_wide_unicode(source, head)
     if b"\x00" in head:
         at = head.index(b"\x00")
         raise RatingsFileError(
             source.name, "found NUL bytes: a binary file, expected delimited text",
             head.count(b"\n", 0, at) + 1, at - head.rfind(b"\n", 0, at),
         )
-    layout = _make_layout(source, fmt, sep, head, wanted)
+    layout = _make_layout(source, fmt, sep, head, wanted, header)
     if use_arrow:
         try:
             columns = _with_string_ids(
@@ -308,13 +361,18 @@ def _read_columns(path, format=None, *, user=None, item=None, rating=None, times
     return source, columns, layout.header_lines
 
 
-def _make_layout(source, fmt, sep, head, wanted):
-    sep, header = _format_layout(fmt, sep)
+def _make_layout(source, fmt, sep, head, wanted, header=None):
+    sep, format_header = _format_layout(fmt, sep)
     first = _first_line(head)
     if first.startswith(b"\xef\xbb\xbf"):
         first = first[3:]
     fields = _split_line(first, sep)
-    has_header = header == "required" or (header == "sniff" and not _looks_numeric(fields))
+    if header is None:
+        has_header = format_header == "required" or (
+            format_header == "sniff" and not _looks_numeric(fields)
+        )
+    else:
+        has_header = bool(header)
     ncols = len(fields)
     if ncols < 3:
         other = [s for s in ("\t", ",", "::", ";", "|") if s != sep and s.encode() in first]
