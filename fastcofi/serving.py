@@ -91,6 +91,13 @@ class FittedState:
             self.fold_in_penalty = (float(model.reg_), float(model.reg_bias_),
                                     model.reg_weighting)
         self.n_threads = model.n_threads
+        self._item_counts = None
+
+    def item_counts(self):
+        """Training ratings per item, int64 (n_items,), counted once per state."""
+        if self._item_counts is None:
+            self._item_counts = np.bincount(self.seen_items, minlength=self.X.shape[0])
+        return self._item_counts
 
     def predict(self, u_index, i_index, new_user=None):
         """Predictions for dense indices (-1: unknown), clipped.
