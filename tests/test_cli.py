@@ -80,7 +80,7 @@ def model_path(data):
 def test_train_with_test_fraction(data, tmp_path, capsys):
     out_path = tmp_path / "m.npz"
     code, out, err = run(capsys, "train", data["ratings"], *TRAIN, "--test-fraction", "0.2",
-                         "-o", out_path)
+                         "--validation-fraction", "0.2", "-o", out_path)
     assert code == 0, err
     progress = [line for line in err.splitlines() if line.startswith("iter")]
     assert progress and all("cost" in line and "elapsed" in line and "val_rmse" in line
@@ -106,7 +106,7 @@ def test_train_with_test_file_als_biases(data, tmp_path, capsys):
                          "--solver", "als", "--normalize", "biases", "--test", data["test"],
                          "-o", out_path)
     assert code == 0, err
-    assert "test RMSE" in out and "val_rmse" in err
+    assert "test RMSE" in out and "val_rmse" not in err  # the test set is not a validation set
     model = load_model(out_path)
     assert model.solver == "als" and model.item_bias_ is not None
 
@@ -155,10 +155,15 @@ def test_recommend(model_path, capsys):
     assert doc["user"] == 7 and set(doc) == {"user", "recommendations"}
     recs = doc["recommendations"]
     assert len(recs) == 5
+    model = load_model(model_path)
     for rec in recs:
-        assert set(rec) == {"item", "score", "title"}
+        assert set(rec) == {"item", "score", "prediction", "title"}
         assert isinstance(rec["item"], int) and isinstance(rec["score"], float)
         assert rec["title"] == f"Movie {rec['item']} (1999)"
+        # The prediction is what `predict` gives for the pair; the score is the raw ranking key.
+        assert rec["prediction"] == model.predict(7, rec["item"])
+        low, high = model.rating_range_
+        assert rec["prediction"] == pytest.approx(min(max(rec["score"], low), high), abs=1e-12)
     assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
     ids, _ = load_model(model_path).recommend(7, n=5)
     assert [r["item"] for r in recs] == ids.tolist()
@@ -171,7 +176,8 @@ def test_recommend_without_titles(data, tmp_path, capsys):
     assert run(capsys, "train", data["ratings"], *TRAIN, "-o", path)[0] == 0
     code, out, _ = run(capsys, "recommend", path, "--user", "1", "-n", "2", "--json")
     assert code == 0
-    assert all(set(r) == {"item", "score"} for r in json.loads(out)["recommendations"])
+    assert all(set(r) == {"item", "score", "prediction"}
+               for r in json.loads(out)["recommendations"])
 
 
 def test_predict(model_path, capsys):
@@ -223,7 +229,6 @@ def test_unknown_and_malformed_ids(model_path, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    ([], "required"),
     (["nosuch"], "invalid choice"),
     (["recommend", "m.npz"], "--user"),
     (["train", "data.tsv"], "-o/--output"),

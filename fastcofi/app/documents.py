@@ -1,0 +1,80 @@
+"""The JSON documents the command line and the HTTP service both answer with.
+
+One place builds them, so that ``fastcofi recommend --json`` and ``GET /recommend`` cannot drift
+apart: each recommendation carries the raw ``"score"`` the ranking used and the ``"prediction"``
+that `MatrixFactorization.predict` gives for the same pair (the score clipped to the model's
+rating range), and ids the model does not know are listed, never dropped silently.
+"""
+
+import math
+
+import numpy as np
+
+from .. import serving
+from ..data.ids import lookup
+
+__all__ = ["json_value", "number", "recommendation_rows", "split_known", "clipped"]
+
+
+def json_value(value):
+    """Plain JSON values: numpy scalars to Python, NaN / inf to null, tuples to lists."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value
+
+
+def number(value):
+    """A float for JSON: None for NaN and infinities."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def clipped(model, scores):
+    """Raw scores as `predict` reports them: clipped to the model's ``clip`` range."""
+    out = np.array(scores, dtype=np.float64)
+    bounds = serving.state_of(model).clip
+    if bounds is not None:
+        finite = np.isfinite(out)  # padding scores (-inf) stay padding
+        out[finite] = np.clip(out[finite], bounds[0], bounds[1])
+    return out
+
+
+def recommendation_rows(model, ids, scores, user=None):
+    """``[{"item", "score", "prediction", "title"?}, ...]`` for one ranked list.
+
+    With a known ``user`` the predictions are ``model.predict(user, ids)``, to the last bit (the
+    ranking's scores come from another summation order); without one (a folded-in user, a
+    cluster) they are the scores clipped as `predict` clips.
+    """
+    titles = getattr(model, "titles_", None) or {}
+    ids = np.asarray(ids)
+    if user is not None and ids.size:
+        predictions = np.atleast_1d(np.asarray(model.predict(user, ids), dtype=np.float64))
+    else:
+        predictions = clipped(model, scores)
+    rows = []
+    for item, score, prediction in zip(np.asarray(ids).tolist(), np.asarray(scores).tolist(),
+                                       predictions.tolist()):
+        row = {"item": item, "score": number(score), "prediction": number(prediction)}
+        title = titles.get(item)
+        if title is not None:
+            row["title"] = title
+        rows.append(row)
+    return rows
+
+
+def split_known(model_ids, ids):
+    """(known mask, unknown ids as a list, in request order) for ids of the model's id type."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return np.zeros(0, dtype=bool), []
+    known = lookup(model_ids, ids)[1]
+    return known, ids[~known].tolist()
