@@ -1,5 +1,6 @@
 """`fastcofi serve`: every endpoint and error code over real HTTP on loopback, id types, titles,
-caps, concurrent load, and the command as a process stopped by SIGTERM / SIGINT."""
+caps, concurrent load, slow clients, timeouts, and the command as a process stopped by SIGTERM /
+SIGINT. One server per module fixture: each start costs a fraction of a second."""
 
 import http.client
 import json
@@ -70,8 +71,7 @@ def str_model():
 @contextmanager
 def running(model, **settings):
     server = make_server(model, "127.0.0.1", 0, **settings)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield server
@@ -124,6 +124,22 @@ def assert_error(result, status, *fragments):
         assert fragment in document["error"], document["error"]
 
 
+def expected_recs(model, ids, scores, user=None):
+    """Recommendation rows: the raw score, and the prediction `predict` gives for the pair (for
+    a folded-in user, the score clipped to the rating range)."""
+    titles = getattr(model, "titles_", None) or {}
+    low, high = model.rating_range_
+    rows = []
+    for item, score in zip(ids.tolist(), scores.tolist()):
+        prediction = (float(model.predict(user, item)) if user is not None
+                      else min(max(score, low), high))
+        row = {"item": item, "score": score, "prediction": prediction}
+        if item in titles:
+            row["title"] = titles[item]
+        rows.append(row)
+    return rows
+
+
 def expected_rows(model, ids, values, key):
     titles = getattr(model, "titles_", None) or {}
     rows = []
@@ -140,9 +156,7 @@ def test_recommend_matches_library_with_titles(int_server, int_model):
     status, _, document = call(int_server, "/recommend?user=3&n=12")
     assert status == 200
     ids, scores = int_model.recommend(3, n=12)
-    assert document == {
-        "user": 3, "recommendations": expected_rows(int_model, ids, scores, "score")
-    }
+    assert document == {"user": 3, "recommendations": expected_recs(int_model, ids, scores, 3)}
     rows = document["recommendations"]
     assert len(rows) == 12
     assert all(isinstance(row["item"], int) for row in rows)
@@ -183,9 +197,8 @@ def test_string_ids(str_server, str_model):
     status, _, document = call(str_server, f"/recommend?user={quote(user)}&n=5")
     assert status == 200
     ids, scores = str_model.recommend(user, n=5)
-    assert document == {
-        "user": user, "recommendations": expected_rows(str_model, ids, scores, "score")
-    }
+    assert document == {"user": user,
+                        "recommendations": expected_recs(str_model, ids, scores, user)}
     assert all(isinstance(row["item"], str) and "title" not in row
                for row in document["recommendations"])
     item = str(str_model.item_ids_[0])
@@ -202,20 +215,27 @@ def test_post_recommend_new_user(int_server, int_model):
     status, _, document = call(int_server, "/recommend", "POST", {"ratings": ratings, "n": 5})
     assert status == 200, document
     ids, scores = int_model.recommend_new_user(np.array([1, 2, 7]), np.array([5.0, 1.5, 4.0]), n=5)
-    assert document == {"user": None,
-                        "recommendations": expected_rows(int_model, ids, scores, "score")}
+    assert document == {"user": None, "unknown_items": [],
+                        "recommendations": expected_recs(int_model, ids, scores)}
     assert not {1, 2, 7} & {row["item"] for row in document["recommendations"]}
     # n defaults to 10
     status, _, document = call(int_server, "/recommend", "POST", {"ratings": ratings})
     assert status == 200 and len(document["recommendations"]) == 10
-    # the library's rules: unknown items are ignored, no ratings is allowed, repeats are not
+    # Unknown items do not shape the new user, and are listed, never dropped silently.
     status, _, document = call(int_server, "/recommend", "POST",
-                               {"ratings": ratings + [{"item": 5000, "rating": 2}], "n": 5})
+                               {"ratings": [{"item": 5000, "rating": 2}] + ratings
+                                + [{"item": 4000, "rating": 1}], "n": 5})
     assert status == 200 and [r["item"] for r in document["recommendations"]] == ids.tolist()
+    assert document["unknown_items"] == [5000, 4000]
+    # Only unknown items: nothing to recommend from, 404 naming them.
+    assert_error(call(int_server, "/recommend", "POST",
+                      {"ratings": [{"item": 5000, "rating": 2}, {"item": 4000, "rating": 1}]}),
+                 404, "5000", "4000")
+    # No ratings at all is a cold start, not an error.
     status, _, document = call(int_server, "/recommend", "POST", {"ratings": [], "n": 3})
     ids, scores = int_model.recommend_new_user(np.array([], dtype=np.int64), np.array([]), n=3)
-    assert status == 200
-    assert document["recommendations"] == expected_rows(int_model, ids, scores, "score")
+    assert status == 200 and document["unknown_items"] == []
+    assert document["recommendations"] == expected_recs(int_model, ids, scores)
     assert_error(call(int_server, "/recommend", "POST", {"ratings": ratings + ratings[:1]}), 400,
                  "repeat")
 
@@ -227,8 +247,10 @@ def test_post_recommend_string_ids(str_server, str_model):
     status, _, document = call(str_server, "/recommend", "POST", body)
     assert status == 200, document
     ids, scores = str_model.recommend_new_user(np.array(items), np.array([5.0, 3.0, 1.0]), n=4)
-    assert document == {"user": None,
-                        "recommendations": expected_rows(str_model, ids, scores, "score")}
+    assert document == {"user": None, "unknown_items": [],
+                        "recommendations": expected_recs(str_model, ids, scores)}
+    body["ratings"].append({"item": "no-such-item", "rating": 2})
+    assert call(str_server, "/recommend", "POST", body)[2]["unknown_items"] == ["no-such-item"]
 
 
 def test_post_recommend_malformed_bodies(int_server, str_server):
@@ -273,7 +295,7 @@ def test_post_body_cap_and_length(int_server):
         reply = sock.makefile("rb").read()  # the server answers and closes
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413")
-    assert b"Connection: close" in head
+    assert b"connection: close" in head.lower()
     assert "at most 4096" in json.loads(body)["error"]
     # "Expect: 100-continue" with too large a body gets the 413 instead of the 100.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -298,15 +320,29 @@ def test_post_body_cap_and_length(int_server):
     response = connection.getresponse()
     assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
     connection.close()
-    # Refused on the headers, body unread: a client still sending chunks may meet a closed
-    # socket, so this one sends the headers only.
+    # A chunked body is read up to the cap, then refused.
+    def chunked(payload, end=True):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                         b"Connection: close\r\n\r\n")
+            for start in range(0, len(payload), 1000):
+                piece = payload[start:start + 1000]
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if end:
+                sock.sendall(b"0\r\n\r\n")
+            return sock.makefile("rb").read()
+
+    reply = chunked(json.dumps({"ratings": [{"item": 1, "rating": 4}], "n": 2}).encode())
+    assert reply.startswith(b"HTTP/1.1 200") and b'"recommendations"' in reply
+    # 5000 bytes and no final chunk: the server answers once the cap is passed (all that was
+    # sent is read, so the close is clean).
+    reply = chunked(big.encode()[:5000], end=False)
+    assert reply.startswith(b"HTTP/1.1 413") and b"at most 4096" in reply
+    # Malformed HTTP (a negative Content-Length) is refused by the HTTP layer itself.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}")
         reply = sock.makefile("rb").read()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 411") and "chunked" in json.loads(body)["error"]
-    assert_error(call(int_server, "/recommend", "POST", "{}", headers={"Content-Length": "-1"}),
-                 400, "Content-Length")
+    assert reply.startswith(b"HTTP/1.1 400") and b"Traceback" not in reply
 
 
 # -- GET /similar ----------------------------------------------------------------------------
@@ -371,13 +407,12 @@ def test_health_paths_and_methods(int_server):
     response = connection.getresponse()
     assert response.status == 405 and response.read() == b""
     connection.close()
-    # An unknown method and a garbled request line are answered in JSON too.
-    assert_error(call(int_server, "/health", "BREW"), 501)
+    # An unknown method is answered in JSON; a garbled request line by the HTTP layer.
+    assert_error(call(int_server, "/health", "BREW"), 405, "BREW")
     with socket.create_connection(("127.0.0.1", int_server.server_address[1]), timeout=10) as s:
         s.sendall(b"GET /an unescaped space HTTP/1.1\r\n\r\n")
         reply = s.makefile("rb").read()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400") and "error" in json.loads(body)
+    assert reply.startswith(b"HTTP/1.1 400") and b"Traceback" not in reply
 
 
 def test_keep_alive_connection_serves_many_requests(int_server, int_model):
@@ -404,7 +439,7 @@ class _Broken:
         self.user_ids_ = model.user_ids_
         self.item_ids_ = model.item_ids_
 
-    def recommend(self, user, n=10):
+    def recommend(self, user, n=10, **kwargs):
         raise RuntimeError("secret detail")
 
 
@@ -493,8 +528,7 @@ def test_serve_subprocess_stops_cleanly(model_file, int_model, signum):
         status, _, document = call(server, "/recommend?user=5&n=4")
         ids, scores = int_model.recommend(5, n=4)
         assert status == 200
-        assert document == {"user": 5,
-                            "recommendations": expected_rows(int_model, ids, scores, "score")}
+        assert document == {"user": 5, "recommendations": expected_recs(int_model, ids, scores, 5)}
         assert_error(call(server, "/recommend?user=5&n=21"), 400, "at most 20")
         # an idle keep-alive connection must not hold the shutdown up
         idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -532,3 +566,143 @@ def test_serve_command_errors(tmp_path, model_file, capsys):
         taken.listen()
         assert "cannot listen" in run(model_file, "--port", taken.getsockname()[1])
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+# -- the ASGI server: slow clients, timeouts, worker threads (issue 15) -----------------------
+def _percentile(values, q):
+    return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+def _health_latencies(port, count=60):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    latencies = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+            latencies.append(time.perf_counter() - start)
+    finally:
+        connection.close()
+    return latencies
+
+
+def test_slow_and_idle_clients_do_not_delay_health(int_server):
+    port = int_server.server_address[1]
+    held = []
+    try:
+        for k in range(200):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(sock)
+            if k % 3 == 1:  # headers begun, never finished
+                sock.sendall(b"GET /recommend?user=3 HTTP/1.1\r\nHost: x\r\n")
+            elif k % 3 == 2:  # a body promised, a tenth of it sent
+                sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 300\r\n"
+                             b"\r\n" + b'{"ratings": [' + b" " * 17)
+            # k % 3 == 0: connected, silent
+        latencies = _health_latencies(port)
+    finally:
+        for sock in held:
+            sock.close()
+    assert _percentile(latencies, 99) < 100, sorted(latencies)[-5:]
+    assert call(int_server, "/recommend?user=3&n=2")[0] == 200  # and the model still answers
+
+
+class _Slow:
+    """A fitted model whose recommend takes ``seconds`` (sleeping, as a long BLAS call would)."""
+
+    def __init__(self, model, seconds):
+        self._model, self._seconds = model, seconds
+        self.item_factors_ = model.item_factors_
+        self.user_ids_, self.item_ids_ = model.user_ids_, model.item_ids_
+        self.calls = 0
+
+    def recommend(self, user, n=10, **kwargs):
+        self.calls += 1
+        time.sleep(self._seconds)
+        return self._model.recommend(user, n=n, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_model_calls_run_in_worker_threads_with_a_deadline(int_model):
+    slow = _Slow(int_model, 1.5)
+    with running(slow, threads=1, timeout=0.5) as server:
+        port = server.server_address[1]
+        results = []
+        worker = threading.Thread(
+            target=lambda: results.append(call(server, "/recommend?user=3&n=2")))
+        start = time.perf_counter()
+        worker.start()
+        while slow.calls == 0 and time.perf_counter() - start < 10:
+            time.sleep(0.01)
+        # The loop is free while the model call sleeps in its thread: /health answers at once.
+        latencies = _health_latencies(port, count=20)
+        worker.join(timeout=10)
+        assert _percentile(latencies, 99) < 100
+        assert_error(results[0], 503, "0.5 s", "--timeout")
+        assert time.perf_counter() - start < 1.4  # answered at the deadline, not after the call
+        # A body that does not arrive in time: 408, and the connection is closed.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+            reply = sock.makefile("rb").read()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+        assert "not received within 0.5 s" in json.loads(body)["error"]
+
+
+def test_min_ratings_and_std_over_http(int_server, int_model, monkeypatch):
+    counts = dict(zip(int_model.item_ids_.tolist(), np.bincount(
+        int_model.seen_indices_, minlength=len(int_model.item_ids_)).tolist()))
+    status, _, document = call(int_server, "/recommend?user=3&n=20&min_ratings=10")
+    assert status == 200
+    ids, scores = int_model.recommend(3, n=20, min_item_ratings=10)
+    assert document["recommendations"] == expected_recs(int_model, ids, scores, 3)
+    assert all(counts[row["item"]] >= 10 for row in document["recommendations"])
+    assert len(document["recommendations"]) < len(call(int_server, "/recommend?user=3&n=20")[2][
+        "recommendations"])
+    assert_error(call(int_server, "/recommend?user=3&min_ratings=-1"), 400, "min_ratings")
+    # "std" only from a model with a posterior.
+    assert "std" not in call(int_server, "/predict?user=3&item=4")[2]
+    monkeypatch.setattr(MatrixFactorization, "_predictive_std",
+                        lambda self, u, i: np.full(np.shape(u), 0.75), raising=False)
+    status, _, document = call(int_server, "/predict?user=3&item=4")
+    assert status == 200 and document["std"] == 0.75
+    assert document["prediction"] == float(int_model.predict(3, 4))
+
+
+def test_make_app_mounts_in_another_asgi_app(int_model):
+    import anyio
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from fastcofi.app.server import make_app
+
+    outer = Starlette(routes=[Mount("/recs", app=make_app(int_model, max_n=5))])
+
+    async def session():
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            health = await client.get("/recs/health")
+            recs = await client.get("/recs/recommend", params={"user": 3, "n": 2})
+            capped = await client.get("/recs/recommend", params={"user": 3, "n": 6})
+            return health, recs, capped
+
+    health, recs, capped = anyio.run(session)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    ids, scores = int_model.recommend(3, n=2)
+    assert recs.json() == {"user": 3, "recommendations": expected_recs(int_model, ids, scores, 3)}
+    assert capped.status_code == 400 and "at most 5" in capped.json()["error"]
+
+
+def test_importing_fastcofi_leaves_the_web_stack_alone():
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = ("import sys, fastcofi, fastcofi.app.cli; "
+            "print([m for m in ('starlette', 'uvicorn', 'anyio', 'httpx', 'fastcofi.app.server') "
+            "if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

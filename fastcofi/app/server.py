@@ -1,73 +1,87 @@
-"""`fastcofi serve`: a small HTTP JSON service over a fitted model.
+"""`fastcofi serve`: the HTTP JSON service over a fitted model, an ASGI application.
 
-Why the standard library
-------------------------
-The service is ``http.server.ThreadingHTTPServer`` with a ``BaseHTTPRequestHandler``: no dependency
-to install, audit or keep up to date, and enough for what it is meant to be, an endpoint embedded
-next to a model file (a sidecar, an internal service, a demo). Each answer is a numpy product plus a
-partial sort, which releases the GIL, so a thread per connection uses the cores. A production
-deployment that needs TLS, authentication, rate limiting or many thousands of connections puts a
-reverse proxy (nginx, Envoy, a cloud load balancer) in front of it, or embeds the library in its own
-application server; the JSON documents stay the same.
+`make_app(model)` returns a Starlette application; `fastcofi serve` runs it with uvicorn
+(``pip install 'fastcofi[serve]'``), and a service that already runs an ASGI server can mount it
+(``Mount("/recs", app=make_app(model))``). Importing ``fastcofi`` does not import this module or
+the web stack.
+
+Why an event loop and worker threads
+------------------------------------
+Connections live on one asyncio event loop, which only parses requests and writes answers, so
+any number of slow or idle clients cost a socket each and delay nobody: ``/health`` answers from
+the loop itself. Every model call (a numpy product plus a partial sort, microseconds to
+milliseconds) runs in a bounded pool of worker threads (``threads``), so the loop never blocks
+on it; BLAS and the Numba kernels release the GIL, so the threads use the cores.
 
 Endpoints (JSON in and out; ids are matched to the model's id type, so an integer-id model reads
 ``user=42`` and ``"42"`` as 42, and ids come back as JSON integers or strings like the model's)
 ---------------------------------------------------------------------------------------------------
-``GET /recommend?user=ID&n=10``
-    ``{"user": ID, "recommendations": [{"item": ID, "score": float, "title": str}, ...]}``, best
-    first, the items the user rated in training left out; ``"title"`` only for items the model has a
-    title for. 404 for a user not in the model.
+``GET /recommend?user=ID&n=10[&min_ratings=N]``
+    ``{"user": ID, "recommendations": [{"item": ID, "score": float, "prediction": float,
+    "title": str}, ...]}``, best first, the items the user rated in training left out.
+    ``"score"`` is the raw ranking score, ``"prediction"`` what ``GET /predict`` answers for the
+    pair (the score clipped to the training rating range); ``"title"`` only for items the model
+    has a title for; ``min_ratings`` leaves out items with fewer training ratings. 404 for a
+    user not in the model.
 ``POST /recommend`` with ``{"ratings": [{"item": ID, "rating": float}, ...], "n": 10}``
     A new user folded in from their ratings (`MatrixFactorization.recommend_new_user`); the answer
-    has ``"user": null`` and the rated items left out.
+    has ``"user": null``, the rated items left out, and ``"unknown_items"``: the ids the model
+    does not know, in request order (they do not shape the new user). 404 when every rated item
+    is unknown.
 ``GET /similar?item=ID&n=10``
     ``{"item": ID, "similar": [{"item": ID, "similarity": float, "title": str}, ...]}``: cosine
     similarity of the item factors, most similar first, the query item left out. 404 for an item
     not in the model.
 ``GET /predict?user=ID&item=ID``
-    ``{"user": ID, "item": ID, "prediction": float, "known": bool}``; an unknown user or item gets
-    the library's fallback (`MatrixFactorization.predict`) and ``"known": false``.
+    ``{"user": ID, "item": ID, "prediction": float, "known": bool}``, plus ``"std"`` for models
+    with a posterior; an unknown user or item gets the library's fallback
+    (`MatrixFactorization.predict`) and ``"known": false``.
 ``GET /health``
-    ``{"status": "ok"}``.
+    ``{"status": "ok"}``, answered on the event loop.
 
 Errors are ``{"error": "<message>"}``: 400 for a malformed request (missing, repeated or unexpected
 parameters, an id of the wrong type, ``n`` not an integer in ``1..max_n``, a body that is not the
 JSON object above, ratings that are not finite numbers), 404 for an unknown path, user or item, 405
-for a method a path does not take (with ``Allow``), 411 for a POST without ``Content-Length``, 413
-for a body over ``max_body`` bytes (refused before it is read) and 500 ``"internal error"`` for
-anything unexpected (the traceback goes to stderr, never to the client).
+for a method a path does not take (with ``Allow``), 408 for a body not received within
+``timeout`` seconds, 411 for a POST with neither ``Content-Length`` nor chunked encoding, 413 for a
+body over ``max_body`` bytes (refused on its ``Content-Length`` before it is read, or as soon as a
+chunked body passes the cap), 503 for an answer not ready within ``timeout`` seconds, and 500
+``"internal error"`` for anything unexpected (the traceback goes to stderr, never to the client).
+Malformed HTTP itself (a garbled request line, an invalid header) is answered by uvicorn.
 
-Concurrency and shutdown: at most ``threads`` connections are served at once (HTTP/1.1 keep-alive,
-idle connections closed after ``idle_timeout`` seconds); further connections wait in the listen
-backlog. The fitted model is shared read-only by all threads. `serve` caps BLAS at one thread per
-call (threadpoolctl) while it runs, since concurrent requests already use the cores; an application
-embedding `make_server` decides that for itself. `serve` stops on SIGTERM or SIGINT:
-it stops accepting, lets the requests in progress finish (a few seconds at most) and returns 0.
+Shutdown: on SIGTERM or SIGINT `serve` stops accepting, closes idle keep-alive connections, lets
+the requests in progress finish (up to ``grace`` seconds) and returns 0.
 """
 
+import functools
 import json
 import math
 import signal
 import socket
-import socketserver
 import sys
 import threading
-import time
 import traceback
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
+import anyio
+import anyio.to_thread
 import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from .._parallel import one_blas_thread
 from ..data.ids import _parse_int, lookup
+from .documents import number, recommendation_rows, split_known
 
-__all__ = ["ModelServer", "make_server", "serve"]
+__all__ = ["make_app", "ModelServer", "make_server", "serve"]
 
 DEFAULT_MAX_N = 1000
 DEFAULT_MAX_BODY = 1 << 20
-DEFAULT_THREADS = 16
+DEFAULT_THREADS = 8
+DEFAULT_TIMEOUT = 10.0
 DEFAULT_N = 10
 
 
@@ -189,17 +203,12 @@ def _parse_new_user(model, body, max_n):
     return items, values, n
 
 
-# -- answers ---------------------------------------------------------------------------------
-def _number(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
+# -- answers (run in a worker thread) --------------------------------------------------------
 def _rows(model, ids, values, key):
     titles = getattr(model, "titles_", None) or {}
     rows = []
     for item, value in zip(np.asarray(ids).tolist(), np.asarray(values).tolist()):
-        row = {"item": item, key: _number(value)}
+        row = {"item": item, key: number(value)}
         title = titles.get(item)
         if title is not None:
             row["title"] = title
@@ -207,283 +216,324 @@ def _rows(model, ids, values, key):
     return rows
 
 
-def _recommend(server, query):
-    model = server.model
-    params = _query(query, ("user",), ("n",))
+def _min_ratings(value):
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise _RequestError(400, f"min_ratings {value!r} in the query: expected an integer >= 0")
+    return int(text)
+
+
+def _recommend(state, query):
+    model = state.model
+    params = _query(query, ("user",), ("n", "min_ratings"))
     user = _model_id(model.user_ids_, params["user"], "user")
-    n = _check_n(params.get("n", min(DEFAULT_N, server.max_n)), server.max_n, "in the query")
+    n = _check_n(params.get("n", min(DEFAULT_N, state.max_n)), state.max_n, "in the query")
+    min_ratings = _min_ratings(params["min_ratings"]) if "min_ratings" in params else None
     if not _is_known(model.user_ids_, user):
         raise _RequestError(404, f"unknown user {user!r}: not in the model")
-    ids, scores = model.recommend(user, n=n)
-    return {"user": user, "recommendations": _rows(model, ids, scores, "score")}
+    if min_ratings is None:
+        ids, scores = model.recommend(user, n=n)
+    else:
+        ids, scores = model.recommend(user, n=n, min_item_ratings=min_ratings)
+    return {"user": user, "recommendations": recommendation_rows(model, ids, scores, user)}
 
 
-def _recommend_new_user(server, body):
-    model = server.model
-    items, values, n = _parse_new_user(model, body, server.max_n)
+def _recommend_new_user(state, body):
+    model = state.model
+    items, values, n = _parse_new_user(model, body, state.max_n)
     if items:
         item_array = np.array(items)  # no dtype=model's: "<U3" would truncate longer ids
     else:
         item_array = np.array([], dtype=str if model.item_ids_.dtype.kind == "U" else np.int64)
+    _, unknown = split_known(model.item_ids_, item_array)
+    if items and len(unknown) == len(items):
+        shown = ", ".join(repr(i) for i in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise _RequestError(404, f"none of the rated items is in the model (unknown: {shown})")
     ids, scores = model.recommend_new_user(item_array, np.array(values, dtype=np.float64), n=n)
-    return {"user": None, "recommendations": _rows(model, ids, scores, "score")}
+    return {"user": None, "recommendations": recommendation_rows(model, ids, scores),
+            "unknown_items": unknown}
 
 
-def _similar(server, query):
-    model = server.model
+def _similar(state, query):
+    model = state.model
     params = _query(query, ("item",), ("n",))
     item = _model_id(model.item_ids_, params["item"], "item")
-    n = _check_n(params.get("n", min(DEFAULT_N, server.max_n)), server.max_n, "in the query")
+    n = _check_n(params.get("n", min(DEFAULT_N, state.max_n)), state.max_n, "in the query")
     if not _is_known(model.item_ids_, item):
         raise _RequestError(404, f"unknown item {item!r}: not in the model")
     ids, similarities = model.similar_items(item, n=n)
     return {"item": item, "similar": _rows(model, ids, similarities, "similarity")}
 
 
-def _predict(server, query):
-    model = server.model
+def _predict(state, query):
+    model = state.model
     params = _query(query, ("user", "item"))
     user = _model_id(model.user_ids_, params["user"], "user")
     item = _model_id(model.item_ids_, params["item"], "item")
     known = _is_known(model.user_ids_, user) and _is_known(model.item_ids_, item)
-    prediction = _number(model.predict(user, item))
-    return {"user": user, "item": item, "prediction": prediction, "known": known}
+    document = {"user": user, "item": item, "known": known}
+    try:
+        prediction, std = model.predict(user, item, return_std=True)
+        document["std"] = number(std)
+    except (ValueError, TypeError):  # no posterior: the point prediction alone
+        prediction = model.predict(user, item)
+    document["prediction"] = number(prediction)
+    return document
 
 
-def _health(server, query):
+def _health(state, query):
     _query(query, ())
     return {"status": "ok"}
 
 
-# path -> {method: handler(server, query_or_body)}; POST handlers get the body bytes.
+# path -> {method: handler(state, query_or_body)}; POST handlers get the body bytes. /health
+# answers on the event loop (no model call); the others in a worker thread.
 _ROUTES = {
     "/recommend": {"GET": _recommend, "POST": _recommend_new_user},
     "/similar": {"GET": _similar},
     "/predict": {"GET": _predict},
     "/health": {"GET": _health},
 }
+_ON_LOOP = {_health}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "fastcofi"
-    sys_version = ""
-    # Headers and body leave in one send (a buffered writer, flushed once per answer), and
-    # TCP_NODELAY: otherwise Nagle's algorithm and the client's delayed ACK add ~40 ms to every
-    # answer on a keep-alive connection.
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
-
-    def setup(self):
-        self.timeout = self.server.idle_timeout
-        super().setup()
-
-    # -- one request ------------------------------------------------------------------------
-    def _dispatch(self):
-        url = urlsplit(self.path)
-        routes = _ROUTES.get(url.path)
-        if routes is None:
-            raise _RequestError(404, f"unknown path {url.path!r}: expected one of "
-                                     + ", ".join(sorted(_ROUTES)))
-        handler = routes.get(self.command)
-        if handler is None:
-            allow = ", ".join(sorted(routes))
-            raise _RequestError(
-                405, f"method {self.command} not allowed on {url.path}: expected {allow}",
-                {"Allow": allow},
-            )
-        if self.command == "POST":
-            return handler(self.server, self._read_body())
-        return handler(self.server, url.query)
-
-    def _read_body(self):
-        if "Transfer-Encoding" in self.headers:
-            self.close_connection = True
-            raise _RequestError(411, "chunked request bodies are not supported: "
-                                     "send the body with a Content-Length")
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self.close_connection = True
-            raise _RequestError(411, "missing Content-Length: expected the body's size in bytes")
-        text = length.strip()
-        if not (text.isascii() and text.isdigit()):
-            self.close_connection = True
-            raise _RequestError(400, f"Content-Length {length!r}: expected a byte count")
-        size = int(text)
-        if size > self.server.max_body:
-            self.close_connection = True  # the body stays unread
-            raise _RequestError(
-                413, f"request body of {size} bytes: at most {self.server.max_body} "
-                     "(the server's --max-body)"
-            )
-        body = self.rfile.read(size)
-        if len(body) < size:
-            self.close_connection = True
-            raise _RequestError(400, f"request body ended after {len(body)} of {size} bytes")
-        return body
-
-    def handle_expect_100(self):
-        # Refuse an oversized body before the client sends it (curl asks first above 1 MiB).
-        length = (self.headers.get("Content-Length") or "").strip()
-        if length.isascii() and length.isdigit() and int(length) > self.server.max_body:
-            self.close_connection = True
-            self._send_json(413, {"error": f"request body of {int(length)} bytes: at most "
-                                           f"{self.server.max_body} (the server's --max-body)"})
-            return False
-        super().handle_expect_100()
-        self.wfile.flush()  # the writer is buffered: the client waits for this line
-        return True
-
-    def _answer(self):
-        try:
-            try:
-                status, document, headers = 200, self._dispatch(), {}
-            except _RequestError as exc:
-                status, document, headers = exc.status, {"error": exc.message}, exc.headers
-            except KeyError as exc:  # the library's unknown-id errors
-                message = exc.args[0] if exc.args else "unknown id"
-                status, document, headers = 404, {"error": str(message)}, {}
-            except ValueError as exc:  # the library's validation of what the client sent
-                status, document, headers = 400, {"error": " ".join(str(exc).split())}, {}
-            self._send_json(status, document, headers)
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-        except Exception:  # noqa: BLE001 - the handler boundary: log it, answer 500
-            self.close_connection = True
-            print(f"fastcofi: internal error answering {self.command} {self.path!r}:",
-                  file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-            sys.stderr.flush()
-            try:
-                self._send_json(500, {"error": "internal error"})
-            except Exception:  # noqa: BLE001, S110 - the connection is gone or headers were sent
-                pass
-
-    def _send_json(self, status, document, headers=None):
-        body = json.dumps(document, allow_nan=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection or getattr(self.server, "closing", False):
-            self.close_connection = True
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self.wfile.flush()
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
-
-    # -- protocol-level errors (bad request line, oversized headers, unknown method) --------
-    def send_error(self, code, message=None, explain=None):
-        try:
-            short = HTTPStatus(code).phrase
-        except ValueError:
-            short = "error"
-        self.close_connection = True
-        self._send_json(code, {"error": message or short})
-
-    def log_message(self, format, *args):
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-
-class ModelServer(ThreadingHTTPServer):
-    """A `ThreadingHTTPServer` answering the endpoints of this module for one fitted model.
-
-    Attributes
-    ----------
-    model : MatrixFactorization
-    max_n, max_body, threads, verbose, idle_timeout : the settings given to `make_server`
-    url : str, the address it listens on (``http://host:port``, the bound port)
-    """
-
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, address, model, *, max_n=DEFAULT_MAX_N, max_body=DEFAULT_MAX_BODY,
-                 threads=DEFAULT_THREADS, verbose=False, idle_timeout=15.0):
+# -- the ASGI application ------------------------------------------------------------------------
+class _State:
+    def __init__(self, model, max_n, max_body, threads, timeout, verbose):
         self.model = model
         self.max_n = max_n
         self.max_body = max_body
-        self.threads = threads
+        self.timeout = timeout
         self.verbose = verbose
-        self.idle_timeout = idle_timeout
-        self.closing = False
-        self._slots = threading.BoundedSemaphore(threads)
-        self._connections = set()
-        self._connections_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        self.threads = threads
+        self._limiter = None
 
-    def server_bind(self):
-        # HTTPServer.server_bind also asks DNS for the host's full name; not needed here.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = host, port
+    @property
+    def limiter(self):
+        # Created on first use: a CapacityLimiter belongs to the running event loop.
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return self._limiter
+
+
+def _json_response(status, document, headers=None, close=False):
+    body = json.dumps(document, allow_nan=False).encode("utf-8")
+    headers = dict(headers or {})
+    if close:
+        headers["Connection"] = "close"
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+async def _read_body(state, request):
+    headers = request.headers
+    length = headers.get("content-length")
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    if length is None and not chunked:
+        raise _RequestError(411, "missing Content-Length: expected the body's size in bytes "
+                                 "(or a chunked body)")
+    too_large = f"at most {state.max_body} (the server's --max-body)"
+    if length is not None:
+        text = length.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise _RequestError(400, f"Content-Length {length!r}: expected a byte count")
+        if int(text) > state.max_body:
+            # Refused before a byte is read; with "Expect: 100-continue" no 100 is sent either.
+            raise _RequestError(413, f"request body of {int(text)} bytes: {too_large}")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > state.max_body:
+            raise _RequestError(413, f"request body of more than {state.max_body} bytes: "
+                                     f"{too_large}")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _log(state, request, status):
+    if state.verbose:
+        client = request.client.host if request.client else "-"
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        print(f"{client} - {request.method} {target} {status}", file=sys.stderr, flush=True)
+
+
+async def _answer(state, request):
+    # The path inside this app (under a Mount, the part after the mount point).
+    path, method = "/" + request.path_params.get("path", ""), request.method
+    routes = _ROUTES.get(path)
+    if routes is None:
+        raise _RequestError(404, f"unknown path {path!r}: expected one of "
+                                 + ", ".join(sorted(_ROUTES)))
+    handler = routes.get(method)
+    if handler is None:
+        allow = ", ".join(sorted(routes))
+        raise _RequestError(405, f"method {method} not allowed on {path}: expected {allow}",
+                            {"Allow": allow})
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if handler in _ON_LOOP:
+        return handler(state, query)
+    argument = query
+    if method == "POST":
+        try:
+            with anyio.fail_after(state.timeout):
+                argument = await _read_body(state, request)
+        except TimeoutError:
+            raise _RequestError(408, f"request body not received within {state.timeout:g} s "
+                                     "(the server's --timeout)") from None
+    try:
+        with anyio.fail_after(state.timeout):
+            # abandon_on_cancel: at the deadline the client gets its answer; the thread's call
+            # finishes on its own and its result is dropped.
+            return await anyio.to_thread.run_sync(
+                functools.partial(handler, state, argument), limiter=state.limiter,
+                abandon_on_cancel=True,
+            )
+    except TimeoutError:
+        raise _RequestError(503, f"no answer within {state.timeout:g} s (the server's "
+                                 "--timeout)") from None
+
+
+class _Endpoint:
+    """The one ASGI endpoint (a class, not a function: Starlette then passes every method)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        request = Request(scope, receive, send)
+        response = await _respond(self.state, request)
+        await response(scope, receive, send)
+
+
+async def _respond(state, request):
+    """The JSON answer to one request, errors included (never a traceback to the client)."""
+    close = False
+    try:
+        try:
+            status, document, headers = 200, await _answer(state, request), {}
+        except _RequestError as exc:
+            status, document, headers = exc.status, {"error": exc.message}, exc.headers
+            close = status in (408, 411, 413)  # the body may be left unread
+        except KeyError as exc:  # the library's unknown-id errors
+            message = exc.args[0] if exc.args else "unknown id"
+            status, document, headers = 404, {"error": str(message)}, {}
+        except ValueError as exc:  # the library's validation of what the client sent
+            status, document, headers = 400, {"error": " ".join(str(exc).split())}, {}
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody reads it
+    except Exception:  # noqa: BLE001 - the handler boundary: log it, answer 500
+        print(f"fastcofi: internal error answering {request.method} "
+              f"{str(request.url)!r}:", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        status, document, headers, close = 500, {"error": "internal error"}, {}, True
+    _log(state, request, status)
+    return _json_response(status, document, headers, close)
+
+
+def make_app(model, *, max_n=DEFAULT_MAX_N, max_body=DEFAULT_MAX_BODY, threads=DEFAULT_THREADS,
+             timeout=DEFAULT_TIMEOUT, verbose=False):
+    """The ASGI application (Starlette) serving a fitted model's JSON API.
+
+    Parameters
+    ----------
+    model : MatrixFactorization, fitted
+        Shared read-only by the worker threads.
+    max_n : int, default 1000
+        Largest ``n`` a request may ask for.
+    max_body : int, default 1 MiB
+        Largest POST body, in bytes.
+    threads : int, default 8
+        Model calls running at once (worker threads); more wait their turn.
+    timeout : float, default 10
+        Seconds to receive a request's body (408 after) and to answer it (503 after).
+    verbose : bool, default False
+        Log each request to stderr.
+
+    Returns
+    -------
+    starlette.applications.Starlette
+        Mountable in another ASGI application, or run by any ASGI server.
+    """
+    _check_settings(0, max_n, max_body, threads, timeout)
+    if not hasattr(model, "item_factors_"):
+        raise ValueError("model is not fitted: expected a fitted MatrixFactorization")
+    state = _State(model, max_n, max_body, threads, timeout, verbose)
+    # One route taking every method: _answer dispatches, so that unknown paths and methods get
+    # JSON errors (with a sorted Allow) like every other answer.
+    app = Starlette(routes=[Route("/{path:path}", _Endpoint(state))])
+    app.state.fastcofi = state
+    return app
+
+
+# -- running it: uvicorn over a socket bound here ----------------------------------------------
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a signal it shut down on is not raised again afterwards:
+    `serve` returns 0 after a graceful stop instead of dying of the signal."""
+
+    def capture_signals(self):
+        return _Signals(self)
+
+
+class _Signals:
+    def __init__(self, server):
+        self.server = server
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.server.handle_exit)
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+class ModelServer:
+    """uvicorn serving `make_app(model)` on a socket bound when this is made.
+
+    Attributes
+    ----------
+    app : the ASGI application
+    server_address : (host, port), the bound port
+    url : str, ``http://host:port``
+    """
+
+    def __init__(self, app, sock, *, idle_timeout=5, grace=5.0):
+        self.app = app
+        self.socket = sock
+        self.server_address = sock.getsockname()[:2]
+        config = uvicorn.Config(
+            app, lifespan="off", http="h11", loop="asyncio", access_log=False,
+            log_level="warning", server_header=False, timeout_keep_alive=idle_timeout,
+            timeout_graceful_shutdown=grace,
+        )
+        self._server = _Server(config)
+        self._done = threading.Event()
 
     @property
     def url(self):
-        host, port = self.server_address[:2]
+        host, port = self.server_address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    # -- bounded concurrency ----------------------------------------------------------------
-    def process_request(self, request, client_address):
-        # Wait for a free slot: while all are busy the accept loop pauses and new connections
-        # wait in the kernel's listen backlog.
-        while not self._slots.acquire(timeout=0.1):
-            if self.closing:
-                self.shutdown_request(request)
-                return
-        with self._connections_lock:
-            self._connections.add(request)
+    def serve_forever(self):
+        """Serve until `shutdown` (from another thread) or, in the main thread, SIGTERM/SIGINT."""
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(request)
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
+            self._server.run(sockets=[self.socket])
         finally:
-            self._release(request)
+            self._done.set()
 
-    def _release(self, request):
-        with self._connections_lock:
-            self._connections.discard(request)
-        self._slots.release()
+    def shutdown(self, wait=10.0):
+        """Ask the server to stop (from another thread) and wait for it to finish."""
+        self._server.should_exit = True
+        self._done.wait(wait)
 
-    def shutdown(self):
-        """Stop `serve_forever` (from another thread); the requests in progress go on."""
-        self.closing = True
-        super().shutdown()
-
-    def server_close(self, grace=5.0):
-        """Close the listening socket, end idle keep-alive connections, and wait up to ``grace``
-        seconds for the requests in progress to finish."""
-        self.closing = True
-        super().server_close()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:  # a handler waiting for the next request sees EOF
-            try:
-                connection.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-        deadline = time.monotonic() + grace
-        taken = 0
-        while taken < self.threads and time.monotonic() < deadline:
-            if self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                taken += 1
-        for _ in range(taken):
-            self._slots.release()
+    def server_close(self):
+        self.socket.close()
 
 
-def _check_settings(port, max_n, max_body, threads):
+def _check_settings(port, max_n, max_body, threads, timeout=DEFAULT_TIMEOUT):
     for name, value, low in (("port", port, 0), ("max_n", max_n, 1), ("max_body", max_body, 0),
                              ("threads", threads, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -491,43 +541,70 @@ def _check_settings(port, max_n, max_body, threads):
             raise ValueError(f"{name} ({flag}) must be an integer >= {low}, found {value!r}")
     if port > 65535:
         raise ValueError(f"port (--port) must be at most 65535, found {port}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
+            or not math.isfinite(timeout):
+        raise ValueError(f"timeout (--timeout) must be a positive number of seconds, "
+                         f"found {timeout!r}")
+
+
+def _listen(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
 
 
 def make_server(model, host="127.0.0.1", port=0, *, max_n=DEFAULT_MAX_N,
-                max_body=DEFAULT_MAX_BODY, threads=DEFAULT_THREADS, verbose=False,
-                idle_timeout=15.0):
-    """A `ModelServer` for a fitted model, bound and listening (call ``serve_forever()``).
+                max_body=DEFAULT_MAX_BODY, threads=DEFAULT_THREADS, timeout=DEFAULT_TIMEOUT,
+                verbose=False, idle_timeout=5, grace=5.0):
+    """A `ModelServer` for a fitted model, its socket bound and listening (call
+    ``serve_forever()``, in a thread of its own to embed it).
 
     Parameters
     ----------
-    model : MatrixFactorization, fitted
+    model, max_n, max_body, threads, timeout, verbose
+        As for `make_app`.
     host : str, default "127.0.0.1"
     port : int, default 0 (a free port; read it from ``server.server_address`` or ``server.url``)
-    max_n : int, default 1000
-        Largest ``n`` a request may ask for.
-    max_body : int, default 1 MiB
-        Largest POST body, in bytes.
-    threads : int, default 16
-        Connections served at once.
-    verbose : bool, default False
-        Log each request to stderr.
-    idle_timeout : float, default 15
+    idle_timeout : int, default 5
         Seconds an idle keep-alive connection is kept open.
+    grace : float, default 5
+        Seconds the requests in progress get to finish on shutdown.
     """
-    _check_settings(port, max_n, max_body, threads)
-    if not hasattr(model, "item_factors_"):
-        raise ValueError("model is not fitted: expected a fitted MatrixFactorization")
-    try:
-        return ModelServer((host, port), model, max_n=max_n, max_body=max_body, threads=threads,
-                           verbose=verbose, idle_timeout=idle_timeout)
-    except OSError as exc:
-        raise ValueError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from None
+    _check_settings(port, max_n, max_body, threads, timeout)
+    app = make_app(model, max_n=max_n, max_body=max_body, threads=threads, timeout=timeout,
+                   verbose=verbose)
+    return ModelServer(app, _listen(host, port), idle_timeout=idle_timeout, grace=grace)
+
+
+def _warm(model):
+    """Run each endpoint's library call once, so that the first requests do not load kernels.
+
+    Only what the endpoints call: `MatrixFactorization.warm_up` also loads the parallel batch
+    and add_users kernels (about a second from numba's cache), which no endpoint uses.
+    """
+    if model.item_factors_.shape[0] == 0:
+        return
+    item = model.item_ids_[0]
+    if model.user_factors_.shape[0]:
+        user = model.user_ids_[0]
+        model.recommend(user, n=1)
+        model.recommend(user, n=1, min_item_ratings=1)
+        model.predict(user, item)
+    model.similar_items(item, n=1)
+    model.recommend_new_user(model.item_ids_[:1], [model.rating_range_[1]], n=1)
 
 
 def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
-          max_body=DEFAULT_MAX_BODY, threads=DEFAULT_THREADS, verbose=False, out=None):
+          max_body=DEFAULT_MAX_BODY, threads=DEFAULT_THREADS, timeout=DEFAULT_TIMEOUT,
+          verbose=False, out=None):
     """Load a model file and serve it until SIGTERM or SIGINT; returns 0.
 
     Prints one line, ``fastcofi: serving MODEL on http://HOST:PORT``, to ``out`` (stdout) once
@@ -535,36 +612,26 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
     """
     from ..model_file import load_model
 
-    _check_settings(port, max_n, max_body, threads)
+    _check_settings(port, max_n, max_body, threads, timeout)
+    model = load_model(model_path)
+    server = make_server(model, host, port, max_n=max_n, max_body=max_body, threads=threads,
+                         timeout=timeout, verbose=verbose)
     out = sys.stdout if out is None else out
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
-        model = load_model(model_path, warm=True)
-        server = make_server(model, host, port, max_n=max_n, max_body=max_body,
-                             threads=threads, verbose=verbose)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                  name="fastcofi-serve", daemon=True)
         # One BLAS thread per request: the requests are the parallelism. OpenBLAS's own threads,
-        # shared by concurrent callers, spin against each other (bench/bench_http.py on 2 cores,
-        # 8 clients: about 75 requests/s with numpy's default BLAS threads, 750-1300 with one).
+        # shared by concurrent callers, spin against each other (about 10x fewer requests/s
+        # with 8 clients on 2 cores).
         with one_blas_thread():
-            thread.start()
-            try:
-                print(f"fastcofi: serving {model_path} on {server.url}", file=out, flush=True)
-                while not stop.wait(0.5):
-                    if not thread.is_alive():  # pragma: no cover - serve_forever does not fail
-                        break
-            finally:
-                server.shutdown()
-                server.server_close()
-                thread.join(timeout=5.0)
+            # The kernels load from numba's cache while the server already answers: the first
+            # kernel call of a process costs about a second (numba's own start-up), which would
+            # otherwise come before the port is printed. A request that needs a kernel before
+            # then waits for it; /health never does.
+            threading.Thread(target=_warm, args=(model,), name="fastcofi-warm",
+                             daemon=True).start()
+            print(f"fastcofi: serving {model_path} on {server.url}", file=out, flush=True)
+            server.serve_forever()
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        server.server_close()
     if verbose:
         print("fastcofi: stopped", file=sys.stderr, flush=True)
     return 0
