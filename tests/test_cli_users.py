@@ -285,6 +285,11 @@ def test_recommend_min_ratings(files, model_path, capsys):
     rows = json.loads(out)["recommendations"]
     assert rows and all(counts[r["item"]] >= 3 for r in rows)
     assert all(r["prediction"] == model.predict("U1000", r["item"]) for r in rows)
+    # Exactly the items with at least N training ratings stay candidates, for every N.
+    for threshold in range(0, max(counts.values()) + 2):
+        ids, _ = model.recommend("U1000", n=len(counts), exclude_seen=False,
+                                 min_item_ratings=threshold)
+        assert set(ids.tolist()) == {i for i, c in counts.items() if c >= threshold}
     with pytest.raises(ValueError, match="min_item_ratings"):
         model.recommend("U1000", min_item_ratings=-1)
     code, _, err = run(capsys, "recommend", model_path, "--user", "U1000", "--min-ratings", "-2")
@@ -302,6 +307,16 @@ def test_recommend_shows_score_and_prediction(model_path, capsys):
         assert r["prediction"] == pytest.approx(min(max(r["score"], 0.0), 2.0), abs=1e-12)
     code, out, _ = run(capsys, "recommend", model_path, "--user", "U1003", "-n", "2")
     assert "score" in out and "prediction" in out
+
+
+def test_rows_without_a_user_clip_like_predict(model_path):
+    from fastcofi.documents import recommendation_rows
+
+    model = load_model(model_path)  # rating range (0, 2)
+    ids = model.item_ids_[:4]
+    rows = recommendation_rows(model, ids, np.array([2.5, 1.25, -0.5, -np.inf]))
+    assert [r["score"] for r in rows] == [2.5, 1.25, -0.5, None]
+    assert [r["prediction"] for r in rows] == [2.0, 1.25, 0.0, None]  # padding stays padding
 
 
 def test_predict_std_needs_a_posterior(model_path, capsys, monkeypatch):
