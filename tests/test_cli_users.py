@@ -310,7 +310,7 @@ def test_recommend_shows_score_and_prediction(model_path, capsys):
 
 
 def test_rows_without_a_user_clip_like_predict(model_path):
-    from fastcofi.documents import recommendation_rows
+    from fastcofi.app.documents import recommendation_rows
 
     model = load_model(model_path)  # rating range (0, 2)
     ids = model.item_ids_[:4]

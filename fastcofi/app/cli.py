@@ -666,7 +666,7 @@ def _build_parser():
                        help="address to listen on (default 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000,
                        help="port (default 8000; 0 picks a free one, printed on stdout)")
-    # Defaults live in fastcofi.server (not imported here: the web stack slows every command).
+    # Defaults live in fastcofi.app.server (not imported here: the web stack slows every command).
     serve.add_argument("--max-n", type=int, help="largest n a request may ask for (default 1000)")
     serve.add_argument("--max-body", type=int, metavar="BYTES",
                        help="largest POST body in bytes (default 1048576)")

@@ -178,6 +178,8 @@ _MAX_ABS_RATING = 1e150
 
 
 def _check_magnitude(source, values, header_lines):
+    if values.dtype != np.float64:
+        return  # float32 ends below 3.5e38; what overflows it was refused as not finite
     big = np.abs(values) > _MAX_ABS_RATING
     if big.any():
         row = int(np.argmax(big))
