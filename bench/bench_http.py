@@ -120,8 +120,14 @@ def legacy_serve(model_path):
         def server_bind(self):
             socketserver.TCPServer.server_bind(self)
 
+        closing = False
+
         def process_request(self, request, client_address):
-            self.slots.acquire()  # 16 connections at once, as before
+            # 16 connections at once, as before; the others wait in the listen backlog.
+            while not self.slots.acquire(timeout=0.1):
+                if self.closing:
+                    self.shutdown_request(request)
+                    return
             super().process_request(request, client_address)
 
         def process_request_thread(self, request, client_address):
@@ -140,6 +146,7 @@ def legacy_serve(model_path):
         print(f"fastcofi: serving {model_path} on http://127.0.0.1:{server.server_address[1]}",
               flush=True)
         stop.wait()
+        server.closing = True
         server.shutdown()
         server.server_close()
     return 0
@@ -231,17 +238,20 @@ def bench_server(which, model_path, args):
     try:
         client(port, args.users, time.perf_counter() + 1.0, 99, [], [], [])  # warm-up
         for n_clients in args.clients:
-            cpu = _cpu_seconds(proc.pid)
+            cpu, own = _cpu_seconds(proc.pid), time.process_time()
             row = run_clients(port, args.users, n_clients, args.seconds)
             if cpu is not None and row["requests"]:
-                # The server's own CPU per answer: tells a slow server from slow clients.
+                # CPU per answer on each side: tells a slow server from slow (GIL-bound) clients.
                 row["server_cpu_ms_per_request"] = round(
                     (_cpu_seconds(proc.pid) - cpu) * 1e3 / row["requests"], 3)
+                row["client_cpu_ms_per_request"] = round(
+                    (time.process_time() - own) * 1e3 / row["requests"], 3)
             row.update(server=which, clients=n_clients, startup_seconds=round(startup, 3))
             rows.append(row)
             print(f"{which:>3} {n_clients:3d} clients: {row['requests_per_second']:8.1f} req/s  "
                   f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  {row['errors']} errors  "
-                  f"server CPU {row.get('server_cpu_ms_per_request')} ms/request",
+                  f"server CPU {row.get('server_cpu_ms_per_request')} ms/request, clients "
+                  f"{row.get('client_cpu_ms_per_request')}",
                   file=sys.stderr)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -284,12 +294,13 @@ def main(argv=None):
               f"built in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         rows = [row for which in args.servers for row in bench_server(which, model_path, args)]
     env = environment()
-    print("| server | clients | requests/s | p50 ms | p99 ms | errors | server CPU ms/request |")
+    print("| server | clients | requests/s | p50 ms | p99 ms | errors | CPU ms/request: server, "
+          "clients |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         print(f"| {row['server']} | {row['clients']} | {row['requests_per_second']:.0f} | "
               f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} | "
-              f"{row.get('server_cpu_ms_per_request')} |")
+              f"{row.get('server_cpu_ms_per_request')}, {row.get('client_cpu_ms_per_request')} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as f:

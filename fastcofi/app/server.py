@@ -505,7 +505,8 @@ class ModelServer:
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
         config = uvicorn.Config(
-            app, lifespan="off", http="h11", loop="asyncio", access_log=False,
+            # http="auto": httptools' C parser when installed (the [serve] extra), else h11.
+            app, lifespan="off", http="auto", loop="asyncio", access_log=False,
             log_level="warning", server_header=False, timeout_keep_alive=idle_timeout,
             timeout_graceful_shutdown=grace,
         )
@@ -620,6 +621,12 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
     server = make_server(model, host, port, max_n=max_n, max_body=max_body, threads=threads,
                          timeout=timeout, verbose=verbose)
     out = sys.stdout if out is None else out
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # From the moment the port is printed a SIGTERM is a graceful stop, also in the instant
+        # before uvicorn installs its own handlers.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, server._server.handle_exit)
     try:
         # One BLAS thread per request: the requests are the parallelism. OpenBLAS's own threads,
         # shared by concurrent callers, spin against each other (about 10x fewer requests/s
@@ -635,6 +642,8 @@ def serve(model_path, host="127.0.0.1", port=8000, *, max_n=DEFAULT_MAX_N,
             server.serve_forever()
     finally:
         server.server_close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if verbose:
         print("fastcofi: stopped", file=sys.stderr, flush=True)
     return 0
