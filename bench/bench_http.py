@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from harness import RESULTS, environment
 
 from fastcofi import MatrixFactorization, Ratings

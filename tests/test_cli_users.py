@@ -227,7 +227,7 @@ def test_save_split_reruns_evaluate_on_the_held_out_ratings(files, tmp_path, cap
                                       - int((everything.nnz - int(everything.nnz * 0.2)) * 0.1),
                                       int((everything.nnz - int(everything.nnz * 0.2)) * 0.1),
                                       int(everything.nnz * 0.2)]
-    assert sorted(sum((triples(p) for p in parts), [])) == triples(everything)
+    assert sorted(t for p in parts for t in triples(p)) == triples(everything)
     printed = float(next(line for line in out.splitlines()
                          if line.startswith("test RMSE")).split()[2])
     code, out, err = run(capsys, "evaluate", path, split_dir / "test.csv", "--json")
@@ -274,7 +274,7 @@ def test_recommend_min_ratings(files, model_path, capsys):
     plain = [model.recommend(u, n=10)[0].tolist() for u in users]
     assert any(counts[i] < 3 for ids in plain for i in ids)  # rare items do reach the top
     for user in users:
-        ids, scores = model.recommend(user, n=10, min_item_ratings=3)
+        ids, _ = model.recommend(user, n=10, min_item_ratings=3)
         assert len(ids) == 10 and all(counts[i] >= 3 for i in ids.tolist())
         rare = [i for i, c in counts.items() if c < 3]
         expected = model.recommend(user, n=10, filter_items=rare)
@@ -286,7 +286,7 @@ def test_recommend_min_ratings(files, model_path, capsys):
     assert rows and all(counts[r["item"]] >= 3 for r in rows)
     assert all(r["prediction"] == model.predict("U1000", r["item"]) for r in rows)
     # Exactly the items with at least N training ratings stay candidates, for every N.
-    for threshold in range(0, max(counts.values()) + 2):
+    for threshold in range(max(counts.values()) + 2):
         ids, _ = model.recommend("U1000", n=len(counts), exclude_seen=False,
                                  min_item_ratings=threshold)
         assert set(ids.tolist()) == {i for i, c in counts.items() if c >= threshold}
@@ -298,14 +298,15 @@ def test_recommend_min_ratings(files, model_path, capsys):
 
 def test_recommend_shows_score_and_prediction(model_path, capsys):
     model = load_model(model_path)
-    code, out, _ = run(capsys, "recommend", model_path, "--user", "U1003", "-n", "40", "--json")
+    code, out, err = run(capsys, "recommend", model_path, "--user", "U1003", "-n", "40", "--json")
+    assert code == 0, err
     rows = json.loads(out)["recommendations"]
     # On a 0-2 scale some raw scores leave the range: prediction is then the clipped number.
     assert any(r["score"] != r["prediction"] for r in rows)
     for r in rows:
         assert r["prediction"] == model.predict("U1003", r["item"])
         assert r["prediction"] == pytest.approx(min(max(r["score"], 0.0), 2.0), abs=1e-12)
-    code, out, _ = run(capsys, "recommend", model_path, "--user", "U1003", "-n", "2")
+    _, out, _ = run(capsys, "recommend", model_path, "--user", "U1003", "-n", "2")
     assert "score" in out and "prediction" in out
 
 

@@ -337,8 +337,8 @@ def _save_split(folder, **parts):
             text = ids.astype(str)
             if ids.dtype.kind == "U" and text.size and (
                     np.char.find(text, ",").max() >= 0 or np.char.find(text, '"').max() >= 0):
-                raise ValueError(f"--save-split: an id holds ',' or '\"' and cannot be written "
-                                 f"as CSV")
+                raise ValueError("--save-split: an id holds ',' or '\"' and cannot be written "
+                                 "as CSV")
             columns.append(text)
         columns.append(np.array([repr(float(v)) for v in values.tolist()], dtype=str))
         body = "\n".join(",".join(row) for row in zip(*columns))

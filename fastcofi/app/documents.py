@@ -13,7 +13,7 @@ import numpy as np
 from .. import serving
 from ..data.ids import lookup
 
-__all__ = ["json_value", "number", "recommendation_rows", "split_known", "clipped"]
+__all__ = ["clipped", "json_value", "number", "recommendation_rows", "split_known"]
 
 
 def json_value(value):

@@ -76,7 +76,7 @@ from .._parallel import one_blas_thread
 from ..data.ids import _parse_int, lookup
 from .documents import number, recommendation_rows, split_known
 
-__all__ = ["make_app", "ModelServer", "make_server", "serve"]
+__all__ = ["ModelServer", "make_app", "make_server", "serve"]
 
 DEFAULT_MAX_N = 1000
 DEFAULT_MAX_BODY = 1 << 20
