@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .. import serving
-from ..data.ids import lookup
+from ..data.ids import _parse_int, lookup
 
 __all__ = ["clipped", "json_value", "number", "recommendation_rows", "split_known"]
 
@@ -78,3 +78,19 @@ def split_known(model_ids, ids):
         return np.zeros(0, dtype=bool), []
     known = lookup(model_ids, ids)[1]
     return known, ids[~known].tolist()
+
+
+def typed_id(model_ids, value, name):
+    """``value`` (command-line or query text, or a JSON value) as an id of the model's id type:
+    an integer-id model reads ``"42"`` as 42. ValueError naming ``name`` otherwise."""
+    if model_ids.dtype.kind == "U":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{name} {value!r}: expected a string id")
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        parsed = _parse_int(value)
+        if parsed is not None and -(2**63) <= parsed < 2**63:
+            return parsed
+    raise ValueError(f"{name} {value!r}: expected an integer id (the model's ids are integers)")

@@ -73,8 +73,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .._parallel import one_blas_thread
-from ..data.ids import _parse_int, lookup
-from .documents import number, recommendation_rows, split_known
+from ..data.ids import lookup
+from .documents import number, recommendation_rows, split_known, typed_id
 
 __all__ = ["ModelServer", "make_app", "make_server", "serve"]
 
@@ -97,20 +97,11 @@ class _RequestError(Exception):
 
 # -- request parsing -------------------------------------------------------------------------
 def _model_id(model_ids, value, name):
-    """``value`` (query text or a JSON value) as an id of the model's id type; 400 otherwise."""
-    if model_ids.dtype.kind == "U":
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        raise _RequestError(400, f"{name} {value!r}: expected a string id")
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        parsed = _parse_int(value)
-        if parsed is not None and -(2**63) <= parsed < 2**63:
-            return parsed
-    raise _RequestError(
-        400, f"{name} {value!r}: expected an integer id (the model's ids are integers)"
-    )
+    """``value`` as an id of the model's id type; 400 otherwise."""
+    try:
+        return typed_id(model_ids, value, name)
+    except ValueError as exc:
+        raise _RequestError(400, str(exc)) from None
 
 
 def _is_known(model_ids, value):
