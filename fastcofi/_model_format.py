@@ -31,8 +31,16 @@ __all__ = ["ModelFileError", "read_model_file", "save_model"]
 #   user_bias         (n_users,) float64          only with normalize="biases"
 #   reg, reg_bias     0-d float64   the penalties training used (reg_, reg_bias_): fold-in's
 #                     (version 2; a version 1 file takes them from params)
-#   noise_variance    0-d float64                only with solver="vb": fold-in's reg
-#   user_bias_variance 0-d float64               only with solver="vb": reg_bias = noise / it
+#   noise_variance    0-d float64                only with solver="vb" or "gibbs": fold-in's reg
+#   user_bias_variance 0-d float64               only with solver="vb" or "gibbs": reg_bias =
+#                                                noise / it
+#   posterior_noise_variances (S,) float64       only with solver="gibbs" (version 3), S kept
+#                                                draws: each draw's 1 / tau
+#   posterior_item_bias_samples (n_items, S) float64, posterior_user_bias_samples (n_users, S)
+#                                                float64: each draw's biases
+#   posterior_item_prior_precision, posterior_user_prior_precision (S, k + 1) float64: each
+#                                                draw's prior precisions (factors, then bias)
+#                     (item_factors and user_factors then hold the draws stacked: S k columns)
 #   rating_range      (2,) float64  min, max training rating
 #   seen_indptr       (n_users + 1,) int64        the training ratings by user, as CSR:
 #   seen_indices      (nnz,) int32 or int64       item indices rated by each user
@@ -40,10 +48,21 @@ __all__ = ["ModelFileError", "read_model_file", "save_model"]
 #   history_<name>    (h,) float64 per history_ entry ("cost", "seconds", "val_rmse")
 #   title_ids         (t,) int64 or <U            title_texts   (t,) <U   only with titles
 MODEL_FORMAT = "fastcofi-model"
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
 # Version 2 added the members reg and reg_bias, because params' reg may be None (scaled to the
-# ratings); files of both versions load.
-_READABLE_VERSIONS = (1, 2)
+# ratings); version 3 the posterior_ members of a sampled (solver="gibbs") model. Only such a
+# model is written as version 3: any other is still a version 2 file, which older fastcofi
+# reads. Files of all three versions load.
+_READABLE_VERSIONS = (1, 2, 3)
+_POSTERIOR = {
+    # name: (rows: "items" | "users" | None, columns: "S" | "S,d")
+    "noise_variances": (None, "S"),
+    "item_bias_samples": ("items", "S"),
+    "user_bias_samples": ("users", "S"),
+    "item_prior_precision": (None, "S,d"),
+    "user_prior_precision": (None, "S,d"),
+}
+
 _HISTORY_PREFIX = "history_"
 
 
@@ -122,7 +141,9 @@ def _model_arrays(model):
     seen_indptr, seen_indices = model.seen_indptr_, model.seen_indices_
     arrays = {
         "fastcofi_format": np.array(MODEL_FORMAT),
-        "format_version": np.array(MODEL_FORMAT_VERSION, dtype=np.int64),
+        "format_version": np.array(
+            MODEL_FORMAT_VERSION if getattr(model, "_posterior", None) is not None else 2,
+            dtype=np.int64),
         "fastcofi_version": np.array(str(__version__)),
         "params": np.array(json.dumps(params, sort_keys=True)),
         "normalize": np.array(str(model.normalize)),
@@ -148,6 +169,8 @@ def _model_arrays(model):
     if getattr(model, "noise_variance_", None) is not None:
         arrays["noise_variance"] = np.array(model.noise_variance_, dtype=np.float64)
         arrays["user_bias_variance"] = np.array(model.user_bias_variance_, dtype=np.float64)
+    for key, values in (getattr(model, "_posterior", None) or {}).items():
+        arrays["posterior_" + key] = np.asarray(values, dtype=np.float64)
     for key, values in (model.history_ or {}).items():
         if not re.fullmatch(r"[A-Za-z0-9_]+", str(key)):
             raise ValueError(f"history_ key {key!r} cannot be stored: expected letters, digits, _")
@@ -229,6 +252,37 @@ def _readonly_copy(arr):
     return arr
 
 
+def _posterior(path, arrays, version, params, item_factors, n_items, n_users):
+    """The checked posterior_ members of a solver="gibbs" file as a dict (None otherwise)."""
+    if params.get("solver") != "gibbs":
+        return None
+    if version < 3:
+        raise ModelFileError(path, f"a solver='gibbs' model needs format version 3, found "
+                             f"{version}")
+    posterior = {}
+    for name, (rows, columns) in _POSTERIOR.items():
+        ndim = 2 if rows or "," in columns else 1
+        posterior[name] = _floats(path, arrays, "posterior_" + name, ndim,
+                                  f"a {ndim}-D float array")
+    n_samples = posterior["noise_variances"].shape[0]
+    width = item_factors.shape[1]
+    if n_samples < 1 or width % n_samples:
+        raise ModelFileError(path, f"{n_samples} kept draws do not divide the {width} stacked "
+                             "factor columns")
+    d = width // n_samples + 1
+    n_rows = {"items": n_items, "users": n_users}
+    for name, (rows, columns) in _POSTERIOR.items():
+        shape = ((n_rows[rows], n_samples) if rows
+                 else (n_samples, d) if "," in columns else (n_samples,))
+        if posterior[name].shape != shape:
+            raise ModelFileError(path, f"posterior_{name} has shape {posterior[name].shape}; "
+                                 f"expected {shape}")
+        if rows is None and not np.all(posterior[name] > 0):
+            raise ModelFileError(path, f"posterior_{name} must be > 0")
+        posterior[name] = _readonly_copy(posterior[name])
+    return posterior
+
+
 def read_model_file(path):
     """Every member of a model file, checked (format marker, version, dtypes, shapes, index
     ranges); nothing in it is executed.
@@ -299,13 +353,15 @@ def read_model_file(path):
         penalties = None
 
     noise_variance = user_bias_variance = None
-    if params.get("solver") == "vb":
-        what = "a 0-d float > 0 (solver 'vb' folds new users in with it)"
+    if params.get("solver") in ("vb", "gibbs"):
+        what = f"a 0-d float > 0 (solver {params.get('solver')!r} folds new users in with it)"
         noise_variance = float(_floats(path, arrays, "noise_variance", 0, what))
         user_bias_variance = float(_floats(path, arrays, "user_bias_variance", 0, what))
         if not (noise_variance > 0 and user_bias_variance > 0):
             raise ModelFileError(path, f"noise_variance and user_bias_variance must be > 0, found "
                                  f"{noise_variance} and {user_bias_variance}")
+
+    posterior = _posterior(path, arrays, version, params, item_factors, n_items, n_users)
 
     indptr = _need(path, arrays, "seen_indptr", "iu", 1, "a 1-D integer array (n_users + 1,)")
     indices = _need(path, arrays, "seen_indices", "iu", 1, "a 1-D integer array (n_ratings,)")
@@ -360,6 +416,7 @@ def read_model_file(path):
         "penalties": None if penalties is None else tuple(penalties),
         "noise_variance": noise_variance,
         "user_bias_variance": user_bias_variance,
+        "posterior": posterior,
         "n_iter": n_iter,
         "best_iteration": best_iteration,
         "history": history,

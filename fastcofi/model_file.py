@@ -33,6 +33,9 @@ def _from_file(path):
                  "user_bias_variance", "n_iter", "best_iteration", "history"):
         setattr(model, name + "_", contents[name])
     model.result_ = None
+    model._posterior = contents["posterior"]
+    model.n_samples_ = (1 if model._posterior is None
+                        else int(model._posterior["noise_variances"].shape[0]))
     model.seen_indptr_, model.seen_indices_ = contents["seen"]
     if contents["titles"] is not None:
         model.titles_ = contents["titles"]
@@ -88,7 +91,7 @@ def model_info(path):
         "format_version": contents["format_version"],
         "n_users": int(model.user_factors_.shape[0]),
         "n_items": int(model.item_factors_.shape[0]),
-        "n_factors": int(model.item_factors_.shape[1]),
+        "n_factors": int(model.item_factors_.shape[1]) // model.n_samples_,
         "params": model.get_params(),
         "fastcofi_version": contents["fastcofi_version"],
         "normalize": model.normalize,

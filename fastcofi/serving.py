@@ -406,6 +406,12 @@ def add_users(model, ratings):
     if model.user_bias_ is not None:
         new.user_bias_ = np.concatenate([model.user_bias_, bias_new])[order]
     new.seen_indptr_, new.seen_indices_ = merged_indptr, merged_items
+    posterior = getattr(model, "_posterior", None)
+    if posterior is not None:
+        # A folded-in user has one bias, not a draw per kept sample: no spread of its own.
+        samples = posterior["user_bias_samples"]
+        new._posterior = {**posterior, "user_bias_samples": np.concatenate(
+            [samples, np.repeat(bias_new[:, None], samples.shape[1], axis=1)])[order]}
     return new
 
 

@@ -33,8 +33,12 @@ def _unreadable(path, message):
     return CheckpointError(path, f"unreadable checkpoint: {message}")
 
 
-def write_checkpoint(path, params, iteration, history, fingerprint):
-    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
+def write_checkpoint(path, params, iteration, history, fingerprint, state=None):
+    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.
+
+    ``state``: optional dict of named arrays a solver needs beyond ``params`` to continue (a
+    Gibbs chain's hyperparameters, kept draws and stream position), stored as ``state_<name>``.
+    """
     arrays = {
         **header(_FORMAT, _VERSION),
         "fingerprint": np.array(json.dumps(fingerprint, sort_keys=True)),
@@ -43,11 +47,14 @@ def write_checkpoint(path, params, iteration, history, fingerprint):
     }
     for key, values in history.items():
         arrays[f"history_{key}"] = np.asarray(values, dtype=np.float64)
+    for key, values in (state or {}).items():
+        arrays[f"state_{key}"] = np.asarray(values)
     write_npz(path, arrays, _WHAT)
 
 
-def read_checkpoint(path, fingerprint):
-    """Return ``(params, iteration, history)`` from ``path``.
+def read_checkpoint(path, fingerprint, *, with_state=False):
+    """Return ``(params, iteration, history)`` from ``path``, and with ``with_state`` a fourth
+    item: the dict of ``state`` arrays `write_checkpoint` stored (None when it stored none).
 
     Raises
     ------
@@ -77,4 +84,8 @@ def read_checkpoint(path, fingerprint):
     history = {
         key[len("history_"):]: arrays[key].tolist() for key in arrays if key.startswith("history_")
     }
+    if with_state:
+        state = {key[len("state_"):]: np.array(arrays[key])
+                 for key in arrays if key.startswith("state_")}
+        return params, iteration, history, state or None
     return params, iteration, history

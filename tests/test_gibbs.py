@@ -1,0 +1,403 @@
+"""The Gibbs sampler: random streams, the row draw against numpy, exact conjugate posteriors,
+thread-count independence, and the sampled model end to end."""
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastcofi import MatrixFactorization, Ratings
+from fastcofi.kernels import gibbs as gk
+from fastcofi.train.gibbs import GibbsState, _sample_prior, kept_sweeps, run_chain
+
+from .conftest import JIT_DISABLED
+
+
+# -- streams -------------------------------------------------------------------------------------
+def _mix_reference(z):
+    m = 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % m
+    return z ^ (z >> 31)
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_64_bit_arithmetic_matches_python_integers(a, b):
+    assert int(gk._add64(np.uint64(a), np.uint64(b))) == (a + b) % 2**64
+    assert int(gk._mul64(np.uint64(a), np.uint64(b))) == (a * b) % 2**64
+    assert int(gk._mix64(np.uint64(a))) == _mix_reference(a)
+
+
+def test_streams_are_standard_normal_and_distinct_per_row_sweep_side():
+    n = 4000 if JIT_DISABLED else 40000
+    key = gk.stream_key(np.uint64(11), 3, 1)
+    z = np.empty(n)
+    gk.row_normals(key, 7, z)
+    assert abs(z.mean()) < 4 / np.sqrt(n) and abs(z.std() - 1) < 4 / np.sqrt(2 * n)
+    # Tail mass of a normal: P(|z| > 1.96) = 0.05.
+    assert abs(np.mean(np.abs(z) > 1.96) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / n)
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 4 / np.sqrt(n)
+    firsts = set()
+    for sweep in range(3):
+        for side in range(2):
+            k = gk.stream_key(np.uint64(11), sweep, side)
+            for row in range(5):
+                out = np.empty(2)
+                gk.row_normals(k, row, out)
+                firsts.add(tuple(out))
+    assert len(firsts) == 30
+    # Across rows (the way a half-sweep reads them), each position is standard normal too.
+    rows = 1000 if JIT_DISABLED else 10000
+    Z = np.empty((rows, 3))
+    for row in range(rows):
+        gk.row_normals(key, row, Z[row])
+    assert np.all(np.abs(Z.mean(axis=0)) < 4 / np.sqrt(rows))
+    assert np.all(np.abs(Z.std(axis=0) - 1) < 4 / np.sqrt(2 * rows))
+    u = gk.uniforms(key, n)
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 4 * np.sqrt(1 / 12 / n)
+
+
+# -- one conditional draw against numpy ----------------------------------------------------------
+def _reference_draw(cols, values, F, col_offset, row_offset, prior_mean, prior_precision, tau, z):
+    f = np.column_stack([F[cols], np.ones(len(cols))])
+    A = np.diag(prior_precision) + tau * f.T @ f
+    b = prior_precision * prior_mean + tau * f.T @ (values - col_offset[cols] - row_offset)
+    L = np.linalg.cholesky(A)
+    return np.linalg.solve(A, b) + np.linalg.solve(L.T, z)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(0, 6))
+def test_sample_row_matches_numpy_with_the_same_normals(seed, k, m):
+    rng = np.random.default_rng(seed)
+    n_cols = 8
+    cols = rng.choice(n_cols, size=m, replace=False).astype(np.int32)
+    values = rng.normal(3, 1, size=m)
+    F = rng.normal(0, 1, size=(n_cols, k))
+    col_offset = rng.normal(0, 0.5, size=n_cols)
+    prior_mean = rng.normal(0, 0.3, size=k + 1)
+    prior_precision = rng.uniform(0.5, 4, size=k + 1)
+    tau = float(rng.uniform(0.5, 3))
+    z = rng.normal(size=k + 1)
+    out = np.empty(k + 1)
+    ok = gk.sample_row(cols, values, F, col_offset, 0.7, prior_mean, prior_precision, tau, z,
+                       np.empty((k + 1, k + 1)), np.empty(k + 1), out)
+    assert ok
+    expected = _reference_draw(cols, values, F, col_offset, 0.7, prior_mean, prior_precision,
+                               tau, z)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def _csr(rows, cols, values, n_rows):
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.add.at(indptr, rows + 1, 1)
+    return np.cumsum(indptr), cols[order].astype(np.int32), values[order].astype(np.float64)
+
+
+def test_sample_rows_uses_each_rows_own_stream():
+    rng = np.random.default_rng(5)
+    n_rows, n_cols, k = 6, 5, 2
+    rows = np.repeat(np.arange(n_rows), 3)
+    cols = np.concatenate([rng.choice(n_cols, 3, replace=False) for _ in range(n_rows)])
+    indptr, cols, values = _csr(rows, cols, rng.normal(3, 1, rows.size), n_rows)
+    F = rng.normal(size=(n_cols, k))
+    col_bias = rng.normal(size=n_cols)
+    prior = (rng.normal(size=k + 1), rng.uniform(1, 2, size=k + 1))
+    key = gk.stream_key(np.uint64(9), 4, 0)
+    out, out_bias, sse = np.zeros((n_rows, k)), np.zeros(n_rows), np.zeros(n_rows)
+    chunks = np.array([0, 2, 6], dtype=np.int64)
+    assert gk.sample_rows(indptr, cols, values, chunks, F, col_bias, 3.0, *prior, 1.5, key,
+                          out, out_bias, sse) == 0
+    for r in range(n_rows):
+        z = np.empty(k + 1)
+        gk.row_normals(key, r, z)
+        s, e = indptr[r], indptr[r + 1]
+        expected = _reference_draw(cols[s:e], values[s:e], F, col_bias, 3.0, *prior, 1.5, z)
+        np.testing.assert_allclose(np.append(out[r], out_bias[r]), expected, rtol=1e-10)
+        resid = values[s:e] - 3.0 - col_bias[cols[s:e]] - out_bias[r] - F[cols[s:e]] @ out[r]
+        np.testing.assert_allclose(sse[r], np.sum(resid**2), rtol=1e-10)
+
+
+# -- exact posterior of a conjugate case ---------------------------------------------------------
+def test_many_draws_match_the_exact_gaussian_posterior():
+    # One row's conditional, repeated as many identical rows: each row has its own stream, so
+    # one half-sweep gives many independent draws of the same Gaussian.
+    rng = np.random.default_rng(2)
+    k, m = 2, 4
+    n_rows = 3000 if JIT_DISABLED else 20000
+    F = rng.normal(size=(m, k))
+    col_bias = rng.normal(0, 0.3, size=m)
+    y = rng.normal(3, 1, size=m)
+    prior_mean, prior_precision, tau = np.array([0.2, -0.1, 0.3]), np.array([2.0, 1.0, 4.0]), 2.5
+    indptr = np.arange(n_rows + 1, dtype=np.int64) * m
+    cols = np.tile(np.arange(m, dtype=np.int32), n_rows)
+    values = np.tile(y, n_rows)
+    chunks = np.linspace(0, n_rows, 5).astype(np.int64)
+    out, out_bias, sse = np.zeros((n_rows, k)), np.zeros(n_rows), np.zeros(n_rows)
+    gk.sample_rows(indptr, cols, values, chunks, F, col_bias, 3.0, prior_mean, prior_precision,
+                   tau, gk.stream_key(np.uint64(1), 1, 0), out, out_bias, sse)
+    draws = np.column_stack([out, out_bias])
+    f = np.column_stack([F, np.ones(m)])
+    precision = np.diag(prior_precision) + tau * f.T @ f
+    cov = np.linalg.inv(precision)
+    mean = cov @ (prior_precision * prior_mean + tau * f.T @ (y - 3.0 - col_bias))
+    se = np.sqrt(np.diag(cov) / n_rows)
+    assert np.all(np.abs(draws.mean(axis=0) - mean) < 4 * se)
+    sample_cov = np.cov(draws.T)
+    # Standard error of a covariance entry: sqrt((s_aa s_bb + s_ab^2) / n).
+    cov_se = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n_rows)
+    assert np.all(np.abs(sample_cov - cov) < 4.5 * cov_se)
+
+
+def test_hyperparameter_draws_match_the_normal_gamma_posterior():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(0.5, 0.7, size=(12, 1))
+    draws = np.array([_sample_prior(rows, rng)[:, 0] for _ in range(20000)])
+    n, mean = 12, rows.mean()
+    shape = 1.0 + n / 2
+    rate = 1.0 + 0.5 * (((rows - mean) ** 2).sum() + n * mean**2 / (1 + n))
+    # lambda ~ Gamma(shape, rate): mean shape / rate; m | lambda ~ N(n mean / (1 + n), ...).
+    assert abs(draws[:, 1].mean() - shape / rate) < 4 * np.sqrt(shape) / rate / np.sqrt(20000)
+    assert abs(draws[:, 0].mean() - n * mean / (1 + n)) < 0.01
+
+
+# -- the chain ------------------------------------------------------------------------------------
+def _planted(n_users=60, n_items=40, k=2, density=0.5, noise=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(n_users, k))
+    V = rng.normal(size=(n_items, k))
+    mask = rng.random((n_users, n_items)) < density
+    users, items = np.nonzero(mask)
+    truth = 3.0 + (U @ V.T)[users, items]
+    values = truth + rng.normal(0, noise, size=users.size)
+    return users, items, values, truth
+
+
+def _fit(users, items, values, **params):
+    params = {"n_factors": 2, "solver": "gibbs", "max_iter": 30, "random_state": 0, **params}
+    return MatrixFactorization(**params).fit(Ratings.from_arrays(users, items, values))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_chain_is_bit_identical_for_one_and_two_threads():
+    users, items, values, _ = _planted()
+    one = _fit(users, items, values, max_iter=6, n_threads=1)
+    two = _fit(users, items, values, max_iter=6, n_threads=2)
+    assert np.array_equal(one.item_factors_, two.item_factors_)
+    assert np.array_equal(one.user_factors_, two.user_factors_)
+    assert np.array_equal(one.user_bias_, two.user_bias_)
+
+
+def test_kept_sweeps_schedule():
+    assert kept_sweeps(10, 3, 2, 2).tolist() == [6, 8, 10]
+    assert kept_sweeps(10, 10, 5, 2).tolist() == [6, 8, 10]
+    assert kept_sweeps(5, 4, 0, 1).tolist() == [2, 3, 4, 5]
+
+
+def test_state_round_trips_through_arrays():
+    state = GibbsState(np.ones((3, 3)), np.zeros((2, 3)), 2.0, 2**64 - 5, 4)
+    state.sweep, state.n_kept = 7, 2
+    again = GibbsState.from_arrays(state.to_arrays())
+    assert (again.seed, again.sweep, again.n_kept, again.tau) == (2**64 - 5, 7, 2, 2.0)
+    assert np.array_equal(again.kept_items, state.kept_items)
+
+
+# -- the model -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small():
+    """A tiny planted problem and a short chain on it (tiny: the JIT-off pass runs it too)."""
+    users, items, values, _ = _planted(n_users=30, n_items=20, k=2, density=0.5)
+    ratings = Ratings.from_arrays(users, items, values)
+    model = MatrixFactorization(2, solver="gibbs", max_iter=30, n_samples=5, random_state=0)
+    return ratings, model.fit(ratings)
+
+
+def test_fit_stores_the_kept_draws_stacked_and_predicts_their_average(small):
+    ratings, model = small
+    assert model.n_samples_ == 5 and model.item_factors_.shape == (20, 10)
+    assert model.user_factors_.shape == (30, 10) and model.n_iter_ == 30
+    assert model.noise_variance_ > 0 and len(model.history_["noise_precision"]) == 30
+    # The stacked dot product is the draws' average: rebuild it from the per-draw pieces.
+    post = model._posterior
+    users, items = ratings.user_ids[[0, 3, 7]], ratings.item_ids[[1, 2, 5]]
+    X = model.item_factors_[[1, 2, 5]].reshape(3, 5, 2)
+    T = model.user_factors_[[0, 3, 7]].reshape(3, 5, 2)
+    draws = (model.global_mean_ + post["item_bias_samples"][[1, 2, 5]]
+             + post["user_bias_samples"][[0, 3, 7]] + 5 * np.einsum("nsk,nsk->ns", X, T))
+    expected = np.clip(draws.mean(axis=1), *model.rating_range_)
+    np.testing.assert_allclose(model.predict(users, items), expected, rtol=1e-12)
+    pred, std = model.predict(users, items, return_std=True)
+    np.testing.assert_allclose(pred, expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        std, np.sqrt(draws.var(axis=1) + post["noise_variances"].mean()), rtol=1e-12)
+    # Scalars give floats; unknown ids a fallback with a larger spread.
+    one = model.predict(users[0], items[0], return_std=True)
+    assert isinstance(one[0], float) and isinstance(one[1], float)
+    _, unknown_std = model.predict([users[0], -5], [-5, items[0]], return_std=True)
+    assert np.all(unknown_std > np.sqrt(model.noise_variance_))
+
+
+def test_same_seed_same_chain_and_seed_matters(small):
+    ratings, model = small
+    again = MatrixFactorization(2, solver="gibbs", max_iter=30, n_samples=5, random_state=0)
+    other = MatrixFactorization(2, solver="gibbs", max_iter=30, n_samples=5, random_state=1)
+    assert np.array_equal(again.fit(ratings).user_factors_, model.user_factors_)
+    assert not np.array_equal(other.fit(ratings).user_factors_, model.user_factors_)
+
+
+@pytest.mark.filterwarnings("ignore::fastcofi.train.solvers.ConvergenceWarning")
+def test_return_std_is_refused_without_a_posterior(small):
+    ratings, _ = small
+    model = MatrixFactorization(2, max_iter=5, random_state=0).fit(ratings)
+    with pytest.raises(ValueError, match="solver 'cg'.*no posterior"):
+        model.predict(ratings.user_ids[:2], ratings.item_ids[:2], return_std=True)
+    assert model.predict(ratings.user_ids[:2], ratings.item_ids[:2]).shape == (2,)
+
+
+def test_gibbs_parameters_are_checked():
+    ratings = Ratings.from_arrays([0, 1], [0, 1], [1.0, 2.0])
+    with pytest.raises(ValueError, match="normalize='biases'"):
+        MatrixFactorization(solver="gibbs", normalize="item_mean").fit(ratings)
+    with pytest.raises(ValueError, match="burn_in"):
+        MatrixFactorization(solver="gibbs", max_iter=5, burn_in=5).fit(ratings)
+    with pytest.raises(ValueError, match="n_samples"):
+        MatrixFactorization(solver="gibbs", n_samples=0).fit(ratings)
+    with pytest.raises(ValueError, match="thin"):
+        MatrixFactorization(solver="gibbs", thin=0).fit(ratings)
+    assert MatrixFactorization(max_iter=300)._gibbs_schedule() == (30, 2)
+
+
+def test_serving_paths_work_for_a_sampled_model(small, tmp_path):
+    from fastcofi import load_model
+
+    ratings, model = small
+    user = ratings.user_ids[0]
+    ids, scores = model.recommend(user, n=5)
+    assert ids.shape == (5,) and np.all(np.diff(scores) <= 0)
+    # A raw score is the unclipped average prediction.
+    i = np.searchsorted(model.item_ids_, ids[0])
+    np.testing.assert_allclose(
+        scores[0], model.global_mean_ + model.item_bias_[i] + model.user_bias_[0]
+        + model.item_factors_[i] @ model.user_factors_[0])
+    batch_ids, _ = model.recommend(ratings.user_ids[:3], n=4)
+    assert batch_ids.shape == (3, 4) and np.array_equal(batch_ids[0], ids[:4])
+    similar, sims = model.similar_items(ratings.item_ids[0], n=3)
+    assert similar.shape == (3,) and ratings.item_ids[0] not in similar
+    assert np.all(np.abs(sims) <= 1 + 1e-12)
+    # Fold-in of a training user's own ratings predicts close to the model's own predictions.
+    indptr, cols, values = ratings.by_user
+    own_items = ratings.item_ids[cols[indptr[0]:indptr[1]]]
+    vector, bias = model.fold_in(own_items, values[indptr[0]:indptr[1]])
+    assert vector.shape == (10,)
+    correlations = []
+    for row in range(5):
+        own = ratings.item_ids[cols[indptr[row]:indptr[row + 1]]]
+        folded = model.predict_new_user(own, values[indptr[row]:indptr[row + 1]],
+                                        ratings.item_ids)
+        trained = model.predict(np.full(20, ratings.user_ids[row]), ratings.item_ids)
+        correlations.append(np.corrcoef(folded, trained)[0, 1])
+    assert np.mean(correlations) > 0.9, correlations
+    grown = model.add_users(Ratings.from_arrays([1000, 1000], own_items[:2], [4.0, 2.0]))
+    _, std = grown.predict([1000, user], own_items[:2], return_std=True)
+    assert np.all(np.isfinite(std))
+    # The model file: version 3, the posterior kept, return_std the same after loading.
+    path = tmp_path / "gibbs.npz"
+    model.save(path)
+    loaded = load_model(path)
+    with np.load(path) as arrays:
+        assert int(arrays["format_version"]) == 3
+    pairs = (ratings.user_ids[[0, 1, 2]], ratings.item_ids[[3, 4, 0]])
+    for a, b in zip(model.predict(*pairs, return_std=True), loaded.predict(*pairs, return_std=True)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.n_samples_ == 5
+    np.testing.assert_array_equal(loaded.fold_in(own_items, values[indptr[0]:indptr[1]])[0],
+                                  vector)
+
+
+def test_model_file_of_a_sampled_model_is_checked(small, tmp_path):
+    from fastcofi.model_file import ModelFileError, load_model
+
+    _, model = small
+    path = tmp_path / "gibbs.npz"
+    model.save(path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    broken = dict(arrays, posterior_noise_variances=np.array([1.0, 2.0]))
+    np.savez(tmp_path / "broken.npz", **broken)
+    with pytest.raises(ModelFileError, match="do not divide|shape"):
+        load_model(tmp_path / "broken.npz")
+    old = dict(arrays, format_version=np.array(2))
+    np.savez(tmp_path / "old.npz", **old)
+    with pytest.raises(ModelFileError, match="version 3"):
+        load_model(tmp_path / "old.npz")
+
+
+def test_observers_verbose_callback_validation(small, capsys):
+    ratings, _ = small
+    seen = []
+
+    def callback(sweep, info):
+        seen.append((sweep, sorted(info)))
+        return sweep == 5
+
+    model = MatrixFactorization(2, solver="gibbs", max_iter=30, n_samples=5, random_state=0,
+                                verbose=True)
+    model.fit(ratings, validation=ratings, callback=callback)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("sweep    1  train_rmse ")
+    assert "noise_precision" in lines[0] and "val_rmse" in lines[0]
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5] and "val_rmse" in seen[0][1]
+    # Stopped before any kept sweep (14, 18, ..., 30): the last draw is served.
+    assert model.n_iter_ == 5 and model.n_samples_ == 1
+    assert len(model.history_["val_rmse"]) == 5
+    # The validation RMSE of the last sweep is that of the model served.
+    err = model.predict(*_pairs(ratings)) - ratings.coo()[2]
+    assert abs(np.sqrt(np.mean(err**2)) - model.history_["val_rmse"][-1]) < 1e-12
+
+
+def _pairs(ratings):
+    u, i, _ = ratings.coo()
+    return ratings.user_ids[u], ratings.item_ids[i]
+
+
+def test_validation_tracks_the_running_average_of_kept_draws(small):
+    ratings, model = small
+    again = MatrixFactorization(2, solver="gibbs", max_iter=30, n_samples=5, random_state=0)
+    again.fit(ratings, validation=ratings)
+    assert np.array_equal(again.user_factors_, model.user_factors_)  # observing changes nothing
+    err = again.predict(*_pairs(ratings)) - ratings.coo()[2]
+    assert abs(np.sqrt(np.mean(err**2)) - again.history_["val_rmse"][-1]) < 1e-12
+
+
+def test_resume_continues_the_chain_bit_identically(small, tmp_path):
+    ratings, model = small
+    path = tmp_path / "chain.npz"
+    params = dict(n_factors=2, solver="gibbs", max_iter=30, n_samples=5, random_state=0)
+    # Interrupted after sweep 27 (four kept draws made), then resumed with another seed: the
+    # checkpoint's seed and stream position win.
+    MatrixFactorization(**params).fit(
+        ratings, checkpoint=path, checkpoint_every=1, callback=lambda s, info: s == 27)
+    resumed = MatrixFactorization(**{**params, "random_state": 5}).fit(
+        ratings, checkpoint=path, resume=True)
+    assert resumed.n_iter_ == 30 and len(resumed.history_["cost"]) == 30
+    assert np.array_equal(resumed.item_factors_, model.item_factors_)
+    assert np.array_equal(resumed.user_bias_, model.user_bias_)
+    assert resumed.history_["cost"] == model.history_["cost"]
+    with pytest.raises(ValueError, match="other data or settings"):
+        MatrixFactorization(**{**params, "n_samples": 4}).fit(
+            ratings, checkpoint=path, resume=True)
+
+
+@pytest.mark.slow
+def test_predictive_intervals_cover_held_out_ratings():
+    # Planted continuous ratings with known noise: 90 % intervals should hold 90 % of new ones.
+    users, items, values, _ = _planted(n_users=400, n_items=300, k=3, density=0.25, noise=0.5,
+                                       seed=3)
+    test = np.random.default_rng(4).random(users.size) < 0.2
+    model = MatrixFactorization(3, solver="gibbs", max_iter=150, clip=False, random_state=0)
+    model.fit(Ratings.from_arrays(users[~test], items[~test], values[~test]))
+    assert abs(model.noise_variance_ - 0.25) < 0.02
+    pred, std = model.predict(users[test], items[test], return_std=True)
+    inside = np.abs(values[test] - pred) <= 1.6448536 * std
+    assert 0.88 <= inside.mean() <= 0.92, inside.mean()
