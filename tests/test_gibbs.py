@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from fastcofi import MatrixFactorization, Ratings
 from fastcofi.kernels import gibbs as gk
-from fastcofi.train.gibbs import GibbsState, _sample_prior, kept_sweeps, run_chain
+from fastcofi.train.gibbs import (
+    GibbsState, _sample_prior, kept_sweeps, run_chain, stack_samples,
+)
 
 from .conftest import JIT_DISABLED
 
@@ -243,6 +245,26 @@ def test_fit_stores_the_kept_draws_stacked_and_predicts_their_average(small):
     assert np.all(unknown_std > np.sqrt(model.noise_variance_))
 
 
+def test_stacked_factors_average_the_kept_draws():
+    users, items, values, _ = _planted(n_users=12, n_items=9, k=2)
+    ratings = Ratings.from_arrays(users, items, values)
+    rng = np.random.default_rng(0)
+    state = GibbsState(rng.normal(0, 0.1, (9, 3)), rng.normal(0, 0.1, (12, 3)), 1.0, 7, 4)
+    run_chain(ratings, 3.0, state, max_iter=10, keep=kept_sweeps(10, 4, 2, 2))
+    assert state.n_kept == 4
+    stacked = stack_samples(state)
+    X, T = state.kept_items, state.kept_users
+    average = np.mean(np.einsum("sik,suk->siu", X[:, :, :2], T[:, :, :2]), axis=0)
+    np.testing.assert_allclose(stacked["item_factors"] @ stacked["user_factors"].T, average,
+                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(stacked["item_bias"], X[:, :, 2].mean(axis=0), rtol=1e-12)
+    # User columns: each draw's factors over its prior standard deviation, split S ways.
+    precision = state.kept_user_prior[:, 1, :2]
+    blocks = stacked["user_factors"].reshape(12, 4, 2)
+    np.testing.assert_allclose(blocks * np.sqrt(4 / precision)[None], T[:, :, :2].transpose(1, 0, 2),
+                               rtol=1e-12)
+
+
 def test_same_seed_same_chain_and_seed_matters(small):
     ratings, model = small
     again = MatrixFactorization(2, solver="gibbs", max_iter=30, n_samples=5, random_state=0)
@@ -303,9 +325,14 @@ def test_serving_paths_work_for_a_sampled_model(small, tmp_path):
         trained = model.predict(np.full(20, ratings.user_ids[row]), ratings.item_ids)
         correlations.append(np.corrcoef(folded, trained)[0, 1])
     assert np.mean(correlations) > 0.9, correlations
-    grown = model.add_users(Ratings.from_arrays([1000, 1000], own_items[:2], [4.0, 2.0]))
-    _, std = grown.predict([1000, user], own_items[:2], return_std=True)
-    assert np.all(np.isfinite(std))
+    # A new user whose id sorts first: the old users' draws must stay with them.
+    grown = model.add_users(Ratings.from_arrays([-7, -7], own_items[:2], [4.0, 2.0]))
+    _, std = grown.predict([-7, -7], own_items[:2], return_std=True)
+    assert np.all(np.isfinite(std)) and np.all(std >= np.sqrt(model.noise_variance_))
+    old_pairs = (ratings.user_ids[:6], np.resize(ratings.item_ids[:4], 6))
+    for a, b in zip(model.predict(*old_pairs, return_std=True),
+                    grown.predict(*old_pairs, return_std=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
     # The model file: version 3, the posterior kept, return_std the same after loading.
     path = tmp_path / "gibbs.npz"
     model.save(path)
