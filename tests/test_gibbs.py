@@ -186,11 +186,14 @@ def _fit(users, items, values, **params):
     return MatrixFactorization(**params).fit(Ratings.from_arrays(users, items, values))
 
 
-@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2 or JIT_DISABLED,
+                    reason="needs 2 numba threads, and the JIT (without it nothing is parallel)")
 def test_chain_is_bit_identical_for_one_and_two_threads():
-    users, items, values, _ = _planted()
-    one = _fit(users, items, values, max_iter=6, n_threads=1)
-    two = _fit(users, items, values, max_iter=6, n_threads=2)
+    # Enough ratings for several chunks of rows per side, so two threads share the work.
+    users, items, values, _ = _planted(n_users=200, n_items=100, density=0.5)
+    assert Ratings.from_arrays(users, items, values)._user_chunks.shape[0] > 3
+    one = _fit(users, items, values, max_iter=4, n_threads=1)
+    two = _fit(users, items, values, max_iter=4, n_threads=2)
     assert np.array_equal(one.item_factors_, two.item_factors_)
     assert np.array_equal(one.user_factors_, two.user_factors_)
     assert np.array_equal(one.user_bias_, two.user_bias_)
