@@ -109,8 +109,8 @@ def test_sample_rows_uses_each_rows_own_stream():
     key = gk.stream_key(np.uint64(9), 4, 0)
     out, out_bias, sse = np.zeros((n_rows, k)), np.zeros(n_rows), np.zeros(n_rows)
     chunks = np.array([0, 2, 6], dtype=np.int64)
-    assert gk.sample_rows(indptr, cols, values, chunks, F, col_bias, 3.0, *prior, 1.5, key,
-                          out, out_bias, sse) == 0
+    assert gk.sample_rows(gk.Rows(indptr, cols, values, chunks), gk.Other(F, col_bias), 3.0,
+                          gk.Prior(*prior), 1.5, key, gk.Draws(out, out_bias, sse)) == 0
     for r in range(n_rows):
         z = np.empty(k + 1)
         gk.row_normals(key, r, z)
@@ -137,8 +137,9 @@ def test_many_draws_match_the_exact_gaussian_posterior():
     values = np.tile(y, n_rows)
     chunks = np.linspace(0, n_rows, 5).astype(np.int64)
     out, out_bias, sse = np.zeros((n_rows, k)), np.zeros(n_rows), np.zeros(n_rows)
-    gk.sample_rows(indptr, cols, values, chunks, F, col_bias, 3.0, prior_mean, prior_precision,
-                   tau, gk.stream_key(np.uint64(1), 1, 0), out, out_bias, sse)
+    gk.sample_rows(gk.Rows(indptr, cols, values, chunks), gk.Other(F, col_bias), 3.0,
+                   gk.Prior(prior_mean, prior_precision), tau, gk.stream_key(np.uint64(1), 1, 0),
+                   gk.Draws(out, out_bias, sse))
     draws = np.column_stack([out, out_bias])
     f = np.column_stack([F, np.ones(m)])
     precision = np.diag(prior_precision) + tau * f.T @ f

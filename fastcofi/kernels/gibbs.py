@@ -13,12 +13,18 @@ off the kernels run on numpy scalars, which warn on wrap-around, and the results
 same bits either way.
 """
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 from numba import prange
 
 from ._jit import _FASTMATH
 from .rowsolve import _cholesky_in_place
+from .vb import Rows
+
+__all__ = ["Draws", "Other", "Prior", "Rows", "row_normals", "sample_row", "sample_rows",
+           "stream_key"]
 
 _M32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
@@ -161,19 +167,46 @@ def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precis
     return True
 
 
-@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
-def sample_rows(
-    indptr, cols, values, chunks, F, col_bias, mu, prior_mean, prior_precision, tau, key,
-    out, out_bias, row_sse,
-):
-    """Half-sweep: draw every row of a CSR side from its conditional (`sample_row`), in parallel.
+class Other(NamedTuple):
+    """The other side's current draw: ``factors`` (n_other, k) and ``bias`` (n_other,)."""
 
-    ``F`` and ``col_bias`` are the other side's factors and biases; row ``r``'s offset is ``mu``.
-    Row ``r`` draws its normals from `row_normals` ``(key, r)``, so the result does not depend on
-    the threads. Writes ``out[r]`` (k factors), ``out_bias[r]`` and ``row_sse[r]``, the sum of
-    the row's squared residuals under the new draw (the noise precision's statistic). Returns the
-    number of rows whose system was not positive definite (left unchanged).
+    factors: np.ndarray
+    bias: np.ndarray
+
+
+class Prior(NamedTuple):
+    """A side's Gaussian prior per dimension of (factors, bias): ``mean`` and ``precision``,
+    each (k + 1,), the bias last."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+
+
+class Draws(NamedTuple):
+    """Where a half-sweep writes: ``factors`` (n, k), ``bias`` (n,) and ``sse`` (n,), the sum of
+    each row's squared residuals under its new draw (the noise precision's statistic)."""
+
+    factors: np.ndarray
+    bias: np.ndarray
+    sse: np.ndarray
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
+def sample_rows(rows, other, mu, prior, tau, key, out):
+    """Half-sweep: draw every row of one side from its conditional (`sample_row`), in parallel.
+
+    ``rows`` (`Rows`) holds the side's ratings, ``other`` (`Other`) the other side's draw, ``mu``
+    the global offset, ``prior`` (`Prior`) and ``tau`` the row prior and noise precision. Row
+    ``r`` draws its normals from `row_normals` ``(key, r)``, so the result does not depend on the
+    threads. Writes row ``r`` of every array of ``out`` (`Draws`). Returns the number of rows
+    whose system was not positive definite (left unchanged).
     """
+    # Bound to locals before the parallel loop: numba 0.68's parallel loops lose writes made
+    # through a tuple's field inside them (as in `fastcofi.kernels.vb`).
+    indptr, cols, values, chunks = rows.indptr, rows.indices, rows.values, rows.chunks
+    F, col_bias = other.factors, other.bias
+    prior_mean, prior_precision = prior.mean, prior.precision
+    out_factors, out_bias, row_sse = out.factors, out.bias, out.sse
     k = F.shape[1]
     d = k + 1
     n_chunks = chunks.shape[0] - 1
@@ -191,14 +224,14 @@ def sample_rows(
                 failures[ch] += 1
             else:
                 for q in range(k):
-                    out[r, q] = w[q]
+                    out_factors[r, q] = w[q]
                 out_bias[r] = w[k]
             sse = 0.0
             for p in range(start, end):
                 c = cols[p]
                 pred = mu + col_bias[c] + out_bias[r]
                 for q in range(k):
-                    pred += F[c, q] * out[r, q]
+                    pred += F[c, q] * out_factors[r, q]
                 sse += (values[p] - pred) ** 2
             row_sse[r] = sse
     return failures.sum()

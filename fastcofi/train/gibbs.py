@@ -151,6 +151,8 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
     item_bias = np.ascontiguousarray(state.item_rows[:, k])
     user_bias = np.ascontiguousarray(state.user_rows[:, k])
     item_sse, user_sse = np.zeros(n_items), np.zeros(n_users)
+    item_rows = _gibbs_kernels.Rows(*ratings.by_item, ratings._item_chunks)
+    user_rows = _gibbs_kernels.Rows(*ratings.by_user, ratings._user_chunks)
     history = {"cost": [], "seconds": []}
     start = time.perf_counter()
     with threads(n_threads):
@@ -158,15 +160,17 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
             rng = np.random.default_rng([state.seed, sweep])
             state.item_prior = _sample_prior(np.column_stack([X, item_bias]), rng)
             failed = _gibbs_kernels.sample_rows(
-                *ratings.by_item, ratings._item_chunks, Theta, user_bias, mu,
-                state.item_prior[0], state.item_prior[1], state.tau,
-                _gibbs_kernels.stream_key(seed, sweep, 0), X, item_bias, item_sse,
+                item_rows, _gibbs_kernels.Other(Theta, user_bias), mu,
+                _gibbs_kernels.Prior(*state.item_prior), state.tau,
+                _gibbs_kernels.stream_key(seed, sweep, 0),
+                _gibbs_kernels.Draws(X, item_bias, item_sse),
             )
             state.user_prior = _sample_prior(np.column_stack([Theta, user_bias]), rng)
             failed += _gibbs_kernels.sample_rows(
-                *ratings.by_user, ratings._user_chunks, X, item_bias, mu,
-                state.user_prior[0], state.user_prior[1], state.tau,
-                _gibbs_kernels.stream_key(seed, sweep, 1), Theta, user_bias, user_sse,
+                user_rows, _gibbs_kernels.Other(X, item_bias), mu,
+                _gibbs_kernels.Prior(*state.user_prior), state.tau,
+                _gibbs_kernels.stream_key(seed, sweep, 1),
+                _gibbs_kernels.Draws(Theta, user_bias, user_sse),
             )
             if failed:
                 raise FloatingPointError(
