@@ -296,6 +296,8 @@ def test_gibbs_parameters_are_checked():
         MatrixFactorization(solver="gibbs", n_samples=0).fit(ratings)
     with pytest.raises(ValueError, match="thin"):
         MatrixFactorization(solver="gibbs", thin=0).fit(ratings)
+    with pytest.raises(ValueError, match="make_objective"):
+        MatrixFactorization(solver="gibbs").fit(ratings, make_objective=lambda *a, **k: None)
     assert MatrixFactorization(max_iter=300)._gibbs_schedule() == (30, 2)
 
 
