@@ -1,7 +1,8 @@
-"""fastcofi side by side with Surprise and cornac on MovieLens 100K (BENCHMARKS.md protocols).
+"""fastcofi side by side with Surprise, cornac and myFM on MovieLens 100K (BENCHMARKS.md protocols).
 
     python3 bench/compare_peers.py [--data ../shared/data/ml-100k] \
-        [--peers-python /path/to/venv/bin/python]
+        [--peers-python /path/to/venv/bin/python] [--myfm-python /path/to/venv/bin/python] \
+        [--configs cg,als,vb,tutorial,gibbs] [--out peers]
 
 Protocol A: official folds u1..u5, mean RMSE/MAE, median fit seconds. Protocol B: u.data in file
 order, test rows ``default_rng(42).permutation(n)[:20000]``, fit seeds 0, 1, 2 averaged.
@@ -13,7 +14,12 @@ The peers are optional and never dependencies: they run in a separate interprete
 when it is missing their rows are left out. As BENCHMARKS.md asks, each peer model fits each fold
 in a fresh process: Surprise's fit time grows with its process's history (in one process for all
 folds and models it took 0.85 s per fold under protocol A, against 0.47-0.70 s in fresh ones).
-fastcofi's fits share one process. Writes bench/results/peers.json and peers.md.
+fastcofi's fits share one process. myFM (pip package ``myfm``, Bayesian factorization machine by
+Gibbs sampling, C++, one thread) runs from its own interpreter (``--myfm-python``) on one-hot
+user and item columns, as ``MyFMRegressor(rank=10)`` with the sweeps and kept samples of
+fastcofi's ``solver="gibbs"`` defaults (300 and 100) and with BENCHMARKS.md's (200 and 180); a
+test user or item unseen in training has no column (myFM then uses what it has). Writes
+bench/results/<out>.json and <out>.md (``--out``, default peers).
 """
 
 import argparse
@@ -39,7 +45,28 @@ for fold in spec["folds"]:
     train = np.load(fold["train"]); test = np.load(fold["test"])
     for name in spec["models"]:
         for seed in fold["seeds"]:
-            if name.startswith("surprise"):
+            if name.startswith("myfm"):
+                import scipy.sparse as sps
+                from myfm import MyFMRegressor
+                n_iter, n_kept = {"myfm": (300, 100), "myfm_200_180": (200, 180)}[name]
+                users = {u: j for j, u in enumerate(np.unique(train[:, 0]))}
+                items = {i: j for j, i in enumerate(np.unique(train[:, 1]))}
+                def onehot(rows):
+                    r, c = [], []
+                    for n, (u, i) in enumerate(rows[:, :2]):
+                        if u in users:
+                            r.append(n); c.append(users[u])
+                        if i in items:
+                            r.append(n); c.append(len(users) + items[i])
+                    return sps.csr_matrix((np.ones(len(r)), (r, c)),
+                                          shape=(len(rows), len(users) + len(items)))
+                x_train, x_test = onehot(train), onehot(test)
+                fm = MyFMRegressor(rank=10, random_seed=seed)
+                t = time.perf_counter()
+                fm.fit(x_train, train[:, 2].astype(float), n_iter=n_iter, n_kept_samples=n_kept)
+                fit = time.perf_counter() - t
+                pred = fm.predict(x_test)
+            elif name.startswith("surprise"):
                 import pandas as pd
                 from surprise import SVD, SVDpp, BaselineOnly, Dataset, Reader
                 df = pd.DataFrame(train[:, :3], columns=["u", "i", "r"])
@@ -73,6 +100,19 @@ for fold in spec["folds"]:
             print(json.dumps(out[-1]), flush=True)
 json.dump(out, open(sys.argv[2], "w"))
 """
+
+
+CONFIGS = {
+    "cg": ("fastcofi (defaults, CG)", {}),
+    "als": ("fastcofi (defaults, ALS)", {"solver": "als"}),
+    "vb": ("fastcofi (variational Bayes, solver=vb)", {"solver": "vb"}),
+    "tutorial": ("fastcofi (tutorial: item mean, k=10, reg 10, CG)", {
+        "normalize": "item_mean", "reg": 10.0, "reg_weighting": "none", "tol": 1e-4,
+    }),
+    "gibbs": ("fastcofi (Gibbs, solver=gibbs: 300 sweeps, 100 kept)", {"solver": "gibbs"}),
+    "gibbs600": ("fastcofi (Gibbs, max_iter=600: 200 kept)",
+                 {"solver": "gibbs", "max_iter": 600, "n_samples": 200}),
+}
 
 
 def load_tab(path):
@@ -156,25 +196,26 @@ def main():
     parser.add_argument("--data", default=str(shared_data() / "ml-100k"))
     parser.add_argument("--peers-python", default=None)
     parser.add_argument("--peers", default="surprise_svd,surprise_svdpp,cornac_mf")
+    parser.add_argument("--myfm-python", default=None,
+                        help="a virtualenv's python with myfm installed (its own: never ours)")
+    parser.add_argument("--myfm", default="myfm,myfm_200_180")
     parser.add_argument("--protocols", default="A,B")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"fastcofi configurations, of {', '.join(CONFIGS)}")
+    parser.add_argument("--out", default="peers", help="results file stem in bench/results")
     args = parser.parse_args()
     data = Path(args.data)
-    configs = {
-        "fastcofi (defaults, CG)": {},
-        "fastcofi (defaults, ALS)": {"solver": "als"},
-        "fastcofi (variational Bayes, solver=vb)": {"solver": "vb"},
-        "fastcofi (tutorial: item mean, k=10, reg 10, CG)": {
-            "normalize": "item_mean", "reg": 10.0, "reg_weighting": "none", "tol": 1e-4,
-        },
-    }
+    configs = {CONFIGS[key][0]: CONFIGS[key][1] for key in args.configs.split(",") if key}
     report = {}
     for protocol in args.protocols.split(","):
         rows = fastcofi_rows(data, protocol, configs)
         if args.peers_python:
             rows += peer_rows(data, protocol, args.peers_python, args.peers.split(","))
+        if args.myfm_python:
+            rows += peer_rows(data, protocol, args.myfm_python, args.myfm.split(","))
         report[protocol] = {"summary": summarize(rows), "rows": rows}
         print(json.dumps({protocol: report[protocol]["summary"]}, indent=1), flush=True)
-    write_json(RESULTS / "peers.json", {**report, "environment": environment()})
+    write_json(RESULTS / f"{args.out}.json", {**report, "environment": environment()})
     lines = []
     for protocol, doc in report.items():
         lines += [f"Protocol {protocol}", "", "| model | RMSE | MAE | fit s (median) |",
@@ -184,7 +225,7 @@ def main():
                 f"| {name} | {s['rmse']:.4f} | {s['mae']:.4f} | {s['fit_s_median']:.3f} |"
             )
         lines.append("")
-    (RESULTS / "peers.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
