@@ -514,10 +514,16 @@ class MatrixFactorization:
         return burn_in, thin
 
     def _fit_gibbs(self, ratings, validation, callback, checkpoint, checkpoint_every, resume):
-        """`fit` for ``solver="gibbs"``: run the chain (`fastcofi.gibbs.run_chain`) with the
-        observers asked for, then store the kept draws stacked (`fastcofi.gibbs.stack_samples`).
+        """`fit` for ``solver="gibbs"``: run the chain (`fastcofi.train.gibbs.run_chain`) with the
+        observers asked for, then store the kept draws stacked (`stack_samples`).
         """
-        from .train.gibbs import GibbsState, kept_sweeps, run_chain, sample_predictions, stack_samples
+        from .train.gibbs import (
+            GibbsState,
+            kept_sweeps,
+            run_chain,
+            sample_predictions,
+            stack_samples,
+        )
 
         n_items, n_users, k = ratings.n_items, ratings.n_users, int(self.n_factors)
         values = ratings.values

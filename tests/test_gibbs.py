@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 from fastcofi import MatrixFactorization, Ratings
 from fastcofi.kernels import gibbs as gk
 from fastcofi.train.gibbs import (
-    GibbsState, _sample_prior, kept_sweeps, run_chain, stack_samples,
+    GibbsState,
+    _sample_prior,
+    kept_sweeps,
+    run_chain,
+    stack_samples,
 )
 
 from .conftest import JIT_DISABLED
@@ -321,7 +325,7 @@ def test_serving_paths_work_for_a_sampled_model(small, tmp_path):
     # Fold-in of a training user's own ratings predicts close to the model's own predictions.
     indptr, cols, values = ratings.by_user
     own_items = ratings.item_ids[cols[indptr[0]:indptr[1]]]
-    vector, bias = model.fold_in(own_items, values[indptr[0]:indptr[1]])
+    vector, _ = model.fold_in(own_items, values[indptr[0]:indptr[1]])
     assert vector.shape == (10,)
     correlations = []
     for row in range(5):
@@ -411,7 +415,8 @@ def test_validation_tracks_the_running_average_of_kept_draws(small):
 def test_resume_continues_the_chain_bit_identically(small, tmp_path):
     ratings, model = small
     path = tmp_path / "chain.npz"
-    params = dict(n_factors=2, solver="gibbs", max_iter=30, n_samples=5, random_state=0)
+    params = {"n_factors": 2, "solver": "gibbs", "max_iter": 30, "n_samples": 5,
+              "random_state": 0}
     # Interrupted after sweep 27 (four kept draws made), then resumed with another seed: the
     # checkpoint's seed and stream position win.
     MatrixFactorization(**params).fit(

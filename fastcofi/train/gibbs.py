@@ -11,7 +11,7 @@ to choose, and the setting whose accuracy on MovieLens is the reference here (my
 conditionals stay fully correlated Gaussians either way.
 
 One sweep draws, in order: the item hyperparameters given the item rows, every item row
-(`fastcofi._gibbs_kernels.sample_rows`, in parallel), the user hyperparameters, every user row,
+(`fastcofi.kernels.gibbs.sample_rows`, in parallel), the user hyperparameters, every user row,
 then ``tau`` given all residuals. Rows draw from counter-based streams keyed by (seed, sweep,
 side, row); the few hyperparameter draws of sweep ``s`` come from
 ``numpy.random.default_rng([seed, s])``. The chain's position is therefore just (seed, sweep):
@@ -25,7 +25,8 @@ import numpy as np
 from .._parallel import threads
 from ..kernels import gibbs as _gibbs_kernels
 
-__all__ = ["GibbsState", "kept_sweeps", "run_chain", "stack_samples", "sample_predictions"]
+__all__ = ["GibbsState", "kept_sweeps", "predictive", "run_chain", "sample_predictions",
+           "stack_samples"]
 
 # Hyperprior constants (libFM's and myFM's defaults): Gamma(shape, rate) on precisions, and the
 # prior mean's own weight gamma0 (in units of lambda) around 0.
@@ -144,7 +145,7 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
     """
     k = state.item_rows.shape[1] - 1
     n_items, n_users, nnz = ratings.n_items, ratings.n_users, ratings.nnz
-    keep = set(int(s) for s in keep)
+    keep = {int(s) for s in keep}
     seed = np.uint64(state.seed)
     X = np.ascontiguousarray(state.item_rows[:, :k])
     Theta = np.ascontiguousarray(state.user_rows[:, :k])
