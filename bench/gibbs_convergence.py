@@ -20,7 +20,7 @@ import numpy as np
 from harness import RESULTS, environment, shared_data, write_json
 
 from fastcofi import MatrixFactorization, Ratings
-from fastcofi.train.gibbs import kept_sweeps
+from fastcofi.train.gibbs import kept_sweeps, schedule
 
 
 def load(path):
@@ -52,7 +52,9 @@ def main():
         if params.get("solver") == "gibbs":
             # Sweeps before this one score the current draw, not an average.
             curves[name]["first_kept_sweep"] = int(
-                kept_sweeps(model.max_iter, model.n_samples, *model._gibbs_schedule())[0])
+                kept_sweeps(model.max_iter, model.n_samples,
+                            *schedule(model.max_iter, model.n_samples, model.burn_in,
+                                      model.thin))[0])
         best = int(np.argmin(model.history_["val_rmse"]))
         print(f"{name}: {len(model.history_['seconds'])} iterations, "
               f"{model.history_['seconds'][-1]:.2f} s, final test RMSE "

@@ -2,17 +2,17 @@
 
 import logging
 import os
-import sys
 
 import numpy as np
 
 from . import serving
 from ._model_format import save_model
-from ._parallel import check_n_threads
+from ._params import check_fit_args, check_params
 from .data.ids import lookup
-from .data.ratings import Ratings, value_moments
+from .data.ratings import value_moments
 from .train.checkpoint import read_checkpoint, write_checkpoint
-from .train.objective import WEIGHT_POWERS, FlatObjective
+from .train.gibbs import fit_gibbs
+from .train.objective import FlatObjective
 from .train.observers import (
     Checkpointing,
     EarlyStopping,
@@ -22,38 +22,18 @@ from .train.observers import (
     debug_log,
 )
 from .train.solvers import minimize_als, minimize_scipy
-from .train.vb import minimize_vb
+from .train.vb import minimize_vb, set_vb_posterior
 
 __all__ = ["MatrixFactorization"]
 
 logger = logging.getLogger("fastcofi")
 
-_NORMALIZE = ("item_mean", "biases", "none")
-_SOLVERS = ("cg", "lbfgs", "als", "vb", "gibbs")
 _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 # The default factor penalty, per unit of the training ratings' standard deviation: 1.29-1.30 on
 # ML-100K's folds (std 1.12-1.13), where 1.3 was tuned.
 _REG_PER_STD = 1.15
 
 
-def _check_fit_args(solver, ratings, validation, checkpoint, checkpoint_every, resume):
-    if not isinstance(ratings, Ratings):
-        raise TypeError(f"ratings must be a fastcofi.Ratings, found {type(ratings).__name__}")
-    if validation is not None and not isinstance(validation, Ratings):
-        raise TypeError(
-            f"validation must be a fastcofi.Ratings, found {type(validation).__name__}"
-        )
-    if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-        raise ValueError(
-            f"checkpoint_every must be a positive integer, found {checkpoint_every!r}"
-        )
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    if checkpoint is not None and solver == "vb":
-        raise ValueError(
-            "solver='vb' does not checkpoint (its state holds a covariance per row); "
-            "use solver 'cg', 'lbfgs' or 'als' with checkpoint="
-        )
 
 
 def _item_means(ratings, global_mean):
@@ -266,68 +246,7 @@ class MatrixFactorization:
         return f"{type(self).__name__}({changed})"
 
     def _check_params(self):
-        def positive_int(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, found {value!r}")
-
-        def non_negative(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ValueError(f"{name} must be a number >= 0, found {value!r}")
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, found {value!r}")
-
-        positive_int("n_factors")
-        positive_int("max_iter")
-        positive_int("patience")
-        if self.reg is not None:
-            non_negative("reg")
-        non_negative("tol")
-        non_negative("init_scale")
-        if self.reg_bias is not None:
-            non_negative("reg_bias")
-        if self.normalize not in _NORMALIZE:
-            raise ValueError(f"normalize must be one of {_NORMALIZE}, found {self.normalize!r}")
-        if self.reg_weighting not in WEIGHT_POWERS:
-            raise ValueError(
-                f"reg_weighting must be one of {tuple(WEIGHT_POWERS)}, found "
-                f"{self.reg_weighting!r}"
-            )
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, found {self.solver!r}")
-        if self.solver == "vb" and self.normalize != "biases":
-            raise ValueError(
-                "solver='vb' learns the biases with the factors: it needs normalize='biases', "
-                f"found normalize={self.normalize!r}"
-            )
-        if self.solver == "gibbs" and self.normalize != "biases":
-            raise ValueError(
-                "solver='gibbs' samples the biases with the factors: it needs "
-                f"normalize='biases', found normalize={self.normalize!r}"
-            )
-        positive_int("n_samples")
-        if self.thin is not None:
-            positive_int("thin")
-        if self.burn_in is not None:
-            value = self.burn_in
-            if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                    or not 0 <= value < self.max_iter):
-                raise ValueError(
-                    f"burn_in must be None or an integer in [0, max_iter={self.max_iter}), "
-                    f"found {value!r}"
-                )
-        check_n_threads(self.n_threads)
-        clip = self.clip
-        if not isinstance(clip, bool):
-            try:
-                low, high = (float(v) for v in clip)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"clip must be True, False or (low, high), found {clip!r}"
-                ) from None
-            if not low <= high:
-                raise ValueError(f"clip must have low <= high, found {clip!r}")
+        check_params(self)
 
     # -- training -----------------------------------------------------------------------------
     def fit(
@@ -372,14 +291,14 @@ class MatrixFactorization:
         self
         """
         self._check_params()
-        _check_fit_args(self.solver, ratings, validation, checkpoint, checkpoint_every, resume)
+        check_fit_args(self.solver, ratings, validation, checkpoint, checkpoint_every, resume)
         if self.solver == "gibbs":
             if make_objective is not FlatObjective:
                 raise ValueError(
                     "solver='gibbs' samples rows on this machine and takes no make_objective; "
                     f"found {make_objective!r}"
                 )
-            return self._fit_gibbs(ratings, validation, callback, checkpoint, checkpoint_every,
+            return fit_gibbs(self, ratings, validation, callback, checkpoint, checkpoint_every,
                                    resume)
         global_mean, variance = value_moments(ratings.values)
         item_means = _item_means(ratings, global_mean) if self.normalize == "item_mean" else None
@@ -426,7 +345,7 @@ class MatrixFactorization:
         if stopping is not None:
             history.setdefault("val_rmse", [])
         self._set_params(objective, stopping.best_params if kept else params)
-        self._set_posterior(vb_state)
+        set_vb_posterior(self, vb_state)
         self.n_iter_ = n_iter
         self.best_iteration_ = stopping.best_iteration if kept else n_iter
         self.result_ = result
@@ -490,159 +409,6 @@ class MatrixFactorization:
             return float(np.sqrt(np.mean((pred - values) ** 2)))
 
         return rmse
-
-    def _set_posterior(self, vb_state):
-        """VB's learned variances (None for the other solvers), and its factors rescaled."""
-        self.noise_variance_ = self.user_bias_variance_ = self._posterior = None
-        self.n_samples_ = 1
-        if vb_state is None:
-            return
-        # Unit prior variance on the user side makes fold-in a plain ridge solve.
-        k = int(self.n_factors)
-        scale = np.sqrt(vb_state["user_variances"][:k])
-        self.item_factors_ *= scale
-        self.user_factors_ /= scale
-        self.noise_variance_ = float(vb_state["noise_variance"])
-        self.user_bias_variance_ = float(vb_state["user_variances"][k])
-
-    def _gibbs_schedule(self):
-        """(burn_in, thin) of ``solver="gibbs"``, None resolved (see the class docstring)."""
-        max_iter = int(self.max_iter)
-        burn_in = max_iter // 10 if self.burn_in is None else int(self.burn_in)
-        thin = (max(1, (max_iter - burn_in) // int(self.n_samples)) if self.thin is None
-                else int(self.thin))
-        return burn_in, thin
-
-    def _fit_gibbs(self, ratings, validation, callback, checkpoint, checkpoint_every, resume):
-        """`fit` for ``solver="gibbs"``: run the chain (`fastcofi.train.gibbs.run_chain`) with the
-        observers asked for, then store the kept draws stacked (`stack_samples`).
-        """
-        from .train.gibbs import (
-            GibbsState,
-            kept_sweeps,
-            run_chain,
-            sample_predictions,
-            stack_samples,
-        )
-
-        n_items, n_users, k = ratings.n_items, ratings.n_users, int(self.n_factors)
-        values = ratings.values
-        global_mean, variance = value_moments(values)
-        max_iter = int(self.max_iter)
-        burn_in, thin = self._gibbs_schedule()
-        keep = kept_sweeps(max_iter, self.n_samples, burn_in, thin)
-        rng = np.random.default_rng(self.random_state)
-        scale = float(self.init_scale)
-        item_rows = np.column_stack([rng.normal(0.0, scale, (n_items, k)), np.zeros(n_items)])
-        user_rows = np.column_stack([rng.normal(0.0, scale, (n_users, k)), np.zeros(n_users)])
-        seed = int(rng.integers(0, 2**64, dtype=np.uint64))
-        state = GibbsState(item_rows, user_rows, 1.0 / max(variance, 1e-12), seed, max(len(keep), 1))
-        fingerprint = {
-            **{key: self.get_params()[key] for key in ("n_factors", "normalize", "solver",
-                                                        "max_iter", "n_samples")},
-            "burn_in_used": burn_in, "thin_used": thin,
-            "n_users": n_users, "n_items": n_items, "nnz": ratings.nnz,
-            "ratings_sum": float(values.sum(dtype=np.float64)),
-        }
-        prior = {}
-        if resume and os.path.exists(checkpoint):
-            _, _, prior, arrays = read_checkpoint(checkpoint, fingerprint, with_state=True)
-            if arrays is None:
-                raise ValueError(f"{checkpoint}: not a checkpoint of a Gibbs chain (no state)")
-            state = GibbsState.from_arrays(arrays)
-        prior_seconds = prior["seconds"][-1] if prior.get("seconds") else 0.0
-        history = {key: list(prior.get(key, [])) for key in ("cost", "seconds",
-                                                             "noise_precision")}
-
-        val_pairs = None
-        if validation is not None:
-            v_users, v_items, v_values = validation.coo()
-            val_pairs = (
-                lookup(ratings.user_ids, validation.user_ids)[0][v_users],
-                lookup(ratings.item_ids, validation.item_ids)[0][v_items],
-                np.asarray(v_values, dtype=np.float64),
-            )
-            history["val_rmse"] = list(prior.get("val_rmse", []))
-            # The running sum of the kept draws' validation predictions (rebuilt on resume).
-            val_sum = np.zeros(val_pairs[2].shape[0])
-            for slot in range(state.n_kept):
-                val_sum += sample_predictions(state.kept_items[slot], state.kept_users[slot],
-                                              global_mean, *val_pairs[:2])
-        self._set_data_state(ratings, global_mean, None)
-        bounds = (
-            self.rating_range_ if self.clip is True else None if self.clip is False
-            else tuple(float(v) for v in self.clip))
-
-        def on_sweep(sweep, state_, info):
-            kept = info["kept"]
-            info = {"cost": info["cost"], "seconds": info["seconds"] + prior_seconds,
-                    "train_rmse": info["train_rmse"], "noise_precision": info["noise_precision"]}
-            history["cost"].append(info["cost"])
-            history["seconds"].append(info["seconds"])
-            history["noise_precision"].append(info["noise_precision"])
-            if val_pairs is not None:
-                # The running average of the kept draws; before the first, the current draw.
-                if kept:
-                    val_sum[...] += sample_predictions(
-                        state_.item_rows, state_.user_rows, global_mean, *val_pairs[:2])
-                if state_.n_kept:
-                    pred = val_sum / state_.n_kept
-                else:
-                    pred = sample_predictions(state_.item_rows, state_.user_rows, global_mean,
-                                              *val_pairs[:2])
-                if bounds is not None:
-                    pred = np.clip(pred, *bounds)
-                info["val_rmse"] = float(np.sqrt(np.mean((pred - val_pairs[2]) ** 2)))
-                history["val_rmse"].append(info["val_rmse"])
-            if self.verbose:
-                extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
-                print(
-                    f"sweep {sweep:4d}  train_rmse {info['train_rmse']:.4f}  noise_precision "
-                    f"{info['noise_precision']:.4g}  kept {state_.n_kept}  "
-                    f"{info['seconds']:.2f}s{extra}",
-                    file=sys.stderr,
-                )
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("sweep %d: %s", sweep, info)
-            stop = bool(callback(sweep, info)) if callback is not None else False
-            if checkpoint is not None and sweep % checkpoint_every == 0:
-                write_gibbs_checkpoint()
-            return stop
-
-        def write_gibbs_checkpoint():
-            params = np.concatenate([state.item_rows.ravel(), state.user_rows.ravel()])
-            write_checkpoint(checkpoint, params, state.sweep, history, fingerprint,
-                             state=state.to_arrays())
-
-        run_chain(ratings, global_mean, state, max_iter=max_iter, keep=keep,
-                  n_threads=self.n_threads, on_sweep=on_sweep)
-        if checkpoint is not None:
-            write_gibbs_checkpoint()
-        if state.n_kept == 0:
-            # Stopped (by the callback) before the first kept sweep: serve the last draw.
-            state.kept_items[0], state.kept_users[0] = state.item_rows, state.user_rows
-            state.kept_item_prior[0], state.kept_user_prior[0] = (state.item_prior,
-                                                                  state.user_prior)
-            state.kept_tau[0] = state.tau
-            state.n_kept = 1
-        stacked = stack_samples(state)
-        self.item_factors_ = stacked.pop("item_factors")
-        self.user_factors_ = stacked.pop("user_factors")
-        self.item_bias_ = stacked.pop("item_bias")
-        self.user_bias_ = stacked.pop("user_bias")
-        self.user_bias_variance_ = stacked.pop("user_bias_variance")
-        self.noise_variance_ = float(np.mean(stacked["noise_variances"]))
-        self._posterior = stacked
-        self.n_samples_ = state.n_kept
-        # The penalties fold-in uses (see _fold_in_penalty), recorded as for the other solvers.
-        self.reg_ = self.noise_variance_
-        self.reg_bias_ = self.noise_variance_ / self.user_bias_variance_
-        self.n_iter_ = self.best_iteration_ = state.sweep
-        self.result_ = None
-        if val_pairs is None:
-            history.pop("val_rmse", None)
-        self.history_ = history
-        return self
 
     def _penalties(self, variance):
         """(reg, reg_bias) as used in training: ``reg=None`` resolved from the training ratings'

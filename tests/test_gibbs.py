@@ -14,6 +14,7 @@ from fastcofi.train.gibbs import (
     _sample_prior,
     kept_sweeps,
     run_chain,
+    schedule,
     stack_samples,
 )
 
@@ -302,7 +303,7 @@ def test_gibbs_parameters_are_checked():
         MatrixFactorization(solver="gibbs", thin=0).fit(ratings)
     with pytest.raises(ValueError, match="make_objective"):
         MatrixFactorization(solver="gibbs").fit(ratings, make_objective=lambda *a, **k: None)
-    assert MatrixFactorization(max_iter=300)._gibbs_schedule() == (30, 2)
+    assert schedule(300, 100, None, None) == (30, 2)
 
 
 def test_serving_paths_work_for_a_sampled_model(small, tmp_path):

@@ -18,12 +18,20 @@ side, row); the few hyperparameter draws of sweep ``s`` come from
 a checkpoint that stores the state after sweep ``s`` resumes bit-identically.
 """
 
+import logging
+import os
+import sys
 import time
 
 import numpy as np
 
 from .._parallel import threads
+from ..data.ids import lookup
+from ..data.ratings import value_moments
 from ..kernels import gibbs as _gibbs_kernels
+from .checkpoint import read_checkpoint, write_checkpoint
+
+logger = logging.getLogger("fastcofi")
 
 __all__ = ["GibbsState", "kept_sweeps", "predictive", "run_chain", "sample_predictions",
            "stack_samples"]
@@ -302,3 +310,137 @@ def predictive(posterior, item_factors, user_factors, mu, u_index, i_index):
                     + 1.0 / item_prec[:, k] + 1.0 / user_prec[:, k])
         variance[neither] += float(np.mean(both_var))
     return mean, variance
+
+
+def schedule(max_iter, n_samples, burn_in, thin):
+    """``(burn_in, thin)`` with None resolved: a tenth of the sweeps burnt in, the kept draws
+    spread over the rest of the chain."""
+    max_iter = int(max_iter)
+    burn_in = max_iter // 10 if burn_in is None else int(burn_in)
+    thin = (max(1, (max_iter - burn_in) // int(n_samples)) if thin is None
+            else int(thin))
+    return burn_in, thin
+
+
+def fit_gibbs(model, ratings, validation, callback, checkpoint, checkpoint_every, resume):
+    """`MatrixFactorization.fit` for ``solver="gibbs"``, setting ``model``'s fitted attributes: run the chain (`fastcofi.train.gibbs.run_chain`) with the
+    observers asked for, then store the kept draws stacked (`stack_samples`).
+    """
+    n_items, n_users, k = ratings.n_items, ratings.n_users, int(model.n_factors)
+    values = ratings.values
+    global_mean, variance = value_moments(values)
+    max_iter = int(model.max_iter)
+    burn_in, thin = schedule(model.max_iter, model.n_samples, model.burn_in, model.thin)
+    keep = kept_sweeps(max_iter, model.n_samples, burn_in, thin)
+    rng = np.random.default_rng(model.random_state)
+    scale = float(model.init_scale)
+    item_rows = np.column_stack([rng.normal(0.0, scale, (n_items, k)), np.zeros(n_items)])
+    user_rows = np.column_stack([rng.normal(0.0, scale, (n_users, k)), np.zeros(n_users)])
+    seed = int(rng.integers(0, 2**64, dtype=np.uint64))
+    state = GibbsState(item_rows, user_rows, 1.0 / max(variance, 1e-12), seed, max(len(keep), 1))
+    fingerprint = {
+        **{key: model.get_params()[key] for key in ("n_factors", "normalize", "solver",
+                                                    "max_iter", "n_samples")},
+        "burn_in_used": burn_in, "thin_used": thin,
+        "n_users": n_users, "n_items": n_items, "nnz": ratings.nnz,
+        "ratings_sum": float(values.sum(dtype=np.float64)),
+    }
+    prior = {}
+    if resume and os.path.exists(checkpoint):
+        _, _, prior, arrays = read_checkpoint(checkpoint, fingerprint, with_state=True)
+        if arrays is None:
+            raise ValueError(f"{checkpoint}: not a checkpoint of a Gibbs chain (no state)")
+        state = GibbsState.from_arrays(arrays)
+    prior_seconds = prior["seconds"][-1] if prior.get("seconds") else 0.0
+    history = {key: list(prior.get(key, [])) for key in ("cost", "seconds",
+                                                         "noise_precision")}
+
+    val_pairs = None
+    if validation is not None:
+        v_users, v_items, v_values = validation.coo()
+        val_pairs = (
+            lookup(ratings.user_ids, validation.user_ids)[0][v_users],
+            lookup(ratings.item_ids, validation.item_ids)[0][v_items],
+            np.asarray(v_values, dtype=np.float64),
+        )
+        history["val_rmse"] = list(prior.get("val_rmse", []))
+        # The running sum of the kept draws' validation predictions (rebuilt on resume).
+        val_sum = np.zeros(val_pairs[2].shape[0])
+        for slot in range(state.n_kept):
+            val_sum += sample_predictions(state.kept_items[slot], state.kept_users[slot],
+                                          global_mean, *val_pairs[:2])
+    model._set_data_state(ratings, global_mean, None)
+    bounds = (
+        model.rating_range_ if model.clip is True else None if model.clip is False
+        else tuple(float(v) for v in model.clip))
+
+    def on_sweep(sweep, state_, info):
+        kept = info["kept"]
+        info = {"cost": info["cost"], "seconds": info["seconds"] + prior_seconds,
+                "train_rmse": info["train_rmse"], "noise_precision": info["noise_precision"]}
+        history["cost"].append(info["cost"])
+        history["seconds"].append(info["seconds"])
+        history["noise_precision"].append(info["noise_precision"])
+        if val_pairs is not None:
+            # The running average of the kept draws; before the first, the current draw.
+            if kept:
+                val_sum[...] += sample_predictions(
+                    state_.item_rows, state_.user_rows, global_mean, *val_pairs[:2])
+            if state_.n_kept:
+                pred = val_sum / state_.n_kept
+            else:
+                pred = sample_predictions(state_.item_rows, state_.user_rows, global_mean,
+                                          *val_pairs[:2])
+            if bounds is not None:
+                pred = np.clip(pred, *bounds)
+            info["val_rmse"] = float(np.sqrt(np.mean((pred - val_pairs[2]) ** 2)))
+            history["val_rmse"].append(info["val_rmse"])
+        if model.verbose:
+            extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
+            print(
+                f"sweep {sweep:4d}  train_rmse {info['train_rmse']:.4f}  noise_precision "
+                f"{info['noise_precision']:.4g}  kept {state_.n_kept}  "
+                f"{info['seconds']:.2f}s{extra}",
+                file=sys.stderr,
+            )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("sweep %d: %s", sweep, info)
+        stop = bool(callback(sweep, info)) if callback is not None else False
+        if checkpoint is not None and sweep % checkpoint_every == 0:
+            write_gibbs_checkpoint()
+        return stop
+
+    def write_gibbs_checkpoint():
+        params = np.concatenate([state.item_rows.ravel(), state.user_rows.ravel()])
+        write_checkpoint(checkpoint, params, state.sweep, history, fingerprint,
+                         state=state.to_arrays())
+
+    run_chain(ratings, global_mean, state, max_iter=max_iter, keep=keep,
+              n_threads=model.n_threads, on_sweep=on_sweep)
+    if checkpoint is not None:
+        write_gibbs_checkpoint()
+    if state.n_kept == 0:
+        # Stopped (by the callback) before the first kept sweep: serve the last draw.
+        state.kept_items[0], state.kept_users[0] = state.item_rows, state.user_rows
+        state.kept_item_prior[0], state.kept_user_prior[0] = (state.item_prior,
+                                                              state.user_prior)
+        state.kept_tau[0] = state.tau
+        state.n_kept = 1
+    stacked = stack_samples(state)
+    model.item_factors_ = stacked.pop("item_factors")
+    model.user_factors_ = stacked.pop("user_factors")
+    model.item_bias_ = stacked.pop("item_bias")
+    model.user_bias_ = stacked.pop("user_bias")
+    model.user_bias_variance_ = stacked.pop("user_bias_variance")
+    model.noise_variance_ = float(np.mean(stacked["noise_variances"]))
+    model._posterior = stacked
+    model.n_samples_ = state.n_kept
+    # The penalties fold-in uses (see _fold_in_penalty), recorded as for the other solvers.
+    model.reg_ = model.noise_variance_
+    model.reg_bias_ = model.noise_variance_ / model.user_bias_variance_
+    model.n_iter_ = model.best_iteration_ = state.sweep
+    model.result_ = None
+    if val_pairs is None:
+        history.pop("val_rmse", None)
+    model.history_ = history
+    return model

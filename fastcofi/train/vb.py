@@ -185,3 +185,18 @@ def _vb_run(objective, params, max_iter, tol, init_cov, init_noise_variance, on_
         "converged": converged,
     }
     return params, history, state
+
+
+def set_vb_posterior(model, vb_state):
+    """A fitted model's VB attributes (None without ``vb_state``, for the other solvers): the
+    learned noise and user-bias prior variances, and its factors rescaled so that the user side
+    has unit prior variance, which makes fold-in a plain ridge solve (predictions unchanged)."""
+    model.noise_variance_ = model.user_bias_variance_ = None
+    if vb_state is None:
+        return
+    k = model.item_factors_.shape[1]
+    scale = np.sqrt(vb_state["user_variances"][:k])
+    model.item_factors_ *= scale
+    model.user_factors_ /= scale
+    model.noise_variance_ = float(vb_state["noise_variance"])
+    model.user_bias_variance_ = float(vb_state["user_variances"][k])
