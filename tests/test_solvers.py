@@ -9,6 +9,7 @@ from scipy.optimize import check_grad
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
 from fastcofi.kernels.rowsolve import solve_row
 from fastcofi.train.objective import FlatObjective
+from fastcofi.train.solvers import minimize_als
 
 from .strategies import relative_error, sparse_problems
 
@@ -155,3 +156,40 @@ def test_clip_options():
     assert raw.predict(users, items).max() > 4.9
     with pytest.raises(ValueError, match="clip"):
         MatrixFactorization(clip=(5, 1)).fit(ratings)
+
+
+@given(sparse_problems(max_items=12, max_users=12, max_factors=3),
+       st.sampled_from(["none", "count", "sqrt"]), st.sampled_from([1e-3, 0.3, 5.0]))
+def test_an_als_sweep_ends_at_the_item_blocks_minimum(problem, weighting, reg_bias):
+    """The item rows are solved last in a sweep, exactly, against the users just solved: the
+    gradient of every item row (factors and bias) is then zero. Stale user biases in the item
+    solve leave it nonzero and let a sweep raise the cost."""
+    ratings, _, _, X, Theta, reg = problem
+    objective = FlatObjective(ratings, X.shape[1], max(reg, 1e-3), mu=0.4, learn_biases=True,
+                              reg_bias=reg_bias, reg_weighting=weighting)
+    rng = np.random.default_rng(1)
+    params = objective.pack(X, Theta, rng.normal(size=ratings.n_items),
+                            rng.normal(size=ratings.n_users))
+    cost0, grad0 = objective(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        minimize_als(objective, params, fit_bias=True, max_iter=1, tol=0)
+    cost, grad = objective(params)
+    g_items, _, g_item_bias, _ = objective.unpack(grad)
+    scale = 1.0 + np.max(np.abs(grad0))
+    assert np.max(np.abs(g_items), initial=0.0) <= 1e-8 * scale
+    assert np.max(np.abs(g_item_bias), initial=0.0) <= 1e-8 * scale
+    assert cost <= cost0 + 1e-9 * abs(cost0)
+
+
+def test_als_with_learned_biases_never_raises_the_cost_at_small_penalties():
+    """Few ratings per row and small penalties move the biases a lot in one sweep."""
+    ratings = _problem(2, n_users=40, n_items=30, density=0.25)
+    model = MatrixFactorization(8, reg=0.01, reg_bias=0.01, reg_weighting="none", solver="als",
+                                max_iter=40, tol=0, init_scale=0.5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(ratings)
+    cost = np.array(model.history_["cost"])
+    assert model.n_iter_ == 40  # no sweep stalled: the cost kept falling
+    assert np.all(np.diff(cost) <= 1e-9 * cost[0])

@@ -115,19 +115,17 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     converged = False
     with threads(objective.n_threads):
         for iteration in range(1, int(max_iter) + 1):
-            if fit_bias:
-                # Biases are learned: they sit beside the factors in each row solve.
-                user_offsets = (objective.mu + item_bias, zeros_users)
-                item_offsets = (objective.mu + user_bias, zeros_items)
-            else:
-                # Fixed biases (item means): a user's targets subtract the item's mean, an item's
-                # targets its own mean.
-                user_offsets = (objective.mu + item_bias, user_bias)
-                item_offsets = (user_bias, objective.mu + item_bias)
+            # Biases learned: they sit beside the factors in each row solve. Fixed (item means):
+            # a user's targets subtract the item's mean, an item's targets its own mean.
+            user_offsets = (objective.mu + item_bias, zeros_users if fit_bias else user_bias)
             solve_rows(
                 *ratings.by_user, ratings._user_chunks, X, *user_offsets,
                 objective.reg, objective.reg_bias, objective.weights[1], fit_bias, Theta, user_bias,
             )
+            # Formed after the user solve: the item rows must see the user biases it just wrote
+            # (stale ones let a sweep raise the cost, which ends training early).
+            item_offsets = ((objective.mu + user_bias, zeros_items) if fit_bias
+                            else (user_bias, objective.mu + item_bias))
             solve_rows(
                 *ratings.by_item, ratings._item_chunks, Theta, *item_offsets,
                 objective.reg, objective.reg_bias, objective.weights[0], fit_bias, X, item_bias,
