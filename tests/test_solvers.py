@@ -11,6 +11,7 @@ from fastcofi.kernels.rowsolve import solve_row
 from fastcofi.train.objective import FlatObjective
 from fastcofi.train.solvers import minimize_als
 
+from .planted import planted
 from .strategies import relative_error, sparse_problems
 
 
@@ -193,3 +194,27 @@ def test_als_with_learned_biases_never_raises_the_cost_at_small_penalties():
     cost = np.array(model.history_["cost"])
     assert model.n_iter_ == 40  # no sweep stalled: the cost kept falling
     assert np.all(np.diff(cost) <= 1e-9 * cost[0])
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_patience_stops_a_run_whose_validation_error_rises(patience):
+    """Overfitting ALS: the validation RMSE is lowest at one sweep and rises after it. Training
+    stops exactly ``patience`` sweeps after that best one and keeps the best sweep's model."""
+    train, (users, items, values, _) = planted(seed=0, n_users=40, n_items=30, density=0.3,
+                                               noise=1.0)
+    validation = Ratings.from_arrays(users, items, values)
+    params = dict(n_factors=8, reg=0.3, reg_bias=0.3, reg_weighting="none", solver="als",
+                  max_iter=25, tol=0, random_state=0)
+    model = MatrixFactorization(**params, patience=patience).fit(train, validation=validation)
+    history = np.array(model.history_["val_rmse"])
+    best = int(np.argmin(history)) + 1
+    assert best >= 2  # the run first improves, then overfits
+    assert np.all(history[best:] > history[best - 1])
+    assert model.best_iteration_ == best
+    assert model.n_iter_ == len(history) == best + patience
+    rmse = np.sqrt(np.mean((model.predict(users, items) - values) ** 2))
+    assert rmse == pytest.approx(history[best - 1], rel=1e-12)
+    # Without a validation set the same run goes on: patience, not convergence, stopped it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert MatrixFactorization(**params).fit(train).n_iter_ > best + patience
