@@ -121,27 +121,6 @@ def test_biases_fallbacks():
     assert model.item_means_ is None
 
 
-def test_early_stopping_keeps_the_best_iterate():
-    ratings = _problem(1, n_users=150, n_items=100, density=0.2)
-    users, items, values = ratings.coo()
-    rng = np.random.default_rng(0)
-    test = rng.random(values.shape[0]) < 0.2
-    train = Ratings.from_arrays(users[~test], items[~test], values[~test],
-                                all_users=range(150), all_items=range(100))
-    validation = Ratings.from_arrays(users[test], items[test], values[test])
-    model = MatrixFactorization(
-        20, reg=0.001, reg_bias=0.001, normalize="biases", reg_weighting="none", solver="als",
-        max_iter=500, tol=0,
-        patience=5,
-        random_state=0,
-    ).fit(train, validation=validation)
-    history = model.history_["val_rmse"]
-    best = int(np.argmin(history)) + 1
-    assert model.best_iteration_ == best < model.n_iter_ <= best + 5
-    pred = model.predict(users[test], items[test])
-    assert np.sqrt(np.mean((pred - values[test]) ** 2)) == pytest.approx(min(history))
-
-
 def test_clip_options():
     ratings = Ratings.from_arrays([1, 1, 2, 2], [1, 2, 1, 2], [1.0, 5.0, 5.0, 1.0])
     kwargs = dict(n_factors=2, reg=1e-4, reg_bias=1e-4, reg_weighting="none", random_state=0,
