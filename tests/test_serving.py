@@ -290,9 +290,6 @@ def test_fold_in_edge_cases(model):
     assert model.item_ids_[0] not in ids.tolist()
     ids, _ = model.recommend_new_user([model.item_ids_[0]], [5.0], n=100, exclude_seen=False)
     assert model.item_ids_[0] in ids.tolist()
-    # An unknown candidate gets predict's fallback for a known user, unknown item.
-    pred = model.predict_new_user([model.item_ids_[0]], [5.0], [10**9])
-    assert pred.shape == (1,) and np.isfinite(pred).all()
 
 
 # -- add_users ------------------------------------------------------------------------------------
@@ -491,3 +488,30 @@ def test_parallel_guard_tracks_layer():
     model.recommend(model.user_ids_, n=2)
     safe = numba.threading_layer() in ("tbb", "omp")
     assert (_parallel._parallel_guard() is _parallel._PARALLEL_LOCK) != safe
+
+
+@pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+@pytest.mark.parametrize("normalize", ["biases", "item_mean", "none"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_predict_new_user_unknown_candidate_gets_the_exact_fallback(ratings, normalize, clip):
+    """An unknown candidate: the global mean plus the folded-in user bias (learned biases), or the
+    global mean alone; a known candidate: the full prediction. Both as `predict` gives for the
+    same user added with `add_users`."""
+    m = MatrixFactorization(3, normalize=normalize, clip=clip, max_iter=20,
+                            random_state=0).fit(ratings)
+    rated = m.item_ids_[[0, 2, 5, 7]]
+    values = np.array([5.0, 5.0, 4.0, 5.0])  # well above the mean: a clearly positive bias
+    w, beta = m.fold_in(rated, values)
+    candidates = np.array([10**9, m.item_ids_[1], -5, m.item_ids_[3]])
+    pred = m.predict_new_user(rated, values, candidates)
+    mu, item_off, _ = m._offsets()
+    fallback = m.global_mean_ + beta if normalize == "biases" else m.global_mean_
+    known = mu + item_off[[1, 3]] + beta + m.item_factors_[[1, 3]] @ w
+    expected = np.array([fallback, known[0], fallback, known[1]])
+    if clip:
+        expected = np.clip(expected, *m.rating_range_)
+    if normalize == "biases":
+        assert beta > 0.1 and fallback < m.rating_range_[1]  # the bias is visible, not clipped
+    assert close(pred, expected, 1e-12)
+    grown = m.add_users(Ratings.from_arrays(np.full(4, 10**6), rated, values))
+    assert close(grown.predict(np.full(4, 10**6), candidates), pred, 1e-12)
