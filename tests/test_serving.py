@@ -515,3 +515,114 @@ def test_predict_new_user_unknown_candidate_gets_the_exact_fallback(ratings, nor
     assert close(pred, expected, 1e-12)
     grown = m.add_users(Ratings.from_arrays(np.full(4, 10**6), rated, values))
     assert close(grown.predict(np.full(4, 10**6), candidates), pred, 1e-12)
+
+
+# -- ties -----------------------------------------------------------------------------------------
+def _lexsort_top(scores, n):
+    """Reference: indices of the n best finite scores, equal scores by the smaller index."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    return finite[np.lexsort((finite, -scores[finite]))][:n]
+
+
+@given(st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 2.0]), max_size=40),
+       st.integers(0, 45))
+def test_top_n_numpy_breaks_ties_by_index(values, n):
+    scores = np.array(values, dtype=np.float64)
+    assert serving._top_n_numpy(scores, n).tolist() == _lexsort_top(scores, n).tolist()
+
+
+def test_top_n_numpy_ten_equal_scores():
+    assert serving._top_n_numpy(np.zeros(10), 3).tolist() == [0, 1, 2]
+
+
+@st.composite
+def tied_models(draw):
+    """A fitted-state model whose scores tie often: factor rows from a small pool of rows of -1, 0
+    and 1 (zero rows included), offsets in halves, so every score is exact; int or str ids."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    n_items, n_users, k = draw(st.integers(1, 25)), draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    normalize = draw(st.sampled_from(["biases", "item_mean", "none"]))
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(-1, 2, size=(draw(st.integers(1, 4)), k)).astype(np.float64)
+    pool[0] = 0.0
+    seen = rng.random((n_users, n_items)) < 0.3
+    model = MatrixFactorization(k, normalize=normalize, reg=0.5, reg_bias=0.5)
+    model.item_factors_ = pool[rng.integers(0, pool.shape[0], n_items)]
+    model.user_factors_ = rng.integers(-1, 2, size=(n_users, k)).astype(np.float64)
+    if draw(st.booleans()):
+        model.item_ids_ = np.array([f"i{i:03d}" for i in range(n_items)])
+        model.user_ids_ = np.array([f"u{u:02d}" for u in range(n_users)])
+    else:
+        model.item_ids_ = np.arange(n_items, dtype=np.int64) * 7 - 20
+        model.user_ids_ = np.arange(n_users, dtype=np.int64) * 3 + 1
+    model.global_mean_ = 3.0
+    halves = rng.integers(-2, 3, size=n_items) / 2.0
+    model.item_means_ = 3.0 + halves if normalize == "item_mean" else None
+    model.item_bias_ = halves if normalize == "biases" else None
+    model.user_bias_ = rng.integers(-2, 3, size=n_users) / 2.0 if normalize == "biases" else None
+    model.rating_range_ = (1.0, 5.0)
+    model.reg_, model.reg_bias_ = 0.5, 0.5
+    model._seen = (np.concatenate([[0], np.cumsum(seen.sum(axis=1))]).astype(np.int64),
+                   np.nonzero(seen)[1].astype(np.int32))
+    model.n_iter_ = 1
+    return model, rng
+
+
+@given(tied_models(), st.integers(0, 30), st.booleans(), st.booleans())
+def test_every_top_n_path_breaks_ties_by_item_index(model_rng, n, exclude_seen, restrict):
+    """recommend (one user, a batch), recommend_new_user, cluster recommendations and
+    similar_items / similar_users all rank equal scores by the smaller index, as a lexsort does."""
+    model, rng = model_rng
+    mu, item_off, user_off = model._offsets()
+    X, Theta = model.item_factors_, model.user_factors_
+    n_items, n_users = X.shape[0], Theta.shape[0]
+    indptr, seen = model._seen
+    items = filter_items = mask = None
+    if restrict:
+        mask = rng.random(n_items) < 0.7
+        items = model.item_ids_[mask | (rng.random(n_items) < 0.2)]
+        filter_items = model.item_ids_[~mask]
+    batch_ids, batch_scores = model.recommend(model.user_ids_, n, exclude_seen=exclude_seen,
+                                              items=items, filter_items=filter_items)
+    for u in range(n_users):
+        scores = X @ Theta[u] + item_off
+        if exclude_seen:
+            scores[seen[indptr[u]:indptr[u + 1]]] = -np.inf
+        if mask is not None:
+            scores[~mask] = -np.inf
+        best = _lexsort_top(scores, n)
+        ids, got = model.recommend(model.user_ids_[u], n, exclude_seen=exclude_seen, items=items,
+                                   filter_items=filter_items)
+        assert ids.tolist() == model.item_ids_[best].tolist()
+        assert got.tolist() == (scores[best] + mu + user_off[u]).tolist()
+        assert batch_ids[u, :len(best)].tolist() == ids.tolist()
+        assert batch_scores[u, :len(best)].tolist() == got.tolist()
+        assert np.isneginf(batch_scores[u, len(best):]).all()
+    # A new user: the same BLAS product as serving, then the same selection.
+    rated = rng.choice(n_items, size=min(3, n_items), replace=False)
+    values = rng.integers(1, 6, size=rated.shape[0]).astype(np.float64)
+    w, beta = model.fold_in(model.item_ids_[rated], values)
+    scores = X @ w + item_off
+    if exclude_seen:
+        scores[rated] = -np.inf
+    best = _lexsort_top(scores, n)
+    ids, _ = model.recommend_new_user(model.item_ids_[rated], values, n, exclude_seen=exclude_seen)
+    assert ids.tolist() == model.item_ids_[best].tolist()
+    # Clusters: every user in cluster 0, centred at the mean of their factors.
+    clusters = serving.UserClusters(model, np.zeros(n_users, dtype=np.int64),
+                                    Theta.mean(axis=0, keepdims=True))
+    ids, _ = clusters.recommend(0, n)
+    assert ids.tolist() == model.item_ids_[_lexsort_top(X @ clusters.centers[0] + item_off,
+                                                        n)].tolist()
+    # Cosine similarity: integer dot products and norms of integer sums, so exact as computed.
+    for F, ids_of, similar in ((X, model.item_ids_, model.similar_items),
+                               (Theta, model.user_ids_, model.similar_users)):
+        norms = np.sqrt(np.einsum("ij,ij->i", F, F))
+        q = int(rng.integers(F.shape[0]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sims = np.where(norms * norms[q] > 0, (F @ F[q]) / (norms * norms[q]), 0.0)
+        sims[q] = -np.inf
+        best = _lexsort_top(sims, n)
+        ids, got = similar(ids_of[q], n)
+        assert ids.tolist() == ids_of[best].tolist()
+        assert got.tolist() == sims[best].tolist()
