@@ -9,7 +9,7 @@ import pytest
 
 from fastcofi import ConvergenceWarning, MatrixFactorization
 from fastcofi.data.synthetic import synthetic
-from fastcofi.train.checkpoint import read_checkpoint
+from fastcofi.train.checkpoint import read_checkpoint, write_checkpoint
 
 from .conftest import REPO
 
@@ -60,7 +60,7 @@ def test_resume_refuses_other_settings_and_needs_a_path(tmp_path):
     with pytest.raises(ValueError, match="needs a checkpoint"):
         MatrixFactorization().fit(_data(), resume=True)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="unreadable checkpoint"):
+    with pytest.raises(ValueError, match="not a fastcofi checkpoint"):
         _fit(20, checkpoint=path, resume=True)
 
 
@@ -101,3 +101,82 @@ def test_sigkill_mid_training_then_resume(tmp_path, budget, tol, rel):
         unbroken = MatrixFactorization(**params, max_iter=budget).fit(_data())
     assert resumed.history_["cost"][34] == unbroken.history_["cost"][34]  # the first 35 replayed
     assert resumed.history_["cost"][-1] == pytest.approx(unbroken.history_["cost"][-1], rel=rel)
+
+
+def _failing_savez(monkeypatch, fail_on_call):
+    """np.savez that writes half of its bytes and then fails (a full disk) on call
+    ``fail_on_call``; the calls before it write normally."""
+    import io
+
+    real = np.savez
+    calls = []
+
+    def savez(file, **arrays):
+        calls.append(1)
+        if len(calls) < fail_on_call:
+            return real(file, **arrays)
+        buffer = io.BytesIO()
+        real(buffer, **arrays)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", savez)
+
+
+def test_a_write_that_fails_halfway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    write_checkpoint(path, np.arange(6.0), 10, {"cost": [3.0, 2.0]}, {"n_factors": 2})
+    before = path.read_bytes()
+    _failing_savez(monkeypatch, fail_on_call=1)
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(path, np.ones(6), 20, {"cost": [3.0, 2.0, 1.0]}, {"n_factors": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]  # no temporary file left
+
+
+def test_training_whose_checkpoint_write_fails_can_resume_from_the_last_good_one(tmp_path,
+                                                                              monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    seen = {}
+
+    def remember(iteration, info):
+        seen[iteration] = info["cost"]
+
+    _failing_savez(monkeypatch, fail_on_call=2)
+    with pytest.raises(OSError, match="No space left"):
+        _fit(30, checkpoint=path, checkpoint_every=5, callback=remember)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
+    params, iteration, history = read_checkpoint(path, _stored_fingerprint(path))
+    assert iteration == 5 and history["cost"] == [seen[i] for i in range(1, 6)]
+    resumed = _fit(8, checkpoint=path, resume=True)
+    assert resumed.n_iter_ == 8 and resumed.history_["cost"][:5] == history["cost"]
+
+
+def test_resume_from_files_that_are_not_checkpoints_of_this_version(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, params=np.zeros(3))  # an .npz, but not a checkpoint
+    with pytest.raises(ValueError, match=r"ckpt\.npz: not a fastcofi checkpoint$"):
+        _fit(5, checkpoint=path, resume=True)
+    _fit(5, checkpoint=path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    np.savez(path, **{**arrays, "version": np.array(2)})
+    with pytest.raises(ValueError, match=r"ckpt\.npz: checkpoint version 2 is not supported "
+                                         r"\(this fastcofi reads version 1\)"):
+        _fit(5, checkpoint=path, resume=True)
+    del arrays["fingerprint"]
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"ckpt\.npz: unreadable checkpoint \(.*fingerprint"):
+        _fit(5, checkpoint=path, resume=True)
+    path.write_bytes(path.read_bytes()[:200])  # truncated
+    with pytest.raises(ValueError, match=r"ckpt\.npz: unreadable checkpoint"):
+        _fit(5, checkpoint=path, resume=True)
+    path.write_bytes(b"iteration,cost\n1,2.0\n")
+    with pytest.raises(ValueError, match=r"ckpt\.npz: not a fastcofi checkpoint: expected an "
+                                         r"\.npz \(zip\) archive, found a file starting with "
+                                         r"b'iter'"):
+        _fit(5, checkpoint=path, resume=True)
+    path.unlink()
+    # No checkpoint yet: resume starts from scratch and writes one.
+    assert _fit(5, checkpoint=path, resume=True).n_iter_ == 5 and path.exists()
