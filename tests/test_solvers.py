@@ -197,3 +197,25 @@ def test_patience_stops_a_run_whose_validation_error_rises(patience):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         assert MatrixFactorization(**params).fit(train).n_iter_ > best + patience
+
+
+@pytest.mark.parametrize("solver", ["cg", "lbfgs", "als"])
+def test_the_gradient_tolerance_does_not_depend_on_the_ratings_scale(solver):
+    """Ratings times c, with the penalty times c and initial factors times sqrt(c), is the same
+    problem in other units (c a power of 4, so the scaling is exact). tol is relative to the first
+    gradient, so training takes as many iterations and reaches the same model at every scale."""
+    ratings = _problem(0, n_users=30, n_items=20, density=0.4)
+    users, items, values = ratings.coo()
+    runs = {}
+    for c in (4.0**-4, 1.0, 4.0**4):
+        scaled = Ratings.from_arrays(users, items, values * c, all_users=range(30),
+                                     all_items=range(20))
+        model = MatrixFactorization(
+            3, reg=c, normalize="item_mean", reg_weighting="none", solver=solver, tol=1e-3,
+            max_iter=300, init_scale=0.1 * np.sqrt(c), random_state=0,
+        ).fit(scaled)
+        runs[c] = (model.n_iter_, model.predict(users, items) / c)
+    n_iter, pred = runs[1.0]
+    for c, (n_iter_c, pred_c) in runs.items():
+        assert abs(n_iter_c - n_iter) <= 0.2 * n_iter, (c, n_iter_c, n_iter)
+        assert relative_error(pred_c, pred) <= 1e-3
