@@ -147,7 +147,7 @@ def test_training_whose_checkpoint_write_fails_can_resume_from_the_last_good_one
         _fit(30, checkpoint=path, checkpoint_every=5, callback=remember)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
-    params, iteration, history = read_checkpoint(path, _stored_fingerprint(path))
+    _, iteration, history = read_checkpoint(path, _stored_fingerprint(path))
     assert iteration == 5 and history["cost"] == [seen[i] for i in range(1, 6)]
     resumed = _fit(8, checkpoint=path, resume=True)
     assert resumed.n_iter_ == 8 and resumed.history_["cost"][:5] == history["cost"]

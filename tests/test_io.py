@@ -2,7 +2,6 @@
 
 import gzip
 import io
-import os
 import zipfile
 
 import numpy as np
@@ -15,7 +14,7 @@ from fastcofi.data._source import RatingsFileError
 from fastcofi.data.read import read_ratings
 from fastcofi.data.titles import read_titles
 
-from .conftest import HAVE_ARROW, shared_data_dir, write
+from .conftest import HAVE_ARROW, REPO, shared_data_dir, write
 
 ML100K_LINES = b"196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
 ML1M_LINES = b"1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
@@ -383,5 +382,12 @@ def test_toy_titles_and_ratings(toy_data_dir):
     assert (r.nnz, r.n_users, r.n_items) == (29, 5, 9)
 
 
-def test_shared_folder_default_points_beside_repo():
-    assert os.path.basename(str(shared_data_dir())) == "data" or "FASTCOFI_TEST_DATA" in os.environ
+def test_shared_folder_default_points_beside_repo(monkeypatch, tmp_path):
+    """The tests and the benchmarks find the real data in the same folder: ../shared/data beside
+    the repository, or FASTCOFI_TEST_DATA."""
+    from bench.problems import shared_data
+
+    monkeypatch.delenv("FASTCOFI_TEST_DATA", raising=False)
+    assert shared_data_dir() == shared_data() == REPO.parent / "shared" / "data"
+    monkeypatch.setenv("FASTCOFI_TEST_DATA", str(tmp_path))
+    assert shared_data_dir() == shared_data() == tmp_path

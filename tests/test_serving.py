@@ -601,7 +601,7 @@ def test_every_top_n_path_breaks_ties_by_item_index(model_rng, n, exclude_seen, 
     # A new user: the same BLAS product as serving, then the same selection.
     rated = rng.choice(n_items, size=min(3, n_items), replace=False)
     values = rng.integers(1, 6, size=rated.shape[0]).astype(np.float64)
-    w, beta = model.fold_in(model.item_ids_[rated], values)
+    w, _ = model.fold_in(model.item_ids_[rated], values)
     scores = X @ w + item_off
     if exclude_seen:
         scores[rated] = -np.inf
