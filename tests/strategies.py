@@ -5,17 +5,64 @@ from hypothesis import strategies as st
 
 from fastcofi import Ratings
 
+from .conftest import JIT_DISABLED
+
+# With the JIT on, the default sizes also draw problems this large (a quarter of the examples):
+# past the 40 x 40 of the usual draws, where chunking and the kernels' column blocks begin to
+# matter. With the JIT off the kernels run as Python, so the nojit pass keeps to small sizes.
+LARGE_ITEMS, LARGE_USERS = 300, 200
+LARGE_SIZES = not JIT_DISABLED
+
+DUPLICATE_POLICIES = ("error", "last", "mean")
+# float32 storage is drawn with the JIT on only: run as Python, a kernel's float32 element minus a
+# float64 scalar stays float32 (NumPy 2's promotion), where compiled code computes in float64.
+DTYPES = (np.float64,) if JIT_DISABLED else (np.float64, np.float32)
+
+
+def resolve_duplicates(values, groups, policy, dtype):
+    """The value each group of repeated pairs keeps, as the reference for ``duplicates=``.
+
+    ``values`` in input order, ``groups[p]`` the pair of entry ``p``. Each value is stored in
+    ``dtype`` first; "last" keeps the last of a group in input order, "mean" averages the stored
+    values (in float64) and stores the average in ``dtype``. Returns float64 per group.
+    """
+    stored = np.asarray(values).astype(dtype).astype(np.float64)
+    n_groups = int(groups.max()) + 1
+    if policy == "mean":
+        sums = np.bincount(groups, weights=stored, minlength=n_groups)
+        means = sums / np.bincount(groups, minlength=n_groups)
+        return means.astype(dtype).astype(np.float64)
+    last = np.empty(n_groups)
+    last[groups] = stored  # a later position overwrites an earlier one
+    return last
+
 
 @st.composite
-def sparse_problems(draw, max_items=40, max_users=40, max_factors=8):
-    """A small problem with unique coordinates, empty rows and columns allowed, zeros as ratings.
+def sparse_problems(draw, max_items=40, max_users=40, max_factors=8, *, duplicates=None,
+                    dtype=None, string_ids=None, large=None):
+    """A problem with empty rows and columns allowed, zeros as ratings.
 
-    Returns (ratings, dense, mask, X, Theta, reg): ``dense`` and ``mask`` are items x users and
-    ``X`` / ``Theta`` follow ``ratings.item_ids`` / ``ratings.user_ids`` (here 0..n-1).
+    Returns (ratings, dense, mask, X, Theta, reg): ``dense`` and ``mask`` are items x users in the
+    order of ``ratings.item_ids`` / ``ratings.user_ids``, as are ``X`` / ``Theta``; ``dense``
+    holds the float64 value of each stored rating.
+
+    Parameters left None are drawn: ``duplicates`` ("error": unique pairs; "last" / "mean": some
+    pairs repeated with other values and resolved by that policy), ``dtype`` (float64 or, with
+    the JIT on, float32 storage), ``string_ids`` (ids such as "u17", whose sorted order is not
+    their numeric one) and ``large`` (sizes up to ``LARGE_ITEMS`` x ``LARGE_USERS``; drawn only
+    when the default sizes are used and ``LARGE_SIZES`` is on).
     """
+    if large is None:
+        default_sizes = (max_items, max_users) == (40, 40)
+        large = default_sizes and LARGE_SIZES and draw(st.integers(0, 3)) == 0
+    if large:
+        max_items, max_users = LARGE_ITEMS, LARGE_USERS
     n_items = draw(st.integers(1, max_items))
     n_users = draw(st.integers(1, max_users))
     k = draw(st.integers(1, max_factors))
+    policy = draw(st.sampled_from(DUPLICATE_POLICIES)) if duplicates is None else duplicates
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)) if dtype is None else dtype)
+    strings = draw(st.booleans()) if string_ids is None else string_ids
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     density = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
@@ -26,16 +73,37 @@ def sparse_problems(draw, max_items=40, max_users=40, max_factors=8):
     values = rng.integers(0, 6, size=(n_items, n_users)).astype(np.float64)
     if draw(st.booleans()):
         values = values + rng.normal(size=values.shape)
-    dense = np.where(mask, values, 0.0)
     item_idx, user_idx = np.nonzero(mask)
-    order = rng.permutation(item_idx.shape[0])  # input order must not matter
+    raw = values[item_idx, user_idx]
+    groups = np.arange(item_idx.shape[0])
+    if policy != "error":
+        # Repeat up to a third of the pairs once to three times, each copy with another value.
+        repeated = rng.choice(groups.shape[0], size=rng.integers(1, groups.shape[0] // 3 + 2))
+        groups = np.concatenate([groups, repeated])
+        raw = np.concatenate([raw, rng.integers(0, 6, repeated.shape[0]) + 0.25])
+    order = rng.permutation(groups.shape[0])  # input order must not matter (but for "last")
+    groups, raw = groups[order], raw[order]
+    dense = np.zeros((n_items, n_users))
+    dense[item_idx, user_idx] = resolve_duplicates(raw, groups, policy, dtype)
+    item_names, user_names = np.arange(n_items), np.arange(n_users)
+    if strings:
+        item_names = np.array([f"i{j}" for j in rng.permutation(n_items)])
+        user_names = np.array([f"u{j}" for j in rng.permutation(n_users)])
     ratings = Ratings.from_arrays(
-        user_idx[order],
-        item_idx[order],
-        dense[item_idx[order], user_idx[order]],
-        all_users=np.arange(n_users),
-        all_items=np.arange(n_items),
+        user_names[user_idx[groups]],
+        item_names[item_idx[groups]],
+        raw,
+        all_users=user_names,
+        all_items=item_names,
+        duplicates=policy,
+        dtype=dtype,
     )
+    # Rows and columns in the order of the ratings' ids.
+    item_rows = np.argsort(item_names, kind="stable")
+    user_cols = np.argsort(user_names, kind="stable")
+    assert np.array_equal(item_names[item_rows], ratings.item_ids)
+    assert np.array_equal(user_names[user_cols], ratings.user_ids)
+    dense, mask = dense[item_rows][:, user_cols], mask[item_rows][:, user_cols]
     scale = draw(st.sampled_from([0.1, 1.0, 3.0]))
     X = rng.normal(scale=scale, size=(n_items, k))
     Theta = rng.normal(scale=scale, size=(n_users, k))

@@ -17,6 +17,8 @@ from fastcofi.kernels.sparse import (
     transpose_csr,
 )
 
+from .strategies import sparse_problems
+
 
 def _dense_of(ratings):
     dense = np.zeros((ratings.n_items, ratings.n_users))
@@ -380,3 +382,19 @@ def test_value_moments_match_numpy_in_chunks(dtype):
     assert variance == pytest.approx(np.var(values.astype(np.float64)), rel=1e-10)
     assert value_moments(np.array([]), chunk=8) == (0.0, 0.0)
     assert value_moments(np.full(5, 3.0))[1] == 0.0
+
+
+@given(sparse_problems())
+def test_from_arrays_stores_the_resolved_ratings(problem):
+    """Repeated pairs resolved by each duplicates policy, float32 or float64 storage, int or
+    string ids: the stored ratings are the strategy's dense reference, in both CSRs."""
+    ratings, dense, mask, _, _, _ = problem
+    users, items, values = ratings.coo()
+    assert np.array_equal(np.sort(items * ratings.n_users + users),
+                          np.flatnonzero(mask.reshape(-1)))
+    assert values.tolist() == dense[items, users].tolist()
+    indptr, cols, by_user = ratings.by_user
+    rows = np.repeat(np.arange(ratings.n_users), np.diff(indptr))
+    assert by_user.dtype == values.dtype
+    assert by_user.tolist() == dense[cols, rows].tolist()
+    assert np.all(mask[cols, rows]) and cols.shape[0] == mask.sum()
