@@ -226,6 +226,57 @@ def test_load_rejects_foreign_and_corrupt_folders(tmp_path):
         Ratings.load(tmp_path / "p")
 
 
+def _header(folder, **changes):
+    import json
+
+    header = json.loads((folder / "header.json").read_text())
+    (folder / "header.json").write_text(json.dumps({**header, **changes}))
+
+
+CORRUPTIONS = {
+    "missing array": (lambda f: (f / "item_values.npy").unlink(),
+                      r"item_values\.npy: cannot be read as an array \(\[Errno 2\] No such file"),
+    "truncated array": (lambda f: (f / "item_values.npy").write_bytes(
+        (f / "item_values.npy").read_bytes()[:90]),
+                        r"item_values\.npy: cannot be read as an array \(EOF"),
+    "not an array": (lambda f: (f / "user_indptr.npy").write_text("0,1,3"),
+                     r"user_indptr\.npy: not a \.npy array file$"),
+    "binary header": (lambda f: (f / "header.json").write_bytes(b"\xff\xfe\x00"),
+                      r"header\.json: invalid JSON header \('utf-8' codec"),
+    "header not an object": (lambda f: (f / "header.json").write_text("[1, 2]"),
+                             r"header\.json: not a fastcofi ratings header$"),
+    "count not an integer": (lambda f: _header(f, n_users=None),
+                             r"header\.json: n_users, n_items and nnz must be integers >= 0, "
+                             r"found n_users=None, n_items=3, nnz=3$"),
+    "wrong count": (lambda f: _header(f, nnz=5),
+                    r"r: corrupt ratings folder: item_indptr is not a valid CSR index; the by-item "
+                    r"indices should be 5 integers;"),
+    "array not listed": (lambda f: _header(f, arrays=["user_ids", "item_ids"]),
+                         r"corrupt ratings folder: the by-item CSR is incomplete; the by-user CSR "
+                         r"is incomplete$"),
+    "integer values": (lambda f: np.save(f / "item_values.npy", np.array([1, 2, 3])),
+                       r"corrupt ratings folder: the by-item values should be 3 floats$"),
+    "unsorted ids": (lambda f: np.save(f / "user_ids.npy", np.array(["b", "a"])),
+                     r"corrupt ratings folder: user_ids are not sorted ascending without "
+                     r"repeats$"),
+    "decreasing indptr": (lambda f: np.save(f / "item_indptr.npy", np.array([0, 3, 1, 3])),
+                          r"corrupt ratings folder: item_indptr is not a valid CSR index$"),
+}
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_load_names_what_is_corrupt(tmp_path, corruption, mmap):
+    damage, message = CORRUPTIONS[corruption]
+    Ratings.from_arrays(["b", "a", "b"], [3, 1, 1], [1.0, 2.0, 3.5], all_items=[1, 2, 3]).save(
+        tmp_path / "r")
+    damage(tmp_path / "r")
+    with pytest.raises(ValueError, match=message) as error:
+        Ratings.load(tmp_path / "r", mmap=mmap)
+    assert str(error.value).startswith(str(tmp_path / "r"))
+    assert "\n" not in str(error.value)
+
+
 # -- construction kernels ------------------------------------------------------------------
 INT_DTYPES = [np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32,
                                      np.uint32, np.int64, np.uint64, ">i8", ">u4")]

@@ -524,10 +524,20 @@ class Ratings:
                 f"{header_path}: format version {header.get('version')!r} is not supported "
                 f"(this fastcofi reads version {cls._VERSION})"
             )
+        counts = {key: header.get(key) for key in ("n_users", "n_items", "nnz")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                   for v in counts.values()):
+            raise ValueError(
+                f"{header_path}: n_users, n_items and nnz must be integers >= 0, found "
+                + ", ".join(f"{key}={value!r}" for key, value in counts.items())
+            )
         arrays = {}
         for name in cls._ARRAYS:
             path = folder / f"{name}.npy"
             if name in header.get("arrays", ()):
+                if path.is_file() and not _is_npy(path):
+                    # np.load would call it a pickle, which it is not allowed to read.
+                    raise ValueError(f"{path}: not a .npy array file")
                 try:
                     arrays[name] = np.load(
                         path, mmap_mode="r" if mmap else None, allow_pickle=False
@@ -555,6 +565,10 @@ class Ratings:
             problems.append(f"user_ids should have {n_users} entries")
         if self._item_ids is None or self._item_ids.shape != (n_items,):
             problems.append(f"item_ids should have {n_items} entries")
+        for side, ids in (("user", self._user_ids), ("item", self._item_ids)):
+            # lookup bisects the ids: unsorted ones would find the wrong rows, silently.
+            if ids is not None and ids.ndim == 1 and np.any(ids[1:] <= ids[:-1]):
+                problems.append(f"{side}_ids are not sorted ascending without repeats")
         for side, (indptr, indices, values), rows, cols in (
             ("item", self._by_item, n_items, n_users),
             ("user", self._by_user, n_users, n_items),
@@ -581,5 +595,6 @@ class Ratings:
         return f"Ratings(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz})"
 
 
-
-
+def _is_npy(path):
+    with open(path, "rb") as handle:
+        return handle.read(6) == b"\x93NUMPY"
