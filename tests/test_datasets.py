@@ -200,6 +200,27 @@ def test_wrong_release_count_is_rejected(server, tmp_path, monkeypatch):
 
 
 # -- synthetic -------------------------------------------------------------------------------
+@pytest.mark.parametrize("member", ["../escaped.txt", "ml-100k/../../escaped.txt",
+                                    "/tmp/fastcofi-escaped.txt"])
+def test_an_archive_member_outside_the_folder_is_refused(tmp_path, monkeypatch, member):
+    """Zip slip: nothing is extracted when any member's path leads out of the unpack folder."""
+    patch_count(monkeypatch)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ml-100k/u.data", RATINGS)
+        zf.writestr(member, b"outside")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ml-100k.zip").write_bytes(buf.getvalue())
+    message = (f"ml-100k.zip: member {member!r} would unpack outside the folder it is extracted "
+               "to; not a MovieLens release: remove it and fetch again")
+    with pytest.raises(DownloadError, match=re.escape(message) + "$"):
+        fetch("ml-100k", home, md5=None, size=None, url="http://127.0.0.1:9/never-used")
+    assert sorted(p.name for p in home.iterdir()) == ["ml-100k.zip"]  # no unpack folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
 def test_synthetic_shapes_scale_and_determinism():
     r, truth = synthetic(300, 200, 6000, rank=4, noise=0.3, seed=7, return_truth=True)
     assert (r.n_users, r.n_items, r.nnz) == (300, 200, 6000)

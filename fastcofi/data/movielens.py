@@ -273,7 +273,10 @@ def _unpack(archive, folder, entry, name):
                 for member in zf.namelist():
                     target = (work / member).resolve()
                     if root not in target.parents and target != root:
-                        raise DownloadError(f"{archive}: member {member!r} would unpack outside")
+                        raise DownloadError(
+                            f"{archive}: member {member!r} would unpack outside the folder it is "
+                            "extracted to; not a MovieLens release: remove it and fetch again"
+                        )
                 zf.extractall(work)
         except (zipfile.BadZipFile, EOFError) as exc:
             archive.unlink()
