@@ -113,12 +113,22 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     previous, grad0 = objective(params)
     threshold = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else -1.0
     converged = False
+    # A row without ratings and without penalty has an all-zero system: it fails every sweep and
+    # stays at 0 as documented. Only rows with ratings that fail are worth a warning.
+    empty_failures = [
+        int(np.count_nonzero((np.diff(indptr) == 0) & (
+            (objective.reg * weights == 0) | (fit_bias & (objective.reg_bias * weights == 0))
+        )))
+        for indptr, weights in ((ratings.by_user[0], objective.weights[1]),
+                                (ratings.by_item[0], objective.weights[0]))
+    ]
+    singular = [0, 0]  # the most rows with ratings one sweep could not solve: users, items
     with threads(objective.n_threads):
         for iteration in range(1, int(max_iter) + 1):
             # Biases learned: they sit beside the factors in each row solve. Fixed (item means):
             # a user's targets subtract the item's mean, an item's targets its own mean.
             user_offsets = (objective.mu + item_bias, zeros_users if fit_bias else user_bias)
-            solve_rows(
+            failed_users = solve_rows(
                 *ratings.by_user, ratings._user_chunks, X, *user_offsets,
                 objective.reg, objective.reg_bias, objective.weights[1], fit_bias, Theta, user_bias,
             )
@@ -126,19 +136,30 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
             # (stale ones let a sweep raise the cost, which ends training early).
             item_offsets = ((objective.mu + user_bias, zeros_items) if fit_bias
                             else (user_bias, objective.mu + item_bias))
-            solve_rows(
+            failed_items = solve_rows(
                 *ratings.by_item, ratings._item_chunks, Theta, *item_offsets,
                 objective.reg, objective.reg_bias, objective.weights[0], fit_bias, X, item_bias,
             )
+            singular = [max(singular[0], failed_users - empty_failures[0]),
+                        max(singular[1], failed_items - empty_failures[1])]
             cost, grad = objective(params)
             history["cost"].append(cost)
             history["seconds"].append(time.perf_counter() - start)
             if on_iteration is not None and on_iteration(iteration, params, history):
-                return params, history, True
+                converged = True
+                break
             if np.max(np.abs(grad)) <= threshold or cost >= previous:
                 converged = True
                 break
             previous = cost
+    if any(singular):
+        warnings.warn(
+            f"ALS: the least-squares systems of {singular[0]} user rows and {singular[1]} item "
+            "rows with ratings were not positive definite (too few ratings for their factors, "
+            "with reg=0): their factors were set to 0; use reg > 0",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     if not converged:
         _warn("ALS", len(history["cost"]), tol, "maximum number of iterations reached")
     return params, history, converged
