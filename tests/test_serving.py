@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -626,3 +627,24 @@ def test_every_top_n_path_breaks_ties_by_item_index(model_rng, n, exclude_seen, 
         ids, got = similar(ids_of[q], n)
         assert ids.tolist() == ids_of[best].tolist()
         assert got.tolist() == sims[best].tolist()
+
+
+def test_a_zero_norm_row_has_cosine_similarity_zero(model):
+    """An item (or user) whose factors are all zero has no direction: its similarity with every
+    row is 0, not NaN, and asking for its neighbours gives them in index order."""
+    planted = MatrixFactorization(4)
+    planted.__dict__.update(model.__dict__)
+    planted.__dict__.pop("_serving", None)
+    X, Theta = np.array(model.item_factors_), np.array(model.user_factors_)
+    X[5] = 0.0
+    Theta[2] = 0.0
+    planted.item_factors_, planted.user_factors_ = X, Theta
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warning either
+        ids, sims = planted.similar_items(planted.item_ids_[5], n=4)
+        assert ids.tolist() == planted.item_ids_[[0, 1, 2, 3]].tolist()
+        assert sims.tolist() == [0.0] * 4
+        ids, sims = planted.similar_items(planted.item_ids_[0], n=X.shape[0])
+        assert sims[ids.tolist().index(planted.item_ids_[5])] == 0.0 and np.isfinite(sims).all()
+        ids, sims = planted.similar_users(planted.user_ids_[2], n=3)
+        assert ids.tolist() == planted.user_ids_[[0, 1, 3]].tolist() and not sims.any()
