@@ -7,6 +7,7 @@ from fastcofi import Ratings, reference
 from fastcofi._parallel import threads
 from fastcofi.train.objective import FlatObjective, _evaluate, column_blocks, cost_and_grad
 
+from .conftest import JIT_DISABLED
 from .strategies import relative_error, sparse_problems
 
 
@@ -56,6 +57,38 @@ def test_both_kernels_equal_dense_objective_with_biases_and_weights(problem, ker
              np.empty(ratings.n_users))
     cost = _evaluate(X, Theta, item_bias, user_bias, 0.4, ratings, reg, 0.7, weights, grads,
                      **kernel)
+    ref_cost, ref_grads = _dense_biased_objective(
+        X, Theta, item_bias, user_bias, 0.4, dense, mask, reg, 0.7, weights
+    )
+    assert abs(cost - ref_cost) / (1 + abs(ref_cost)) <= 1e-9
+    for got, want in zip(grads, ref_grads):
+        assert relative_error(got, want) <= 1e-9
+
+
+@pytest.mark.skipif(not JIT_DISABLED, reason="compiled kernels do not call numpy.empty")
+@KERNELS
+@given(problem=sparse_problems(max_items=15, max_users=15, max_factors=3))
+def test_kernels_never_read_uninitialized_memory(problem, kernel):
+    """Run as Python, every scratch array a kernel makes with np.empty is filled with NaN first:
+    a buffer entry the kernel forgets to clear then shows in the result, where fresh memory
+    that happens to be zero would hide it."""
+    ratings, dense, mask, X, Theta, reg = problem
+    rng = np.random.default_rng(0)
+    item_bias, user_bias = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
+    weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
+    empty = np.empty
+
+    def poisoned(shape, dtype=np.float64, **kwargs):
+        out = empty(shape, dtype=dtype, **kwargs)
+        out[...] = np.nan if np.dtype(dtype).kind == "f" else -(2**30)
+        return out
+
+    grads = (np.full_like(X, np.nan), np.full_like(Theta, np.nan), np.full(ratings.n_items, np.nan),
+             np.full(ratings.n_users, np.nan))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(np, "empty", poisoned)
+        cost = _evaluate(X, Theta, item_bias, user_bias, 0.4, ratings, reg, 0.7, weights, grads,
+                         **kernel)
     ref_cost, ref_grads = _dense_biased_objective(
         X, Theta, item_bias, user_bias, 0.4, dense, mask, reg, 0.7, weights
     )

@@ -1,0 +1,186 @@
+"""Mutation testing of the Numba kernels, which mutmut leaves alone (it skips decorated functions).
+
+Each mutant changes one operator, comparison or constant in one kernel of ``fastcofi._kernels``.
+The kernels run as Python (``NUMBA_DISABLE_JIT=1``, set here before numba is imported), so a
+mutant is just the kernel's function replaced in the module, nothing compiles, and the group's
+targeted tests run in this one process (``pytest.main``) against each mutant in turn. A mutant
+the tests do not fail survives. The source file is never written.
+
+    python3 -m tests.mutate_kernels objective --budget 600
+    python3 -m tests.mutate_kernels serving --functions select_top_n _worse
+
+Not part of CI: slow by nature. See tests/README.md.
+"""
+
+import argparse
+import ast
+import contextlib
+import copy
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# group -> (module, functions, tests run against each mutant). The kernels first; the Python
+# functions of solvers.py and serving.py are mutated the same way (mutmut needs a whole-suite
+# coverage run first, which took longer than this whole loop on the shared machine).
+GROUPS = {
+    "objective": (
+        "fastcofi._kernels",
+        ["cost_and_grad_buffered", "cost_and_grad_two_pass"],
+        ["tests/test_objective.py", "-k",
+         "dense_reference or both_kernels or finite_differences or thread or uninitialized"],
+    ),
+    "solvers-kernels": (
+        "fastcofi._kernels",
+        ["_cholesky_in_place", "solve_row", "solve_rows"],
+        ["tests/test_solvers.py", "-k", "row_solve or als"],
+    ),
+    "solvers": (
+        "fastcofi.solvers",
+        ["minimize_scipy", "minimize_als"],
+        ["tests/test_solvers.py", "-k", "not vb and not all_solvers"],
+    ),
+    "serving-kernels": (
+        "fastcofi._kernels",
+        ["_worse", "_sift_down", "select_top_n", "_finish_row", "top_n_batch", "cosine_top_n",
+         "lookup_int", "_fold_known", "_has_repeat", "_all_finite", "fold_in_row", "fold_in_ids"],
+        ["tests/test_serving.py", "-k",
+         "select_top_n or ties or ten_equal or fold_in or zero_norm or brute_force or exclusions "
+         "or padding or string_ids or similar or new_user"],
+    ),
+    "serving": (
+        "fastcofi.serving",
+        ["_check_n", "_one_index", "_candidate_mask", "_pad_id", "_ids_of", "_top_one",
+         "_top_n_numpy", "_batch_rows", "recommend", "_fold", "fold_in", "recommend_new_user",
+         "predict_new_user", "add_users", "_norms", "similar"],
+        ["tests/test_serving.py", "-k",
+         "not concurrent and not workqueue and not compilation and not cluster"],
+    ),
+}
+
+_SWAP = {
+    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Div, ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult,
+    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.And: ast.Or, ast.Or: ast.And,
+}
+
+
+def _mutations(node):
+    """(description, mutate(node) -> None) for one AST node."""
+    out = []
+    if isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in _SWAP:
+        new = _SWAP[type(node.op)]
+        out.append((f"{type(node.op).__name__} -> {new.__name__}",
+                    lambda n, new=new: setattr(n, "op", new())))
+    if isinstance(node, ast.BoolOp) and type(node.op) in _SWAP:
+        new = _SWAP[type(node.op)]
+        out.append((f"{type(node.op).__name__} -> {new.__name__}",
+                    lambda n, new=new: setattr(n, "op", new())))
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _SWAP:
+        new = _SWAP[type(node.ops[0])]
+        out.append((f"{type(node.ops[0]).__name__} -> {new.__name__}",
+                    lambda n, new=new: setattr(n, "ops", [new()])))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        out.append(("-x -> +x", lambda n: setattr(n, "op", ast.UAdd())))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        out.append(("drop not", lambda n: setattr(n, "_drop", True)))
+    if (isinstance(node, ast.Constant) and type(node.value) in (int, float)
+            and not isinstance(node.value, bool)):
+        value = node.value
+        new_value = value + 1 if isinstance(value, int) else (1.0 if value == 0 else value * 2)
+        out.append((f"{value!r} -> {new_value!r}", lambda n, v=new_value: setattr(n, "value", v)))
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        out.append((f"{node.value} -> {not node.value}",
+                    lambda n: setattr(n, "value", not n.value)))
+    return out
+
+
+class _DropNot(ast.NodeTransformer):
+    def visit_UnaryOp(self, node):  # noqa: N802 (ast's name)
+        self.generic_visit(node)
+        return node.operand if getattr(node, "_drop", False) else node
+
+
+def mutants(source, functions):
+    """Yield (function, line, description, mutated function source without decorators)."""
+    tree = ast.parse(source)
+    targets = [node for node in tree.body
+               if isinstance(node, ast.FunctionDef) and node.name in functions]
+    missing = set(functions) - {node.name for node in targets}
+    if missing:
+        raise SystemExit(f"functions not found: {sorted(missing)}")
+    for function in targets:
+        # Decorators and default arguments run at import: mutate only the body.
+        spots = [node for stmt in function.body for node in ast.walk(stmt)]
+        for position, node in enumerate(spots):
+            for description, mutate in _mutations(node):
+                mutated = copy.deepcopy(function)
+                mutated.decorator_list = []
+                mutate([n for stmt in mutated.body for n in ast.walk(stmt)][position])
+                mutated = ast.fix_missing_locations(_DropNot().visit(mutated))
+                yield function.name, node.lineno, description, ast.unparse(mutated)
+
+
+def run(group, functions=None, budget=600.0, limit=None):
+    module_name, default_functions, tests = GROUPS[group]
+    os.environ["NUMBA_DISABLE_JIT"] = "1"  # before numba is imported
+    import importlib
+
+    import pytest
+
+    module = importlib.import_module(module_name)
+
+    args = ["-x", "-q", "-p", "no:cacheprovider", "--hypothesis-profile=nojit", "-m",
+            "not slow", "--no-header", "--no-summary", "-W", "ignore", *tests]
+    if pytest.main(args) != 0:
+        raise SystemExit("the tests fail without a mutant: fix them first")
+    start = time.monotonic()
+    killed, survived, skipped = [], [], 0
+    for count, (name, line, description, source) in enumerate(
+            mutants(Path(module.__file__).read_text(), functions or default_functions)):
+        if (limit is not None and count >= limit) or time.monotonic() - start > budget:
+            skipped += 1
+            continue
+        original = module.__dict__[name]
+        # Every fastcofi module that imported the function by name sees the mutant too.
+        holders = [m.__dict__ for m in list(sys.modules.values())
+                   if getattr(m, "__name__", "").startswith("fastcofi")
+                   and m.__dict__.get(name) is original]
+        exec(compile(source, f"<mutant of {name}>", "exec"), module.__dict__)
+        for holder in holders:
+            holder[name] = module.__dict__[name]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                outcome = killed if pytest.main(args) != 0 else survived
+        finally:
+            for holder in holders:
+                holder[name] = original
+        outcome.append((name, line, description))
+        print(f"{'killed' if outcome is killed else 'SURVIVED':9s} {name}:{line} {description}",
+              flush=True)
+    print(f"\n{group}: {len(killed) + len(survived)} mutants in {time.monotonic() - start:.0f} s: "
+          f"{len(killed)} killed, {len(survived)} survived; {skipped} not run (budget)")
+    for name, line, description in survived:
+        print(f"  survivor {name}:{line} {description}")
+    return survived
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("group", choices=sorted(GROUPS))
+    parser.add_argument("--functions", nargs="+", help="only these kernels of the group's file")
+    parser.add_argument("--budget", type=float, default=600.0,
+                        help="seconds; mutants past it are counted, not run (default 600)")
+    parser.add_argument("--limit", type=int, help="run at most this many mutants")
+    args = parser.parse_args(argv)
+    survivors = run(args.group, args.functions, args.budget, args.limit)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
