@@ -32,7 +32,7 @@ GROUPS = {
         "fastcofi._kernels",
         ["cost_and_grad_buffered", "cost_and_grad_two_pass"],
         ["tests/test_objective.py", "-k",
-         "dense_reference or both_kernels or finite_differences or thread or uninitialized"],
+         "dense_reference or both_kernels or finite_differences or uninitialized or many_chunks"],
     ),
     "solvers-kernels": (
         "fastcofi._kernels",

@@ -106,6 +106,34 @@ def test_gradient_matches_finite_differences(problem):
     assert error <= 1e-5 * (1 + np.linalg.norm(objective(x0)[1]))
 
 
+@KERNELS
+@given(problem=sparse_problems(max_items=15, max_users=15, max_factors=3, large=False))
+def test_many_chunks_equal_dense_objective(problem, kernel):
+    """Chunks of a handful of ratings (a chunk holds 2048 by default, so small problems have
+    one): every chunk's rows and partial sums count once, in both kernels."""
+    import fastcofi.ratings
+
+    ratings, dense, mask, X, Theta, reg = problem
+    users, items, values = ratings.coo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastcofi.ratings, "_RATINGS_PER_CHUNK", 3)
+        ratings = Ratings.from_arrays(ratings.user_ids[users], ratings.item_ids[items], values,
+                                      all_users=ratings.user_ids, all_items=ratings.item_ids)
+    rng = np.random.default_rng(ratings.nnz)
+    item_bias, user_bias = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
+    weights = (rng.random(ratings.n_items) * 3, rng.random(ratings.n_users) * 3)
+    grads = (np.empty_like(X), np.empty_like(Theta), np.empty(ratings.n_items),
+             np.empty(ratings.n_users))
+    cost = _evaluate(X, Theta, item_bias, user_bias, 0.4, ratings, reg, 0.7, weights, grads,
+                     **kernel)
+    ref_cost, ref_grads = _dense_biased_objective(
+        X, Theta, item_bias, user_bias, 0.4, dense, mask, reg, 0.7, weights
+    )
+    assert abs(cost - ref_cost) / (1 + abs(ref_cost)) <= 1e-9
+    for got, want in zip(grads, ref_grads):
+        assert relative_error(got, want) <= 1e-9
+
+
 def _random_problem(seed, n_items=300, n_users=200, nnz=6000, k=7):
     rng = np.random.default_rng(seed)
     flat = rng.choice(n_items * n_users, size=nnz, replace=False)
