@@ -1,3 +1,4 @@
+import time
 import warnings
 
 import numpy as np
@@ -7,11 +8,11 @@ from hypothesis import strategies as st
 from scipy.optimize import check_grad
 
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
+from fastcofi.data.synthetic import planted
 from fastcofi.kernels.rowsolve import solve_row
 from fastcofi.train.objective import FlatObjective
-from fastcofi.train.solvers import minimize_als
+from fastcofi.train.solvers import minimize_als, minimize_scipy
 
-from .planted import planted
 from .strategies import relative_error, sparse_problems
 
 
@@ -241,6 +242,8 @@ def test_als_says_which_rows_it_could_not_solve(normalize):
         "set to 0; use reg > 0"
     ]
     assert not model.user_factors_[-1].any() and not model.user_factors_[4].any()
+    if normalize == "biases":
+        assert model.user_bias_[-1] == 0.0  # the failed row's bias is left at 0 too
     # A user without ratings (5) is no warning: with no penalty either, it stays at 0 silently.
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -252,3 +255,33 @@ def test_als_says_which_rows_it_could_not_solve(normalize):
             Ratings.from_arrays([0, 0, 1, 1], [0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0],
                                 all_users=[0, 1, 2])
         )
+
+
+@pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
+def test_scipy_solvers_run_every_iteration_at_tol_0_and_meet_a_tight_tol(method):
+    """tol=0 disables the gradient test even where the gradient is tiny (ratings / 256), so a
+    short budget is spent in full; a tight tol is met by the gradient itself, not cut short by
+    L-BFGS-B's own cost-decrease test; the history's seconds are the run's own clock."""
+    ratings = _problem(0, n_users=30, n_items=20, density=0.4)
+    users, items, values = ratings.coo()
+    rng = np.random.default_rng(0)
+    X0, Theta0 = rng.normal(scale=0.1, size=(20, 3)), rng.normal(scale=0.1, size=(30, 3))
+    tiny = FlatObjective(Ratings.from_arrays(users, items, values / 256, all_users=range(30),
+                                             all_items=range(20)), 3, 1 / 256)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result, history = minimize_scipy(tiny, tiny.pack(X0 / 16, Theta0 / 16), method=method,
+                                         max_iter=4, tol=0)
+    elapsed = time.perf_counter() - start
+    assert result.nit == len(history["cost"]) == 4
+    assert 0 <= history["seconds"][0] and np.all(np.diff(history["seconds"]) >= 0)
+    assert history["seconds"][-1] <= elapsed
+    objective = FlatObjective(ratings, 3, 1.0)
+    x0 = objective.pack(X0, Theta0)
+    g0 = np.max(np.abs(objective(x0)[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result, history = minimize_scipy(objective, x0, method=method, max_iter=5000, tol=1e-7)
+    assert np.max(np.abs(objective(result.x)[1])) <= 1e-7 * g0
+    assert result.nit == len(history["cost"])
