@@ -269,8 +269,8 @@ def test_scipy_solvers_run_every_iteration_at_tol_0_and_meet_a_tight_tol(method)
     tiny = FlatObjective(Ratings.from_arrays(users, items, values / 256, all_users=range(30),
                                              all_items=range(20)), 3, 1 / 256)
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with pytest.warns(ConvergenceWarning, match=f"{method} stopped after 4 iterations without "
+                                                "meeting tol=0"):
         result, history = minimize_scipy(tiny, tiny.pack(X0 / 16, Theta0 / 16), method=method,
                                          max_iter=4, tol=0)
     elapsed = time.perf_counter() - start
@@ -285,3 +285,9 @@ def test_scipy_solvers_run_every_iteration_at_tol_0_and_meet_a_tight_tol(method)
         result, history = minimize_scipy(objective, x0, method=method, max_iter=5000, tol=1e-7)
     assert np.max(np.abs(objective(result.x)[1])) <= 1e-7 * g0
     assert result.nit == len(history["cost"])
+    # Stopping on request is no warning either.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result, history = minimize_scipy(objective, x0, method=method, max_iter=50, tol=1e-7,
+                                         on_iteration=lambda iteration, x, h: iteration == 2)
+    assert len(history["cost"]) == 2
