@@ -291,3 +291,24 @@ def test_scipy_solvers_run_every_iteration_at_tol_0_and_meet_a_tight_tol(method)
         result, history = minimize_scipy(objective, x0, method=method, max_iter=50, tol=1e-7,
                                          on_iteration=lambda iteration, x, h: iteration == 2)
     assert len(history["cost"]) == 2
+
+
+def test_als_stops_at_the_first_sweep_that_meets_tol_and_warns_when_out_of_budget():
+    ratings = _problem(0, n_users=30, n_items=20, density=0.4)
+    objective = FlatObjective(ratings, 3, 1.0, mu=3.0, learn_biases=True, reg_bias=0.5)
+    rng = np.random.default_rng(0)
+    x0 = objective.pack(rng.normal(scale=0.1, size=(20, 3)), rng.normal(scale=0.1, size=(30, 3)),
+                        np.zeros(20), np.zeros(30))
+    g0 = np.max(np.abs(objective(x0)[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        params, history, converged = minimize_als(objective, x0.copy(), fit_bias=True,
+                                                  max_iter=500, tol=1e-4)
+    n = len(history["cost"])
+    assert converged and 2 < n < 500
+    assert np.max(np.abs(objective(params)[1])) <= 1e-4 * g0
+    with pytest.warns(ConvergenceWarning, match=f"ALS stopped after {n - 1} iterations without "
+                                                "meeting tol=0.0001"):
+        params, _, converged = minimize_als(objective, x0.copy(), fit_bias=True, max_iter=n - 1,
+                                            tol=1e-4)
+    assert not converged and np.max(np.abs(objective(params)[1])) > 1e-4 * g0
