@@ -29,8 +29,11 @@ class CheckpointError(ValueError):
         self.path = str(path)
 
 
-def _unreadable(path, message):
-    return CheckpointError(path, f"unreadable checkpoint: {message}")
+class _Unreadable(CheckpointError):
+    """A class, not a function: `read_npz` catches what it raises with ``except error``."""
+
+    def __init__(self, path, message):
+        super().__init__(path, f"unreadable checkpoint: {message}")
 
 
 def write_checkpoint(path, params, iteration, history, fingerprint, state=None):
@@ -62,7 +65,7 @@ def read_checkpoint(path, fingerprint, *, with_state=False):
         A ``ValueError``: the file is not a readable fastcofi checkpoint, is of an unknown
         version, or was written for other data or settings.
     """
-    arrays = read_npz(path, _unreadable, _WHAT)
+    arrays = read_npz(path, _Unreadable, _WHAT)
     if "fastcofi_format" not in arrays and "format" in arrays:
         if str(arrays["format"]) != _FORMAT or int(arrays.get("version", -1)) != 1:
             raise CheckpointError(path, "not a fastcofi checkpoint")
@@ -73,7 +76,7 @@ def read_checkpoint(path, fingerprint, *, with_state=False):
         params = np.array(arrays["params"], dtype=np.float64)
         iteration = int(arrays["iteration"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise _unreadable(path, f"a member is missing or malformed ({exc})") from None
+        raise _Unreadable(path, f"a member is missing or malformed ({exc})") from None
     if stored != json.loads(json.dumps(fingerprint, sort_keys=True)):
         changed = sorted(k for k in set(stored) | set(fingerprint)
                          if stored.get(k) != fingerprint.get(k))
