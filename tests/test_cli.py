@@ -143,8 +143,8 @@ def test_evaluate(model_path, data, capsys):
     doc = json.loads(out)
     assert {"rmse", "mae", "n"} <= set(doc)
     assert isinstance(doc["n"], int) and doc["n"] == N_USERS * 3
-    from fastcofi.io import read_ratings
-    from fastcofi.metrics import mae, rmse
+    from fastcofi.data.read import read_ratings
+    from fastcofi.evaluate.metrics import mae, rmse
 
     test = read_ratings(data["test"])
     users, items, values = test.coo()

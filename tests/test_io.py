@@ -385,7 +385,13 @@ def test_toy_titles_and_ratings(toy_data_dir):
 def test_shared_folder_default_points_beside_repo(monkeypatch, tmp_path):
     """The tests and the benchmarks find the real data in the same folder: ../shared/data beside
     the repository, or FASTCOFI_TEST_DATA."""
-    from bench.problems import shared_data
+    import importlib.util
+
+    # bench/ is a folder of scripts, not a package: load its harness by path.
+    spec = importlib.util.spec_from_file_location("bench_harness", REPO / "bench" / "harness.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    shared_data = harness.shared_data
 
     monkeypatch.delenv("FASTCOFI_TEST_DATA", raising=False)
     assert shared_data_dir() == shared_data() == REPO.parent / "shared" / "data"

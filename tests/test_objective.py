@@ -111,12 +111,12 @@ def test_gradient_matches_finite_differences(problem):
 def test_many_chunks_equal_dense_objective(problem, kernel):
     """Chunks of a handful of ratings (a chunk holds 2048 by default, so small problems have
     one): every chunk's rows and partial sums count once, in both kernels."""
-    import fastcofi.ratings
+    import fastcofi.data.ratings
 
     ratings, dense, mask, X, Theta, reg = problem
     users, items, values = ratings.coo()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fastcofi.ratings, "_RATINGS_PER_CHUNK", 3)
+        patch.setattr(fastcofi.data.ratings, "_RATINGS_PER_CHUNK", 3)
         ratings = Ratings.from_arrays(ratings.user_ids[users], ratings.item_ids[items], values,
                                       all_users=ratings.user_ids, all_items=ratings.item_ids)
     rng = np.random.default_rng(ratings.nnz)

@@ -505,7 +505,7 @@ def test_predict_new_user_unknown_candidate_gets_the_exact_fallback(ratings, nor
     w, beta = m.fold_in(rated, values)
     candidates = np.array([10**9, m.item_ids_[1], -5, m.item_ids_[3]])
     pred = m.predict_new_user(rated, values, candidates)
-    mu, item_off, _ = m._offsets()
+    mu, item_off, _ = _offsets(m)
     fallback = m.global_mean_ + beta if normalize == "biases" else m.global_mean_
     known = mu + item_off[[1, 3]] + beta + m.item_factors_[[1, 3]] @ w
     expected = np.array([fallback, known[0], fallback, known[1]])
@@ -563,8 +563,9 @@ def tied_models(draw):
     model.user_bias_ = rng.integers(-2, 3, size=n_users) / 2.0 if normalize == "biases" else None
     model.rating_range_ = (1.0, 5.0)
     model.reg_, model.reg_bias_ = 0.5, 0.5
-    model._seen = (np.concatenate([[0], np.cumsum(seen.sum(axis=1))]).astype(np.int64),
-                   np.nonzero(seen)[1].astype(np.int32))
+    model.seen_indptr_ = np.concatenate([[0], np.cumsum(seen.sum(axis=1))]).astype(np.int64)
+    model.seen_indices_ = np.nonzero(seen)[1].astype(np.int32)
+    model.noise_variance_ = model.user_bias_variance_ = None
     model.n_iter_ = 1
     return model, rng
 
@@ -574,10 +575,10 @@ def test_every_top_n_path_breaks_ties_by_item_index(model_rng, n, exclude_seen, 
     """recommend (one user, a batch), recommend_new_user, cluster recommendations and
     similar_items / similar_users all rank equal scores by the smaller index, as a lexsort does."""
     model, rng = model_rng
-    mu, item_off, user_off = model._offsets()
+    mu, item_off, user_off = _offsets(model)
     X, Theta = model.item_factors_, model.user_factors_
     n_items, n_users = X.shape[0], Theta.shape[0]
-    indptr, seen = model._seen
+    indptr, seen = model.seen_indptr_, model.seen_indices_
     items = filter_items = mask = None
     if restrict:
         mask = rng.random(n_items) < 0.7
