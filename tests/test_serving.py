@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fastcofi import MatrixFactorization, Ratings, _parallel, load_model, serving
@@ -208,6 +208,8 @@ def test_refit_invalidates_serving_state(ratings):
     | st.lists(st.floats(-1e6, 1e6), max_size=60),
     st.integers(0, 70),
 )
+@example([1.0, 1.0, 0.5], 0)  # n = 0 with candidates: nothing selected, nothing read
+@example([2.0, 2.0, 2.0, 1.0], 2)
 def test_select_top_n_matches_full_sort(values, n):
     """Ties are ranked by the smaller index; -inf and NaN are never selected."""
     scores = np.array(values, dtype=np.float64)
