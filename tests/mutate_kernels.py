@@ -18,6 +18,7 @@ import contextlib
 import copy
 import io
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -130,7 +131,15 @@ def mutants(source, functions):
                 yield function.name, node.lineno, description, ast.unparse(mutated)
 
 
-def run(group, functions=None, budget=600.0, limit=None):
+class MutantTimeout(Exception):
+    """Raised by the alarm in a test that runs past ``--timeout``."""
+
+
+def _time_out(signum, frame):
+    raise MutantTimeout("the tests ran past the mutant's time limit")
+
+
+def run(group, functions=None, budget=600.0, limit=None, timeout=60):
     module_name, default_functions, tests = GROUPS[group]
     os.environ["NUMBA_DISABLE_JIT"] = "1"  # before numba is imported
     import importlib
@@ -158,10 +167,15 @@ def run(group, functions=None, budget=600.0, limit=None):
         exec(compile(source, f"<mutant of {name}>", "exec"), module.__dict__)
         for holder in holders:
             holder[name] = module.__dict__[name]
+        # A mutant can loop for ever (a heap sift that never ends): the alarm raises inside
+        # the test, which then fails, and the mutant counts as killed.
+        signal.signal(signal.SIGALRM, _time_out)
+        signal.alarm(int(timeout))
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 outcome = killed if pytest.main(args) != 0 else survived
         finally:
+            signal.alarm(0)
             for holder in holders:
                 holder[name] = original
         outcome.append((name, line, description))
@@ -181,8 +195,10 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=600.0,
                         help="seconds; mutants past it are counted, not run (default 600)")
     parser.add_argument("--limit", type=int, help="run at most this many mutants")
+    parser.add_argument("--timeout", type=int, default=60,
+                        help="seconds per mutant before it counts as killed (default 60)")
     args = parser.parse_args(argv)
-    survivors = run(args.group, args.functions, args.budget, args.limit)
+    survivors = run(args.group, args.functions, args.budget, args.limit, args.timeout)
     return 1 if survivors else 0
 
 
