@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from scipy.optimize import check_grad
 
 from fastcofi import Ratings, reference
@@ -107,6 +107,7 @@ def test_gradient_matches_finite_differences(problem):
 
 
 @KERNELS
+@settings(max_examples=12)  # chunk launches are what costs here: a few problems suffice
 @given(problem=sparse_problems(max_items=15, max_users=15, max_factors=3, large=False))
 def test_many_chunks_equal_dense_objective(problem, kernel):
     """Chunks of a handful of ratings (a chunk holds 2048 by default, so small problems have

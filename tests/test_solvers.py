@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import check_grad
 
@@ -139,6 +139,7 @@ def test_clip_options():
         MatrixFactorization(clip=(5, 1)).fit(ratings)
 
 
+@settings(max_examples=20)
 @given(sparse_problems(max_items=12, max_users=12, max_factors=3),
        st.sampled_from(["none", "count", "sqrt"]), st.sampled_from([1e-3, 0.3, 5.0]))
 def test_an_als_sweep_ends_at_the_item_blocks_minimum(problem, weighting, reg_bias):
