@@ -156,15 +156,16 @@ def test_training_whose_checkpoint_write_fails_can_resume_from_the_last_good_one
 def test_resume_from_files_that_are_not_checkpoints_of_this_version(tmp_path):
     path = tmp_path / "ckpt.npz"
     np.savez(path, params=np.zeros(3))  # an .npz, but not a checkpoint
-    with pytest.raises(ValueError, match=r"ckpt\.npz: not a fastcofi checkpoint: an \.npz without "
-                                         r"the 'fastcofi_format' marker \(it holds \['params'\]\)$"):
+    with pytest.raises(ValueError, match=r"ckpt\.npz: not a fastcofi checkpoint: an \.npz "
+                                         r"without the 'fastcofi_format' marker \(it holds "
+                                         r"\['params'\]\)$"):
         _fit(5, checkpoint=path, resume=True)
     _fit(5, checkpoint=path)
     with np.load(path) as data:
         arrays = dict(data)
     np.savez(path, **{**arrays, "format_version": np.array(7)})
-    with pytest.raises(ValueError, match=r"ckpt\.npz: a newer fastcofi checkpoint format version 7; "
-                                         r"this fastcofi reads"):
+    with pytest.raises(ValueError, match=r"ckpt\.npz: a newer fastcofi checkpoint format "
+                                         r"version 7; this fastcofi reads"):
         _fit(5, checkpoint=path, resume=True)
     del arrays["fingerprint"]
     np.savez(path, **arrays)
@@ -172,7 +173,8 @@ def test_resume_from_files_that_are_not_checkpoints_of_this_version(tmp_path):
                                          r"or malformed \(.*fingerprint"):
         _fit(5, checkpoint=path, resume=True)
     path.write_bytes(path.read_bytes()[:200])  # truncated
-    with pytest.raises(ValueError, match=r"ckpt\.npz: unreadable checkpoint: corrupted or truncated"):
+    with pytest.raises(ValueError, match=r"ckpt\.npz: unreadable checkpoint: corrupted or "
+                                         r"truncated"):
         _fit(5, checkpoint=path, resume=True)
     path.write_bytes(b"iteration,cost\n1,2.0\n")
     with pytest.raises(ValueError, match=r"ckpt\.npz: unreadable checkpoint: not a fastcofi "
