@@ -160,9 +160,10 @@ def run(group, functions=None, budget=600.0, limit=None, timeout=60):
             skipped += 1
             continue
         original = module.__dict__[name]
-        # Every fastcofi module that imported the function by name sees the mutant too.
+        # Every module that imported the function by name (the package's and the tests') sees
+        # the mutant too.
         holders = [m.__dict__ for m in list(sys.modules.values())
-                   if getattr(m, "__name__", "").startswith("fastcofi")
+                   if getattr(m, "__dict__", None) is not None
                    and m.__dict__.get(name) is original]
         exec(compile(source, f"<mutant of {name}>", "exec"), module.__dict__)
         for holder in holders:
