@@ -209,6 +209,7 @@ def test_refit_invalidates_serving_state(ratings):
     st.integers(0, 70),
 )
 @example([1.0, 1.0, 0.5], 0)  # n = 0 with candidates: nothing selected, nothing read
+@example([0.5, 2.0, 2.0], 1)
 @example([2.0, 2.0, 2.0, 1.0], 2)
 def test_select_top_n_matches_full_sort(values, n):
     """Ties are ranked by the smaller index; -inf and NaN are never selected."""
@@ -651,3 +652,15 @@ def test_a_zero_norm_row_has_cosine_similarity_zero(model):
         assert sims[ids.tolist().index(planted.item_ids_[5])] == 0.0 and np.isfinite(sims).all()
         ids, sims = planted.similar_users(planted.user_ids_[2], n=3)
         assert ids.tolist() == planted.user_ids_[[0, 1, 3]].tolist() and not sims.any()
+
+
+@pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+def test_a_single_item_model_honours_its_candidate_mask():
+    """Masks and seen lists of length one are masks too, on every path."""
+    m = MatrixFactorization(2, max_iter=3, random_state=0).fit(
+        Ratings.from_arrays([1, 2, 3], [7, 7, 7], [4.0, 2.0, 5.0], all_users=[1, 2, 3, 4]))
+    ids, scores = m.recommend([4, 1], n=2, filter_items=[7])
+    assert ids.tolist() == [[-1, -1], [-1, -1]] and np.isneginf(scores).all()
+    assert m.recommend(4, n=2, filter_items=[7])[0].tolist() == []
+    assert m.recommend([4], n=1)[0].tolist() == [[7]]
+    assert m.recommend([1], n=1)[0].tolist() == [[-1]]  # seen
