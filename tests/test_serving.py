@@ -664,3 +664,33 @@ def test_a_single_item_model_honours_its_candidate_mask():
     assert m.recommend(4, n=2, filter_items=[7])[0].tolist() == []
     assert m.recommend([4], n=1)[0].tolist() == [[7]]
     assert m.recommend([1], n=1)[0].tolist() == [[-1]]  # seen
+
+
+def test_the_first_item_counts_as_a_candidate_and_as_a_filter(model):
+    first = model.item_ids_[0]
+    ids, _ = model.recommend(model.user_ids_[0], n=3, items=[first, 10**9], exclude_seen=False)
+    assert ids.tolist() == [first]
+    ids, _ = model.recommend(model.user_ids_[:2], n=3, items=[first, 10**9], exclude_seen=False)
+    assert ids[:, 0].tolist() == [first, first] and (ids[:, 1:] == -1).all()
+    for user in (model.user_ids_[0], model.user_ids_[:2]):
+        ids, _ = model.recommend(user, n=model.item_ids_.shape[0], filter_items=[first],
+                                 exclude_seen=False)
+        assert first not in np.asarray(ids).reshape(-1).tolist()
+
+
+def test_batches_cut_into_many_chunks_match_one_user_at_a_time(model, monkeypatch):
+    """A score buffer of 7 cells holds no whole user of 40 items: one user per chunk, and every
+    chunk's rows land in their own place."""
+    monkeypatch.setattr(serving, "_BATCH_CELLS", 7)
+    users = model.user_ids_[::-3]
+    ids, scores = model.recommend(users, n=4, items=model.item_ids_[::2])
+    for row, user in enumerate(users):
+        one_ids, one_scores = model.recommend(user, n=4, items=model.item_ids_[::2])
+        assert ids[row, :len(one_ids)].tolist() == one_ids.tolist()
+        assert close(scores[row, :len(one_ids)], one_scores, 1e-12)
+    monkeypatch.setattr(serving, "_BATCH_CELLS", 40 * 6)  # six users a chunk, the last short
+    assert model.recommend(users, n=4)[0].tolist() == ids_all(model, users)
+
+
+def ids_all(model, users):
+    return [model.recommend(user, n=4)[0].tolist() for user in users]
