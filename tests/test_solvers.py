@@ -9,7 +9,7 @@ from scipy.optimize import check_grad
 
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
 from fastcofi.data.synthetic import planted
-from fastcofi.kernels.rowsolve import solve_row
+from fastcofi.kernels.rowsolve import _TILE_ROWS, solve_row, solve_rows
 from fastcofi.train.objective import FlatObjective
 from fastcofi.train.solvers import minimize_als, minimize_scipy
 
@@ -76,6 +76,49 @@ def test_row_solve_equals_normal_equations(seed, k, fit_bias, n):
     expected = np.linalg.solve(design.T @ design + penalty, design.T @ target)
     assert relative_error(out, expected[:k]) <= 1e-10
     assert beta == pytest.approx(expected[k] if fit_bias else 0.0, abs=1e-10)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 9), st.booleans(),
+       st.lists(st.sampled_from([0, 1, 2, 5, 9, 10, 11, _TILE_ROWS - 1, _TILE_ROWS,
+                                 2 * _TILE_ROWS + 3]), min_size=1, max_size=5),
+       st.sampled_from([0.0, 0.05, 3.0]))
+def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg):
+    """Every path of the row solve (the n x n system of a short row, the tiled normal equations
+    of a long one, several tiles, a zero penalty) against numpy, rows of a CSR solved in
+    parallel with their own penalty weights."""
+    rng = np.random.default_rng(seed)
+    if reg == 0.0:
+        # Without a penalty a row needs d ratings to be determined (a rank-deficient system
+        # may pass the factorization on rounding: test_row_solve_reports_a_singular_system).
+        lengths = [max(n, k + 1) for n in lengths]
+    n_cols = 2 * _TILE_ROWS + 10
+    F = rng.normal(size=(n_cols, k))
+    col_offset = rng.normal(size=n_cols)
+    row_offset = rng.normal(size=len(lengths))
+    weight = rng.uniform(0.5, 2.0, size=len(lengths))
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    cols = np.concatenate([np.sort(rng.choice(n_cols, n, replace=False)) for n in lengths])
+    cols = cols.astype(np.int32)
+    values = rng.normal(size=cols.shape[0])
+    reg_bias = 0.3
+    out = np.full((len(lengths), k), np.nan)
+    out_bias = np.full(len(lengths), np.nan)
+    chunks = np.array([0, len(lengths) // 2, len(lengths)], dtype=np.int64)
+    failures = solve_rows(indptr, cols, values, chunks, F, col_offset, row_offset, reg, reg_bias,
+                          weight, fit_bias, out, out_bias)
+    for r, n in enumerate(lengths):
+        span = slice(indptr[r], indptr[r + 1])
+        design = F[cols[span]]
+        if fit_bias:
+            design = np.hstack([design, np.ones((n, 1))])
+        target = values[span] - col_offset[cols[span]] - row_offset[r]
+        penalty = weight[r] * np.diag([reg] * k + ([reg_bias] if fit_bias else []))
+        system = design.T @ design + penalty
+        expected = np.linalg.solve(system, design.T @ target)
+        assert relative_error(out[r], expected[:k]) <= 1e-9
+        if fit_bias:
+            assert out_bias[r] == pytest.approx(expected[k], abs=1e-9 * (1 + abs(expected[k])))
+    assert failures == 0
 
 
 def test_row_solve_reports_a_singular_system():

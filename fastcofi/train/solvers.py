@@ -123,7 +123,9 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
                                 (ratings.by_item[0], objective.weights[0]))
     ]
     singular = [0, 0]  # the most rows with ratings one sweep could not solve: users, items
-    with threads(objective.n_threads):
+    # The row solves call BLAS on small tiles from every kernel thread: BLAS threads of its own
+    # would only oversubscribe the cores.
+    with threads(objective.n_threads), one_blas_thread():
         for iteration in range(1, int(max_iter) + 1):
             # Biases learned: they sit beside the factors in each row solve. Fixed (item means):
             # a user's targets subtract the item's mean, an item's targets its own mean.
