@@ -12,7 +12,7 @@ from .evaluate import metrics, split
 from .evaluate.cross_validation import cross_validate
 from .model import MatrixFactorization
 from .model_file import ModelFileError, load_model
-from .train.solvers import ConvergenceWarning
+from .train.solvers import ConvergenceWarning, DivergenceError
 
 __all__ = [
     "MatrixFactorization",
@@ -23,6 +23,7 @@ __all__ = [
     "load_model",
     "ModelFileError",
     "ConvergenceWarning",
+    "DivergenceError",
     "datasets",
     "metrics",
     "split",

@@ -30,7 +30,8 @@ def check_params(model):
     positive_int("patience")
     if model.reg is not None:
         non_negative("reg")
-    non_negative("tol")
+    if model.tol is not None:
+        non_negative("tol")
     non_negative("init_scale")
     if model.reg_bias is not None:
         non_negative("reg_bias")

@@ -1,4 +1,5 @@
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, reference
 from fastcofi.app.demo import toy_ratings_with_new_user
 from fastcofi.data.synthetic import planted
+from fastcofi.train.observers import progress_line
 
 # The tutorial's model: item-mean normalization and a plain penalty on the summed cost.
 TUTORIAL = dict(normalize="item_mean", reg_weighting="none")
@@ -287,8 +289,23 @@ def test_verbose_prints_one_line_per_iteration(solver, capsys):
         model.fit(train, validation=validation)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == model.n_iter_ == 4
-    assert [line.split()[:2] for line in lines] == [["iter", str(n)] for n in range(1, 5)]
-    assert all("val_rmse" in line for line in lines)
+    pattern = re.compile(r"iter +(\d+)/4  cost (\S+)  \S+s/iter  elapsed \S+s  "
+                         r"val_rmse (\S+)  eta <= (\S+)$")
+    fields = [pattern.match(line).groups() for line in lines]
+    assert [int(f[0]) for f in fields] == [1, 2, 3, 4]
+    assert [float(f[1]) for f in fields] == pytest.approx(model.history_["cost"], rel=1e-5)
+    assert [float(f[2]) for f in fields] == pytest.approx(model.history_["val_rmse"], abs=1e-4)
+    assert fields[-1][3] == "0.0s"
+
+
+def test_progress_line_times_and_eta():
+    line = progress_line(3, 10, 12.5, 9.0, 7.5, val_rmse=0.81234)
+    # 3 s per iteration so far, 7 iterations left
+    assert line == ("iter    3/10  cost 12.5  1.5s/iter  elapsed 9.0s  val_rmse 0.8123  "
+                    "eta <= 21.0s")
+    resumed = progress_line(12, 100, 1.0, 130.0, 125.0, start_iteration=10, start_seconds=120.0)
+    assert resumed.endswith("elapsed 2m10s  eta <= 7m20s")  # 5 s per iteration since resuming
+    assert progress_line(1, 3000, 1.0, 3.0, 0.0).endswith("eta <= 2h29m")
 
 
 def test_debug_logging_records_each_iteration(caplog):

@@ -11,7 +11,12 @@ from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
 from fastcofi.data.synthetic import planted
 from fastcofi.kernels.rowsolve import _TILE_ROWS, solve_row, solve_rows
 from fastcofi.train.objective import FlatObjective
-from fastcofi.train.solvers import minimize_als, minimize_scipy
+from fastcofi.train.solvers import (
+    DivergenceError,
+    ScaledObjective,
+    minimize_als,
+    minimize_scipy,
+)
 
 from .strategies import relative_error, sparse_problems
 
@@ -356,3 +361,133 @@ def test_als_stops_at_the_first_sweep_that_meets_tol_and_warns_when_out_of_budge
         params, _, converged = minimize_als(objective, x0.copy(), fit_bias=True, max_iter=n - 1,
                                             tol=1e-4)
     assert not converged and np.max(np.abs(objective(params)[1])) > 1e-4 * g0
+
+
+# -- preconditioned CG / L-BFGS -------------------------------------------------------------------
+def _skewed_problem(seed=0, n_users=300, n_items=60):
+    """Planted rank-3 ratings whose row counts span two orders of magnitude (a few items rated
+    by nearly everyone, most by a handful): one step length does not suit every row."""
+    rng = np.random.default_rng(seed)
+    popularity = 0.9 * np.arange(1, n_items + 1, dtype=float) ** -1.5
+    mask = rng.random((n_items, n_users)) < np.maximum(popularity, 0.02)[:, None]
+    items, users = np.nonzero(mask)
+    planted = 3.0 + rng.normal(size=(n_items, 3)) @ rng.normal(size=(n_users, 3)).T
+    values = planted[items, users] + 0.3 * rng.normal(size=items.shape[0])
+    return Ratings.from_arrays(users, items, values, all_users=range(n_users),
+                               all_items=range(n_items))
+
+
+@pytest.mark.parametrize("learn_biases", [True, False])
+def test_curvature_is_the_exact_diagonal_when_rows_are_alike(learn_biases):
+    """With every row of the other side equal, the estimate (count times the mean square) is the
+    Hessian's diagonal; the biases' is exact always."""
+    ratings = _skewed_problem()
+    objective = FlatObjective(ratings, 3, 2.0, mu=3.0, learn_biases=learn_biases, reg_bias=0.5,
+                              reg_weighting="sqrt")
+    X = np.tile([0.3, -1.0, 2.0], (ratings.n_items, 1))
+    Theta = np.tile([1.5, 0.2, -0.7], (ratings.n_users, 1))
+    x = objective.pack(X, Theta, np.zeros(ratings.n_items), np.zeros(ratings.n_users))
+    h = 1e-4
+    exact = np.empty_like(x)
+    for p in range(x.size):
+        # The cost is quadratic in each single parameter: a central difference is exact.
+        step = np.zeros_like(x)
+        step[p] = h
+        exact[p] = (objective(x + step)[0] - 2 * objective(x)[0] + objective(x - step)[0]) / h**2
+    assert relative_error(objective.curvature(x), exact) <= 1e-5
+
+
+def test_preconditioned_objective_passes_check_grad():
+    ratings = _skewed_problem(1, n_users=40, n_items=20)
+    objective = FlatObjective(ratings, 2, 1.0, mu=3.0, learn_biases=True, reg_bias=0.5)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=objective.size)
+    scale = 1.0 / np.sqrt(objective.curvature(x))
+    scaled = ScaledObjective(objective, scale)
+    z = x / scale
+    cost, grad = scaled(z)
+    assert cost == pytest.approx(objective(x)[0], rel=1e-12)
+    error = check_grad(lambda v: scaled(v)[0], lambda v: scaled(v)[1], z)
+    assert error <= 1e-6 * (1 + np.linalg.norm(grad))
+
+
+def _start(objective, ratings, seed=0):
+    rng = np.random.default_rng(seed)
+    return objective.pack(rng.normal(0, 0.1, (ratings.n_items, objective.n_factors)),
+                          rng.normal(0, 0.1, (ratings.n_users, objective.n_factors)),
+                          np.zeros(ratings.n_items), np.zeros(ratings.n_users))
+
+
+def _minimize(objective, x0, method, precondition, tol):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result, history = minimize_scipy(objective, x0.copy(), method=method, max_iter=5000,
+                                         tol=tol, precondition=precondition)
+    assert len(history["cost"]) == result.nit
+    return result
+
+
+@pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
+def test_preconditioning_reaches_the_same_optimum(method):
+    """On a well-determined problem (one minimum, which ALS also finds) both runs meet the
+    gradient test at the same cost, reported for the returned parameters."""
+    ratings = _problem()
+    objective = FlatObjective(ratings, 3, 10.0, mu=3.0, learn_biases=True, reg_bias=0.1)
+    x0 = _start(objective, ratings)
+    plain = _minimize(objective, x0, method, False, 1e-7)
+    pre = _minimize(objective, x0, method, True, 1e-7)
+    assert pre.status == 0, pre.message
+    assert pre.fun == pytest.approx(plain.fun, rel=1e-9)
+    cost, grad = objective(pre.x)
+    assert cost == pre.fun
+    assert np.max(np.abs(grad)) <= 1e-7 * np.max(np.abs(objective(x0)[1]))
+
+
+@pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
+def test_preconditioning_converges_in_fewer_iterations_when_row_counts_are_skewed(method):
+    ratings = _skewed_problem()
+    objective = FlatObjective(ratings, 3, 1.0, mu=3.0, learn_biases=True, reg_bias=0.5)
+    x0 = _start(objective, ratings)
+    plain = _minimize(objective, x0, method, False, 1e-6)
+    pre = _minimize(objective, x0, method, True, 1e-6)
+    assert pre.status == 0, pre.message
+    assert pre.nit * 1.5 <= plain.nit, (pre.nit, plain.nit)
+
+
+# -- divergence -----------------------------------------------------------------------------------
+class _PoisonedObjective(FlatObjective):
+    """The objective, with every parameter turned NaN from its ``bad_call``-th evaluation on, as
+    a solver that diverged would leave them."""
+
+    bad_call = 4
+
+    def __call__(self, params):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls >= self.bad_call:
+            params = np.full_like(params, np.nan)
+        return super().__call__(params)
+
+
+@pytest.mark.parametrize("solver, name", [("cg", "CG"), ("lbfgs", "L-BFGS-B"), ("als", "ALS")])
+@pytest.mark.parametrize("precondition", [True, False])
+def test_a_diverging_solver_stops_with_an_error_naming_it_and_the_iteration(
+    solver, name, precondition, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(MatrixFactorization, "_precondition", precondition)
+    model = MatrixFactorization(3, solver=solver, max_iter=50, tol=0, random_state=0)
+    checkpoint = tmp_path / "run.npz"
+    with pytest.raises(DivergenceError, match=rf"^{name} diverged at iteration \d+: the cost is nan"):
+        model.fit(_problem(), make_objective=_PoisonedObjective, checkpoint=checkpoint,
+                  checkpoint_every=1)
+    assert not hasattr(model, "item_factors_") or np.all(np.isfinite(model.item_factors_))
+    if checkpoint.exists():
+        # What was saved before the divergence is finite.
+        with np.load(checkpoint) as saved:
+            assert all(np.all(np.isfinite(saved[key])) for key in saved.files
+                       if saved[key].dtype.kind == "f")
+
+
+def test_an_overflowing_cost_is_a_divergence_at_iteration_0():
+    ratings = Ratings.from_arrays([0, 1], [0, 1], [1e200, -1e200])
+    with pytest.raises(DivergenceError, match="^ALS diverged at iteration 0: the cost is inf"):
+        MatrixFactorization(1, solver="als", normalize="none").fit(ratings)

@@ -20,6 +20,7 @@ __all__ = [
     "Progress",
     "UserCallback",
     "debug_log",
+    "progress_line",
 ]
 
 logger = logging.getLogger("fastcofi")
@@ -96,15 +97,68 @@ class EarlyStopping:
 
 
 class Progress:
-    """One line per iteration on stderr: iteration, cost, seconds (and validation RMSE)."""
+    """One line per iteration on stderr (`progress_line`): iteration of the budget, cost, the
+    iteration's time, the time so far, the validation RMSE, and the time the rest of the budget
+    would take.
 
-    def __init__(self, out=None):
+    Parameters
+    ----------
+    max_iter : int
+        The budget, counted over the resumed iterations too.
+    start_iteration, start_seconds : int, float
+        Where this run starts (a resumed checkpoint's iterations and seconds).
+    out : file, optional
+        Default: sys.stderr at the time of each line.
+    """
+
+    def __init__(self, max_iter=None, start_iteration=0, start_seconds=0.0, out=None):
+        self.max_iter = max_iter
+        self.start_iteration, self.start_seconds = int(start_iteration), float(start_seconds)
+        self.previous_seconds = self.start_seconds
         self.out = out
 
     def __call__(self, iteration, params, history, info):
-        extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
-        print(f"iter {iteration:4d}  cost {info['cost']:.6g}  {info['seconds']:.2f}s{extra}",
-              file=self.out or sys.stderr)
+        budget = iteration if self.max_iter is None else self.max_iter
+        print(progress_line(iteration, budget, info["cost"], info["seconds"],
+                            self.previous_seconds, start_iteration=self.start_iteration,
+                            start_seconds=self.start_seconds, val_rmse=info.get("val_rmse")),
+              file=self.out or sys.stderr, flush=True)
+        self.previous_seconds = info["seconds"]
+
+
+def _duration(seconds):
+    """``12.3s``, ``4m05s`` or ``2h03m``: short, and readable at any length of run."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def progress_line(iteration, max_iter, cost, seconds, previous_seconds, *, start_iteration=0,
+                  start_seconds=0.0, val_rmse=None):
+    """One line: the iteration of the budget ``max_iter``, the cost, this iteration's time
+    (``seconds - previous_seconds``), the time so far, the validation RMSE when there is one,
+    and the time left if the whole budget is used (an upper bound: the convergence test
+    usually stops sooner), from the mean time per iteration since this run started at
+    ``start_iteration`` / ``start_seconds`` (past 0 when resumed from a checkpoint).
+    """
+    done = max(1, iteration - start_iteration)
+    mean = (seconds - start_seconds) / done
+    left = max(0, int(max_iter) - iteration) * mean
+    parts = [
+        f"iter {iteration:4d}/{int(max_iter)}",
+        f"cost {cost:.6g}",
+        f"{_duration(seconds - previous_seconds)}/iter",
+        f"elapsed {_duration(seconds)}",
+    ]
+    if val_rmse is not None:
+        parts.append(f"val_rmse {val_rmse:.4f}")
+    parts.append(f"eta <= {_duration(left)}")
+    return "  ".join(parts)
 
 
 def debug_log(iteration, params, history, info):

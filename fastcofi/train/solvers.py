@@ -12,7 +12,7 @@ import numpy as np
 from .._parallel import one_blas_thread, threads
 from ..kernels.rowsolve import solve_rows
 
-__all__ = ["ConvergenceWarning", "minimize_scipy", "minimize_als"]
+__all__ = ["ConvergenceWarning", "DivergenceError", "minimize_scipy", "minimize_als"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -27,7 +27,8 @@ def _warn(solver, nit, tol, reason):
     )
 
 
-def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None):
+def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None,
+                   precondition=False):
     """Minimize ``objective`` with ``scipy.optimize.minimize(method="CG" or "L-BFGS-B", jac=True)``.
 
     Parameters
@@ -44,40 +45,160 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None):
     on_iteration : callable, optional
         ``on_iteration(iteration, x, history) -> bool`` after each iteration, with the current
         iterate; returning True stops training (without a convergence warning).
+    precondition : bool, default False
+        Minimize over ``z = x / s`` instead, ``s`` = 1 / sqrt(an estimate of each parameter's
+        curvature, ``objective.curvature(x)``), re-estimated at the start of segments of
+        5, 10, 20, ... iterations (each a fresh scipy run: scipy does not expose its restarts).
+        The cost is the same function; rows with thousands of ratings and rows with three no
+        longer share one step length. The gradient test and ``on_iteration`` see ``x``.
 
     Returns
     -------
     result : scipy.optimize.OptimizeResult
+        With ``precondition``: ``x``, ``fun``, ``nit`` (all segments), ``status`` (0
+        converged, 1 iteration limit, 2 no progress, 99 stopped by ``on_iteration``),
+        ``success``, ``message``, ``segments``.
     history : dict of lists ``"cost"`` and ``"seconds"``, one entry per iteration
     """
     # Imported here: scipy.optimize takes most of a second to import, which serving never needs.
     from scipy import optimize
 
+    if precondition:
+        return _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
     history = {"cost": [], "seconds": []}
 
     def scipy_callback(intermediate_result):
         history["cost"].append(float(intermediate_result.fun))
         history["seconds"].append(time.perf_counter() - start)
+        _check_finite(method, len(history["cost"]), intermediate_result.fun)
         if on_iteration is not None and on_iteration(
             len(history["cost"]), intermediate_result.x, history
         ):
             raise StopIteration
 
-    if method == "CG":
-        options = {"maxiter": int(max_iter)}
-    else:
-        # L-BFGS-B's own relative-decrease test would stop long before the gradient test.
-        options = {"maxiter": int(max_iter), "ftol": 0.0, "maxfun": 4 * int(max_iter) + 20}
+    options = _scipy_options(method, max_iter)
     with one_blas_thread():
         start = time.perf_counter()
-        _, grad0 = objective(x0)
+        cost0, grad0 = objective(x0)
+        _check_finite(method, 0, cost0)
         gtol = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else 0.0
         options["gtol"] = gtol
         result = optimize.minimize(
             objective, x0, method=method, jac=True, callback=scipy_callback, options=options
         )
+    _check_finite(method, int(result.nit), result.fun)
     if not result.success and result.status != 99:
         _warn(method, result.nit, tol, result.message)
+    return result, history
+
+
+def _scipy_options(method, max_iter):
+    if method == "CG":
+        return {"maxiter": int(max_iter)}
+    # L-BFGS-B's own relative-decrease test would stop long before the gradient test.
+    return {"maxiter": int(max_iter), "ftol": 0.0, "maxfun": 4 * int(max_iter) + 20}
+
+
+class DivergenceError(FloatingPointError):
+    """A solver produced a non-finite cost or non-finite parameters."""
+
+
+def _check_finite(solver, iteration, cost):
+    """Stop a solver whose cost (a sum over every parameter and residual) is no longer finite."""
+    if not np.isfinite(cost):
+        raise DivergenceError(
+            f"{solver} diverged at iteration {iteration}: the cost is {cost} (non-finite "
+            "factors); try a larger reg, a smaller init_scale or another solver"
+        )
+
+
+# Iterations in the first preconditioned segment; each next segment is twice as long, so the
+# scaling follows the factors' growth early and restarts cost little later.
+_FIRST_SEGMENT = 5
+
+
+class ScaledObjective:
+    """``objective`` over ``z = x / scale``: ``(cost(scale * z), scale * gradient)``, a fresh
+    gradient each call. Remembers the last point evaluated, in ``x``, with its cost and
+    gradient."""
+
+    def __init__(self, objective, scale):
+        self.objective = objective
+        self.scale = scale
+        self.last = None
+
+    def __call__(self, z):
+        x = self.scale * z
+        cost, grad = self.objective(x)
+        self.last = (x, cost, grad)
+        return cost, grad * self.scale
+
+
+def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration):
+    """`minimize_scipy` with ``precondition=True``."""
+    from scipy import optimize
+
+    history = {"cost": [], "seconds": []}
+    state = {"converged": False, "stopped": False}
+    x = np.array(x0, dtype=np.float64)
+    done, segments, segment = 0, 0, _FIRST_SEGMENT
+    status, message = 1, ""
+    with one_blas_thread():
+        start = time.perf_counter()
+        cost, grad0 = objective(x)
+        _check_finite(method, 0, cost)
+        threshold = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else -1.0
+        while done < int(max_iter) and not (state["converged"] or state["stopped"]):
+            curvature = objective.curvature(x)
+            scale = 1.0 / np.sqrt(np.where(curvature > 0, curvature, 1.0))
+            scaled = ScaledObjective(objective, scale)
+            first = done
+
+            # scipy passes an OptimizeResult only to a callback whose one parameter has this name.
+            def scipy_callback(intermediate_result):
+                iteration = len(history["cost"]) + 1
+                history["cost"].append(float(intermediate_result.fun))
+                history["seconds"].append(time.perf_counter() - start)
+                _check_finite(method, iteration, intermediate_result.fun)
+                current = scaled.scale * intermediate_result.x
+                last_x, last_cost, last_grad = scaled.last
+                if last_cost != intermediate_result.fun or not np.array_equal(last_x, current):
+                    last_cost, last_grad = scaled.objective(current)
+                if on_iteration is not None and on_iteration(iteration, current, history):
+                    state["stopped"] = True
+                    raise StopIteration
+                if np.max(np.abs(last_grad)) <= threshold:
+                    state["converged"] = True
+                    raise StopIteration
+
+            options = _scipy_options(method, min(segment, int(max_iter) - done))
+            options["gtol"] = 0.0
+            result = optimize.minimize(
+                scaled, x / scale, method=method, jac=True, callback=scipy_callback,
+                options=options,
+            )
+            x = scale * result.x
+            cost = float(result.fun)
+            _check_finite(method, len(history["cost"]), cost)
+            done = len(history["cost"])
+            segments += 1
+            segment *= 2
+            # The last segment's reason stands when the budget ends the run.
+            message = str(result.message)
+            if done == first and not (state["converged"] or state["stopped"]):
+                # A fresh start made no step: the line search can do no better from here.
+                status, message = 2, f"no progress: {result.message}"
+                break
+    if state["converged"]:
+        status, message = 0, "gradient test met"
+    elif state["stopped"]:
+        status, message = 99, "stopped by on_iteration"
+    result = optimize.OptimizeResult(
+        x=x, fun=cost, nit=done, status=status, success=status in (0, 99), message=message,
+        segments=segments,
+    )
+    if status not in (0, 99):
+        _warn(method, done, tol, message)
     return result, history
 
 
@@ -111,6 +232,7 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     history = {"cost": [], "seconds": []}
     start = time.perf_counter()
     previous, grad0 = objective(params)
+    _check_finite("ALS", 0, previous)
     threshold = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else -1.0
     converged = False
     # A row without ratings and without penalty has an all-zero system: it fails every sweep and
@@ -145,6 +267,7 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
             singular = [max(singular[0], failed_users - empty_failures[0]),
                         max(singular[1], failed_items - empty_failures[1])]
             cost, grad = objective(params)
+            _check_finite("ALS", iteration, cost)
             history["cost"].append(cost)
             history["seconds"].append(time.perf_counter() - start)
             if on_iteration is not None and on_iteration(iteration, params, history):
