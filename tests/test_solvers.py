@@ -381,7 +381,7 @@ def _skewed_problem(seed=0, n_users=300, n_items=60):
 def test_curvature_is_the_exact_diagonal_when_rows_are_alike(learn_biases):
     """With every row of the other side equal, the estimate (count times the mean square) is the
     Hessian's diagonal; the biases' is exact always."""
-    ratings = _skewed_problem()
+    ratings = _skewed_problem(n_users=30, n_items=12)
     objective = FlatObjective(ratings, 3, 2.0, mu=3.0, learn_biases=learn_biases, reg_bias=0.5,
                               reg_weighting="sqrt")
     X = np.tile([0.3, -1.0, 2.0], (ratings.n_items, 1))
@@ -443,6 +443,7 @@ def test_preconditioning_reaches_the_same_optimum(method):
     assert np.max(np.abs(grad)) <= 1e-7 * np.max(np.abs(objective(x0)[1]))
 
 
+@pytest.mark.slow  # hundreds of iterations: seconds with the JIT, minutes without
 @pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
 def test_preconditioning_converges_in_fewer_iterations_when_row_counts_are_skewed(method):
     ratings = _skewed_problem()

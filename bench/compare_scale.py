@@ -1,0 +1,258 @@
+"""Time to quality at scale (BENCHMARKS.md protocol S): LIBMF against each fastcofi solver.
+
+    python3 bench/compare_scale.py [--sizes 1e6,1e7] [--factors 32] [--threads 2] \
+        [--libmf-python /path/to/venv/bin/python] [--lambdas 0.02,0.05,0.1] [--only als,cg]
+
+Netflix shape: ``fastcofi.datasets.synthetic(480_189, 17_770, n, rank=10, noise=0.5, seed=1)``,
+the probe a random 1 % of the ratings (``np.random.default_rng(1).random(n) < 0.01``), k = 32,
+2 threads. The arrays are made once per size and saved; then every fit runs in a fresh process
+that loads them, so that each wall time and peak RSS is its own:
+
+- fastcofi: wall time from the arrays (``Ratings.from_arrays``, included) through each
+  iteration, with the probe RMSE after each iteration (``fit(validation=probe)``, whose
+  predictions are a small part of the time); the iteration budget is fixed per solver and early
+  stopping is off, so every curve runs its whole budget. Solvers: ALS, CG and L-BFGS with
+  defaults, and ALS with LIBMF's own objective (``reg_weighting="count"``, ``reg=0.05``).
+  VB is left out: it keeps a 33 x 33 covariance per user (4 GB at 480k users).
+- LIBMF (the pip package ``libmf``, in its own virtualenv, never a fastcofi dependency):
+  ``MF(k, lambda_p2 = lambda_q2 = l, lambda_p1 = lambda_q1 = 0, eta = 0.05, nr_threads)`` on
+  ``rating - global mean``, one fresh fit per (lambda, epoch count), since its bindings do not
+  report per-epoch progress; wall time includes its copy of the arrays. Rows it never saw
+  predict NaN: 0 is used (the global mean).
+
+Writes bench/results/compare_scale.json (every curve, seconds per sweep or epoch, peak RSS,
+environment) and compare_scale.png (probe RMSE against seconds, one panel per size).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.problems import RESULTS, write_json  # noqa: E402
+
+SHAPE = (480_189, 17_770)
+
+# (label, MatrixFactorization parameters, iterations). Budgets sized so each curve passes its
+# plateau at 1e6-1e7 ratings.
+FASTCOFI_RUNS = {
+    "als": ({"solver": "als"}, 12),
+    "als-count": ({"solver": "als", "reg_weighting": "count", "reg": 0.05}, 12),
+    "cg": ({"solver": "cg"}, 80),
+    "lbfgs": ({"solver": "lbfgs"}, 80),
+}
+LIBMF_EPOCHS = (5, 10, 20, 40)
+
+LIBMF_SCRIPT = r"""
+import json, resource, sys, time
+import numpy as np
+from libmf import mf
+spec = json.load(open(sys.argv[1]))
+users = np.load(spec["train_users"]); items = np.load(spec["train_items"])
+values = np.load(spec["train_values"])
+pu = np.load(spec["probe_users"]); pi = np.load(spec["probe_items"])
+pv = np.load(spec["probe_values"]).astype(np.float64)
+start = time.perf_counter()
+mean = float(values.mean(dtype=np.float64))
+data = np.column_stack([users.astype(np.float32), items.astype(np.float32),
+                        (values - mean).astype(np.float32)])
+engine = mf.MF(k=spec["k"], nr_threads=spec["threads"], nr_iters=spec["epochs"],
+               lambda_p2=spec["lambda"], lambda_q2=spec["lambda"], lambda_p1=0.0,
+               lambda_q1=0.0, eta=spec["eta"])
+engine.fit(data)
+seconds = time.perf_counter() - start
+pred = engine.predict(np.column_stack([pu, pi]).astype(np.float32)).astype(np.float64)
+pred = np.clip(np.nan_to_num(pred, nan=0.0) + mean, spec["low"], spec["high"])
+rmse = float(np.sqrt(np.mean((pred - pv) ** 2)))
+json.dump({"seconds": seconds, "probe_rmse": rmse,
+           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+          open(sys.argv[2], "w"))
+"""
+
+
+def prepare(n, folder):
+    """Train and probe arrays of protocol S at ``n`` ratings, saved as .npy in ``folder``."""
+    from fastcofi import datasets
+
+    dtype = np.float32 if n >= 50_000_000 else np.float64
+    ratings = datasets.synthetic(*SHAPE, n, rank=10, noise=0.5, seed=1, dtype=dtype)
+    users, items, values = ratings.coo()
+    probe = np.random.default_rng(1).random(values.shape[0]) < 0.01
+    paths = {}
+    for part, mask in (("train", ~probe), ("probe", probe)):
+        for name, array in (("users", users), ("items", items), ("values", values)):
+            path = Path(folder) / f"{part}_{name}.npy"
+            np.save(path, np.ascontiguousarray(array[mask]))
+            paths[f"{part}_{name}"] = str(path)
+    del ratings, users, items, values
+    return paths
+
+
+def fastcofi_worker(spec_path, out_path):
+    """One fastcofi fit (run in a fresh process): writes its curve to ``out_path``."""
+    from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
+
+    spec = json.loads(Path(spec_path).read_text())
+    arrays = {key: np.load(path) for key, path in spec["arrays"].items()}
+    params, budget = spec["params"], spec["iterations"]
+    start = time.perf_counter()
+    train = Ratings.from_arrays(arrays["train_users"], arrays["train_items"],
+                                arrays["train_values"], all_users=range(SHAPE[0]),
+                                all_items=range(SHAPE[1]))
+    probe = Ratings.from_arrays(arrays["probe_users"], arrays["probe_items"],
+                                arrays["probe_values"])
+    build = time.perf_counter() - start
+    model = MatrixFactorization(n_factors=spec["k"], max_iter=budget, tol=0, patience=budget + 1,
+                                n_threads=spec["threads"], random_state=0, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(train, validation=probe)
+    total = time.perf_counter() - start
+    seconds = [build + s for s in model.history_["seconds"]]
+    steps = np.diff([build] + seconds)
+    Path(out_path).write_text(json.dumps({
+        "build_seconds": build, "seconds": seconds, "probe_rmse": model.history_["val_rmse"],
+        "cost": model.history_["cost"], "wall_seconds": total,
+        "seconds_per_iteration": float(np.median(steps)) if steps.size else None,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "reg_used": model.reg_,
+    }))
+
+
+def run_fresh(command, spec, timeout):
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "NUMBA_NUM_THREADS": str(spec["threads"]),
+               "OMP_NUM_THREADS": str(spec["threads"])}
+        done = subprocess.run([*command, str(spec_path), str(out_path)], env=env,
+                              timeout=timeout, capture_output=True, text=True)
+        if done.returncode != 0:
+            return {"error": done.stderr.strip().splitlines()[-1:]}
+        return json.loads(out_path.read_text())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1e6", help="comma-separated numbers of ratings")
+    parser.add_argument("--factors", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--libmf-python", default=None,
+                        help="python of a virtualenv with the libmf package (LIBMF rows "
+                             "are left out without it)")
+    parser.add_argument("--lambdas", default="0.02,0.05,0.1")
+    parser.add_argument("--only", default=",".join(FASTCOFI_RUNS),
+                        help="fastcofi runs to do, of " + ",".join(FASTCOFI_RUNS))
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per fit")
+    parser.add_argument("--out", default=str(RESULTS / "compare_scale.json"))
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        fastcofi_worker(*args.worker)
+        return 0
+
+    doc = {"protocol": "BENCHMARKS.md protocol S", "k": args.factors, "threads": args.threads,
+           "environment": {"machine": platform.machine(), "python": platform.python_version(),
+                           "cpus": os.cpu_count(),
+                           "load_average_at_start": os.getloadavg()},
+           "sizes": {}}
+    for size in [int(float(s)) for s in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory() as folder:
+            t = time.perf_counter()
+            arrays = prepare(size, folder)
+            print(f"{size:.0e}: arrays in {time.perf_counter() - t:.1f}s", flush=True)
+            low, high = 1.0, 5.0
+            rows = {}
+            for label in args.only.split(","):
+                params, budget = FASTCOFI_RUNS[label]
+                spec = {"arrays": arrays, "params": params, "iterations": budget,
+                        "k": args.factors, "threads": args.threads}
+                rows[f"fastcofi {label}"] = {
+                    "params": params,
+                    **run_fresh([sys.executable, __file__, "--worker"], spec, args.timeout),
+                }
+                print(f"  fastcofi {label}: {summary(rows[f'fastcofi {label}'])}", flush=True)
+            if args.libmf_python:
+                with tempfile.TemporaryDirectory() as tmp:
+                    script = Path(tmp) / "libmf_fit.py"
+                    script.write_text(LIBMF_SCRIPT)
+                    for lam in [float(v) for v in args.lambdas.split(",")]:
+                        curve = []
+                        for epochs in LIBMF_EPOCHS:
+                            spec = {**arrays, "k": args.factors, "threads": args.threads,
+                                    "epochs": epochs, "lambda": lam, "eta": 0.05, "low": low,
+                                    "high": high}
+                            curve.append({"epochs": epochs, **run_fresh(
+                                [args.libmf_python, str(script)], spec, args.timeout)})
+                        rows[f"LIBMF lambda {lam:g}"] = libmf_row(curve, lam)
+                        print(f"  LIBMF lambda {lam:g}: {summary(rows[f'LIBMF lambda {lam:g}'])}",
+                              flush=True)
+            doc["sizes"][str(size)] = rows
+    write_json(Path(args.out), doc)
+    plot(doc, Path(args.out).with_suffix(".png"))
+    return 0
+
+
+def libmf_row(curve, lam):
+    ok = [point for point in curve if "error" not in point]
+    row = {"params": {"lambda": lam, "eta": 0.05}, "epochs": [p["epochs"] for p in ok],
+           "seconds": [p["seconds"] for p in ok], "probe_rmse": [p["probe_rmse"] for p in ok],
+           "peak_rss_bytes": max((p["peak_rss_bytes"] for p in ok), default=None),
+           "errors": [p["error"] for p in curve if "error" in p]}
+    if len(ok) >= 2:
+        row["seconds_per_iteration"] = float(np.median(
+            np.diff(row["seconds"]) / np.diff(row["epochs"])))
+    return row
+
+
+def summary(row):
+    if row.get("error") or not row.get("probe_rmse"):
+        return f"failed: {row.get('error') or row.get('errors')}"
+    best = int(np.argmin(row["probe_rmse"]))
+    return (f"best probe RMSE {row['probe_rmse'][best]:.4f} at {row['seconds'][best]:.1f}s, "
+            f"{row.get('seconds_per_iteration') or float('nan'):.2f} s/iteration, peak RSS "
+            f"{(row['peak_rss_bytes'] or 0) / 2**30:.2f} GiB")
+
+
+def plot(doc, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(doc["sizes"])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for label, row in doc["sizes"][size].items():
+            if row.get("probe_rmse"):
+                style = "o--" if label.startswith("LIBMF") else ".-"
+                ax.plot(row["seconds"], row["probe_rmse"], style, label=label, markersize=4)
+        ax.set_title(f"{float(size):.0e} ratings, k = {doc['k']}, {doc['threads']} threads")
+        ax.set_xlabel("wall seconds from arrays")
+        ax.set_ylabel("probe RMSE")
+        ax.set_xscale("log")
+        rmses = [v for row in doc["sizes"][size].values() for v in row.get("probe_rmse", [])]
+        if rmses:
+            ax.set_ylim(min(rmses) - 0.01, min(min(rmses) + 0.15, max(rmses) + 0.01))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
