@@ -27,7 +27,6 @@ environment) and compare_scale.png (probe RMSE against seconds, one panel per si
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,10 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.problems import RESULTS, write_json  # noqa: E402
+from harness import RESULTS, environment, write_json
 
 SHAPE = (480_189, 17_770)
 
@@ -154,19 +150,23 @@ def main(argv=None):
                              "are left out without it)")
     parser.add_argument("--lambdas", default="0.02,0.05,0.1")
     parser.add_argument("--only", default=",".join(FASTCOFI_RUNS),
-                        help="fastcofi runs to do, of " + ",".join(FASTCOFI_RUNS))
+                        help="fastcofi runs to do, of " + ",".join(FASTCOFI_RUNS) + " (empty: "
+                             "none)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per fit")
     parser.add_argument("--out", default=str(RESULTS / "compare_scale.json"))
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the PNG from the JSON at --out")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         fastcofi_worker(*args.worker)
         return 0
+    if args.replot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return 0
 
     doc = {"protocol": "BENCHMARKS.md protocol S", "k": args.factors, "threads": args.threads,
-           "environment": {"machine": platform.machine(), "python": platform.python_version(),
-                           "cpus": os.cpu_count(),
-                           "load_average_at_start": os.getloadavg()},
+           "environment": environment(load_average_at_start=os.getloadavg()),
            "sizes": {}}
     for size in [int(float(s)) for s in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as folder:
@@ -175,7 +175,7 @@ def main(argv=None):
             print(f"{size:.0e}: arrays in {time.perf_counter() - t:.1f}s", flush=True)
             low, high = 1.0, 5.0
             rows = {}
-            for label in args.only.split(","):
+            for label in filter(None, args.only.split(",")):
                 params, budget = FASTCOFI_RUNS[label]
                 spec = {"arrays": arrays, "params": params, "iterations": budget,
                         "k": args.factors, "threads": args.threads}
@@ -243,9 +243,11 @@ def plot(doc, path):
         ax.set_xlabel("wall seconds from arrays")
         ax.set_ylabel("probe RMSE")
         ax.set_xscale("log")
-        rmses = [v for row in doc["sizes"][size].values() for v in row.get("probe_rmse", [])]
-        if rmses:
-            ax.set_ylim(min(rmses) - 0.01, min(min(rmses) + 0.15, max(rmses) + 0.01))
+        bests = [min(row["probe_rmse"]) for row in doc["sizes"][size].values()
+                 if row.get("probe_rmse")]
+        if bests:
+            # Every curve's best point in view, the early iterations' large errors cut off.
+            ax.set_ylim(min(bests) - 0.01, max(bests) + 0.04)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
