@@ -17,8 +17,9 @@ that loads them, so that each wall time and peak RSS is its own:
 - LIBMF (the pip package ``libmf``, in its own virtualenv, never a fastcofi dependency):
   ``MF(k, lambda_p2 = lambda_q2 = l, lambda_p1 = lambda_q1 = 0, eta = 0.05, nr_threads)`` on
   ``rating - global mean``, one fresh fit per (lambda, epoch count), since its bindings do not
-  report per-epoch progress; wall time includes its copy of the arrays. Rows it never saw
-  predict NaN: 0 is used (the global mean).
+  report per-epoch progress; wall time includes its copy of the arrays. Predictions are made
+  from its factors (``p_factors``, ``q_factors``): the bindings' ``predict`` returned one
+  constant for every pair here. Rows it never saw (NaN factors) predict 0, the global mean.
 
 Writes bench/results/compare_scale.json (every curve, seconds per sweep or epoch, peak RSS,
 environment) and compare_scale.png (probe RMSE against seconds, one panel per size).
@@ -69,7 +70,11 @@ engine = mf.MF(k=spec["k"], nr_threads=spec["threads"], nr_iters=spec["epochs"],
                lambda_q1=0.0, eta=spec["eta"])
 engine.fit(data)
 seconds = time.perf_counter() - start
-pred = engine.predict(np.column_stack([pu, pi]).astype(np.float32)).astype(np.float64)
+# From the factors: the bindings' predict returned a constant here (libmf 0.9.1).
+P = engine.p_factors().astype(np.float64); Q = engine.q_factors().astype(np.float64)
+known = (pu < P.shape[0]) & (pi < Q.shape[0])
+pred = np.zeros(pu.shape[0])
+pred[known] = np.einsum("ij,ij->i", P[pu[known]], Q[pi[known]])
 pred = np.clip(np.nan_to_num(pred, nan=0.0) + mean, spec["low"], spec["high"])
 rmse = float(np.sqrt(np.mean((pred - pv) ** 2)))
 json.dump({"seconds": seconds, "probe_rmse": rmse,
@@ -154,6 +159,8 @@ def main(argv=None):
                              "none)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per fit")
     parser.add_argument("--out", default=str(RESULTS / "compare_scale.json"))
+    parser.add_argument("--merge", action="store_true",
+                        help="add these rows to those already at --out instead of replacing it")
     parser.add_argument("--replot", action="store_true",
                         help="only redraw the PNG from the JSON at --out")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -200,6 +207,12 @@ def main(argv=None):
                         print(f"  LIBMF lambda {lam:g}: {summary(rows[f'LIBMF lambda {lam:g}'])}",
                               flush=True)
             doc["sizes"][str(size)] = rows
+    if args.merge and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        for size, rows in doc["sizes"].items():
+            old["sizes"].setdefault(size, {}).update(rows)
+        old.setdefault("merged_runs", []).append(doc["environment"])
+        doc = old
     write_json(Path(args.out), doc)
     plot(doc, Path(args.out).with_suffix(".png"))
     return 0
