@@ -12,7 +12,7 @@ import numpy as np
 from .._parallel import one_blas_thread, threads
 from ..kernels.rowsolve import solve_rows
 
-__all__ = ["ConvergenceWarning", "DivergenceError", "minimize_scipy", "minimize_als"]
+__all__ = ["ConvergenceWarning", "DivergenceError", "minimize_als", "minimize_scipy"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -154,8 +154,11 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
             scaled = ScaledObjective(objective, scale)
             first = done
 
+            state["scaled"] = scaled
+
             # scipy passes an OptimizeResult only to a callback whose one parameter has this name.
             def scipy_callback(intermediate_result):
+                scaled = state["scaled"]
                 iteration = len(history["cost"]) + 1
                 history["cost"].append(float(intermediate_result.fun))
                 history["seconds"].append(time.perf_counter() - start)
