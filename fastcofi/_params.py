@@ -96,3 +96,14 @@ def check_fit_args(solver, ratings, validation, checkpoint, checkpoint_every, re
             "solver='vb' does not checkpoint (its state holds a covariance per row); "
             "use solver 'cg', 'lbfgs' or 'als' with checkpoint="
         )
+
+
+# tol=None: the preconditioned scipy solvers converge cheaply (ML-100K protocol A 0.9095 in 51-68
+# iterations at 3e-4, against 0.9098 in 87-138 for plain CG at 3e-3); ALS and VB keep the figure
+# they were tuned at, Gibbs does not use it.
+_DEFAULT_TOL = {"cg": 3e-4, "lbfgs": 3e-4, "als": 3e-3, "vb": 3e-3, "gibbs": 3e-3}
+
+
+def default_tol(solver):
+    """The ``tol`` that ``tol=None`` means for ``solver``."""
+    return _DEFAULT_TOL[solver]

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import serving
 from ._model_format import save_model
-from ._params import check_fit_args, check_params
+from ._params import check_fit_args, check_params, default_tol
 from .data.ids import lookup
 from .data.ratings import value_moments
 from .train.checkpoint import read_checkpoint, write_checkpoint
@@ -29,9 +29,6 @@ __all__ = ["MatrixFactorization"]
 logger = logging.getLogger("fastcofi")
 
 _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
-# tol=None: the preconditioned scipy solvers are cheap per unit of convergence; ALS and VB keep
-# the figure they were tuned at (Gibbs does not use it).
-_DEFAULT_TOL = {"cg": 3e-4, "lbfgs": 3e-4, "als": 3e-3, "vb": 3e-3, "gibbs": 3e-3}
 # The default factor penalty, per unit of the training ratings' standard deviation: 1.29-1.30 on
 # ML-100K's folds (std 1.12-1.13), where 1.3 was tuned.
 _REG_PER_STD = 1.15
@@ -111,14 +108,10 @@ class MatrixFactorization:
     max_iter : int, default 300
         Iterations at most (ALS, VB: sweeps over users and items; Gibbs: the chain's sweeps,
         burn-in included, all run).
-    tol : float or None, default None
+    tol : float or None, default None (3e-4 for "cg" and "lbfgs", preconditioned; 3e-3 else)
         Stop when the gradient's largest entry falls below ``tol`` times its initial value (the
         same test for the cg, lbfgs and als solvers); 0 disables it. VB stops when a sweep moves
-        its free energy by less than ``tol / 10`` of its size. None: 3e-4 for ``"cg"`` and
-        ``"lbfgs"``, 3e-3 for ``"als"`` and ``"vb"``. CG and L-BFGS run on parameters rescaled
-        row by row by their curvature (see `fastcofi.train.solvers.minimize_scipy`); they reach
-        3e-4 in fewer iterations than the unscaled CG needed for 3e-3 (ML-100K, protocol A: 51-68
-        against 87-138), and its models predict as well or better (0.9095 against 0.9098).
+        its free energy by less than ``tol / 10`` of its size.
     patience : int, default 10
         With a validation set, stop once its RMSE has not improved for this many iterations and
         keep the best iterate.
@@ -226,10 +219,7 @@ class MatrixFactorization:
         self.burn_in = burn_in
         self.thin = thin
 
-    # CG and L-BFGS run on per-row rescaled parameters (see minimize_scipy); a class attribute
-    # so that the benchmarks can compare with the plain runs.
-    _precondition = True
-
+    _precondition = True  # CG, L-BFGS on row-rescaled parameters; the benchmarks switch it off
     _PARAMS = (
         "n_factors", "reg", "normalize", "reg_bias", "reg_weighting", "solver", "max_iter", "tol",
         "patience", "clip", "init_scale", "random_state", "n_threads", "verbose", "n_samples",
@@ -300,13 +290,6 @@ class MatrixFactorization:
         Returns
         -------
         self
-
-        Raises
-        ------
-        fastcofi.DivergenceError
-            The cost (hence some parameter) stopped being finite; the message names the solver
-            and the iteration. It is raised before the iteration is observed, so checkpoints
-            already written hold the last finite parameters.
         """
         self._check_params()
         check_fit_args(self.solver, ratings, validation, checkpoint, checkpoint_every, resume)
@@ -375,7 +358,7 @@ class MatrixFactorization:
         None)`` from ``remaining`` iterations of the chosen solver."""
         if remaining <= 0:
             return params, {key: [] for key in prior}, 0, None, None
-        tol = _DEFAULT_TOL[self.solver] if self.tol is None else float(self.tol)
+        tol = default_tol(self.solver) if self.tol is None else float(self.tol)
         if self.solver == "als":
             params, history, _ = minimize_als(
                 objective, params, fit_bias=objective.learn_biases, max_iter=remaining,
