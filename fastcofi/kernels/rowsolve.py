@@ -213,6 +213,22 @@ def solve_rows(
 
 
 @nb.njit(cache=True, nogil=True)
+def row_weight(count, power):
+    """A row's penalty multiplier from its number of ratings: ``count ** power``, and 1 when
+    ``power`` is 0 (no weighting, even for a row without ratings)."""
+    if power == 0.0:
+        return 1.0
+    return float(count) ** power
+
+
+@nb.njit(cache=True, nogil=True)
+def row_weights(counts, power, out):
+    """`row_weight` of every row: ``out[r]`` from ``counts[r]``."""
+    for r in range(counts.shape[0]):
+        out[r] = row_weight(counts[r], power)
+
+
+@nb.njit(cache=True, nogil=True)
 def _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out):
     """`solve_row` on the ratings whose ``index`` is >= 0; returns ``(beta, status)``."""
     m = 0
@@ -227,8 +243,7 @@ def _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_b
             cols[q] = index[p]
             vals[q] = values[p]
             q += 1
-    # (m ** 0.0 is 1: no weighting, even for a row with no known rating)
-    weight = float(m) ** weight_power
+    weight = row_weight(m, weight_power)
     k = F.shape[1]
     d = k + 1 if fit_bias else k
     A = np.empty((d, d))

@@ -8,6 +8,7 @@ import numpy as np
 from .._parallel import threads
 from ..data.ratings import Ratings, balanced_bounds
 from ..kernels.objective import Gradient, Side, cost_and_grad_buffered, cost_and_grad_two_pass
+from ..kernels.rowsolve import row_weights as row_weights_kernel
 
 __all__ = ["FlatObjective", "cost_and_grad", "row_weights"]
 
@@ -21,9 +22,10 @@ def row_weights(counts, reg_weighting):
     ``"none"``: 1; ``"count"``: the count (ALS-WR); ``"sqrt"``: its square root. Under the last
     two a row with no rating has no penalty (and no data: its factors stay at zero).
     """
-    power = WEIGHT_POWERS[reg_weighting]
-    counts = np.asarray(counts, dtype=np.float64)
-    return np.ones_like(counts) if power == 0.0 else counts**power
+    counts = np.ascontiguousarray(counts, dtype=np.float64)
+    out = np.empty(counts.shape[0])
+    row_weights_kernel(counts, WEIGHT_POWERS[reg_weighting], out)
+    return out
 
 
 def _check_factors(item_factors, user_factors, ratings):
