@@ -207,11 +207,6 @@ def solve_rows(
     return failures.sum()
 
 
-# -- variational Bayes ---------------------------------------------------------------------------
-# Each row's posterior is Gaussian over (factors, bias); the other side enters only through its
-# per-row moments, precomputed once per half-sweep, so a rating costs one (k+1) x (k+1) add.
-
-
 @nb.njit(cache=True, nogil=True)
 def row_weight(count, power):
     """A row's penalty multiplier from its number of ratings: ``count ** power``, and 1 when

@@ -1,4 +1,8 @@
-"""Variational Bayes: the mean-field update of every row of one side."""
+"""Variational Bayes: the mean-field update of every row of one side.
+
+Each row's posterior is Gaussian over (factors, bias); the other side enters only through its
+per-row moments, precomputed once per half-sweep, so a rating costs one (k+1) x (k+1) add.
+"""
 
 from typing import NamedTuple
 
