@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import _FASTMATH
-from .rowsolve import _cholesky_in_place
+from .rowsolve import _backward_solve, _cholesky_in_place, _forward_solve
 from .vb import Rows
 
 __all__ = ["Draws", "Other", "Prior", "Rows", "row_normals", "sample_row", "sample_rows",
@@ -149,19 +149,11 @@ def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precis
         A[r, r] += prior_precision[r]
     if not _cholesky_in_place(A, d):
         return False
-    for r in range(d):
-        acc = b[r]
-        for m in range(r):
-            acc -= A[r, m] * b[m]
-        b[r] = acc / A[r, r]
+    _forward_solve(A, b, d)
     # z joins only once L^-1 b is complete: the forward solve reads its earlier entries.
     for r in range(d):
         b[r] += z[r]
-    for r in range(d - 1, -1, -1):
-        acc = b[r]
-        for m in range(r + 1, d):
-            acc -= A[m, r] * b[m]
-        b[r] = acc / A[r, r]
+    _backward_solve(A, b, d)
     for r in range(d):
         out[r] = b[r]
     return True

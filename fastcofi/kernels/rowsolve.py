@@ -40,17 +40,30 @@ def _cholesky_solve(A, b, d):
     not positive definite."""
     if not _cholesky_in_place(A, d):
         return False
+    _forward_solve(A, b, d)
+    _backward_solve(A, b, d)
+    return True
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+def _forward_solve(L, b, d):
+    """``b = L^-1 b`` in place, ``L`` the Cholesky factor in the lower triangle of ``L``'s leading
+    d x d block."""
     for r in range(d):
         acc = b[r]
         for m in range(r):
-            acc -= A[r, m] * b[m]
-        b[r] = acc / A[r, r]
+            acc -= L[r, m] * b[m]
+        b[r] = acc / L[r, r]
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+def _backward_solve(L, b, d):
+    """``b = L^-T b`` in place (see `_forward_solve`)."""
     for r in range(d - 1, -1, -1):
         acc = b[r]
         for m in range(r + 1, d):
-            acc -= A[m, r] * b[m]
-        b[r] = acc / A[r, r]
-    return True
+            acc -= L[m, r] * b[m]
+        b[r] = acc / L[r, r]
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
