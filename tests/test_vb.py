@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from fastcofi import MatrixFactorization, ModelFileError, Ratings, load_model
 from fastcofi._parallel import threads
 from fastcofi.data.synthetic import planted as planted_problem
-from fastcofi.kernels.vb import Posterior, Rows, vb_update_rows
+from fastcofi.kernels.sparse import Rows
+from fastcofi.kernels.vb import Posterior, vb_update_rows
 from fastcofi.train import vb as vb_solver
 from fastcofi.train.objective import FlatObjective
 from fastcofi.train.solvers import ConvergenceWarning

@@ -21,7 +21,7 @@ from numba import prange
 
 from ._jit import _FASTMATH
 from .rowsolve import _backward_solve, _cholesky_in_place, _forward_solve
-from .vb import Rows
+from .sparse import Rows
 
 __all__ = ["Draws", "Other", "Prior", "Rows", "row_normals", "sample_row", "sample_rows",
            "stream_key"]

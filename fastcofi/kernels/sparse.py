@@ -1,5 +1,7 @@
 """Sparse structure: counting sorts, CSR transposes, id compaction and lookup."""
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 from numba import prange
@@ -196,3 +198,13 @@ def lookup_int(known_ids, query, out):
             else:
                 hi = mid
         out[p] = lo if lo < m and known_ids[lo] == value else -1
+
+
+class Rows(NamedTuple):
+    """One side's ratings by row: CSR (``indptr`` (n + 1,), ``indices`` (nnz,) of the other side's
+    rows, ``values`` (nnz,)) and ``chunks``, row boundaries of nonzero-balanced chunks."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    chunks: np.ndarray

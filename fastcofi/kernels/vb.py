@@ -55,14 +55,6 @@ def _cholesky_inverse(L, inv_diag, row, out):
     return logdet
 
 
-class Rows(NamedTuple):
-    """One side's ratings by row: CSR (``indptr`` (n + 1,), ``indices`` (nnz,) of the other side's
-    rows, ``values`` (nnz,)) and ``chunks``, row boundaries of nonzero-balanced chunks."""
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    values: np.ndarray
-    chunks: np.ndarray
 
 
 class Moments(NamedTuple):

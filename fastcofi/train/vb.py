@@ -6,7 +6,8 @@ import numpy as np
 
 from .._parallel import threads
 from ..data.ratings import value_moments
-from ..kernels.vb import Moments, Posterior, Rows, vb_update_rows
+from ..kernels.sparse import Rows
+from ..kernels.vb import Moments, Posterior, vb_update_rows
 from .solvers import _warn
 
 # The free energy's relative change that ends VB, as a fraction of ``tol`` (3e-4 at the default
