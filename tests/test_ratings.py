@@ -63,6 +63,36 @@ def test_rated_id_missing_from_declared_ids_is_an_error():
         Ratings.from_arrays([7], [1], [4.0], all_users=[1, 2])
 
 
+@given(
+    declared=st.lists(st.integers(-30, 30), min_size=1, max_size=20, unique=True),
+    rated=st.lists(st.integers(-40, 40), min_size=1, max_size=30),
+    unsigned=st.booleans(),
+)
+def test_declared_integer_ids_index_like_a_sorted_search(declared, rated, unsigned):
+    """The table lookup of declared integer ids against numpy's sorted search, misses included
+    (below, inside and above the declared range)."""
+    if unsigned:
+        declared = [v + 40 for v in declared]
+        rated = [v + 40 for v in rated]
+    dtype = np.uint32 if unsigned else np.int64
+    rated = np.array(rated, dtype=dtype)
+    uniq = np.unique(np.array(declared, dtype=dtype))
+    position = np.searchsorted(uniq, rated)
+    hit = (position < uniq.size) & (uniq[np.minimum(position, uniq.size - 1)] == rated)
+    users = np.asarray(rated)
+    items = np.arange(rated.size)
+    if hit.all():
+        r = Ratings.from_arrays(users, items, np.ones(rated.size), all_users=uniq,
+                                duplicates="last")
+        u, i, _ = r.coo()
+        np.testing.assert_array_equal(r.user_ids[u], users[np.argsort(items)][i])
+        assert r.n_users == uniq.size
+    else:
+        first = rated[np.flatnonzero(~hit)[0]]
+        with pytest.raises(ValueError, match=f"user id {first} has a rating but is not in"):
+            Ratings.from_arrays(users, items, np.ones(rated.size), all_users=uniq)
+
+
 def test_duplicates_error_names_first_pair_and_rows():
     with pytest.raises(ValueError, match=r"user 'u' and item 2 \(input rows 1 and 3\)"):
         Ratings.from_arrays(["u", "u", "v", "u", "v"], [1, 2, 1, 2, 1], [1, 2, 3, 4, 5])

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..kernels.sparse import compact_ids
+from ..kernels.sparse import compact_ids, lookup_compact
 
 
 def _as_id_array(ids, name):
@@ -78,6 +78,15 @@ def unique_ids(ids):
     return uniq, index.reshape(-1)
 
 
+def _compact_span(sorted_ids):
+    """The width of the range of sorted integer ids when a table over it is small enough to
+    index through (at most 4 entries per id, or 1 Mi); 0 otherwise."""
+    if sorted_ids.dtype.kind not in "iu" or sorted_ids.size == 0:
+        return 0
+    span = int(sorted_ids[-1]) - int(sorted_ids[0]) + 1
+    return span if span <= 4 * sorted_ids.size + (1 << 20) else 0
+
+
 def _declare_ids(rated_ids, declared, name):
     """Sorted unique ids and the dense index of every rated id."""
     if declared is None:
@@ -89,9 +98,18 @@ def _declare_ids(rated_ids, declared, name):
             f"all_{name}s holds {'strings' if uniq.dtype.kind == 'U' else 'integers'} but the "
             f"{name} ids of the ratings do not"
         )
-    index = np.searchsorted(uniq, rated_ids)
-    index_clipped = np.minimum(index, max(uniq.size - 1, 0))
-    missing = (index >= uniq.size) | (uniq[index_clipped] != rated_ids) if uniq.size else None
+    span = _compact_span(uniq)
+    if span and rated_ids.dtype.kind in "iu" and rated_ids.dtype.kind == uniq.dtype.kind:
+        # A table instead of a bisection per rating: several times faster on 1e7 ratings.
+        wide = np.uint64 if uniq.dtype.kind == "u" else np.int64
+        index = np.empty(rated_ids.shape[0], dtype=_index_dtype(uniq.size))
+        if lookup_compact(uniq.astype(wide), wide(uniq[0]), span, rated_ids, index) >= 0:
+            return uniq, index
+        missing = index < 0
+    else:
+        index = np.searchsorted(uniq, rated_ids)
+        index_clipped = np.minimum(index, max(uniq.size - 1, 0))
+        missing = (index >= uniq.size) | (uniq[index_clipped] != rated_ids) if uniq.size else None
     if uniq.size == 0 or np.any(missing):
         first = rated_ids[0] if uniq.size == 0 else rated_ids[np.flatnonzero(missing)[0]]
         raise ValueError(f"{name} id {first.item()!r} has a rating but is not in all_{name}s")

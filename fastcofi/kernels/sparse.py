@@ -184,6 +184,23 @@ def compact_ids(ids, lo, span, out):
     return distinct
 
 
+@nb.njit(parallel=True, cache=True, nogil=True)
+def lookup_compact(known_ids, lo, span, query, out):
+    """``out[p]`` = the position of ``query[p]`` in the sorted, distinct ``known_ids`` or -1,
+    through a table over ``[lo, lo + span)`` (``lo`` int64 or uint64 as in `compact_ids`), which
+    must hold every known id. O(n + span); returns the smallest entry written (-1: a miss)."""
+    table = np.full(span, -1, dtype=np.int64)
+    for r in range(known_ids.shape[0]):
+        table[known_ids[r] - lo] = r
+    for p in prange(query.shape[0]):
+        value = query[p]
+        if value < lo or value - lo >= span:
+            out[p] = -1
+        else:
+            out[p] = table[value - lo]
+    return out.min() if out.shape[0] else 0
+
+
 @nb.njit(cache=True, nogil=True)
 def lookup_int(known_ids, query, out):
     """``out[p]`` = the position of ``query[p]`` in the sorted ``known_ids`` or -1 (bisection)."""
