@@ -152,7 +152,7 @@ def _evaluation_seconds(model, ratings, repeats=3):
 
     objective = FlatObjective(
         ratings, model.n_factors, model.reg_, mu=model.global_mean_, learn_biases=True,
-        reg_bias=model.reg_bias_, reg_weighting=model.reg_weighting,
+        reg_bias=model.reg_bias_, reg_weighting=model.reg_weighting_,
     )
     params = objective.pack(model.item_factors_, model.user_factors_, model.item_bias_,
                             model.user_bias_)

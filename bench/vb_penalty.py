@@ -52,6 +52,7 @@ def vb_fit(train, k=10, init_noise=(1.0, 1.0 / 16)):
     model.rating_range_ = (float(train.values.min()), float(train.values.max()))
     model.seen_indptr_, model.seen_indices_ = train.by_user[:2]
     model.reg_ = model.reg_bias_ = 0.0
+    model.solver_, model.reg_weighting_ = "vb", "none"
     model.n_iter_, model.history_ = len(history["cost"]), history
     return model, state
 

@@ -20,7 +20,8 @@ __all__ = ["ModelFileError", "read_model_file", "save_model"]
 #   fastcofi_format   0-d <U   "fastcofi-model"
 #   format_version    0-d int64   1
 #   fastcofi_version  0-d <U   the package version that wrote the file
-#   params            0-d <U   JSON object of the hyperparameters (get_params())
+#   params            0-d <U   JSON object of the hyperparameters (get_params(), with the
+#                              solver and reg_weighting used in place of "auto")
 #   normalize         0-d <U   "item_mean" | "biases" | "none"
 #   item_factors      (n_items, k) float64       user_factors   (n_users, k) float64
 #   item_ids          (n_items,) int64 or <U      user_ids       (n_users,) int64 or <U
@@ -135,7 +136,10 @@ def _model_arrays(model):
     """The arrays of a fitted model's file (see the table above)."""
     from . import __version__
 
+    # The solver and weighting used, not "auto": fold-in weights a new user's penalty as
+    # training did, and earlier versions of fastcofi can read the file.
     params = {name: _jsonable(value) for name, value in model.get_params().items()}
+    params.update(solver=model.solver_, reg_weighting=model.reg_weighting_)
     item_ids = _id_array(model.item_ids_, "item_ids_")
     user_ids = _id_array(model.user_ids_, "user_ids_")
     seen_indptr, seen_indices = model.seen_indptr_, model.seen_indices_

@@ -7,7 +7,13 @@ import numpy as np
 
 from . import serving
 from ._model_format import save_model
-from ._params import check_fit_args, check_params, default_tol
+from ._params import (
+    check_fit_args,
+    check_params,
+    default_penalties,
+    default_tol,
+    resolve_auto,
+)
 from .data.ids import lookup
 from .data.ratings import value_moments
 from .train.checkpoint import read_checkpoint, write_checkpoint
@@ -29,9 +35,6 @@ __all__ = ["MatrixFactorization"]
 logger = logging.getLogger("fastcofi")
 
 _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
-# The default factor penalty, per unit of the training ratings' standard deviation: 1.29-1.30 on
-# ML-100K's folds (std 1.12-1.13), where 1.3 was tuned.
-_REG_PER_STD = 1.15
 
 
 
@@ -62,25 +65,34 @@ class MatrixFactorization:
         Latent dimension k.
     reg : float or None, default None
         L2 regularization of both factor matrices (on the sum over ratings, as in the tutorial),
-        multiplied per row as ``reg_weighting`` says. None: 1.15 times the standard deviation of
-        the training ratings (1.29-1.30 on ML-100K's folds; 0 when every rating is the same). A
-        prediction is a product of two factors, so ratings multiplied by ``c`` need the penalty
-        multiplied by ``c`` for the same model in the new units; a fixed number would over-shrink
-        ratings on a 0-1 scale and under-shrink those on a -10..10 one. ``reg_`` holds the value
-        used.
+        multiplied per row as ``reg_weighting`` says. None: the standard deviation of the
+        training ratings times 1.15 (1.29-1.30 on ML-100K's folds), or times 0.035 under
+        ``"count"`` weighting, whose penalty grows with each row's ratings (0 when every rating
+        is the same). A prediction is a product of two factors, so ratings multiplied by ``c``
+        need the penalty multiplied by ``c`` for the same model in the new units; a fixed number
+        would over-shrink ratings on a 0-1 scale and under-shrink those on a -10..10 one.
+        ``reg_`` holds the value used.
     normalize : {"item_mean", "biases", "none"}, default "biases"
-    reg_bias : float or None, default 0.8
-        L2 regularization of the learned biases (``normalize="biases"``); None means ``reg``
-        (as resolved). Biases scale with the ratings as the noise does, so a fixed number such as
-        the default suits any units.
-    reg_weighting : {"sqrt", "count", "none"}, default "sqrt"
+    reg_bias : float or None, default None
+        L2 regularization of the learned biases (``normalize="biases"``), weighted per row like
+        ``reg``. None: 0.8 (biases scale with the ratings as the noise does, so a fixed number
+        suits any units), and ``reg`` (as resolved) under ``"count"`` weighting. ``reg_bias_``
+        holds the value used.
+    reg_weighting : {"auto", "sqrt", "count", "none"}, default "auto"
         Multiplies each user's and item's penalty (factors and bias) by the square root of its
-        number of ratings (``"sqrt"``), by that number (``"count"``, ALS-WR's weighting: every row
-        shrunk as much per rating), or by 1 (``"none"``, the tutorial's plain penalty). The square
-        root sits between the two: rows with few ratings are shrunk more per rating than busy
-        ones, but less than under no weighting (ML-100K, protocol A: 0.9097 against 0.9173 for
-        ``"count"`` with its own tuned strengths; other shapes: see bench/README.md).
-    solver : {"cg", "lbfgs", "als", "vb", "gibbs"}, default "cg"
+        number of ratings (``"sqrt"``), by that number (``"count"``, ALS-WR's and LIBMF's
+        weighting: every row shrunk as much per rating), or by 1 (``"none"``, the tutorial's
+        plain penalty). The square root sits between the two: rows with few ratings are shrunk
+        more per rating than busy ones, but less than under no weighting. ``"auto"``:
+        ``"sqrt"`` below 500,000 training ratings, ``"count"`` from there (ML-100K, protocol A:
+        0.9097 with ``"sqrt"`` against 0.9173 with ``"count"`` at its own tuned strengths; the
+        planted Netflix-shaped sets of 1e6 and 1e7 ratings the other way round: see
+        bench/README.md). ``reg_weighting_`` holds the weighting used.
+    solver : {"auto", "cg", "lbfgs", "als", "vb", "gibbs"}, default "auto"
+        ``"auto"``: ``"cg"`` below 500,000 training ratings, where it reaches a good model
+        first, and ``"als"`` from there, where a sweep of closed-form row solves gets there in
+        a few passes over the ratings (``solver_`` holds the one used; a ``make_objective``
+        evaluated elsewhere, such as `fastcofi.distributed.fit`'s, always gets ``"cg"``).
         ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused Numba objective
         (the tutorial's trainer); ``"lbfgs"``: L-BFGS-B on the same objective; ``"als"``:
         alternating least squares, closed-form row solves in parallel. ``"vb"``: variational
@@ -186,9 +198,9 @@ class MatrixFactorization:
         *,
         reg=None,
         normalize="biases",
-        reg_bias=0.8,
-        reg_weighting="sqrt",
-        solver="cg",
+        reg_bias=None,
+        reg_weighting="auto",
+        solver="auto",
         max_iter=300,
         tol=None,
         patience=10,
@@ -293,7 +305,11 @@ class MatrixFactorization:
         """
         self._check_params()
         check_fit_args(self.solver, ratings, validation, checkpoint, checkpoint_every, resume)
-        if self.solver == "gibbs":
+        self.solver_, self.reg_weighting_ = resolve_auto(
+            self.solver, self.reg_weighting, getattr(ratings, "nnz", 0),
+            scipy_only=make_objective is not FlatObjective,
+        )
+        if self.solver_ == "gibbs":
             if make_objective is not FlatObjective:
                 raise ValueError(
                     "solver='gibbs' samples rows on this machine and takes no make_objective; "
@@ -303,12 +319,13 @@ class MatrixFactorization:
                                    resume)
         global_mean, variance = value_moments(ratings.values)
         item_means = _item_means(ratings, global_mean) if self.normalize == "item_mean" else None
-        reg, reg_bias = self._penalties(variance)
+        reg, reg_bias = default_penalties(self.reg, self.reg_bias, self.reg_weighting_,
+                                          np.sqrt(variance))
         learn_biases = self.normalize == "biases"
         objective = make_objective(
             ratings, int(self.n_factors), reg, mu=global_mean if learn_biases else 0.0,
             item_bias=item_means, learn_biases=learn_biases, reg_bias=reg_bias,
-            reg_weighting=self.reg_weighting, n_threads=self.n_threads,
+            reg_weighting=self.reg_weighting_, n_threads=self.n_threads,
         )
         params = self._initial_params(objective)
         fingerprint = self._fingerprint(ratings, reg, reg_bias)
@@ -358,20 +375,20 @@ class MatrixFactorization:
         None)`` from ``remaining`` iterations of the chosen solver."""
         if remaining <= 0:
             return params, {key: [] for key in prior}, 0, None, None
-        tol = default_tol(self.solver) if self.tol is None else float(self.tol)
-        if self.solver == "als":
+        tol = default_tol(self.solver_) if self.tol is None else float(self.tol)
+        if self.solver_ == "als":
             params, history, _ = minimize_als(
                 objective, params, fit_bias=objective.learn_biases, max_iter=remaining,
                 tol=tol, on_iteration=hook,
             )
             return params, history, len(history["cost"]), None, None
-        if self.solver == "vb":
+        if self.solver_ == "vb":
             params, history, state = minimize_vb(
                 objective, params, max_iter=remaining, tol=tol, on_iteration=hook,
             )
             return params, history, len(history["cost"]), None, state
         result, history = minimize_scipy(
-            objective, params, method=_SCIPY_METHODS[self.solver], max_iter=remaining,
+            objective, params, method=_SCIPY_METHODS[self.solver_], max_iter=remaining,
             tol=tol, on_iteration=hook, precondition=self._precondition,
         )
         return result.x, history, int(result.nit), result, None
@@ -411,12 +428,6 @@ class MatrixFactorization:
             return float(np.sqrt(np.mean((pred - values) ** 2)))
 
         return rmse
-
-    def _penalties(self, variance):
-        """(reg, reg_bias) as used in training: ``reg=None`` resolved from the training ratings'
-        ``variance``, ``reg_bias=None`` meaning that reg."""
-        reg = _REG_PER_STD * float(np.sqrt(variance)) if self.reg is None else float(self.reg)
-        return reg, reg if self.reg_bias is None else float(self.reg_bias)
 
     def _set_data_state(self, ratings, global_mean, item_means):
         """The fitted attributes that training does not change, set once per fit."""
@@ -477,7 +488,7 @@ class MatrixFactorization:
         std_of = getattr(self, "_predictive_std", None) if return_std else None
         if return_std and std_of is None:
             raise ValueError(
-                f"return_std=True: this model (solver {self.solver!r}) has no posterior "
+                f"return_std=True: this model (solver {self.solver_!r}) has no posterior "
                 "predictive distribution; a model trained with solver='gibbs' has one"
             )
         u_index, i_index = lookup(self.user_ids_, users)[0], lookup(self.item_ids_, items)[0]
@@ -561,7 +572,7 @@ class MatrixFactorization:
         """A new user's factors (and bias) from their ratings, the item side held fixed.
 
         Solves the same regularized least-squares row as ALS training does for a user (the
-        kernel `fastcofi.solve_row`), with the same normalization, biases and
+        kernel `fastcofi.kernels.rowsolve.solve_row`), with the same normalization, biases and
         regularization (under ``reg_weighting="count"`` or ``"sqrt"`` the penalty is scaled by the
         number of known rated items, or its square root). A training user's own ratings give back
         their trained factors once training has converged. No retraining; microseconds.

@@ -15,6 +15,13 @@ def _from_file(path):
              if name in MatrixFactorization._PARAMS}
     if isinstance(known.get("clip"), list):
         known["clip"] = tuple(known["clip"])
+    # Files from before these parameters existed were trained with CG on the plain penalty.
+    known.setdefault("solver", "cg")
+    known.setdefault("reg_weighting", "none")
+    for name in ("solver", "reg_weighting"):
+        if known[name] == "auto":
+            raise ModelFileError(path, f"params' {name} is 'auto'; a model file holds the "
+                                 f"{name} training used")
     model = MatrixFactorization(**known)
     try:
         model._check_params()
@@ -26,8 +33,11 @@ def _from_file(path):
             raise ModelFileError(
                 path, "a version 1 file must hold a number as params' reg, found null"
             )
-        penalties = model._penalties(variance=None)
+        reg = float(model.reg)  # reg_bias None meant reg then
+        penalties = (reg, reg if model.reg_bias is None else float(model.reg_bias))
     model.reg_, model.reg_bias_ = penalties
+    # A file holds the solver and weighting training used ("auto" resolved).
+    model.solver_, model.reg_weighting_ = model.solver, model.reg_weighting
     for name in ("item_factors", "user_factors", "item_ids", "user_ids", "global_mean",
                  "item_means", "item_bias", "user_bias", "rating_range", "noise_variance",
                  "user_bias_variance", "n_iter", "best_iteration", "history"):

@@ -10,7 +10,7 @@ and top-n selection run in Numba kernels (`fastcofi._kernels`) that release the 
   whatever the number of users), each scored by one BLAS product and finished by a kernel
   parallel over the chunk's users;
 - similar items / users: a serial kernel of cosine similarities and the same heap selection;
-- a new user (`fold_in`): the training row solve, `fastcofi.solve_row`, with the items
+- a new user (`fold_in`): the training row solve, `kernels.rowsolve.solve_row`, with the items
   fixed and the same offsets, biases and regularization as ALS training.
 
 Thread safety: the serial kernels share nothing. Numba's parallel kernels may only be entered
@@ -26,7 +26,8 @@ import numpy as np
 from ._parallel import parallel_kernels
 from .data.ids import lookup
 from .data.ratings import Ratings
-from .kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
+from .kernels.rowsolve import Other, Penalty, Solved, fold_in_ids, fold_in_row, solve_rows
+from .kernels.sparse import Rows
 from .kernels.topn import Offsets, Seen, TopN, cosine_top_n, top_n_batch
 from .train.objective import WEIGHT_POWERS, row_weights
 
@@ -89,7 +90,7 @@ class FittedState:
             self.fold_in_penalty = (noise, noise / model.user_bias_variance_, "none")
         else:
             self.fold_in_penalty = (float(model.reg_), float(model.reg_bias_),
-                                    model.reg_weighting)
+                                    model.reg_weighting_)
         self.n_threads = model.n_threads
         self._item_counts = None
 
@@ -289,19 +290,17 @@ def _fold(model, items, values):
     w = np.empty(state.X.shape[1])
     reg, reg_bias, weighting = state.fold_in_penalty
     weight_power = WEIGHT_POWERS[weighting]
-    fit_bias = model.normalize == "biases"
+    other = Other(state.X, state.col_offset)
+    penalty = Penalty(float(reg), float(reg_bias), model.normalize == "biases")
     if items.dtype.kind in "iu" and state.int_items:
         index = np.empty(items.shape[0], dtype=np.int64)
         beta, status = fold_in_ids(
-            model.item_ids_, np.array(items, dtype=np.int64), values, state.X,
-            state.col_offset, reg, reg_bias, weight_power, fit_bias, index, w,
+            model.item_ids_, np.array(items, dtype=np.int64), values, other, penalty,
+            weight_power, index, w,
         )
     else:
         index = _indices(model.item_ids_, items)
-        beta, status = fold_in_row(
-            index, values, state.X, state.col_offset, reg, reg_bias, weight_power,
-            fit_bias, w,
-        )
+        beta, status = fold_in_row(index, values, other, penalty, weight_power, w)
         if status in (0, 2) and index.size and index.min() < 0:
             unknown = items[index < 0]
             if np.unique(unknown).shape[0] != unknown.shape[0]:
@@ -384,9 +383,9 @@ def add_users(model, ratings):
 
         with parallel_kernels(model.n_threads):
             solve_rows(
-                new_indptr, new_cols, new_values, chunks, state.X, state.col_offset,
-                np.zeros(n_new), float(reg), float(reg_bias), weights, fit_bias,
-                Theta_new, bias_new,
+                Rows(new_indptr, new_cols, new_values, chunks), Other(state.X, state.col_offset),
+                Penalty(float(reg), float(reg_bias), fit_bias), np.zeros(n_new), weights,
+                Solved(Theta_new, bias_new),
             )
 
     # Merge, keeping the user ids sorted so that lookups still work.
@@ -545,7 +544,8 @@ def warm_up(model):
     k = state.X.shape[1]
     with parallel_kernels():
         solve_rows(
-            np.array([0, 1], dtype=np.int64), np.zeros(1, dtype=state.seen_items.dtype),
-            np.ones(1), np.array([0, 1], dtype=np.int64), state.X, state.col_offset, np.zeros(1),
-            1.0, 1.0, np.ones(1), model.normalize == "biases", np.zeros((1, k)), np.zeros(1),
+            Rows(np.array([0, 1], dtype=np.int64), np.zeros(1, dtype=state.seen_items.dtype),
+                 np.ones(1), np.array([0, 1], dtype=np.int64)),
+            Other(state.X, state.col_offset), Penalty(1.0, 1.0, model.normalize == "biases"),
+            np.zeros(1), np.ones(1), Solved(np.zeros((1, k)), np.zeros(1)),
         )

@@ -11,6 +11,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+import fastcofi._params
 from fastcofi import MatrixFactorization, Ratings
 from fastcofi import distributed as fd
 from fastcofi.app.cli import main
@@ -184,6 +185,15 @@ def test_fit_item_mean_normalization_and_validation(sharded, ratings):
 def test_fit_refuses_als(sharded):
     with pytest.raises(ValueError, match="'cg' or 'lbfgs'.*'als'"):
         fd.fit(MatrixFactorization(solver="als"), sharded)
+
+
+def test_auto_trains_with_cg_on_a_cluster_whatever_the_size(sharded, monkeypatch):
+    """solver="auto" would pick ALS from `LARGE` ratings (lowered here), which a cluster cannot
+    run: the cluster's objective drives CG, with the size's penalty weighting."""
+    monkeypatch.setattr(fastcofi._params, "LARGE", 10)
+    model = fd.fit(MatrixFactorization(n_factors=2, max_iter=3, random_state=0), sharded)
+    assert (model.solver_, model.reg_weighting_) == ("cg", "count")
+    assert len(model.history_["cost"]) == model.n_iter_ == 3
 
 
 def test_input_errors(client, sharded):

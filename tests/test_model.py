@@ -5,7 +5,9 @@ import warnings
 import numpy as np
 import pytest
 
-from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, reference
+import fastcofi._params
+from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings, load_model, reference
+from fastcofi._params import LARGE, default_penalties, resolve_auto
 from fastcofi.app.demo import toy_ratings_with_new_user
 from fastcofi.data.synthetic import planted
 from fastcofi.train.observers import progress_line
@@ -269,13 +271,57 @@ def test_default_penalty_follows_the_ratings_units():
     assert rmse[4.0] == pytest.approx(rmse[1.0], rel=0.01)
 
 
-def test_numeric_penalties_are_used_as_given():
+@pytest.mark.parametrize("weighting, reg_bias", [("sqrt", 0.8), ("none", 0.8), ("count", 2.5)])
+def test_numeric_penalties_are_used_as_given(weighting, reg_bias):
+    """reg as given; reg_bias=None is 0.8, or reg under count weighting."""
     ratings, _ = toy_ratings_with_new_user()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = MatrixFactorization(3, reg=2.5, reg_bias=None, max_iter=5, random_state=0)
+        model = MatrixFactorization(3, reg=2.5, reg_bias=None, reg_weighting=weighting,
+                                    max_iter=5, random_state=0)
         model.fit(ratings)
-    assert (model.reg_, model.reg_bias_) == (2.5, 2.5)
+    assert (model.reg_, model.reg_bias_) == (2.5, reg_bias)
+    assert (model.solver_, model.reg_weighting_) == ("cg", weighting)
+
+
+def test_auto_rule_switches_at_the_documented_size():
+    assert resolve_auto("auto", "auto", LARGE - 1) == ("cg", "sqrt")
+    assert resolve_auto("auto", "auto", LARGE) == ("als", "count")
+    assert resolve_auto("auto", "auto", LARGE, scipy_only=True) == ("cg", "count")
+    assert resolve_auto("lbfgs", "none", LARGE) == ("lbfgs", "none")
+    assert resolve_auto("auto", "none", 10) == ("cg", "none")
+    assert default_penalties(None, None, "count", 2.0) == (0.07, 0.07)
+    assert default_penalties(None, None, "sqrt", 2.0) == (2.3, 0.8)
+    assert default_penalties(None, 0.3, "count", 2.0) == (0.07, 0.3)
+
+
+def test_defaults_on_large_data_train_als_with_count_weighting(monkeypatch, tmp_path):
+    """From `LARGE` ratings (lowered here) the defaults are ALS with count-weighted penalties
+    of 0.035 std: the same model as those settings given explicitly, folding new users in with
+    the same weighting, and a model file that names what training used."""
+    monkeypatch.setattr(fastcofi._params, "LARGE", 20)
+    ratings, _ = toy_ratings_with_new_user()
+    items, values = [1, 2, 5], [5.0, 1.0, 4.0]
+    std = float(np.std(ratings.values))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        auto = MatrixFactorization(3, max_iter=5, random_state=0).fit(ratings)
+        explicit = MatrixFactorization(3, solver="als", reg_weighting="count", reg=0.035 * std,
+                                       reg_bias=0.035 * std, max_iter=5,
+                                       random_state=0).fit(ratings)
+    assert (auto.solver_, auto.reg_weighting_) == ("als", "count")
+    assert auto.reg_ == pytest.approx(0.035 * std) and auto.reg_bias_ == auto.reg_
+    assert (auto.solver, auto.reg_weighting) == ("auto", "auto")
+    np.testing.assert_array_equal(auto.user_factors_, explicit.user_factors_)
+    np.testing.assert_array_equal(auto.item_factors_, explicit.item_factors_)
+    np.testing.assert_allclose(auto.fold_in(items, values)[0], explicit.fold_in(items, values)[0],
+                               rtol=1e-12)
+    auto.save(tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    assert (loaded.solver, loaded.reg_weighting) == ("als", "count")
+    assert (loaded.solver_, loaded.reg_weighting_) == ("als", "count")
+    np.testing.assert_allclose(loaded.fold_in(items, values)[0], explicit.fold_in(items, values)[0],
+                               rtol=1e-12)
 
 
 @pytest.mark.parametrize("solver", ["cg", "als"])

@@ -566,6 +566,7 @@ def tied_models(draw):
     model.user_bias_ = rng.integers(-2, 3, size=n_users) / 2.0 if normalize == "biases" else None
     model.rating_range_ = (1.0, 5.0)
     model.reg_, model.reg_bias_ = 0.5, 0.5
+    model.solver_, model.reg_weighting_ = "cg", "sqrt"
     model.seen_indptr_ = np.concatenate([[0], np.cumsum(seen.sum(axis=1))]).astype(np.int64)
     model.seen_indices_ = np.nonzero(seen)[1].astype(np.int32)
     model.noise_variance_ = model.user_bias_variance_ = None

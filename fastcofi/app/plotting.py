@@ -39,5 +39,5 @@ def plot_convergence(model, ax=None):
         best = getattr(model, "best_iteration_", None)
         if best:
             twin.axvline(best, color="tab:gray", linestyle=":", label="kept iteration")
-    ax.set_title(f"{type(model).__name__}: {model.solver}, k={model.n_factors}")
+    ax.set_title(f"{type(model).__name__}: {model.solver_}, k={model.n_factors}")
     return ax

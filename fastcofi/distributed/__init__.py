@@ -581,7 +581,7 @@ def fit(model, data, client=None, *, by="items", **fit_kwargs):
     Parameters
     ----------
     model : MatrixFactorization
-        Its ``solver`` must be ``"cg"`` or ``"lbfgs"``.
+        Its ``solver`` must be ``"cg"``, ``"lbfgs"`` or ``"auto"`` (CG here, whatever the size).
     data : ShardedRatings or anything `scatter` takes
         Anything but a `ShardedRatings` is scattered for this fit and released after. The model's
         fitted state needs the ratings on the driver (means, the seen items `recommend`
@@ -604,9 +604,10 @@ def fit(model, data, client=None, *, by="items", **fit_kwargs):
             f"model must be a fastcofi.MatrixFactorization, found {type(model).__name__}"
         )
     model._check_params()
-    if model.solver not in ("cg", "lbfgs"):
+    if model.solver not in ("auto", "cg", "lbfgs"):
         raise ValueError(
-            f"fastcofi.distributed.fit supports solver 'cg' or 'lbfgs', found {model.solver!r} "
+            "fastcofi.distributed.fit supports solver 'cg' or 'lbfgs' ('auto' trains with cg "
+            f"here), found {model.solver!r} "
             "(ALS and VB would need the ratings partitioned by users as well as by items)"
         )
     _check_data_kind(data)

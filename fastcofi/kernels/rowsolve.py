@@ -1,5 +1,7 @@
 """The regularized least-squares solve of one row (ALS sweeps, fold-in of a new user)."""
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 from numba import prange
@@ -66,10 +68,35 @@ def _backward_solve(L, b, d):
         b[r] = acc / L[r, r]
 
 
+class Other(NamedTuple):
+    """The side held fixed while a row is solved: ``factors`` (n_other, k), float64, or a float32
+    copy for a training sweep's reads, and ``offset`` (n_other,), what each of its rows adds to
+    a prediction besides the factors (its bias plus the global mean, or its fixed mean)."""
+
+    factors: np.ndarray
+    offset: np.ndarray
+
+
+class Penalty(NamedTuple):
+    """A row's penalties, ``reg`` on the factors and ``reg_bias`` on its bias, before the row's
+    weight; ``fit_bias``: the row has a bias to solve for."""
+
+    reg: float
+    reg_bias: float
+    fit_bias: bool
+
+
+class Solved(NamedTuple):
+    """Where `solve_rows` writes: ``factors`` (n, k) and ``bias`` (n,), float64."""
+
+    factors: np.ndarray
+    bias: np.ndarray
+
+
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def _gather(cols, values, F, col_offset, row_offset, fit_bias, start, m, tile, target):
     """Rows ``start:start + m`` of the row's ratings into ``tile`` (factor rows, then 1 for the
-    bias) and ``target`` (what the factors must explain)."""
+    bias; the tile has ``F``'s type) and ``target`` (what the factors must explain)."""
     k = F.shape[1]
     for q in range(m):
         col = cols[start + q]
@@ -96,7 +123,7 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, target, out):
         for q in range(p + 1):
             acc = 0.0
             for f in range(k):
-                acc += tile[p, f] * tile[q, f]
+                acc += np.float64(tile[p, f]) * tile[q, f]
             S[p, q] = acc * inv_reg + inv_bias
         S[p, p] += 1.0
     if not _cholesky_solve(S, target, n):
@@ -117,8 +144,9 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, target, out):
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def _solve_row_tiled(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b,
                      gram, tile, target, out):
-    """`solve_row` with all its scratch given: ``gram`` (d x d), ``tile`` (at least d rows, d
-    columns) and ``target`` (as many entries as ``tile`` has rows)."""
+    """`solve_row` with all its scratch given: ``A`` and ``b`` (d x d, d; float64), ``gram``
+    (d x d) and ``tile`` (at least d rows, d columns), both of ``F``'s type, and ``target``
+    (float64, as many entries as ``tile`` has rows)."""
     k = F.shape[1]
     d = k + 1 if fit_bias else k
     n = cols.shape[0]
@@ -142,7 +170,8 @@ def _solve_row_tiled(cols, values, F, col_offset, row_offset, reg, reg_bias, fit
             for c in range(d):
                 b[c] += tile[q, c] * t
         part = tile[:m]
-        # A BLAS matrix product (numba calls scipy's); training holds BLAS to one thread.
+        # A BLAS matrix product (numba calls scipy's; sgemm on a float32 tile, twice dgemm's
+        # rate); training holds BLAS to one thread. Sums across tiles are float64.
         np.dot(part.T, part, gram)
         for r in range(d):
             for c in range(r + 1):
@@ -162,55 +191,69 @@ def _solve_row_tiled(cols, values, F, col_offset, row_offset, reg, reg_bias, fit
 
 # Reassociated sums: the row-solve tests compare with numpy's solution at 1e-10 relative.
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def solve_row(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b, out):
+def solve_row(cols, values, other, row_offset, penalty, out):
     """One regularized least-squares row: the ALS update and the fold-in of a new user.
 
-    Minimizes ``sum_p (F[cols[p]] . w + beta + col_offset[cols[p]] + row_offset - values[p])^2
-    + reg |w|^2 + reg_bias beta^2`` over ``w`` (length k) and, when ``fit_bias``, the scalar
-    ``beta``. ``A`` (d x d) and ``b`` (d) are scratch, d = k + fit_bias. Writes ``out[:]`` and
-    returns beta (0.0 without bias); returns NaN for beta (and zeros in ``out``) when the system
-    is not positive definite (only possible with a zero penalty).
+    Minimizes ``sum_p (F[c_p] . w + beta + offset[c_p] + row_offset - values[p])^2
+    + reg |w|^2 + reg_bias beta^2`` over ``w`` (length k) and, when ``penalty.fit_bias``, the
+    scalar ``beta``, where ``c_p = cols[p]`` and ``F``, ``offset`` are ``other``'s (`Other`).
+    Writes ``out[:]`` and returns beta (0.0 without bias); returns NaN for beta (and zeros in
+    ``out``) when the system is not positive definite (only possible with a zero penalty).
 
-    A row with fewer ratings n than d is solved through the n x n system of its ratings (see
-    `_solve_dual`), a longer one through the d x d normal equations, whose Gram matrix is
-    summed from tiles of gathered factor rows; both by Cholesky factorization.
+    A row with fewer ratings n than d = k + fit_bias is solved through the n x n system of its
+    ratings (see `_solve_dual`), a longer one through the d x d normal equations, whose Gram
+    matrix is summed from tiles of gathered factor rows; both by Cholesky factorization in
+    float64. With float32 factors the tile products are rounded to float32 (about 1e-6
+    relative; training sweeps read such a copy), with float64 ones the solve is exact to
+    rounding (fold-in).
     """
+    F = other.factors
     k = F.shape[1]
+    fit_bias = penalty.fit_bias
     d = k + 1 if fit_bias else k
     rows = max(min(cols.shape[0], _TILE_ROWS), d)
-    return _solve_row_tiled(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias,
-                            A, b, np.empty((d, d)), np.empty((rows, d)), np.empty(rows), out)
+    return _solve_row_tiled(
+        cols, values, F, other.offset, row_offset, penalty.reg, penalty.reg_bias, fit_bias,
+        np.empty((d, d)), np.empty(d), np.empty((d, d), dtype=F.dtype),
+        np.empty((rows, d), dtype=F.dtype), np.empty(rows), out,
+    )
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
-def solve_rows(
-    indptr, cols, values, chunks, F, col_offset, row_offset, reg, reg_bias, row_weight, fit_bias,
-    out, out_bias,
-):
-    """`solve_row` for every row of a CSR, in parallel; each thread owns whole rows.
+def solve_rows(rows, other, penalty, row_offset, row_weight, out):
+    """`solve_row` for every row of a side, in parallel; each thread owns whole rows.
 
-    Row ``r`` is regularized by ``reg * row_weight[r]`` (and ``reg_bias * row_weight[r]``).
-    Each row's result depends on its own ratings only, so not on ``chunks`` or the threads.
+    ``rows`` (`Rows`) holds the side's ratings, ``other`` (`Other`) the fixed side, row ``r``
+    is offset by ``row_offset[r]`` and regularized by ``penalty`` (`Penalty`) times
+    ``row_weight[r]``; its solution goes to row ``r`` of ``out`` (`Solved`; the bias only when
+    ``penalty.fit_bias``). Each row's result depends on its own ratings only, so not on the
+    chunks or the threads.
 
     Returns the number of rows whose system was not positive definite (their factors are 0).
     """
+    # Bound to locals before the parallel loop: numba 0.68's parallel loops lose writes made
+    # through a tuple's field inside them.
+    indptr, cols, values, chunks = rows.indptr, rows.indices, rows.values, rows.chunks
+    F, col_offset = other.factors, other.offset
+    reg, reg_bias, fit_bias = penalty.reg, penalty.reg_bias, penalty.fit_bias
+    out_factors, out_bias = out.factors, out.bias
     k = F.shape[1]
     d = k + 1 if fit_bias else k
     n_chunks = chunks.shape[0] - 1
-    rows = max(_TILE_ROWS, d)
+    tile_rows = max(_TILE_ROWS, d)
     failures = np.zeros(n_chunks, dtype=np.int64)
     for c in prange(n_chunks):
         A = np.empty((d, d))
         b = np.empty(d)
-        gram = np.empty((d, d))
-        tile = np.empty((rows, d))
-        target = np.empty(rows)
+        gram = np.empty((d, d), dtype=F.dtype)
+        tile = np.empty((tile_rows, d), dtype=F.dtype)
+        target = np.empty(tile_rows)
         for r in range(chunks[c], chunks[c + 1]):
             start, end = indptr[r], indptr[r + 1]
             beta = _solve_row_tiled(
                 cols[start:end], values[start:end], F, col_offset, row_offset[r],
                 reg * row_weight[r], reg_bias * row_weight[r], fit_bias, A, b, gram, tile,
-                target, out[r],
+                target, out_factors[r],
             )
             if np.isnan(beta):
                 failures[c] += 1
@@ -237,7 +280,7 @@ def row_weights(counts, power, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out):
+def _fold_known(index, values, other, penalty, weight_power, out):
     """`solve_row` on the ratings whose ``index`` is >= 0; returns ``(beta, status)``."""
     m = 0
     for p in range(index.shape[0]):
@@ -252,15 +295,10 @@ def _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_b
             vals[q] = values[p]
             q += 1
     weight = row_weight(m, weight_power)
-    k = F.shape[1]
-    d = k + 1 if fit_bias else k
-    A = np.empty((d, d))
-    b = np.empty(d)
-    beta = solve_row(
-        cols, vals, F, col_offset, 0.0, reg * weight, reg_bias * weight, fit_bias, A, b, out
-    )
+    weighted = Penalty(penalty.reg * weight, penalty.reg_bias * weight, penalty.fit_bias)
+    beta = solve_row(cols, vals, other, 0.0, weighted, out)
     if np.isnan(beta):
-        for f in range(k):
+        for f in range(out.shape[0]):
             out[f] = 0.0
         return 0.0, 2
     return beta, 0
@@ -286,12 +324,13 @@ def _all_finite(values):
 
 
 @nb.njit(cache=True, nogil=True)
-def fold_in_row(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out):
-    """A new row's factors from its ratings with ``F`` fixed: the training row solve, `solve_row`.
+def fold_in_row(index, values, other, penalty, weight_power, out):
+    """A new row's factors from its ratings with ``other`` (`Other`) fixed: the training row
+    solve, `solve_row`.
 
-    ``index[p]`` is the column of ``values[p]``, -1 for an unknown column (ignored). The
-    penalties are multiplied by (the number of known ratings) ** ``weight_power``, as in
-    training. Writes ``out`` (length k) and returns ``(beta, status)``: status 0 on success, 1
+    ``index[p]`` is the row of ``other`` that ``values[p]`` rates, -1 for an unknown one
+    (ignored). ``penalty`` (`Penalty`) is multiplied by (the number of known ratings) **
+    ``weight_power``, as in training. Writes ``out`` (length k) and returns ``(beta, status)``: status 0 on success, 1
     when a known column repeats, 2 when the system is not positive definite (``out`` and
     ``beta`` are zeros, as training leaves such a row), 3 when a value is not finite.
     """
@@ -309,13 +348,11 @@ def fold_in_row(index, values, F, col_offset, reg, reg_bias, weight_power, fit_b
             q += 1
     if _has_repeat(known):
         return 0.0, 1
-    return _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out)
+    return _fold_known(index, values, other, penalty, weight_power, out)
 
 
 @nb.njit(cache=True, nogil=True)
-def fold_in_ids(
-    known_ids, query, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, index, out
-):
+def fold_in_ids(known_ids, query, values, other, penalty, weight_power, index, out):
     """`fold_in_row` from integer external ids: looks ``query`` up in the sorted ``known_ids``
     (writing ``index``, -1 for unknown), then solves. Status 1 when any id repeats."""
     if not _all_finite(values):
@@ -323,4 +360,4 @@ def fold_in_ids(
     if _has_repeat(query):
         return 0.0, 1
     lookup_int(known_ids, query, index)
-    return _fold_known(index, values, F, col_offset, reg, reg_bias, weight_power, fit_bias, out)
+    return _fold_known(index, values, other, penalty, weight_power, out)

@@ -10,7 +10,8 @@ import warnings
 import numpy as np
 
 from .._parallel import one_blas_thread, threads
-from ..kernels.rowsolve import solve_rows
+from ..kernels.rowsolve import Other, Penalty, Solved, solve_rows
+from ..kernels.sparse import Rows
 
 __all__ = ["ConvergenceWarning", "DivergenceError", "minimize_als", "minimize_scipy"]
 
@@ -209,8 +210,9 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     """Alternating least squares on ``objective``'s parameters, updated in place.
 
     Each iteration solves every user row with the items fixed, then every item row with the
-    users fixed (closed-form regularized least squares, `fastcofi.solve_rows`), so the
-    cost never increases. Stops, as the scipy solvers do, once the gradient's largest entry is
+    users fixed (closed-form regularized least squares, `fastcofi.kernels.rowsolve.solve_rows`,
+    reading the fixed side through a float32 copy when every penalty is positive), so the cost
+    never increases (to float32 rounding of the products). Stops, as the scipy solvers do, once the gradient's largest entry is
     below ``tol`` times its value at the start (0 disables the test), when a sweep no longer
     lowers the cost at all, after ``max_iter`` iterations, or when ``on_iteration`` asks.
 
@@ -248,24 +250,36 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
                                 (ratings.by_item[0], objective.weights[0]))
     ]
     singular = [0, 0]  # the most rows with ratings one sweep could not solve: users, items
+    user_rows = Rows(*ratings.by_user, ratings._user_chunks)
+    item_rows = Rows(*ratings.by_item, ratings._item_chunks)
+    penalty = Penalty(objective.reg, objective.reg_bias, bool(fit_bias))
+    # The row solves gather the fixed side's rows at random: a float32 copy halves those reads
+    # and lets the Gram products run in single precision (sums and solves stay float64). Only
+    # with positive penalties, which bound the systems' conditioning; without one a row with
+    # too few ratings must fail its factorization, not pass it on float32 rounding.
+    positive = objective.reg > 0 and (objective.reg_bias > 0 or not fit_bias)
+    copy_type = np.float32 if positive else np.float64
+    X32, Theta32 = np.empty(X.shape, copy_type), np.empty(Theta.shape, copy_type)
     # The row solves call BLAS on small tiles from every kernel thread: BLAS threads of its own
     # would only oversubscribe the cores.
     with threads(objective.n_threads), one_blas_thread():
         for iteration in range(1, int(max_iter) + 1):
             # Biases learned: they sit beside the factors in each row solve. Fixed (item means):
             # a user's targets subtract the item's mean, an item's targets its own mean.
-            user_offsets = (objective.mu + item_bias, zeros_users if fit_bias else user_bias)
+            X32[...] = X
             failed_users = solve_rows(
-                *ratings.by_user, ratings._user_chunks, X, *user_offsets,
-                objective.reg, objective.reg_bias, objective.weights[1], fit_bias, Theta, user_bias,
+                user_rows, Other(X32, objective.mu + item_bias), penalty,
+                zeros_users if fit_bias else user_bias, objective.weights[1],
+                Solved(Theta, user_bias),
             )
             # Formed after the user solve: the item rows must see the user biases it just wrote
             # (stale ones let a sweep raise the cost, which ends training early).
-            item_offsets = ((objective.mu + user_bias, zeros_items) if fit_bias
-                            else (user_bias, objective.mu + item_bias))
+            Theta32[...] = Theta
+            item_other, item_offset = ((objective.mu + user_bias, zeros_items) if fit_bias
+                                       else (user_bias, objective.mu + item_bias))
             failed_items = solve_rows(
-                *ratings.by_item, ratings._item_chunks, Theta, *item_offsets,
-                objective.reg, objective.reg_bias, objective.weights[0], fit_bias, X, item_bias,
+                item_rows, Other(Theta32, item_other), penalty, item_offset,
+                objective.weights[0], Solved(X, item_bias),
             )
             singular = [max(singular[0], failed_users - empty_failures[0]),
                         max(singular[1], failed_items - empty_failures[1])]
