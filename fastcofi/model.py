@@ -121,9 +121,10 @@ class MatrixFactorization:
         Iterations at most (ALS, VB: sweeps over users and items; Gibbs: the chain's sweeps,
         burn-in included, all run).
     tol : float or None, default None (3e-4 for "cg" and "lbfgs", preconditioned; 3e-3 else)
-        Stop when the gradient's largest entry falls below ``tol`` times its initial value (the
-        same test for the cg, lbfgs and als solvers); 0 disables it. VB stops when a sweep moves
-        its free energy by less than ``tol / 10`` of its size.
+        Stop when the gradient's largest entry falls below ``tol`` times its initial value (for
+        ALS, in the preconditioned parameters: each entry divided by the square root of its
+        curvature estimate, so that the busiest rows do not decide alone); 0 disables it. VB
+        stops when a sweep moves its free energy by less than ``tol / 10`` of its size.
     patience : int, default 10
         With a validation set, stop once its RMSE has not improved for this many iterations and
         keep the best iterate.

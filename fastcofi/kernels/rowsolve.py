@@ -10,18 +10,27 @@ from ._jit import _FASTMATH
 from .sparse import lookup_int
 
 
+# A pivot at most this fraction of its diagonal entry counts as zero: rounding leaves about
+# 1e-16 of it in an exactly singular system, while a penalty of 1e-10 of a row's Gram diagonal
+# still passes.
+_PIVOT_FLOOR = 1e-13
+
+
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def _cholesky_in_place(A, d):
     """Cholesky factor ``L`` (``A = L L^T``) written over the lower triangle of the symmetric
     leading d x d block of ``A`` (scratch may be larger); the upper triangle is not read.
-    Returns False when that block is not positive definite."""
+    Returns False when that block is not positive definite (see `_PIVOT_FLOOR`)."""
     for r in range(d):
         for c in range(r + 1):
             acc = A[r, c]
             for m in range(c):
                 acc -= A[r, m] * A[c, m]
             if r == c:
-                if acc <= 0.0:
+                # A[r, r] is still the system's own diagonal here. A rank-deficient system (a
+                # row with fewer ratings than unknowns and no penalty) leaves a pivot of
+                # rounding size, which must fail, not pass as a huge solution.
+                if acc <= _PIVOT_FLOOR * A[r, r]:
                     return False
                 A[r, r] = np.sqrt(acc)
             else:
