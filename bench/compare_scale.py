@@ -26,6 +26,7 @@ environment) and compare_scale.png (probe RMSE against seconds, one panel per si
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -41,13 +42,20 @@ from harness import RESULTS, environment, write_json
 
 SHAPE = (480_189, 17_770)
 
-# (label, MatrixFactorization parameters, iterations). Budgets sized so each curve passes its
-# plateau at 1e6-1e7 ratings.
+# label: (MatrixFactorization parameters besides n_factors, iterations). Budgets sized so each
+# curve passes its plateau at 1e6-1e7 ratings; None: the library's defaults run as a user gets
+# them (stopping on their own, early stopping on the probe included). The "grid" runs are the
+# penalties the defaults are measured against.
 FASTCOFI_RUNS = {
+    "defaults": ({}, None),
     "als": ({"solver": "als"}, 12),
-    "als-count": ({"solver": "als", "reg_weighting": "count", "reg": 0.05}, 12),
+    "als-sqrt": ({"solver": "als", "reg_weighting": "sqrt"}, 12),
     "cg": ({"solver": "cg"}, 80),
     "lbfgs": ({"solver": "lbfgs"}, 80),
+    **{f"grid-count-{reg:g}": ({"solver": "als", "reg_weighting": "count", "reg": reg,
+                                "reg_bias": reg}, 12) for reg in (0.02, 0.03, 0.05, 0.08)},
+    "grid-sqrt-0.3": ({"solver": "als", "reg_weighting": "sqrt", "reg": 0.3}, 12),
+    "grid-none-5": ({"solver": "als", "reg_weighting": "none", "reg": 5.0, "reg_bias": 1.0}, 12),
 }
 LIBMF_EPOCHS = (5, 10, 20, 40)
 
@@ -83,8 +91,14 @@ json.dump({"seconds": seconds, "probe_rmse": rmse,
 
 
 def prepare(n, folder):
-    """Train and probe arrays of protocol S at ``n`` ratings, saved as .npy in ``folder``."""
+    """Train and probe arrays of protocol S at ``n`` ratings, saved as .npy in ``folder`` (kept
+    from an earlier run when all six are there)."""
     from fastcofi import datasets
+
+    paths = {f"{part}_{name}": str(Path(folder) / f"{part}_{name}.npy")
+             for part in ("train", "probe") for name in ("users", "items", "values")}
+    if all(Path(path).exists() for path in paths.values()):
+        return paths
 
     dtype = np.float32 if n >= 50_000_000 else np.float64
     ratings = datasets.synthetic(*SHAPE, n, rank=10, noise=0.5, seed=1, dtype=dtype)
@@ -113,9 +127,11 @@ def fastcofi_worker(spec_path, out_path):
                                 all_items=range(SHAPE[1]))
     probe = Ratings.from_arrays(arrays["probe_users"], arrays["probe_items"],
                                 arrays["probe_values"])
+    del arrays  # the two Ratings hold their own copies: what a user would keep in memory
     build = time.perf_counter() - start
-    model = MatrixFactorization(n_factors=spec["k"], max_iter=budget, tol=0, patience=budget + 1,
-                                n_threads=spec["threads"], random_state=0, **params)
+    fixed = {} if budget is None else {"max_iter": budget, "tol": 0, "patience": budget + 1}
+    model = MatrixFactorization(n_factors=spec["k"], n_threads=spec["threads"], random_state=0,
+                                **fixed, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(train, validation=probe)
@@ -127,7 +143,8 @@ def fastcofi_worker(spec_path, out_path):
         "cost": model.history_["cost"], "wall_seconds": total,
         "seconds_per_iteration": float(np.median(steps)) if steps.size else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "reg_used": model.reg_,
+        "reg_used": model.reg_, "reg_bias_used": model.reg_bias_, "solver_used": model.solver_,
+        "reg_weighting_used": model.reg_weighting_, "n_iter": model.n_iter_,
     }))
 
 
@@ -153,6 +170,9 @@ def main(argv=None):
                         help="python of a virtualenv with the libmf package (LIBMF rows "
                              "are left out without it)")
     parser.add_argument("--lambdas", default="0.02,0.05,0.1")
+    parser.add_argument("--data", default=None,
+                        help="folder keeping each size's arrays between runs (default: made "
+                             "afresh in a temporary folder)")
     parser.add_argument("--only", default=",".join(FASTCOFI_RUNS),
                         help="fastcofi runs to do, of " + ",".join(FASTCOFI_RUNS) + " (empty: "
                              "none)")
@@ -175,7 +195,12 @@ def main(argv=None):
            "environment": environment(load_average_at_start=os.getloadavg()),
            "sizes": {}}
     for size in [int(float(s)) for s in args.sizes.split(",")]:
-        with tempfile.TemporaryDirectory() as folder:
+        with contextlib.ExitStack() as stack:
+            if args.data is None:
+                folder = stack.enter_context(tempfile.TemporaryDirectory())
+            else:
+                folder = Path(args.data) / f"{size:.0e}"
+                folder.mkdir(parents=True, exist_ok=True)
             t = time.perf_counter()
             arrays = prepare(size, folder)
             print(f"{size:.0e}: arrays in {time.perf_counter() - t:.1f}s", flush=True)

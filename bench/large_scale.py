@@ -1,6 +1,6 @@
 """Netflix-prize-scale training on one machine: 100M ratings, k = 32, early stopping.
 
-    python3 bench/large_scale.py [--ratings 1e8] [--factors 32] [--solver als] [--folder DIR]
+    python3 bench/large_scale.py [--ratings 1e8] [--factors 32] [--solver auto] [--folder DIR]
 
 Two steps, each in its own process so that each peak memory is its own:
 
@@ -9,7 +9,9 @@ Two steps, each in its own process so that each peak memory is its own:
    ``train.csv`` and ``probe.csv``, 1% of the ratings (drawn per rating) going to the probe file,
    as the Netflix prize shipped its probe set.
 2. ``train``: both files read with ``fastcofi.read_ratings(dtype=np.float32)``, then
-   ``MatrixFactorization(n_factors=32, ...).fit(train, validation=probe)`` with early stopping.
+   ``MatrixFactorization(n_factors=32).fit(train, validation=probe)``, every other parameter
+   the library's default unless given (``solver="auto"``: ALS at this size), then the probe
+   predicted; ``end_to_end_s`` is those three steps.
 
 Writes bench/results/large_scale.json: seconds per step, peak RSS per process, seconds per
 objective evaluation or sweep, iterations, probe RMSE against the planted noise level.
@@ -110,15 +112,16 @@ def train(args):
     probe = read_ratings(folder / "probe.csv", dtype=np.float32)
     read_s = time.perf_counter() - t0
     after_read_rss = peak_rss_bytes()
-    model = MatrixFactorization(
-        n_factors=args.factors, solver=args.solver, max_iter=args.max_iter, tol=args.tol,
-        patience=args.patience, random_state=args.seed,
-    )
+    given = {"solver": args.solver, "max_iter": args.max_iter, "tol": args.tol,
+             "patience": args.patience}
+    model = MatrixFactorization(n_factors=args.factors, random_state=args.seed,
+                                **{k: v for k, v in given.items() if v is not None})
     t1 = time.perf_counter()
     model.fit(train_set, validation=probe)
     fit_s = time.perf_counter() - t1
     users, items, values = probe.coo()
     probe_rmse = metrics.rmse(values, model.predict(probe.user_ids[users], probe.item_ids[items]))
+    end_to_end_s = time.perf_counter() - t0
     history = model.history_
     result = model.result_
     n_evals = int(result.nfev) if result is not None else None
@@ -128,9 +131,15 @@ def train(args):
         "n_users": train_set.n_users,
         "n_items": train_set.n_items,
         "factors": args.factors,
-        "solver": args.solver,
+        "solver": model.solver_,
+        "reg_weighting": model.reg_weighting_,
+        "reg": model.reg_,
+        "reg_bias": model.reg_bias_,
         "read_s": read_s,
         "fit_s": fit_s,
+        "end_to_end_s": end_to_end_s,
+        "val_rmse": [float(v) for v in history["val_rmse"]],
+        "seconds": [float(v) for v in history["seconds"]],
         "iterations": int(model.n_iter_),
         "objective_evaluations": n_evals,
         "seconds_per_evaluation": fit_s / n_evals if n_evals else None,
@@ -166,11 +175,11 @@ def main(argv=None):
     parser.add_argument("--users", type=int, default=480_189)
     parser.add_argument("--items", type=int, default=17_770)
     parser.add_argument("--factors", type=int, default=32)
-    parser.add_argument("--solver", choices=["cg", "lbfgs", "als"], default="als")
-    parser.add_argument("--max-iter", type=int, default=300)
-    parser.add_argument("--tol", type=float, default=0.0,
-                        help="gradient stop (default 0: stop on the probe RMSE only)")
-    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--solver", choices=["auto", "cg", "lbfgs", "als"], default=None,
+                        help="(default: the library's)")
+    parser.add_argument("--max-iter", type=int, default=None, help="(default: the library's)")
+    parser.add_argument("--tol", type=float, default=None, help="(default: the library's)")
+    parser.add_argument("--patience", type=int, default=None, help="(default: the library's)")
     parser.add_argument("--probe-fraction", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "fastcofi-large"),

@@ -9,7 +9,6 @@ from numba import prange
 from ._jit import _FASTMATH
 from .sparse import lookup_int
 
-
 # A pivot at most this fraction of its diagonal entry counts as zero: rounding leaves about
 # 1e-16 of it in an exactly singular system, while a penalty of 1e-10 of a row's Gram diagonal
 # still passes.
