@@ -420,6 +420,36 @@ def test_curvature_is_the_exact_diagonal_when_rows_are_alike(learn_biases):
     assert relative_error(objective.curvature(x), exact) <= 1e-5
 
 
+@pytest.mark.parametrize("learn_biases", [False, True])
+@pytest.mark.parametrize("block_rows", [1, 7, 1 << 14])
+def test_curvature_in_blocks_is_the_estimate_and_gives_the_preconditioned_max(
+        learn_biases, block_rows, monkeypatch):
+    """Built block by block (rows of both sides cut anywhere), the estimate is count times the
+    other side's mean square plus the weighted penalty per entry; the preconditioned maximum
+    divides the gradient by its square root, a zero curvature (a row without ratings or penalty)
+    counting as 1."""
+    monkeypatch.setattr(FlatObjective, "_CURVATURE_ROWS", block_rows)
+    ratings = _skewed_problem(2, n_users=25, n_items=15)
+    ratings = Ratings.from_arrays(*ratings.coo(), all_users=range(ratings.n_users + 2))
+    objective = FlatObjective(ratings, 3, 0.0, mu=3.0, learn_biases=learn_biases, reg_bias=0.5,
+                              reg_weighting="count")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=objective.size)
+    X, Theta, _, _ = objective.unpack(x)
+    item_counts, user_counts = (np.diff(r[0]) for r in (ratings.by_item, ratings.by_user))
+    expected = [np.outer(item_counts, np.mean(Theta**2, axis=0)).ravel(),
+                np.outer(user_counts, np.mean(X**2, axis=0)).ravel()]
+    if learn_biases:
+        expected += [item_counts + 0.5 * item_counts, user_counts + 0.5 * user_counts]
+    expected = np.concatenate(expected)
+    curvature = objective.curvature(x)
+    np.testing.assert_allclose(curvature, expected, rtol=1e-12)
+    assert np.count_nonzero(curvature == 0) >= 2 * 3  # the two users without ratings
+    grad = rng.normal(size=objective.size)
+    dense = np.max(np.abs(grad) / np.sqrt(np.where(expected > 0, expected, 1.0)))
+    assert objective.preconditioned_max(x, grad) == pytest.approx(dense, rel=1e-12)
+
+
 def test_preconditioned_objective_passes_check_grad():
     ratings = _skewed_problem(1, n_users=40, n_items=20)
     objective = FlatObjective(ratings, 2, 1.0, mu=3.0, learn_biases=True, reg_bias=0.5)

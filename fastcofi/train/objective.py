@@ -294,20 +294,51 @@ class FlatObjective:
         bias's diagonal is exact: its number of ratings plus its penalty. Needs only the row
         counts, so it costs one pass over the factors, not over the ratings.
         """
+        out = np.empty(self.size)
+        for where, block in self._curvature_blocks(params):
+            out[where] = block
+        return out
+
+    def preconditioned_max(self, params, grad):
+        """``max |grad / sqrt(curvature(params))|`` (a zero curvature counting as 1), the
+        gradient's largest entry in the preconditioned parameters, computed block by block so
+        that no parameter-sized array is made."""
+        grad = np.asarray(grad, dtype=np.float64)
+        largest = 0.0
+        for where, block in self._curvature_blocks(params):
+            np.sqrt(block, out=block)
+            block[block == 0.0] = 1.0
+            np.divide(np.abs(grad[where]), block, out=block)
+            largest = max(largest, float(block.max(initial=0.0)))
+        return largest
+
+    # Rows of the curvature estimate made at a time: blocks of a few MB at k = 32.
+    _CURVATURE_ROWS = 1 << 14
+
+    def _curvature_blocks(self, params):
+        """``(slice of the parameter vector, its curvature estimate)`` in blocks of rows, each
+        block a fresh float64 array (see `curvature`)."""
         X, Theta, _, _ = self.unpack(np.asarray(params, dtype=np.float64))
-        item_counts, user_counts = (np.asarray(c, dtype=np.float64) for c in self._row_counts())
-        item_weight, user_weight = self.weights
-        mean_square = [np.mean(F**2, axis=0) if F.shape[0] else np.zeros(self.n_factors)
+        k = self.n_factors
+        counts = [np.asarray(c, dtype=np.float64) for c in self._row_counts()]
+        mean_square = [np.mean(F**2, axis=0) if F.shape[0] else np.zeros(k)
                        for F in (Theta, X)]
-        parts = [
-            np.outer(item_counts, mean_square[0]) + (self.reg * item_weight)[:, None],
-            np.outer(user_counts, mean_square[1]) + (self.reg * user_weight)[:, None],
-        ]
-        parts = [part.ravel() for part in parts]
+        starts = [0, X.size, X.size + Theta.size]
+        step = self._CURVATURE_ROWS
+        for side in (0, 1):
+            count, weight = counts[side], self.weights[side]
+            for lo in range(0, count.shape[0], step):
+                hi = min(lo + step, count.shape[0])
+                block = np.outer(count[lo:hi], mean_square[side])
+                block += (self.reg * weight[lo:hi])[:, None]
+                yield slice(starts[side] + lo * k, starts[side] + hi * k), block.ravel()
         if self.learn_biases:
-            parts += [item_counts + self.reg_bias * item_weight,
-                      user_counts + self.reg_bias * user_weight]
-        return np.concatenate(parts)
+            offset = starts[2]
+            for side in (0, 1):
+                count, weight = counts[side], self.weights[side]
+                yield (slice(offset, offset + count.shape[0]),
+                       count + self.reg_bias * weight)
+                offset += count.shape[0]
 
     def __call__(self, params):
         params = np.ascontiguousarray(params, dtype=np.float64)
