@@ -11,7 +11,8 @@ from ..kernels.parse import (
     PARSE_OK,
     PARSE_TOO_FEW,
     PARSE_TOO_MANY,
-    POW10,
+    Fields,
+    Parsed,
     parse_block,
 )
 from ._source import (
@@ -74,24 +75,23 @@ def _read_builtin(source, layout, dtype, string_slots=(False, False)):
         if layout.chosen[role] is not None:
             slot_of_field[layout.chosen[role]] = slot
     string_slot = np.array(list(string_slots) + [False, False], dtype=np.bool_)
-    words = [np.frombuffer(w, dtype=np.uint8) for w in (b"nan", b"inf", b"infinity")]
+    fields = Fields(sep[0], len(sep), slot_of_field, string_slot)
     has_ts = layout.chosen["timestamp"] is not None
     columns = _Columns(source, dtype, has_ts)
-    out_int = out_end = out_float = np.empty(0)
+    out = Parsed(np.empty((4, 0), dtype=np.int64), np.empty((2, 0), dtype=np.int64), np.empty(0))
     for block, lines_before, newlines in _blocks(source, layout.header_lines, _BLOCK_BYTES):
         if any(string_slots):
             _check_utf8(source, block, lines_before)
         buf = np.frombuffer(block, dtype=np.uint8)
         max_rows = newlines + 1
-        if out_float.shape[0] < max_rows:
+        if out.ratings.shape[0] < max_rows:
             # One set of scratch arrays for every block: fresh ones would be page-faulted anew.
-            out_int = np.empty((4, max_rows), dtype=np.int64)
-            out_end = np.empty((2, max_rows if any(string_slots) else 0), dtype=np.int64)
-            out_float = np.empty(max_rows, dtype=np.float64)
-        rows, status, line, field, pos = parse_block(
-            buf, sep[0], len(sep), layout.ncols, slot_of_field, string_slot, out_int,
-            out_end, out_float, POW10, *words,
-        )
+            out = Parsed(
+                np.empty((4, max_rows), dtype=np.int64),
+                np.empty((2, max_rows if any(string_slots) else 0), dtype=np.int64),
+                np.empty(max_rows, dtype=np.float64),
+            )
+        rows, status, line, field, pos = parse_block(buf, fields, out)
         if status == PARSE_BAD_INT and slot_of_field[field] in (0, 1):
             raise _NeedStrings(int(slot_of_field[field]))
         if status != PARSE_OK:
@@ -101,12 +101,14 @@ def _read_builtin(source, layout, dtype, string_slots=(False, False)):
         ids = []
         for slot in (0, 1):
             if string_slots[slot]:
-                fields = _gather_strings(buf, out_int[slot, :rows], out_end[slot, :rows])
-                ids.append(_byte_labels(fields))
+                strings = _gather_strings(buf, out.ints[slot, :rows], out.ends[slot, :rows])
+                ids.append(_byte_labels(strings))
             else:
-                ids.append(out_int[slot, :rows])
+                ids.append(out.ints[slot, :rows])
         columns.plan(rows, len(block))
-        columns.append(ids[0], ids[1], out_float[:rows], out_int[3, :rows] if has_ts else None)
+        columns.append(
+            ids[0], ids[1], out.ratings[:rows], out.ints[3, :rows] if has_ts else None
+        )
     return columns.finish(layout)
 
 

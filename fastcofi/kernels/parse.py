@@ -1,5 +1,7 @@
 """The built-in text parser's byte-level kernels."""
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 
@@ -9,7 +11,9 @@ import numpy as np
 (PARSE_OK, PARSE_TOO_FEW, PARSE_TOO_MANY, PARSE_EMPTY, PARSE_BAD_INT, PARSE_BAD_FLOAT,
  PARSE_NONFINITE) = range(7)
 # Exactly representable powers of ten: mantissa * or / these is correctly rounded (Clinger).
+# Module-level arrays are compile-time constants to Numba.
 POW10 = np.array([10.0**k for k in range(23)])
+_NAN, _INF, _INFINITY = (np.frombuffer(w, dtype=np.uint8) for w in (b"nan", b"inf", b"infinity"))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -63,7 +67,7 @@ def _word(buf, start, end, word):
 
 
 @nb.njit(cache=True, nogil=True)
-def _parse_float(buf, start, end, pow10, nan_w, inf_w, infinity_w):
+def _parse_float(buf, start, end):
     """(ok, value): decimal with optional fraction and exponent; nan/inf words too."""
     start, end = _trim(buf, start, end)
     neg = False
@@ -72,9 +76,9 @@ def _parse_float(buf, start, end, pow10, nan_w, inf_w, infinity_w):
         start += 1
     if start >= end:
         return False, 0.0
-    if _word(buf, start, end, nan_w):
+    if _word(buf, start, end, _NAN):
         return True, np.nan
-    if _word(buf, start, end, inf_w) or _word(buf, start, end, infinity_w):
+    if _word(buf, start, end, _INF) or _word(buf, start, end, _INFINITY):
         return True, -np.inf if neg else np.inf
     mant = 0
     exp10 = 0
@@ -115,24 +119,51 @@ def _parse_float(buf, start, end, pow10, nan_w, inf_w, infinity_w):
         return False, 0.0
     value = float(mant)
     if mant < 9007199254740992 and -22 <= exp10 <= 22:
-        value = value * pow10[exp10] if exp10 >= 0 else value / pow10[-exp10]
+        value = value * POW10[exp10] if exp10 >= 0 else value / POW10[-exp10]
     else:
         # Outside the exact range: within a few ulps, far below any rating's precision.
         value = value * 10.0**exp10
     return True, -value if neg else value
 
 
-@nb.njit(cache=True, nogil=True)
-def parse_block(buf, sep0, sep_len, ncols, slot_of_field, string_slot, out_int, out_end,
-                out_float, pow10, nan_w, inf_w, infinity_w):
-    """Parse whole lines of ``buf`` into columns.
+class Fields(NamedTuple):
+    """How a line is cut into fields and what each field is.
 
-    ``slot_of_field[f]`` is 0 user, 1 item, 2 rating, 3 timestamp or -1 (ignored). Integer slots
-    fill ``out_int[slot]``; a slot with ``string_slot[slot]`` stores its field's start and end
-    offsets in ``out_int`` / ``out_end`` instead. Blank lines are skipped.
+    ``sep0`` is the separator's byte and ``sep_len`` its length (2 for a doubled byte, '::');
+    ``slot_of_field`` (ncols,) int64 gives each field's slot: 0 user, 1 item, 2 rating,
+    3 timestamp or -1 (ignored); ``string_slot`` (4,) bool marks the id slots read as byte ranges
+    instead of integers.
+    """
+
+    sep0: int
+    sep_len: int
+    slot_of_field: np.ndarray
+    string_slot: np.ndarray
+
+
+class Parsed(NamedTuple):
+    """Where a block's columns go, one entry per row: ``ints`` (4, rows) int64, the integer slots
+    (or a string slot's start offsets); ``ends`` (2, rows) int64, a string slot's end offsets
+    (may have no columns when no slot is a string); ``ratings`` (rows,) float64."""
+
+    ints: np.ndarray
+    ends: np.ndarray
+    ratings: np.ndarray
+
+
+@nb.njit(cache=True, nogil=True)
+def parse_block(buf, fields, out):
+    """Parse whole lines of ``buf`` (uint8) as `Fields` into ``out`` (a `Parsed`).
+
+    Integer slots fill ``out.ints[slot]``; a string slot stores its field's start and end offsets
+    in ``out.ints`` / ``out.ends`` instead. Blank lines are skipped.
 
     Returns (n_rows, status, line index in block, field index, byte offset of the problem).
     """
+    sep0, sep_len = fields.sep0, fields.sep_len
+    slot_of_field, string_slot = fields.slot_of_field, fields.string_slot
+    ncols = slot_of_field.shape[0]
+    out_int, out_end, out_float = out.ints, out.ends, out.ratings
     n = buf.shape[0]
     pos = 0
     row = 0
@@ -163,7 +194,7 @@ def parse_block(buf, sep0, sep_len, ncols, slot_of_field, string_slot, out_int, 
                 if s == e:
                     return row, PARSE_EMPTY, line, field, start
                 if slot == 2:
-                    ok, v = _parse_float(buf, start, end, pow10, nan_w, inf_w, infinity_w)
+                    ok, v = _parse_float(buf, start, end)
                     if not ok:
                         return row, PARSE_BAD_FLOAT, line, field, start
                     if not np.isfinite(v):
