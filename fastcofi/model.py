@@ -288,12 +288,12 @@ class MatrixFactorization:
             scipy does not expose CG's search direction (nor L-BFGS's memory), so a resumed run
             restarts them from the steepest descent; early stopping restarts its count too. A
             checkpoint written for other data or settings is refused. ``solver="gibbs"``: the
-            iterations are sweeps; ``info`` also holds ``"train_rmse"`` (of the sweep's draw) and
-            ``"noise_precision"`` (also in ``history_``); ``"val_rmse"`` is the RMSE of the
-            running average of the kept draws (of the current draw before the first is kept)
-            and stops nothing; a checkpoint holds the whole chain (draws, hyperparameters, kept
-            draws, the random streams' position), so a resumed chain is bit-identical to one
-            that was never interrupted.
+            iterations are sweeps; ``info`` also holds ``"train_rmse"`` (of the sweep's draw),
+            ``"noise_precision"`` (both also in ``history_``) and ``"kept"`` (draws kept so far);
+            ``"val_rmse"`` is the RMSE of the running average of the kept draws (of the current
+            draw before the first is kept) and stops nothing; a checkpoint holds the whole chain
+            (draws, hyperparameters, kept draws, the random streams' position), so a resumed
+            chain is bit-identical to one that was never interrupted.
         make_objective : callable, default `fastcofi.train.objective.FlatObjective`
             Builds what the solvers minimize, called as ``make_objective(ratings, n_factors,
             reg, mu=, item_bias=, learn_biases=, reg_bias=, reg_weighting=, n_threads=)``; it

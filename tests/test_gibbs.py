@@ -1,6 +1,8 @@
 """The Gibbs sampler: random streams, the row draw against numpy, exact conjugate posteriors,
 thread-count independence, and the sampled model end to end."""
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -381,19 +383,33 @@ def test_observers_verbose_callback_validation(small, capsys):
     seen = []
 
     def callback(sweep, info):
-        seen.append((sweep, sorted(info)))
+        seen.append((sweep, dict(info)))
         return sweep == 5
 
     model = MatrixFactorization(2, solver="gibbs", max_iter=30, n_samples=5, random_state=0,
                                 verbose=True)
     model.fit(ratings, validation=ratings, callback=callback)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 5 and lines[0].startswith("sweep    1  train_rmse ")
-    assert "noise_precision" in lines[0] and "val_rmse" in lines[0]
-    assert [s for s, _ in seen] == [1, 2, 3, 4, 5] and "val_rmse" in seen[0][1]
-    # Stopped before any kept sweep (14, 18, ..., 30): the last draw is served.
+    pattern = re.compile(r"sweep +(\d+)/30  train_rmse (\S+)  noise_precision (\S+)  kept (\d+)  "
+                         r"\S+s/sweep  elapsed \S+s  val_rmse (\S+)  eta <= \S+$")
+    fields = [pattern.match(line).groups() for line in lines]
+    assert [int(f[0]) for f in fields] == [1, 2, 3, 4, 5] and {f[3] for f in fields} == {"0"}
+    history = model.history_
+    assert [float(f[1]) for f in fields] == pytest.approx(history["train_rmse"], abs=1e-4)
+    assert [float(f[2]) for f in fields] == pytest.approx(history["noise_precision"], rel=1e-3)
+    assert [float(f[4]) for f in fields] == pytest.approx(history["val_rmse"], abs=1e-4)
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
+    for s, info in seen:
+        assert sorted(info) == ["cost", "kept", "noise_precision", "seconds", "train_rmse",
+                                "val_rmse"]
+        for key in ("cost", "seconds", "train_rmse", "noise_precision", "val_rmse"):
+            assert info[key] == history[key][s - 1]
+    # The training RMSE is the cost's: half the sum of squared residuals over the ratings.
+    np.testing.assert_allclose(np.sqrt(2 * np.array(history["cost"]) / ratings.nnz),
+                               history["train_rmse"], rtol=1e-12)
+    # Stopped before any kept sweep (10, 15, ..., 30): the last draw is served.
     assert model.n_iter_ == 5 and model.n_samples_ == 1
-    assert len(model.history_["val_rmse"]) == 5
+    assert {len(v) for v in history.values()} == {5}
     # The validation RMSE of the last sweep is that of the model served.
     err = model.predict(*_pairs(ratings)) - ratings.coo()[2]
     assert abs(np.sqrt(np.mean(err**2)) - model.history_["val_rmse"][-1]) < 1e-12
@@ -428,9 +444,27 @@ def test_resume_continues_the_chain_bit_identically(small, tmp_path):
     assert np.array_equal(resumed.item_factors_, model.item_factors_)
     assert np.array_equal(resumed.user_bias_, model.user_bias_)
     assert resumed.history_["cost"] == model.history_["cost"]
+    assert resumed.history_["noise_precision"] == model.history_["noise_precision"]
     with pytest.raises(ValueError, match="other data or settings"):
         MatrixFactorization(**{**params, "n_samples": 4}).fit(
             ratings, checkpoint=path, resume=True)
+
+
+def test_resumed_validation_averages_the_draws_kept_before(small, tmp_path):
+    ratings, _ = small
+    path = tmp_path / "chain.npz"
+    params = {"n_factors": 2, "solver": "gibbs", "max_iter": 30, "n_samples": 5,
+              "random_state": 0}
+    whole = MatrixFactorization(**params).fit(ratings, validation=ratings)
+    # Interrupted with three draws kept (sweeps 10, 15, 20), resumed: the running average goes on
+    # from their sum, and the validation history is the uninterrupted chain's.
+    MatrixFactorization(**params).fit(ratings, validation=ratings, checkpoint=path,
+                                      callback=lambda s, info: s == 23)
+    resumed = MatrixFactorization(**params).fit(ratings, validation=ratings, checkpoint=path,
+                                                resume=True)
+    np.testing.assert_allclose(resumed.history_["val_rmse"], whole.history_["val_rmse"],
+                               rtol=1e-12)
+    assert len(resumed.history_["val_rmse"]) == 30
 
 
 @pytest.mark.slow

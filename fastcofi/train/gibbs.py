@@ -20,7 +20,6 @@ a checkpoint that stores the state after sweep ``s`` resumes bit-identically.
 
 import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -29,7 +28,16 @@ from .._parallel import threads
 from ..data.ids import lookup
 from ..data.ratings import value_moments
 from ..kernels import gibbs as _gibbs_kernels
-from .checkpoint import read_checkpoint, write_checkpoint
+from .checkpoint import read_checkpoint
+from .observers import (
+    Checkpointing,
+    Observers,
+    Progress,
+    RunningAverageRMSE,
+    UserCallback,
+    debug_log,
+    kept_draws,
+)
 
 logger = logging.getLogger("fastcofi")
 
@@ -141,15 +149,15 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
     keep : ndarray of int
         Sweeps whose draws fill the next kept slots (`kept_sweeps`).
     on_sweep : callable, optional
-        ``on_sweep(sweep, state, info) -> stop``; ``info`` holds ``"cost"`` (half the sum of
-        squared training residuals), ``"train_rmse"`` (of this
-        sweep's draw), ``"noise_precision"``, ``"kept"`` (whether this draw was kept) and
-        ``"seconds"`` (since this call began).
+        ``on_sweep(sweep, state, history) -> stop`` after each sweep, ``sweep`` counted from 1
+        in this call (``state.sweep`` counts the chain's), as the optimizers' ``on_iteration``
+        (`fastcofi.train.observers.Observers`).
 
     Returns
     -------
-    history : dict of lists ``"cost"`` (half the sum of squared training residuals of each
-        sweep's draw, the likelihood's cost) and ``"seconds"``.
+    history : dict of lists, one entry per sweep of this call: ``"cost"`` (half the sum of
+        squared training residuals of the sweep's draw, the likelihood's cost), ``"seconds"``
+        (since this call began), ``"train_rmse"`` (of the draw) and ``"noise_precision"``.
     """
     k = state.item_rows.shape[1] - 1
     n_items, n_users, nnz = ratings.n_items, ratings.n_users, ratings.nnz
@@ -162,8 +170,9 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
     item_sse, user_sse = np.zeros(n_items), np.zeros(n_users)
     item_rows = _gibbs_kernels.Rows(*ratings.by_item, ratings._item_chunks)
     user_rows = _gibbs_kernels.Rows(*ratings.by_user, ratings._user_chunks)
-    history = {"cost": [], "seconds": []}
+    history = {"cost": [], "seconds": [], "train_rmse": [], "noise_precision": []}
     start = time.perf_counter()
+    first = state.sweep
     with threads(n_threads):
         for sweep in range(state.sweep + 1, int(max_iter) + 1):
             rng = np.random.default_rng([state.seed, sweep])
@@ -191,8 +200,7 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
             state.sweep = sweep
             state.item_rows = np.column_stack([X, item_bias])
             state.user_rows = np.column_stack([Theta, user_bias])
-            kept = sweep in keep and state.n_kept < state.kept_tau.shape[0]
-            if kept:
+            if sweep in keep and state.n_kept < state.kept_tau.shape[0]:
                 slot = state.n_kept
                 state.kept_items[slot] = state.item_rows
                 state.kept_users[slot] = state.user_rows
@@ -200,12 +208,11 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
                 state.kept_user_prior[slot] = state.user_prior
                 state.kept_tau[slot] = state.tau
                 state.n_kept += 1
-            seconds = time.perf_counter() - start
             history["cost"].append(0.5 * sse)
-            history["seconds"].append(seconds)
-            info = {"cost": 0.5 * sse, "train_rmse": float(np.sqrt(sse / max(nnz, 1))),
-                    "noise_precision": state.tau, "kept": kept, "seconds": seconds}
-            if on_sweep is not None and on_sweep(sweep, state, info):
+            history["seconds"].append(time.perf_counter() - start)
+            history["train_rmse"].append(float(np.sqrt(sse / max(nnz, 1))))
+            history["noise_precision"].append(state.tau)
+            if on_sweep is not None and on_sweep(sweep - first, state, history):
                 break
     return history
 
@@ -323,8 +330,9 @@ def schedule(max_iter, n_samples, burn_in, thin):
 
 
 def fit_gibbs(model, ratings, validation, callback, checkpoint, checkpoint_every, resume):
-    """`MatrixFactorization.fit` for ``solver="gibbs"``, setting ``model``'s fitted attributes: run the chain (`fastcofi.train.gibbs.run_chain`) with the
-    observers asked for, then store the kept draws stacked (`stack_samples`).
+    """`MatrixFactorization.fit` for ``solver="gibbs"``, setting ``model``'s fitted attributes:
+    run the chain (`run_chain`) with the observers asked for, then store the kept draws stacked
+    (`stack_samples`).
     """
     n_items, n_users, k = ratings.n_items, ratings.n_users, int(model.n_factors)
     values = ratings.values
@@ -351,74 +359,32 @@ def fit_gibbs(model, ratings, validation, callback, checkpoint, checkpoint_every
         if arrays is None:
             raise ValueError(f"{checkpoint}: not a checkpoint of a Gibbs chain (no state)")
         state = GibbsState.from_arrays(arrays)
-    prior_seconds = prior["seconds"][-1] if prior.get("seconds") else 0.0
-    history = {key: list(prior.get(key, [])) for key in ("cost", "seconds",
-                                                         "noise_precision")}
-
-    val_pairs = None
-    if validation is not None:
-        v_users, v_items, v_values = validation.coo()
-        val_pairs = (
-            lookup(ratings.user_ids, validation.user_ids)[0][v_users],
-            lookup(ratings.item_ids, validation.item_ids)[0][v_items],
-            np.asarray(v_values, dtype=np.float64),
-        )
-        history["val_rmse"] = list(prior.get("val_rmse", []))
-        # The running sum of the kept draws' validation predictions (rebuilt on resume).
-        val_sum = np.zeros(val_pairs[2].shape[0])
-        for slot in range(state.n_kept):
-            val_sum += sample_predictions(state.kept_items[slot], state.kept_users[slot],
-                                          global_mean, *val_pairs[:2])
     model._set_data_state(ratings, global_mean, None)
-    bounds = (
-        model.rating_range_ if model.clip is True else None if model.clip is False
-        else tuple(float(v) for v in model.clip))
 
-    def on_sweep(sweep, state_, info):
-        kept = info["kept"]
-        info = {"cost": info["cost"], "seconds": info["seconds"] + prior_seconds,
-                "train_rmse": info["train_rmse"], "noise_precision": info["noise_precision"]}
-        history["cost"].append(info["cost"])
-        history["seconds"].append(info["seconds"])
-        history["noise_precision"].append(info["noise_precision"])
-        if val_pairs is not None:
-            # The running average of the kept draws; before the first, the current draw.
-            if kept:
-                val_sum[...] += sample_predictions(
-                    state_.item_rows, state_.user_rows, global_mean, *val_pairs[:2])
-            if state_.n_kept:
-                pred = val_sum / state_.n_kept
-            else:
-                pred = sample_predictions(state_.item_rows, state_.user_rows, global_mean,
-                                          *val_pairs[:2])
-            if bounds is not None:
-                pred = np.clip(pred, *bounds)
-            info["val_rmse"] = float(np.sqrt(np.mean((pred - val_pairs[2]) ** 2)))
-            history["val_rmse"].append(info["val_rmse"])
-        if model.verbose:
-            extra = f"  val_rmse {info['val_rmse']:.4f}" if "val_rmse" in info else ""
-            print(
-                f"sweep {sweep:4d}  train_rmse {info['train_rmse']:.4f}  noise_precision "
-                f"{info['noise_precision']:.4g}  kept {state_.n_kept}  "
-                f"{info['seconds']:.2f}s{extra}",
-                file=sys.stderr,
-            )
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("sweep %d: %s", sweep, info)
-        stop = bool(callback(sweep, info)) if callback is not None else False
-        if checkpoint is not None and sweep % checkpoint_every == 0:
-            write_gibbs_checkpoint()
-        return stop
-
-    def write_gibbs_checkpoint():
-        params = np.concatenate([state.item_rows.ravel(), state.user_rows.ravel()])
-        write_checkpoint(checkpoint, params, state.sweep, history, fingerprint,
-                         state=state.to_arrays())
-
-    run_chain(ratings, global_mean, state, max_iter=max_iter, keep=keep,
-              n_threads=model.n_threads, on_sweep=on_sweep)
+    observers = Observers([kept_draws], state.sweep, prior)
+    if validation is not None:
+        observers.observers.append(_validation(model, ratings, validation, global_mean))
+    if model.verbose:
+        observers.observers.append(Progress(
+            max_iter, state.sweep, observers.prior_seconds, unit="sweep",
+            figures=(("train_rmse", ".4f"), ("noise_precision", ".4g"), ("kept", "d"))))
+    if logger.isEnabledFor(logging.DEBUG):
+        observers.observers.append(debug_log)
+    if callback is not None:
+        observers.observers.append(UserCallback(callback))
+    checkpointing = None
     if checkpoint is not None:
-        write_gibbs_checkpoint()
+        checkpointing = Checkpointing(checkpoint, checkpoint_every, fingerprint, observers,
+                                      to_arrays=_checkpoint_arrays)
+        observers.observers.append(checkpointing)
+
+    history = run_chain(ratings, global_mean, state, max_iter=max_iter, keep=keep,
+                        n_threads=model.n_threads, on_sweep=observers)
+    if validation is not None:
+        history.setdefault("val_rmse", [])
+    if checkpointing is not None:
+        checkpointing.write(state, state.sweep, history)
+    history = observers.merged(history)
     if state.n_kept == 0:
         # Stopped (by the callback) before the first kept sweep: serve the last draw.
         state.kept_items[0], state.kept_users[0] = state.item_rows, state.user_rows
@@ -440,7 +406,25 @@ def fit_gibbs(model, ratings, validation, callback, checkpoint, checkpoint_every
     model.reg_bias_ = model.noise_variance_ / model.user_bias_variance_
     model.n_iter_ = model.best_iteration_ = state.sweep
     model.result_ = None
-    if val_pairs is None:
-        history.pop("val_rmse", None)
     model.history_ = history
     return model
+
+
+def _validation(model, ratings, validation, global_mean):
+    """The running average's validation RMSE (`RunningAverageRMSE`), clipped as ``model`` will
+    clip its predictions."""
+    v_users, v_items, v_values = validation.coo()
+    u_index = lookup(ratings.user_ids, validation.user_ids)[0][v_users]
+    i_index = lookup(ratings.item_ids, validation.item_ids)[0][v_items]
+    bounds = (model.rating_range_ if model.clip is True else None if model.clip is False
+              else tuple(float(v) for v in model.clip))
+
+    def predict(item_rows, user_rows):
+        return sample_predictions(item_rows, user_rows, global_mean, u_index, i_index)
+
+    return RunningAverageRMSE(predict, np.asarray(v_values, dtype=np.float64), bounds)
+
+
+def _checkpoint_arrays(state):
+    """A chain's checkpoint: its current draw as the parameter vector, and its whole state."""
+    return np.concatenate([state.item_rows.ravel(), state.user_rows.ravel()]), state.to_arrays()

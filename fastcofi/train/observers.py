@@ -4,6 +4,8 @@ A solver reports each iteration through ``on_iteration(iteration, params, histor
 `Observers` turns that into ``observer(iteration, params, history, info) -> stop`` calls on
 the observers asked for, in order (a later one sees what earlier ones added to ``info``), and
 carries a resumed run's earlier iterations so that numbering, seconds and history continue.
+The optimizers' ``params`` is their parameter vector; the Gibbs sampler's is its chain's state
+(`fastcofi.train.gibbs.GibbsState`), whose iterations are sweeps.
 """
 
 import logging
@@ -18,8 +20,10 @@ __all__ = [
     "EarlyStopping",
     "Observers",
     "Progress",
+    "RunningAverageRMSE",
     "UserCallback",
     "debug_log",
+    "kept_draws",
     "progress_line",
 ]
 
@@ -88,18 +92,64 @@ class EarlyStopping:
         self.best_params = None
 
     def __call__(self, iteration, params, history, info):
-        info["val_rmse"] = float(self.rmse(params))
-        history.setdefault("val_rmse", []).append(info["val_rmse"])
+        _record_val_rmse(self.rmse(params), history, info)
         if info["val_rmse"] < self.best_rmse:
             self.best_rmse, self.best_iteration = info["val_rmse"], iteration
             self.best_params = np.array(params, copy=True)
         return iteration - max(self.best_iteration, self.start) >= self.patience
 
 
+def _record_val_rmse(rmse, history, info):
+    info["val_rmse"] = float(rmse)
+    history.setdefault("val_rmse", []).append(info["val_rmse"])
+
+
+class RunningAverageRMSE:
+    """A sampler's validation RMSE: of the average of the draws kept so far (of the current draw
+    before the first is kept), clipped to ``bounds``; it records and stops nothing.
+
+    Parameters
+    ----------
+    predict : callable ``(item_rows, user_rows) -> ndarray of shape (m,)``
+        One draw's predictions of the validation pairs.
+    values : ndarray of shape (m,), float64
+        The validation ratings.
+    bounds : (float, float), optional
+        Where predictions are clipped, as the fitted model clips them.
+
+    Notes
+    -----
+    The state's kept draws (``kept_items[:n_kept]``, ``kept_users[:n_kept]``) are added to the
+    running sum as they appear, so a chain resumed with draws already kept starts from their sum.
+    """
+
+    def __init__(self, predict, values, bounds=None):
+        self.predict, self.values, self.bounds = predict, np.asarray(values), bounds
+        self.total = np.zeros(self.values.shape[0])
+        self.count = 0
+
+    def __call__(self, iteration, state, history, info):
+        while self.count < state.n_kept:
+            self.total += self.predict(state.kept_items[self.count], state.kept_users[self.count])
+            self.count += 1
+        if self.count:
+            pred = self.total / self.count
+        else:
+            pred = self.predict(state.item_rows, state.user_rows)
+        if self.bounds is not None:
+            pred = np.clip(pred, *self.bounds)
+        _record_val_rmse(np.sqrt(np.mean((pred - self.values) ** 2)), history, info)
+
+
+def kept_draws(iteration, state, history, info):
+    """A sampler's count of draws kept so far, as ``info["kept"]``."""
+    info["kept"] = state.n_kept
+
+
 class Progress:
-    """One line per iteration on stderr (`progress_line`): iteration of the budget, cost, the
-    iteration's time, the time so far, the validation RMSE, and the time the rest of the budget
-    would take.
+    """One line per iteration on stderr (`progress_line`): iteration of the budget, its
+    figures (the cost by default), the iteration's time, the time so far, the validation RMSE,
+    and the time the rest of the budget would take.
 
     Parameters
     ----------
@@ -109,19 +159,27 @@ class Progress:
         Where this run starts (a resumed checkpoint's iterations and seconds).
     out : file, optional
         Default: sys.stderr at the time of each line.
+    unit : str, default "iter"
+        What an iteration is called ("sweep" for a sampler).
+    figures : sequence of (key, format spec), default (("cost", ".6g"),)
+        The entries of ``info`` shown, in order.
     """
 
-    def __init__(self, max_iter=None, start_iteration=0, start_seconds=0.0, out=None):
+    def __init__(self, max_iter=None, start_iteration=0, start_seconds=0.0, out=None, *,
+                 unit="iter", figures=(("cost", ".6g"),)):
         self.max_iter = max_iter
         self.start_iteration, self.start_seconds = int(start_iteration), float(start_seconds)
         self.previous_seconds = self.start_seconds
         self.out = out
+        self.unit, self.figures = unit, tuple(figures)
 
     def __call__(self, iteration, params, history, info):
         budget = iteration if self.max_iter is None else self.max_iter
-        print(progress_line(iteration, budget, info["cost"], info["seconds"],
-                            self.previous_seconds, start_iteration=self.start_iteration,
-                            start_seconds=self.start_seconds, val_rmse=info.get("val_rmse")),
+        shown = [(key, format(info[key], spec)) for key, spec in self.figures]
+        print(progress_line(iteration, budget, None, info["seconds"], self.previous_seconds,
+                            start_iteration=self.start_iteration,
+                            start_seconds=self.start_seconds, val_rmse=info.get("val_rmse"),
+                            unit=self.unit, figures=shown),
               file=self.out or sys.stderr, flush=True)
         self.previous_seconds = info["seconds"]
 
@@ -139,20 +197,24 @@ def _duration(seconds):
 
 
 def progress_line(iteration, max_iter, cost, seconds, previous_seconds, *, start_iteration=0,
-                  start_seconds=0.0, val_rmse=None):
+                  start_seconds=0.0, val_rmse=None, unit="iter", figures=None):
     """One line: the iteration of the budget ``max_iter``, the cost, this iteration's time
     (``seconds - previous_seconds``), the time so far, the validation RMSE when there is one,
     and the time left if the whole budget is used (an upper bound: the convergence test
     usually stops sooner), from the mean time per iteration since this run started at
     ``start_iteration`` / ``start_seconds`` (past 0 when resumed from a checkpoint).
+
+    ``unit`` names an iteration; ``figures``, (name, text) pairs, are shown in place of the cost.
     """
     done = max(1, iteration - start_iteration)
     mean = (seconds - start_seconds) / done
     left = max(0, int(max_iter) - iteration) * mean
+    if figures is None:
+        figures = [("cost", f"{cost:.6g}")]
     parts = [
-        f"iter {iteration:4d}/{int(max_iter)}",
-        f"cost {cost:.6g}",
-        f"{_duration(seconds - previous_seconds)}/iter",
+        f"{unit} {iteration:4d}/{int(max_iter)}",
+        *(f"{name} {text}" for name, text in figures),
+        f"{_duration(seconds - previous_seconds)}/{unit}",
         f"elapsed {_duration(seconds)}",
     ]
     if val_rmse is not None:
@@ -177,17 +239,26 @@ class UserCallback:
 
 
 class Checkpointing:
-    """The parameters, iteration and whole history written every ``every`` iterations."""
+    """The parameters, iteration and whole history written every ``every`` iterations.
 
-    def __init__(self, path, every, fingerprint, observers):
+    ``to_arrays``, when given, turns what the solver reports as its parameters into ``(params
+    vector, state)``, the named arrays a run needs beyond the vector to continue (a Gibbs
+    chain's); without it the parameters are the vector and there is no state.
+    """
+
+    def __init__(self, path, every, fingerprint, observers, to_arrays=None):
         self.path, self.every, self.fingerprint = path, int(every), fingerprint
         self.observers = observers
+        self.to_arrays = to_arrays
 
     def __call__(self, iteration, params, history, info):
         if iteration % self.every == 0:
             self.write(params, iteration, history)
 
     def write(self, params, iteration, history):
+        state = None
+        if self.to_arrays is not None:
+            params, state = self.to_arrays(params)
         write_checkpoint(self.path, params, iteration, self.observers.merged(history),
-                         self.fingerprint)
+                         self.fingerprint, state=state)
 
