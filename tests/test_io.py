@@ -13,6 +13,7 @@ from fastcofi import Ratings
 from fastcofi.data._source import RatingsFileError
 from fastcofi.data.read import read_ratings
 from fastcofi.data.titles import read_titles
+from fastcofi.kernels.parse import PARSE_OK, Fields, Parsed, parse_block
 
 from .conftest import HAVE_ARROW, REPO, shared_data_dir, write
 
@@ -322,6 +323,29 @@ def test_fuzz_mutated_valid_files(tmp_path_factory, base, edits):
         results.append(_read_or_clean_error(path, engine))
     if len(results) == 2 and results[0] is not None and results[1] is not None:
         assert triples(results[0]) == triples(results[1])
+
+
+# -- the builtin parser's numbers -------------------------------------------------------------
+_FLOAT_TEXTS = [repr, "{:E}".format, "{:+.17g}".format, "{:+e}".format, "{:.6f}".format]
+
+
+@given(rows=st.lists(st.tuples(
+    st.integers(-(10**18 - 1), 10**18 - 1), st.booleans(),
+    st.floats(-1e290, 1e290).filter(lambda v: v == 0 or abs(v) > 1e-290),
+    st.sampled_from(_FLOAT_TEXTS)), min_size=1, max_size=12))
+def test_builtin_parser_reads_signed_numbers_as_python_does(rows):
+    # Integers with and without '+', floats with signs, exponents (e/E, +/-) and fractions.
+    lines = [f"{u:+d}" if plus else str(u) for u, plus, _, _ in rows]
+    texts = [form(v) for _, _, v, form in rows]
+    block = "\n".join(f"{u},7,{t}" for u, t in zip(lines, texts)).encode()
+    n = len(rows)
+    out = Parsed(np.zeros((4, n), dtype=np.int64), np.zeros((2, 0), dtype=np.int64), np.zeros(n))
+    fields = Fields(ord(","), 1, np.array([0, 1, 2], dtype=np.int64), np.zeros(4, dtype=bool))
+    assert parse_block(np.frombuffer(block, dtype=np.uint8), fields, out)[:2] == (n, PARSE_OK)
+    assert out.ints[0].tolist() == [u for u, _, _, _ in rows] and set(out.ints[1]) == {7}
+    # Correctly rounded where mantissa and power of ten are exact, within a few ulps elsewhere.
+    np.testing.assert_allclose(out.ratings, [float(t) for t in texts], rtol=1e-14, atol=0)
+    assert all(np.signbit(out.ratings) == np.signbit([float(t) for t in texts]))
 
 
 # -- titles ----------------------------------------------------------------------------------

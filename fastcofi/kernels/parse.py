@@ -33,13 +33,18 @@ def _trim(buf, start, end):
 
 
 @nb.njit(cache=True, nogil=True)
+def _sign(buf, pos, end):
+    """(where the digits start, negative): past an optional '-' or '+' at ``pos``."""
+    if pos < end and (buf[pos] == 45 or buf[pos] == 43):
+        return pos + 1, buf[pos] == 45
+    return pos, False
+
+
+@nb.njit(cache=True, nogil=True)
 def _parse_int(buf, start, end):
     """(ok, value): an optionally signed decimal integer of at most 18 digits."""
     start, end = _trim(buf, start, end)
-    neg = False
-    if start < end and (buf[start] == 45 or buf[start] == 43):
-        neg = buf[start] == 45
-        start += 1
+    start, neg = _sign(buf, start, end)
     if start >= end or end - start > 18:
         return False, 0
     value = 0
@@ -70,10 +75,7 @@ def _word(buf, start, end, word):
 def _parse_float(buf, start, end):
     """(ok, value): decimal with optional fraction and exponent; nan/inf words too."""
     start, end = _trim(buf, start, end)
-    neg = False
-    if start < end and (buf[start] == 45 or buf[start] == 43):
-        neg = buf[start] == 45
-        start += 1
+    start, neg = _sign(buf, start, end)
     if start >= end:
         return False, 0.0
     if _word(buf, start, end, _NAN):
@@ -102,11 +104,7 @@ def _parse_float(buf, start, end):
     if digits == 0:
         return False, 0.0
     if p < end and (buf[p] == 101 or buf[p] == 69):
-        p += 1
-        eneg = False
-        if p < end and (buf[p] == 45 or buf[p] == 43):
-            eneg = buf[p] == 45
-            p += 1
+        p, eneg = _sign(buf, p + 1, end)
         if p >= end:
             return False, 0.0
         e = 0
