@@ -13,7 +13,8 @@ import numpy as np
 from .. import serving
 from ..data.ids import _parse_int, lookup
 
-__all__ = ["clipped", "json_value", "number", "recommendation_rows", "split_known"]
+__all__ = ["clipped", "json_value", "number", "recommendation_rows", "split_known",
+           "titled_rows"]
 
 
 def json_value(value):
@@ -54,16 +55,23 @@ def recommendation_rows(model, ids, scores, user=None):
     ranking's scores come from another summation order); without one (a folded-in user, a
     cluster) they are the scores clipped as `predict` clips.
     """
-    titles = getattr(model, "titles_", None) or {}
     ids = np.asarray(ids)
     if user is not None and ids.size:
         predictions = np.atleast_1d(np.asarray(model.predict(user, ids), dtype=np.float64))
     else:
         predictions = clipped(model, scores)
+    return titled_rows(model, ids, score=scores, prediction=predictions)
+
+
+def titled_rows(model, ids, **columns):
+    """``[{"item", <column>, ..., "title"?}, ...]``: one row per item id, each column's value as
+    a JSON `number`, and the item's title where the model has one (``titles_``)."""
+    titles = getattr(model, "titles_", None) or {}
+    names = list(columns)
     rows = []
-    for item, score, prediction in zip(np.asarray(ids).tolist(), np.asarray(scores).tolist(),
-                                       predictions.tolist()):
-        row = {"item": item, "score": number(score), "prediction": number(prediction)}
+    for item, *values in zip(np.asarray(ids).tolist(),
+                             *(np.asarray(v).tolist() for v in columns.values())):
+        row = {"item": item, **{name: number(v) for name, v in zip(names, values)}}
         title = titles.get(item)
         if title is not None:
             row["title"] = title

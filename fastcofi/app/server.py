@@ -74,7 +74,7 @@ from starlette.routing import Route
 
 from .._parallel import one_blas_thread
 from ..data.ids import lookup
-from .documents import number, recommendation_rows, split_known, typed_id
+from .documents import number, recommendation_rows, split_known, titled_rows, typed_id
 
 __all__ = ["ModelServer", "make_app", "make_server", "serve"]
 
@@ -195,18 +195,6 @@ def _parse_new_user(model, body, max_n):
 
 
 # -- answers (run in a worker thread) --------------------------------------------------------
-def _rows(model, ids, values, key):
-    titles = getattr(model, "titles_", None) or {}
-    rows = []
-    for item, value in zip(np.asarray(ids).tolist(), np.asarray(values).tolist()):
-        row = {"item": item, key: number(value)}
-        title = titles.get(item)
-        if title is not None:
-            row["title"] = title
-        rows.append(row)
-    return rows
-
-
 def _min_ratings(value):
     text = value.strip()
     if not (text.isascii() and text.isdigit()):
@@ -253,7 +241,7 @@ def _similar(state, query):
     if not _is_known(model.item_ids_, item):
         raise _RequestError(404, f"unknown item {item!r}: not in the model")
     ids, similarities = model.similar_items(item, n=n)
-    return {"item": item, "similar": _rows(model, ids, similarities, "similarity")}
+    return {"item": item, "similar": titled_rows(model, ids, similarity=similarities)}
 
 
 def _predict(state, query):
