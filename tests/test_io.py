@@ -264,6 +264,8 @@ def test_mixed_separators(tmp_path, engine):
 def test_missing_columns_and_bad_arguments(tmp_path, engine):
     bad(tmp_path, "x.csv", b"a,b,c\n1,2,3\n", engine, "no user column")
     bad(tmp_path, "x.csv", b"user,item\n1,2\n", engine, "at least 3")
+    bad(tmp_path, "x.csv", b"user;item;rating\n1;2;3\n", engine,
+        "at least 3 ','-separated .* found 1; it holds ';': pass sep= or format=")
     path = write(tmp_path, "r.csv", LATEST)
     with pytest.raises(ValueError, match="format must be one of"):
         read_ratings(path, format="xlsx", engine=engine)

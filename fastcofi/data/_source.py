@@ -157,6 +157,11 @@ def _excerpt(raw, limit=24):
     return shown + ("..." if len(raw) > limit else "")
 
 
+def _other_separators(sep, line):
+    """The usual separators other than ``sep`` that ``line`` (bytes) holds: an error's hint."""
+    return [s for s in ("\t", ",", "::", ";", "|") if s != sep and s.encode() in line]
+
+
 def _bytes_repr(raw):
     try:
         text = raw.decode("utf-8")

@@ -23,6 +23,7 @@ from ._source import (
     _bytes_repr,
     _Columns,
     _excerpt,
+    _other_separators,
 )
 
 
@@ -36,7 +37,7 @@ def _builtin_error(source, layout, block, status, line_in_block, field, pos, lin
     sep_name = {"\t": "tab", ",": "comma", "::": "'::'"}.get(layout.sep, repr(layout.sep))
     if status in (PARSE_TOO_FEW, PARSE_TOO_MANY):
         found = text.count(layout.sep.encode()) + 1
-        other = [s for s in ("\t", ",", "::", ";", "|") if s != layout.sep and s.encode() in text]
+        other = _other_separators(layout.sep, text)
         hint = f" (it holds {other[0]!r}: mixed separators?)" if other else ""
         return RatingsFileError(
             source.name,

@@ -37,6 +37,7 @@ from ._source import (
     _choose_columns,
     _excerpt,
     _Layout,
+    _other_separators,
     _resolve,
 )
 from ._text import _read_builtin_strings, _with_string_ids
@@ -377,7 +378,7 @@ def _make_layout(source, fmt, sep, head, wanted, header=None):
         has_header = bool(header)
     ncols = len(fields)
     if ncols < 3:
-        other = [s for s in ("\t", ",", "::", ";", "|") if s != sep and s.encode() in first]
+        other = _other_separators(sep, first)
         hint = f"; it holds {other[0]!r}: pass sep= or format=" if other else ""
         raise RatingsFileError(
             source.name,
