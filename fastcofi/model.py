@@ -1,6 +1,5 @@
 """The estimator: `MatrixFactorization`."""
 
-import logging
 import os
 
 import numpy as np
@@ -19,20 +18,11 @@ from .data.ratings import value_moments
 from .train.checkpoint import read_checkpoint, write_checkpoint
 from .train.gibbs import fit_gibbs
 from .train.objective import FlatObjective
-from .train.observers import (
-    Checkpointing,
-    EarlyStopping,
-    Observers,
-    Progress,
-    UserCallback,
-    debug_log,
-)
+from .train.observers import EarlyStopping, Observers
 from .train.solvers import minimize_als, minimize_scipy
 from .train.vb import minimize_vb, set_vb_posterior
 
 __all__ = ["MatrixFactorization"]
-
-logger = logging.getLogger("fastcofi")
 
 _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
 
@@ -339,21 +329,15 @@ class MatrixFactorization:
         self.reg_, self.reg_bias_ = reg, reg_bias
         self._set_params(objective, params)
 
-        observers = Observers([], done, prior)
         stopping = None
         if validation is not None:
             rmse = self._validation_rmse(objective, ratings, validation)
             stopping = EarlyStopping(rmse, self.patience, start=done)
-            observers.observers.append(stopping)
-        if self.verbose:
-            observers.observers.append(Progress(self.max_iter, done, observers.prior_seconds))
-        if logger.isEnabledFor(logging.DEBUG):
-            observers.observers.append(debug_log)
-        if callback is not None:
-            observers.observers.append(UserCallback(callback))
-        if checkpoint is not None:
-            observers.observers.append(
-                Checkpointing(checkpoint, checkpoint_every, fingerprint, observers))
+        observers = Observers.for_run(
+            done, prior, validation=stopping, callback=callback,
+            progress={"max_iter": self.max_iter} if self.verbose else None,
+            checkpoint=None if checkpoint is None else
+            {"path": checkpoint, "every": checkpoint_every, "fingerprint": fingerprint})
 
         params, history, n_iter, result, vb_state = self._run_solver(
             objective, params, int(self.max_iter) - done, observers.hook, prior)

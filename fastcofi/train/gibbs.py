@@ -18,7 +18,6 @@ side, row); the few hyperparameter draws of sweep ``s`` come from
 a checkpoint that stores the state after sweep ``s`` resumes bit-identically.
 """
 
-import logging
 import os
 import time
 
@@ -29,20 +28,13 @@ from ..data.ids import lookup
 from ..data.ratings import value_moments
 from ..kernels import gibbs as _gibbs_kernels
 from .checkpoint import read_checkpoint
-from .observers import (
-    Checkpointing,
-    Observers,
-    Progress,
-    RunningAverageRMSE,
-    UserCallback,
-    debug_log,
-    kept_draws,
-)
-
-logger = logging.getLogger("fastcofi")
+from .observers import Observers, RunningAverageRMSE, kept_draws
 
 __all__ = ["GibbsState", "kept_sweeps", "predictive", "run_chain", "sample_predictions",
            "stack_samples"]
+
+# What a verbose chain prints each sweep (`fastcofi.train.observers.Progress`).
+_SWEEP_FIGURES = (("train_rmse", ".4f"), ("noise_precision", ".4g"), ("kept", "d"))
 
 # Hyperprior constants (libFM's and myFM's defaults): Gamma(shape, rate) on precisions, and the
 # prior mean's own weight gamma0 (in units of lambda) around 0.
@@ -361,29 +353,22 @@ def fit_gibbs(model, ratings, validation, callback, checkpoint, checkpoint_every
         state = GibbsState.from_arrays(arrays)
     model._set_data_state(ratings, global_mean, None)
 
-    observers = Observers([kept_draws], state.sweep, prior)
-    if validation is not None:
-        observers.observers.append(_validation(model, ratings, validation, global_mean))
-    if model.verbose:
-        observers.observers.append(Progress(
-            max_iter, state.sweep, observers.prior_seconds, unit="sweep",
-            figures=(("train_rmse", ".4f"), ("noise_precision", ".4g"), ("kept", "d"))))
-    if logger.isEnabledFor(logging.DEBUG):
-        observers.observers.append(debug_log)
-    if callback is not None:
-        observers.observers.append(UserCallback(callback))
-    checkpointing = None
-    if checkpoint is not None:
-        checkpointing = Checkpointing(checkpoint, checkpoint_every, fingerprint, observers,
-                                      to_arrays=_checkpoint_arrays)
-        observers.observers.append(checkpointing)
+    observers = Observers.for_run(
+        state.sweep, prior, first=[kept_draws], callback=callback,
+        validation=(None if validation is None
+                    else _validation(model, ratings, validation, global_mean)),
+        progress={"max_iter": max_iter, "unit": "sweep", "figures": _SWEEP_FIGURES}
+        if model.verbose else None,
+        checkpoint=None if checkpoint is None else
+        {"path": checkpoint, "every": checkpoint_every, "fingerprint": fingerprint,
+         "to_arrays": _checkpoint_arrays})
 
     history = run_chain(ratings, global_mean, state, max_iter=max_iter, keep=keep,
                         n_threads=model.n_threads, on_sweep=observers)
     if validation is not None:
         history.setdefault("val_rmse", [])
-    if checkpointing is not None:
-        checkpointing.write(state, state.sweep, history)
+    if observers.checkpointing is not None:
+        observers.checkpointing.write(state, state.sweep, history)
     history = observers.merged(history)
     if state.n_kept == 0:
         # Stopped (by the callback) before the first kept sweep: serve the last draw.

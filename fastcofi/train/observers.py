@@ -47,6 +47,46 @@ class Observers:
         self.done = int(done)
         self.prior = prior or {}
         self.prior_seconds = self.prior["seconds"][-1] if self.prior.get("seconds") else 0.0
+        self.checkpointing = None
+
+    @classmethod
+    def for_run(cls, done, prior, *, first=(), validation=None, progress=None, callback=None,
+                checkpoint=None):
+        """A training run's observers, in their order.
+
+        Parameters
+        ----------
+        done, prior : int, dict of lists
+            As for `Observers`.
+        first : sequence of observers
+            Run first (observers that add to ``info``).
+        validation : observer, optional
+            `EarlyStopping`, or a sampler's `RunningAverageRMSE`.
+        progress : dict, optional
+            `Progress`'s keyword arguments (its start is the run's): a line per iteration.
+        callback : callable, optional
+            The user's ``callback(iteration, info) -> stop`` (`UserCallback`).
+        checkpoint : dict, optional
+            `Checkpointing`'s keyword arguments but ``observers``; the instance is kept as
+            ``checkpointing``.
+
+        A DEBUG record per iteration (`debug_log`) is added when the ``fastcofi`` logger shows
+        DEBUG.
+        """
+        observers = cls([], done, prior)
+        found = [*first, validation]
+        if progress is not None:
+            found.append(Progress(start_iteration=done, start_seconds=observers.prior_seconds,
+                                  **progress))
+        if logger.isEnabledFor(logging.DEBUG):
+            found.append(debug_log)
+        if callback is not None:
+            found.append(UserCallback(callback))
+        if checkpoint is not None:
+            observers.checkpointing = Checkpointing(observers=observers, **checkpoint)
+            found.append(observers.checkpointing)
+        observers.observers = [o for o in found if o is not None]
+        return observers
 
     def merged(self, history):
         """The whole run's history: the resumed iterations', then this run's (seconds shifted)."""
