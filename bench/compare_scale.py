@@ -170,6 +170,8 @@ def main(argv=None):
                         help="python of a virtualenv with the libmf package (LIBMF rows "
                              "are left out without it)")
     parser.add_argument("--lambdas", default="0.02,0.05,0.1")
+    parser.add_argument("--libmf-epochs", default=",".join(map(str, LIBMF_EPOCHS)),
+                        help="epoch counts LIBMF is fitted for, one fresh fit each")
     parser.add_argument("--data", default=None,
                         help="folder keeping each size's arrays between runs (default: made "
                              "afresh in a temporary folder)")
@@ -221,7 +223,7 @@ def main(argv=None):
                     script.write_text(LIBMF_SCRIPT)
                     for lam in [float(v) for v in args.lambdas.split(",")]:
                         curve = []
-                        for epochs in LIBMF_EPOCHS:
+                        for epochs in [int(e) for e in args.libmf_epochs.split(",")]:
                             spec = {**arrays, "k": args.factors, "threads": args.threads,
                                     "epochs": epochs, "lambda": lam, "eta": 0.05, "low": low,
                                     "high": high}
