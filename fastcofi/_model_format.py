@@ -39,8 +39,10 @@ __all__ = ["ModelFileError", "read_model_file", "save_model"]
 #                                                draws: each draw's 1 / tau
 #   posterior_item_bias_samples (n_items, S) float64, posterior_user_bias_samples (n_users, S)
 #                                                float64: each draw's biases
-#   posterior_item_prior_precision, posterior_user_prior_precision (S, k + 1) float64: each
-#                                                draw's prior precisions (factors, then bias)
+#   posterior_item_prior_precision, posterior_user_prior_precision (S, k + 1, k + 1) float64:
+#                                                each draw's prior precision matrix of (factors,
+#                                                bias) (version 4; version 3 stored the diagonal,
+#                                                (S, k + 1): the per-dimension prior of that time)
 #                     (item_factors and user_factors then hold the draws stacked: S k columns)
 #   rating_range      (2,) float64  min, max training rating
 #   seen_indptr       (n_users + 1,) int64        the training ratings by user, as CSR:
@@ -49,19 +51,20 @@ __all__ = ["ModelFileError", "read_model_file", "save_model"]
 #   history_<name>    (h,) float64 per history_ entry ("cost", "seconds", "val_rmse")
 #   title_ids         (t,) int64 or <U            title_texts   (t,) <U   only with titles
 MODEL_FORMAT = "fastcofi-model"
-MODEL_FORMAT_VERSION = 3
+MODEL_FORMAT_VERSION = 4
 # Version 2 added the members reg and reg_bias, because params' reg may be None (scaled to the
-# ratings); version 3 the posterior_ members of a sampled (solver="gibbs") model. Only such a
-# model is written as version 3: any other is still a version 2 file, which older fastcofi
-# reads. Files of all three versions load.
-_READABLE_VERSIONS = (1, 2, 3)
+# ratings); version 3 the posterior_ members of a sampled (solver="gibbs") model; version 4 made
+# their prior precisions full matrices (the Normal-Wishart prior on the factors). Only a sampled
+# model is written as version 4: any other is still a version 2 file, which older fastcofi
+# reads. Files of all four versions load (a version 3 file's diagonals as diagonal matrices).
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _POSTERIOR = {
-    # name: (rows: "items" | "users" | None, columns: "S" | "S,d")
+    # name: (rows: "items" | "users" | None, columns: "S" | "S,d,d")
     "noise_variances": (None, "S"),
     "item_bias_samples": ("items", "S"),
     "user_bias_samples": ("users", "S"),
-    "item_prior_precision": (None, "S,d"),
-    "user_prior_precision": (None, "S,d"),
+    "item_prior_precision": (None, "S,d,d"),
+    "user_prior_precision": (None, "S,d,d"),
 }
 
 _HISTORY_PREFIX = "history_"
@@ -261,11 +264,13 @@ def _posterior(path, arrays, version, params, item_factors, n_items, n_users):
     if params.get("solver") != "gibbs":
         return None
     if version < 3:
-        raise ModelFileError(path, f"a solver='gibbs' model needs format version 3, found "
-                             f"{version}")
+        raise ModelFileError(path, f"a solver='gibbs' model needs format version 3 or later, "
+                             f"found {version}")
     posterior = {}
     for name, (rows, columns) in _POSTERIOR.items():
-        ndim = 2 if rows or "," in columns else 1
+        ndim = 2 if rows else 1 + columns.count(",")
+        if ndim == 3 and version == 3:
+            ndim = 2  # per-dimension precisions, expanded below
         posterior[name] = _floats(path, arrays, "posterior_" + name, ndim,
                                   f"a {ndim}-D float array")
     n_samples = posterior["noise_variances"].shape[0]
@@ -276,15 +281,35 @@ def _posterior(path, arrays, version, params, item_factors, n_items, n_users):
     d = width // n_samples + 1
     n_rows = {"items": n_items, "users": n_users}
     for name, (rows, columns) in _POSTERIOR.items():
-        shape = ((n_rows[rows], n_samples) if rows
-                 else (n_samples, d) if "," in columns else (n_samples,))
-        if posterior[name].shape != shape:
-            raise ModelFileError(path, f"posterior_{name} has shape {posterior[name].shape}; "
+        value = posterior[name]
+        shape = ((n_rows[rows], n_samples) if rows else (n_samples,) if columns == "S"
+                 else (n_samples, d) if version == 3 else (n_samples, d, d))
+        if value.shape != shape:
+            raise ModelFileError(path, f"posterior_{name} has shape {value.shape}; "
                                  f"expected {shape}")
-        if rows is None and not np.all(posterior[name] > 0):
+        if columns == "S,d,d":
+            if version == 3:
+                if not np.all(value > 0):
+                    raise ModelFileError(path, f"posterior_{name} must be > 0")
+                value = value[:, :, None] * np.eye(d)
+            elif not _positive_definite(value):
+                raise ModelFileError(path, f"posterior_{name} must hold symmetric positive "
+                                     "definite matrices")
+        elif rows is None and not np.all(value > 0):
             raise ModelFileError(path, f"posterior_{name} must be > 0")
-        posterior[name] = _readonly_copy(posterior[name])
+        posterior[name] = _readonly_copy(value)
     return posterior
+
+
+def _positive_definite(matrices):
+    """Whether every (d, d) matrix of ``matrices`` (S, d, d) is symmetric positive definite."""
+    if not np.allclose(matrices, matrices.transpose(0, 2, 1), rtol=1e-12, atol=0.0):
+        return False
+    try:
+        np.linalg.cholesky(matrices)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def read_model_file(path):

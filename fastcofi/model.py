@@ -97,12 +97,13 @@ class MatrixFactorization:
         keeps a (k+1) x (k+1) covariance per user and item while training, and does not
         checkpoint.
         ``"gibbs"``: Bayesian matrix factorization sampled by Gibbs sampling
-        (`fastcofi.train.gibbs`): Gaussian users and items whose per-dimension prior means and
-        precisions, and the noise precision, are sampled too (Normal-Gamma and Gamma hyperpriors,
-        as in libFM and myFM), so ``reg``, ``reg_bias``, ``reg_weighting``, ``tol`` and
-        ``patience`` are not used. Each sweep draws every item row, then every user row, from
-        its Gaussian conditional in parallel (the ALS row system, Cholesky, plus a triangular
-        solve of standard normals from a per-row counter-based stream: the same
+        (`fastcofi.train.gibbs`): Gaussian users and items whose prior means and full factor
+        precision matrices (BPMF's Normal-Wishart hyperprior), bias prior means and precisions
+        (Normal-Gamma), and the noise precision (Gamma) are sampled too, so ``reg``,
+        ``reg_bias``, ``reg_weighting``, ``tol`` and ``patience`` are not used. Each sweep
+        draws every item row, then every user row, from its Gaussian conditional in parallel
+        (the ALS row system, Cholesky, plus a triangular solve of standard normals from a
+        per-row counter-based stream: the same
         ``random_state`` gives the same samples for any ``n_threads``). Predictions average the
         kept draws (``n_samples``, ``burn_in``, ``thin``), which are stored stacked (see
         ``item_factors_``), so every serving path works; ``predict(..., return_std=True)``
@@ -175,8 +176,8 @@ class MatrixFactorization:
     n_samples_ : int
         ``solver="gibbs"``: the number S of kept draws. ``item_factors_`` and ``user_factors_``
         then have S * n_factors columns, draw ``s`` in columns ``s k .. (s+1) k``: item factors
-        ``x_s / sqrt(S lambda_s)`` and user factors ``theta_s sqrt(lambda_s / S)`` (``lambda_s``
-        the draw's per-dimension user prior precisions), so their dot product is the draws'
+        ``L_s^-1 x_s / sqrt(S)`` and user factors ``L_s^T theta_s / sqrt(S)`` (``L_s L_s^T`` the
+        draw's user prior precision matrix of the factors), so their dot product is the draws'
         average prediction and fold-in is a unit-prior ridge solve. ``item_bias_`` and
         ``user_bias_`` are the draws' averages. 1 for the other solvers.
     """

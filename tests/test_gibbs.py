@@ -1,6 +1,7 @@
 """The Gibbs sampler: random streams, the row draw against numpy, exact conjugate posteriors,
 thread-count independence, and the sampled model end to end."""
 
+import json
 import re
 
 import numba
@@ -13,8 +14,11 @@ from fastcofi import MatrixFactorization, Ratings
 from fastcofi.kernels import gibbs as gk
 from fastcofi.train.gibbs import (
     GibbsState,
+    _sample_normal_gamma,
+    _sample_normal_wishart,
     _sample_prior,
     kept_sweeps,
+    predictive,
     run_chain,
     schedule,
     stack_samples,
@@ -70,10 +74,17 @@ def test_streams_are_standard_normal_and_distinct_per_row_sweep_side():
 # -- one conditional draw against numpy ----------------------------------------------------------
 def _reference_draw(cols, values, F, col_offset, row_offset, prior_mean, prior_precision, tau, z):
     f = np.column_stack([F[cols], np.ones(len(cols))])
-    A = np.diag(prior_precision) + tau * f.T @ f
-    b = prior_precision * prior_mean + tau * f.T @ (values - col_offset[cols] - row_offset)
+    A = prior_precision + tau * f.T @ f
+    b = prior_precision @ prior_mean + tau * f.T @ (values - col_offset[cols] - row_offset)
     L = np.linalg.cholesky(A)
     return np.linalg.solve(A, b) + np.linalg.solve(L.T, z)
+
+
+def _spd(rng, d):
+    """A random symmetric positive definite d x d matrix with correlated dimensions."""
+    B = rng.normal(size=(d, d))
+    P = B @ B.T + np.diag(rng.uniform(0.5, 2, size=d))
+    return 0.5 * (P + P.T)
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(0, 6))
@@ -85,7 +96,7 @@ def test_sample_row_matches_numpy_with_the_same_normals(seed, k, m):
     F = rng.normal(0, 1, size=(n_cols, k))
     col_offset = rng.normal(0, 0.5, size=n_cols)
     prior_mean = rng.normal(0, 0.3, size=k + 1)
-    prior_precision = rng.uniform(0.5, 4, size=k + 1)
+    prior_precision = _spd(rng, k + 1)
     tau = float(rng.uniform(0.5, 3))
     z = rng.normal(size=k + 1)
     out = np.empty(k + 1)
@@ -112,7 +123,7 @@ def test_sample_rows_uses_each_rows_own_stream():
     indptr, cols, values = _csr(rows, cols, rng.normal(3, 1, rows.size), n_rows)
     F = rng.normal(size=(n_cols, k))
     col_bias = rng.normal(size=n_cols)
-    prior = (rng.normal(size=k + 1), rng.uniform(1, 2, size=k + 1))
+    prior = (rng.normal(size=k + 1), _spd(rng, k + 1))
     key = gk.stream_key(np.uint64(9), 4, 0)
     out, out_bias, sse = np.zeros((n_rows, k)), np.zeros(n_rows), np.zeros(n_rows)
     chunks = np.array([0, 2, 6], dtype=np.int64)
@@ -138,7 +149,9 @@ def test_many_draws_match_the_exact_gaussian_posterior():
     F = rng.normal(size=(m, k))
     col_bias = rng.normal(0, 0.3, size=m)
     y = rng.normal(3, 1, size=m)
-    prior_mean, prior_precision, tau = np.array([0.2, -0.1, 0.3]), np.array([2.0, 1.0, 4.0]), 2.5
+    prior_mean, tau = np.array([0.2, -0.1, 0.3]), 2.5
+    # Correlated prior dimensions, as the Normal-Wishart prior gives.
+    prior_precision = np.array([[2.0, 0.8, 0.0], [0.8, 1.0, 0.0], [0.0, 0.0, 4.0]])
     indptr = np.arange(n_rows + 1, dtype=np.int64) * m
     cols = np.tile(np.arange(m, dtype=np.int32), n_rows)
     values = np.tile(y, n_rows)
@@ -149,9 +162,9 @@ def test_many_draws_match_the_exact_gaussian_posterior():
                    gk.Draws(out, out_bias, sse))
     draws = np.column_stack([out, out_bias])
     f = np.column_stack([F, np.ones(m)])
-    precision = np.diag(prior_precision) + tau * f.T @ f
+    precision = prior_precision + tau * f.T @ f
     cov = np.linalg.inv(precision)
-    mean = cov @ (prior_precision * prior_mean + tau * f.T @ (y - 3.0 - col_bias))
+    mean = cov @ (prior_precision @ prior_mean + tau * f.T @ (y - 3.0 - col_bias))
     se = np.sqrt(np.diag(cov) / n_rows)
     assert np.all(np.abs(draws.mean(axis=0) - mean) < 4 * se)
     sample_cov = np.cov(draws.T)
@@ -160,11 +173,11 @@ def test_many_draws_match_the_exact_gaussian_posterior():
     assert np.all(np.abs(sample_cov - cov) < 4.5 * cov_se)
 
 
-def test_hyperparameter_draws_match_the_normal_gamma_posterior():
+def test_bias_hyperparameter_draws_match_the_normal_gamma_posterior():
     rng = np.random.default_rng(0)
-    rows = rng.normal(0.5, 0.7, size=(12, 1))
+    rows = rng.normal(0.5, 0.7, size=12)
     n_draws = 4000
-    draws = np.array([_sample_prior(rows, rng)[:, 0] for _ in range(n_draws)])
+    draws = np.array([_sample_normal_gamma(rows, rng) for _ in range(n_draws)])
     n, mean = 12, rows.mean()
     shape = 1.0 + n / 2
     rate = 1.0 + 0.5 * (((rows - mean) ** 2).sum() + n * mean**2 / (1 + n))
@@ -175,6 +188,45 @@ def test_hyperparameter_draws_match_the_normal_gamma_posterior():
     spread = np.sqrt(rate / shape / (1 + n))
     assert abs(draws[:, 0].mean() - n * mean / (1 + n)) < 5 * spread / np.sqrt(n_draws)
     assert abs(draws[:, 0].std() / spread - 1) < 0.15
+
+
+def test_factor_hyperparameter_draws_match_the_normal_wishart_posterior():
+    # Rows with a mean far from 0 and correlated columns, so that every term of the posterior
+    # (beta0's pull of the mean, the scatter, nu0 + n) shows in the moments.
+    rng = np.random.default_rng(1)
+    n, k, beta0 = 15, 2, 2.0
+    rows = rng.multivariate_normal([1.0, -0.5], [[0.5, 0.3], [0.3, 0.4]], size=n)
+    xbar = rows.mean(axis=0)
+    c = rows - xbar
+    W = np.linalg.inv(np.eye(k) + c.T @ c + beta0 * n / (beta0 + n) * np.outer(xbar, xbar))
+    nu = k + n
+    n_draws = 4000 if JIT_DISABLED else 20000
+    centres, precisions = zip(*(_sample_normal_wishart(rows, rng) for _ in range(n_draws)))
+    centres, precisions = np.array(centres), np.array(precisions)
+    # Lambda ~ Wishart(W, nu): mean nu W, Var(Lambda_ij) = nu (W_ij^2 + W_ii W_jj).
+    sd = np.sqrt(nu * (W**2 + np.outer(np.diag(W), np.diag(W))))
+    assert np.all(np.abs(precisions.mean(axis=0) - nu * W) < 4 * sd / np.sqrt(n_draws))
+    assert np.all(np.abs(precisions.std(axis=0) / sd - 1) < 0.05)
+    # m | Lambda ~ N(n xbar / (beta0 + n), (beta_n Lambda)^-1); marginally its covariance is
+    # E[Lambda^-1] / beta_n = W^-1 / ((nu - k - 1) beta_n).
+    beta_n = beta0 + n
+    cov = np.linalg.inv(W) / ((nu - k - 1) * beta_n)
+    se = np.sqrt(np.diag(cov) / n_draws)
+    assert np.all(np.abs(centres.mean(axis=0) - n * xbar / beta_n) < 4 * se)
+    np.testing.assert_allclose(np.cov(centres.T), cov, rtol=0.06, atol=0.06 * cov[0, 0])
+
+
+def test_row_prior_is_normal_wishart_on_factors_and_normal_gamma_on_the_bias():
+    rows = np.random.default_rng(2).normal(size=(30, 4))
+    mean, precision = _sample_prior(rows, np.random.default_rng(5))
+    again = np.random.default_rng(5)
+    centre, factor_precision = _sample_normal_wishart(rows[:, :3], again)
+    bias_centre, bias_precision = _sample_normal_gamma(rows[:, 3], again)
+    np.testing.assert_array_equal(mean, np.append(centre, bias_centre))
+    np.testing.assert_array_equal(precision[:3, :3], factor_precision)
+    assert precision[3, 3] == bias_precision
+    assert not precision[3, :3].any() and not precision[:3, 3].any()
+    assert np.array_equal(precision, precision.T)
 
 
 # -- the chain ------------------------------------------------------------------------------------
@@ -269,11 +321,51 @@ def test_stacked_factors_average_the_kept_draws():
     np.testing.assert_allclose(stacked["item_factors"] @ stacked["user_factors"].T, average,
                                rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(stacked["item_bias"], X[:, :, 2].mean(axis=0), rtol=1e-12)
-    # User columns: each draw's factors over its prior standard deviation, split S ways.
-    precision = state.kept_user_prior[:, 1, :2]
+    # Fold-in's bias penalty: the user bias's prior variance, averaged over the draws.
+    assert stacked["user_bias_variance"] == pytest.approx(
+        np.mean(1 / state.kept_user_precision[:, 2, 2]), rel=1e-12)
+    assert not np.allclose(state.kept_user_precision[:, 2, 2], state.kept_item_precision[:, 2, 2])
+    # User columns: each draw's factors whitened by its prior (L^T theta, L L^T the factor
+    # block of the precision), split S ways: theta = L^-T (sqrt(S) block).
+    precision = state.kept_user_precision[:, :2, :2]
+    assert np.any(precision[:, 0, 1] != 0)  # a full matrix, not just a scaling
+    chol = np.linalg.cholesky(precision)
     blocks = stacked["user_factors"].reshape(12, 4, 2)
-    np.testing.assert_allclose(blocks * np.sqrt(4 / precision)[None], T[:, :, :2].transpose(1, 0, 2),
-                               rtol=1e-12)
+    for s in range(4):
+        np.testing.assert_allclose(np.linalg.solve(chol[s].T, 2 * blocks[:, s].T).T,
+                                   T[s, :, :2], rtol=1e-10, atol=1e-12)
+
+
+def test_predictive_variance_of_unknown_sides_from_the_raw_draws():
+    # predictive() works on the whitened stacked factors; rebuild each case from the unstacked
+    # draws and their full prior covariances.
+    users, items, values, _ = _planted(n_users=12, n_items=9, k=2)
+    ratings = Ratings.from_arrays(users, items, values)
+    rng = np.random.default_rng(1)
+    state = GibbsState(rng.normal(0, 0.1, (9, 3)), rng.normal(0, 0.1, (12, 3)), 1.0, 3, 4)
+    run_chain(ratings, 3.0, state, max_iter=10, keep=kept_sweeps(10, 4, 2, 2))
+    post = stack_samples(state)
+    X, T = state.kept_items[:, :, :2], state.kept_users[:, :, :2]
+    item_cov = np.linalg.inv(state.kept_item_precision[:, :2, :2])
+    user_cov = np.linalg.inv(state.kept_user_precision[:, :2, :2])
+    item_bias_var = 1 / state.kept_item_precision[:, 2, 2]
+    user_bias_var = 1 / state.kept_user_precision[:, 2, 2]
+    noise = np.mean(1 / state.kept_tau)
+    u_index, i_index = np.array([-1, 4, -1]), np.array([6, -1, -1])
+    mean, variance = predictive(post, post["item_factors"], post["user_factors"], 3.0, u_index,
+                                i_index)
+    item_only = 3.0 + state.kept_items[:, 6, 2]
+    user_only = 3.0 + state.kept_users[:, 4, 2]
+    np.testing.assert_allclose(mean, [item_only.mean(), user_only.mean(), 3.0], rtol=1e-12)
+    expected = [
+        item_only.var() + noise + np.mean(
+            np.einsum("sa,sab,sb->s", X[:, 6], user_cov, X[:, 6]) + user_bias_var),
+        user_only.var() + noise + np.mean(
+            np.einsum("sa,sab,sb->s", T[:, 4], item_cov, T[:, 4]) + item_bias_var),
+        noise + np.mean(np.einsum("sab,sba->s", item_cov, user_cov) + item_bias_var
+                        + user_bias_var),
+    ]
+    np.testing.assert_allclose(variance, expected, rtol=1e-10)
 
 
 def test_same_seed_same_chain_and_seed_matters(small):
@@ -346,12 +438,12 @@ def test_serving_paths_work_for_a_sampled_model(small, tmp_path):
     for a, b in zip(model.predict(*old_pairs, return_std=True),
                     grown.predict(*old_pairs, return_std=True)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
-    # The model file: version 3, the posterior kept, return_std the same after loading.
+    # The model file: version 4, the posterior kept, return_std the same after loading.
     path = tmp_path / "gibbs.npz"
     model.save(path)
     loaded = load_model(path)
     with np.load(path) as arrays:
-        assert int(arrays["format_version"]) == 3
+        assert int(arrays["format_version"]) == 4
     pairs = (ratings.user_ids[[0, 1, 2]], ratings.item_ids[[3, 4, 0]])
     for a, b in zip(model.predict(*pairs, return_std=True), loaded.predict(*pairs, return_std=True)):
         np.testing.assert_array_equal(a, b)
@@ -376,6 +468,51 @@ def test_model_file_of_a_sampled_model_is_checked(small, tmp_path):
     np.savez(tmp_path / "old.npz", **old)
     with pytest.raises(ModelFileError, match="version 3"):
         load_model(tmp_path / "old.npz")
+    skew = arrays["posterior_user_prior_precision"].copy()
+    skew[0, 0, 1] += 0.5
+    np.savez(tmp_path / "skew.npz", **dict(arrays, posterior_user_prior_precision=skew))
+    with pytest.raises(ModelFileError, match="symmetric positive definite"):
+        load_model(tmp_path / "skew.npz")
+    indefinite = -arrays["posterior_item_prior_precision"]
+    np.savez(tmp_path / "indefinite.npz",
+             **dict(arrays, posterior_item_prior_precision=indefinite))
+    with pytest.raises(ModelFileError, match="symmetric positive definite"):
+        load_model(tmp_path / "indefinite.npz")
+
+
+def test_version_3_file_with_per_dimension_precisions_still_loads(small, tmp_path):
+    from fastcofi.model_file import ModelFileError, load_model
+
+    ratings, model = small
+    path = tmp_path / "gibbs.npz"
+    model.save(path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    # Version 3 stored each draw's precisions per dimension, (S, k + 1).
+    diagonals = {name: np.diagonal(arrays[name], axis1=1, axis2=2).copy()
+                 for name in ("posterior_item_prior_precision", "posterior_user_prior_precision")}
+    np.savez(tmp_path / "v3.npz", **dict(arrays, format_version=np.array(3), **diagonals))
+    loaded = load_model(tmp_path / "v3.npz")
+    for side in ("item", "user"):
+        diag = diagonals[f"posterior_{side}_prior_precision"]
+        np.testing.assert_array_equal(loaded._posterior[f"{side}_prior_precision"],
+                                      diag[:, :, None] * np.eye(3))
+    pairs = (ratings.user_ids[[0, 1]], ratings.item_ids[[3, 4]])
+    np.testing.assert_array_equal(loaded.predict(*pairs), model.predict(*pairs))
+    # An unknown user under the diagonal prior: S |x''|^2 plus the bias variance, on average.
+    _, std = loaded.predict([-5], ratings.item_ids[[3]], return_std=True)
+    post, S = loaded._posterior, loaded.n_samples_
+    x = loaded.item_factors_[3].reshape(S, 2)
+    draws = model.global_mean_ + post["item_bias_samples"][3]
+    expected = (draws.var() + post["noise_variances"].mean()
+                + np.mean(S * np.sum(x**2, axis=1) + 1 / diagonals[
+                    "posterior_user_prior_precision"][:, 2]))
+    np.testing.assert_allclose(std[0] ** 2, expected, rtol=1e-12)
+    negative = dict(diagonals, posterior_user_prior_precision=-diagonals[
+        "posterior_user_prior_precision"])
+    np.savez(tmp_path / "v3neg.npz", **dict(arrays, format_version=np.array(3), **negative))
+    with pytest.raises(ModelFileError, match="must be > 0"):
+        load_model(tmp_path / "v3neg.npz")
 
 
 def test_observers_verbose_callback_validation(small, capsys):
@@ -448,6 +585,16 @@ def test_resume_continues_the_chain_bit_identically(small, tmp_path):
     with pytest.raises(ValueError, match="other data or settings"):
         MatrixFactorization(**{**params, "n_samples": 4}).fit(
             ratings, checkpoint=path, resume=True)
+    # A chain of the earlier per-dimension prior holds other state: refused, not misread.
+    with np.load(path) as data:
+        arrays = dict(data)
+    fingerprint = json.loads(str(arrays["fingerprint"]))
+    del fingerprint["factor_prior"]
+    arrays["fingerprint"] = np.array(json.dumps(fingerprint, sort_keys=True))
+    np.savez(tmp_path / "older.npz", **arrays)
+    with pytest.raises(ValueError, match="differs in factor_prior"):
+        MatrixFactorization(**params).fit(ratings, checkpoint=tmp_path / "older.npz",
+                                          resume=True)
 
 
 def test_resumed_validation_averages_the_draws_kept_before(small, tmp_path):

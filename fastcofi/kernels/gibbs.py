@@ -120,9 +120,9 @@ def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precis
     """One draw of a row's (factors, bias) from its Gaussian conditional.
 
     The model: ``values[p] = row_offset + col_offset[cols[p]] + (F[cols[p]], 1) . w + noise`` of
-    precision ``tau``, prior ``w ~ N(prior_mean, diag(1 / prior_precision))`` (length d = k + 1,
-    the bias last). The conditional has precision ``A = diag(prior_precision) + tau sum f f^T``
-    (f = (F[c], 1)) and mean ``A^-1 b``, ``b = prior_precision * prior_mean + tau sum f t``; with
+    precision ``tau``, prior ``w ~ N(prior_mean, prior_precision^-1)`` (length d = k + 1, the
+    bias last; ``prior_precision`` a symmetric positive definite d x d matrix). The conditional has precision ``A = prior_precision + tau sum f f^T``
+    (f = (F[c], 1)) and mean ``A^-1 b``, ``b = prior_precision @ prior_mean + tau sum f t``; with
     ``A = L L^T`` the draw ``L^-T (L^-1 b + z)`` is that mean plus ``L^-T z``, whose covariance is
     ``A^-1``, so one forward and one back substitution give it. ``z`` (d) holds standard normal
     draws; ``A`` (d x d) and ``b`` (d) are scratch. Writes ``out`` (d); returns False (``out``
@@ -131,9 +131,11 @@ def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precis
     k = F.shape[1]
     d = k + 1
     for r in range(d):
-        b[r] = prior_precision[r] * prior_mean[r]
+        acc = 0.0
         for c in range(d):
-            A[r, c] = 0.0
+            acc += prior_precision[r, c] * prior_mean[c]
+            A[r, c] = prior_precision[r, c] if c <= r else 0.0
+        b[r] = acc
     for p in range(cols.shape[0]):
         col = cols[p]
         target = tau * (values[p] - col_offset[col] - row_offset)
@@ -145,8 +147,6 @@ def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precis
             A[k, r] += fr
         b[k] += target
         A[k, k] += tau
-    for r in range(d):
-        A[r, r] += prior_precision[r]
     if not _cholesky_in_place(A, d):
         return False
     _forward_solve(A, b, d)
@@ -167,8 +167,8 @@ class Other(NamedTuple):
 
 
 class Prior(NamedTuple):
-    """A side's Gaussian prior per dimension of (factors, bias): ``mean`` and ``precision``,
-    each (k + 1,), the bias last."""
+    """A side's Gaussian prior on every row's (factors, bias), the bias last: ``mean`` (k + 1,)
+    and ``precision`` (k + 1, k + 1), symmetric positive definite."""
 
     mean: np.ndarray
     precision: np.ndarray
