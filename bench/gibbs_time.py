@@ -1,13 +1,13 @@
 """Fit time of ``solver="gibbs"`` against myFM on ML-100K u1, alternated in one run.
 
-    python3 bench/gibbs_time.py --myfm-python /path/to/venv/bin/python [--repeats 3]
+    python3 bench/gibbs_time.py --myfm-python /path/to/venv/bin/python [--repeats 3] [--out NAME]
 
 Each repeat fits, one after the other: fastcofi's Gibbs sampler with its defaults (300 sweeps,
 100 kept) on 1 and on 2 threads (in this process, kernels compiled beforehand), then myFM
 (``MyFMRegressor(rank=10)``, 300 sweeps, 100 kept, C++, one thread) in a fresh process, as
 bench/compare_peers.py runs it. Alternating puts the same machine load on all of them, so the
 ratios of the medians compare even when others load the machine. Prints the fit seconds, their
-medians and the ratios; writes bench/results/gibbs_time.json.
+medians and the ratios; writes bench/results/NAME.json (``gibbs_time`` by default).
 """
 
 import argparse
@@ -30,6 +30,7 @@ def main():
     parser.add_argument("--data", default=str(shared_data() / "ml-100k"))
     parser.add_argument("--myfm-python", required=True)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="gibbs_time")
     args = parser.parse_args()
     data = Path(args.data)
     train, test = load_tab(data / "u1.base"), load_tab(data / "u1.test")
@@ -67,9 +68,9 @@ def main():
     print("medians (s):", {k: round(v, 2) for k, v in medians.items()})
     print("ratio to myFM:", {k: round(v, 2) for k, v in ratios.items()})
     print("u1 RMSE:", {k: round(v, 4) for k, v in rmse.items()})
-    write_json(RESULTS / "gibbs_time.json", {"seconds": times, "medians": medians,
-                                             "ratio_to_myfm": ratios, "u1_rmse": rmse,
-                                             "environment": environment()})
+    write_json(RESULTS / f"{args.out}.json", {"seconds": times, "medians": medians,
+                                              "ratio_to_myfm": ratios, "u1_rmse": rmse,
+                                              "environment": environment()})
 
 
 if __name__ == "__main__":
