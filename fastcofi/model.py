@@ -409,7 +409,9 @@ class MatrixFactorization:
         values = np.asarray(v_values, dtype=np.float64)
 
         def rmse(params):
-            self._set_params(objective, params)
+            # Views, not copies (two parameter-sized copies an iteration at scale): fit sets
+            # the kept parameters, copied, at its end.
+            self._set_params(objective, params, copy=False)
             pred = serving.state_of(self).predict(users, items)
             return float(np.sqrt(np.mean((pred - values) ** 2)))
 
@@ -424,14 +426,15 @@ class MatrixFactorization:
         self.rating_range_ = (float(ratings.values.min()), float(ratings.values.max()))
         self.seen_indptr_, self.seen_indices_ = ratings.by_user[:2]
 
-    def _set_params(self, objective, params):
-        """The fitted factors and biases from a parameter vector (copied)."""
-        X, Theta, item_bias, user_bias = objective.unpack(np.array(params, dtype=np.float64))
+    def _set_params(self, objective, params, copy=True):
+        """The fitted factors and biases from a parameter vector (copied, or views of it)."""
+        params = np.array(params, dtype=np.float64, copy=copy or None)
+        X, Theta, item_bias, user_bias = objective.unpack(params)
         learned = objective.learn_biases
         self.item_factors_ = np.ascontiguousarray(X)
         self.user_factors_ = np.ascontiguousarray(Theta)
-        self.item_bias_ = np.array(item_bias) if learned else None
-        self.user_bias_ = np.array(user_bias) if learned else None
+        self.item_bias_ = item_bias if learned else None
+        self.user_bias_ = user_bias if learned else None
 
     # -- prediction ---------------------------------------------------------------------------
     def _check_fitted(self):

@@ -208,3 +208,22 @@ def cost_and_grad_two_pass(items, users, item_grad, user_grad, mu, reg, reg_bias
     for c in range(n_user_chunks):
         cost += user_partial[c]
     return cost
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def preconditioned_row_max(grad, counts, mean_square, penalty):
+    """``max |grad[r, f]| / sqrt(counts[r] * mean_square[f] + penalty[r])`` over a side's rows
+    (``grad`` (n, k), the others (n,), (k,), (n,)), a zero denominator counting as 1: the
+    gradient's largest entry in the preconditioned parameters, without a temporary array."""
+    n, k = grad.shape
+    n_parts = 64
+    largest = np.zeros(n_parts)
+    for part in prange(n_parts):
+        best = 0.0
+        for r in range(part * n // n_parts, (part + 1) * n // n_parts):
+            for f in range(k):
+                curvature = counts[r] * mean_square[f] + penalty[r]
+                scale = np.sqrt(curvature) if curvature > 0.0 else 1.0
+                best = max(best, abs(grad[r, f]) / scale)
+        largest[part] = best
+    return largest.max()

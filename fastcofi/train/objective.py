@@ -7,7 +7,13 @@ import numpy as np
 
 from .._parallel import threads
 from ..data.ratings import Ratings, balanced_bounds
-from ..kernels.objective import Gradient, Side, cost_and_grad_buffered, cost_and_grad_two_pass
+from ..kernels.objective import (
+    Gradient,
+    Side,
+    cost_and_grad_buffered,
+    cost_and_grad_two_pass,
+    preconditioned_row_max,
+)
 from ..kernels.rowsolve import row_weights as row_weights_kernel
 
 __all__ = ["FlatObjective", "cost_and_grad", "row_weights"]
@@ -301,15 +307,26 @@ class FlatObjective:
 
     def preconditioned_max(self, params, grad):
         """``max |grad / sqrt(curvature(params))|`` (a zero curvature counting as 1), the
-        gradient's largest entry in the preconditioned parameters, computed block by block so
-        that no parameter-sized array is made."""
-        grad = np.asarray(grad, dtype=np.float64)
+        gradient's largest entry in the preconditioned parameters, in one pass and without a
+        parameter-sized temporary (`curvature`'s estimate, row by row)."""
+        X, Theta, _, _ = self.unpack(np.asarray(params, dtype=np.float64))
+        grads = self.unpack(np.asarray(grad, dtype=np.float64))
+        counts = [np.asarray(c, dtype=np.float64) for c in self._row_counts()]
+        k = self.n_factors
+        mean_square = [np.mean(F**2, axis=0) if F.shape[0] else np.zeros(k) for F in (Theta, X)]
         largest = 0.0
-        for where, block in self._curvature_blocks(params):
-            np.sqrt(block, out=block)
-            block[block == 0.0] = 1.0
-            np.divide(np.abs(grad[where]), block, out=block)
-            largest = max(largest, float(block.max(initial=0.0)))
+        with threads(self.n_threads):
+            for side in (0, 1):
+                if counts[side].shape[0]:
+                    penalty = self.reg * self.weights[side]
+                    largest = max(largest, preconditioned_row_max(
+                        grads[side], counts[side], mean_square[side], penalty))
+        if self.learn_biases:
+            for side in (0, 1):
+                curvature = counts[side] + self.reg_bias * self.weights[side]
+                scale = np.sqrt(np.where(curvature > 0, curvature, 1.0))
+                bias_grad = np.abs(grads[side + 2]) / scale
+                largest = max(largest, float(np.max(bias_grad, initial=0.0)))
         return largest
 
     # Rows of the curvature estimate made at a time: blocks of a few MB at k = 32.
