@@ -3,8 +3,10 @@ import pytest
 from hypothesis import given, settings
 from scipy.optimize import check_grad
 
+import fastcofi.kernels.objective as objective_kernels
 from fastcofi import Ratings, reference
 from fastcofi._parallel import threads
+from fastcofi.kernels.objective import Gradient, Side
 from fastcofi.train.objective import FlatObjective, _evaluate, column_blocks, cost_and_grad
 
 from .conftest import JIT_DISABLED
@@ -71,6 +73,18 @@ def test_both_kernels_equal_dense_objective_with_biases_and_weights(problem, ker
     _assert_biased_objective_matches_dense(ratings, dense, mask, X, Theta, reg, kernel)
 
 
+def _poisoned_empty(empty):
+    """``np.empty`` whose memory is filled first (NaN, or -2**30 for integers), so that a kernel
+    run as Python that reads what it never wrote shows it in its result."""
+
+    def poisoned(shape, dtype=np.float64, **kwargs):
+        out = empty(shape, dtype=dtype, **kwargs)
+        out[...] = np.nan if np.dtype(dtype).kind == "f" else -(2**30)
+        return out
+
+    return poisoned
+
+
 @pytest.mark.skipif(not JIT_DISABLED, reason="compiled kernels do not call numpy.empty")
 @KERNELS
 @given(problem=sparse_problems(max_items=15, max_users=15, max_factors=3))
@@ -82,17 +96,10 @@ def test_kernels_never_read_uninitialized_memory(problem, kernel):
     rng = np.random.default_rng(0)
     item_bias, user_bias = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
     weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
-    empty = np.empty
-
-    def poisoned(shape, dtype=np.float64, **kwargs):
-        out = empty(shape, dtype=dtype, **kwargs)
-        out[...] = np.nan if np.dtype(dtype).kind == "f" else -(2**30)
-        return out
-
     grads = (np.full_like(X, np.nan), np.full_like(Theta, np.nan), np.full(ratings.n_items, np.nan),
              np.full(ratings.n_users, np.nan))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(np, "empty", poisoned)
+        patch.setattr(np, "empty", _poisoned_empty(np.empty))
         cost = _evaluate(X, Theta, item_bias, user_bias, 0.4, ratings, reg, 0.7, weights, grads,
                          **kernel)
     ref_cost, ref_grads = _dense_biased_objective(
@@ -159,6 +166,161 @@ def test_parallel_equals_serial_bit_for_bit(n_items, n_users, kernel):
     assert serial[0] == parallel[0]
     for a, b in zip(serial[1], parallel[1]):
         np.testing.assert_array_equal(a, b)
+
+
+def _changed_rows(before, after):
+    """Rows whose bits differ (NaN to NaN is no change)."""
+    differ = before.view(np.uint64) != after.view(np.uint64)
+    return set(np.flatnonzero(differ.reshape(differ.shape[0], -1).any(axis=1)).tolist())
+
+
+class _Schedule:
+    """Stands in for numba's ``prange`` while a kernel runs as Python: runs each parallel loop's
+    iterations forwards or backwards and records, for each, which rows of the ``watched`` arrays
+    it changed and which ratings it read (through `_ReadLog`). Iterations of a race-free loop
+    write disjoint rows and read nothing another iteration writes, so their order cannot
+    matter; compiled, they run at once on different threads."""
+
+    def __init__(self, watched, reverse):
+        self.watched, self.reverse = watched, reverse
+        self.loops = []  # per parallel loop: {iteration: {watched name: rows changed}}
+        self.reads = []  # per parallel loop: {iteration: [rating positions read, in order]}
+        self.current = None
+
+    def __call__(self, n):
+        writes, reads = {}, {}
+        self.loops.append(writes)
+        self.reads.append(reads)
+        for it in (range(n - 1, -1, -1) if self.reverse else range(n)):
+            before = {name: array.copy() for name, array in self.watched.items()}
+            reads[it] = []
+            self.current = reads[it]
+            yield it
+            writes[it] = {name: _changed_rows(before[name], array)
+                          for name, array in self.watched.items()}
+        self.current = None
+
+
+class _ReadLog(np.ndarray):
+    """A ratings' values array that tells its `_Schedule` each position read."""
+
+    def __getitem__(self, key):
+        schedule = self.__dict__.get("schedule")
+        if schedule is not None and schedule.current is not None:
+            schedule.current.append(int(key))
+        return np.ndarray.__getitem__(self, key)
+
+
+def _run_scheduled(kernel, sides, grads, extra, reverse):
+    """``kernel`` of `fastcofi.kernels.objective` run as Python under a `_Schedule`, with
+    poisoned scratch memory and NaN gradients; returns (cost, gradients, schedule)."""
+    grads = tuple(Gradient(np.full_like(g.factors, np.nan), np.full_like(g.bias, np.nan))
+                  for g in grads)
+    watched = {f"{side}.{part}": array for side, grad in zip(("first", "second"), grads)
+               for part, array in zip(("factors", "bias"), grad)}
+    schedule = _Schedule(watched, reverse)
+    logged = []
+    for side in sides:
+        values = side.values.view(_ReadLog)
+        values.schedule = schedule
+        logged.append(side._replace(values=values))
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("_penalty_rows", "_own_rows", kernel):
+            function = getattr(objective_kernels, name)
+            patch.setattr(objective_kernels, name, getattr(function, "py_func", function))
+        patch.setattr(objective_kernels, "prange", schedule)
+        patch.setattr(np, "empty", _poisoned_empty(np.empty))
+        cost = getattr(objective_kernels, kernel)(*logged, *grads, *extra)
+    return cost, grads, schedule
+
+
+def _scheduling_problem(seed):
+    """14 items x 11 users, 70 ratings, k = 2, random biases and penalty weights: the sides as
+    the kernels read them (chunks set by each test) and the dense objective's arguments."""
+    ratings, X, Theta = _random_problem(seed, n_items=14, n_users=11, nnz=70, k=2)
+    rng = np.random.default_rng(seed)
+    bias = (rng.normal(size=14), rng.normal(size=11))
+    weights = (rng.random(14) + 0.5, rng.random(11) + 0.5)
+    users, items, values = ratings.coo()
+    dense, mask = np.zeros((14, 11)), np.zeros((14, 11), dtype=bool)
+    dense[items, users], mask[items, users] = values, True
+    items_side = Side(X, bias[0], weights[0], *ratings.by_item, None)
+    users_side = Side(Theta, bias[1], weights[1], *ratings.by_user, None)
+    expected = _dense_biased_objective(X, Theta, *bias, 0.4, dense, mask, 0.7, 0.3, weights)
+    return items_side, users_side, expected
+
+
+def _assert_matches(run, want_cost, want_grads):
+    cost, grads, _ = run
+    assert abs(cost - want_cost) <= 1e-9 * (1 + abs(want_cost))
+    for got, want in zip([a for g in grads for a in g], want_grads):
+        assert relative_error(got, want) <= 1e-9
+
+
+@pytest.mark.parametrize("walk_items", [True, False])
+def test_one_pass_kernel_is_race_free_for_any_groups_and_blocks(walk_items):
+    """Several row groups (one empty) and column blocks, the parallel iterations run in both
+    orders: each group writes exactly its own rows' gradients and reads each of its ratings
+    once, block by block; each row of the other side is summed by its own iteration; the
+    result is bit-identical in either order and equals the dense objective. A group that
+    touches another's rows (a race once compiled) or reads what another set up fails here,
+    where run in one order on one thread it would not."""
+    items, users, (want_cost, want) = _scheduling_problem(11)
+    walked, other = (items, users) if walk_items else (users, items)
+    # The dense gradients (X, Theta, item bias, user bias) as (walked, walked bias, other, ...).
+    want = [want[i] for i in ((0, 2, 1, 3) if walk_items else (1, 3, 0, 2))]
+    n_rows, n_cols = walked.factors.shape[0], other.factors.shape[0]
+    groups = np.array([0, 3, 3, 8, n_rows], dtype=np.int64)
+    blocks = np.array([0, 3, 5, 8, n_cols], dtype=np.int64)
+    block_of = np.searchsorted(blocks, np.arange(n_cols), side="right") - 1
+    grads = [Gradient(walked.factors, walked.bias), Gradient(other.factors, other.bias)]
+    extra = (groups, blocks, 0.4, 0.7, 0.3)
+    runs = [_run_scheduled("cost_and_grad_buffered", (walked, other), grads, extra, reverse)
+            for reverse in (False, True)]
+    _assert_matches(runs[0], want_cost, want)
+    assert runs[1][0] == runs[0][0]
+    for a, b in zip(runs[1][1], runs[0][1]):
+        np.testing.assert_array_equal(a.factors, b.factors)
+        np.testing.assert_array_equal(a.bias, b.bias)
+    indptr, columns = walked.indptr, walked.indices
+    for _, _, schedule in runs:
+        group_writes, other_writes = schedule.loops
+        for g in range(len(groups) - 1):
+            rows = set(range(groups[g], groups[g + 1]))
+            assert group_writes[g] == {"first.factors": rows, "first.bias": rows,
+                                       "second.factors": set(), "second.bias": set()}
+            read = schedule.reads[0][g]
+            assert sorted(read) == list(range(indptr[groups[g]], indptr[groups[g + 1]]))
+            assert np.all(np.diff(block_of[columns[read]]) >= 0)  # one block after the other
+        assert sorted(other_writes) == list(range(n_cols))
+        for j, written in other_writes.items():
+            assert written == {"first.factors": set(), "first.bias": set(),
+                               "second.factors": {j}, "second.bias": {j}}
+
+
+def test_two_pass_kernel_is_race_free_for_any_chunks():
+    """Several chunks on each side (one empty), the parallel iterations run in both orders:
+    each chunk writes exactly its own rows' gradients, and the result is bit-identical in
+    either order and equals the dense objective."""
+    items, users, (want_cost, want) = _scheduling_problem(12)
+    items = items._replace(chunks=np.array([0, 4, 4, 9, 14], dtype=np.int64))
+    users = users._replace(chunks=np.array([0, 2, 7, 11], dtype=np.int64))
+    grads = [Gradient(items.factors, items.bias), Gradient(users.factors, users.bias)]
+    runs = [_run_scheduled("cost_and_grad_two_pass", (items, users), grads, (0.4, 0.7, 0.3),
+                           reverse) for reverse in (False, True)]
+    _assert_matches(runs[0], want_cost, [want[0], want[2], want[1], want[3]])
+    assert runs[1][0] == runs[0][0]
+    for a, b in zip(runs[1][1], runs[0][1]):
+        np.testing.assert_array_equal(a.factors, b.factors)
+        np.testing.assert_array_equal(a.bias, b.bias)
+    for _, _, schedule in runs:
+        for loop, (mine, others, chunks) in enumerate(
+                [("first", "second", items.chunks), ("second", "first", users.chunks)]):
+            assert sorted(schedule.loops[loop]) == list(range(len(chunks) - 1))
+            for c, written in schedule.loops[loop].items():
+                rows = set(range(chunks[c], chunks[c + 1]))
+                assert written == {f"{mine}.factors": rows, f"{mine}.bias": rows,
+                                   f"{others}.factors": set(), f"{others}.bias": set()}
 
 
 @pytest.mark.parametrize("n_items, n_users", [(300, 200), (200, 300)])
