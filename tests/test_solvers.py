@@ -205,28 +205,37 @@ def test_clip_options():
 
 @settings(max_examples=20)
 @given(sparse_problems(max_items=12, max_users=12, max_factors=3),
-       st.sampled_from(["none", "count", "sqrt"]), st.sampled_from([1e-3, 0.3, 5.0]))
-def test_an_als_sweep_ends_at_the_item_blocks_minimum(problem, weighting, reg_bias):
+       st.sampled_from(["none", "count", "sqrt"]), st.sampled_from([1e-3, 0.3, 5.0]),
+       st.booleans())
+def test_an_als_sweep_ends_at_the_item_blocks_minimum(problem, weighting, reg_bias, learned):
     """The item rows are solved last in a sweep, exactly, against the users just solved: the
     gradient of every item row (factors and bias) is then zero. Stale user biases in the item
-    solve leave it nonzero and let a sweep raise the cost."""
+    solve leave it nonzero and let a sweep raise the cost. With fixed offsets (item means, as
+    ``normalize="item_mean"`` sets them, and a nonzero global offset) an item row's targets
+    subtract its own offset: any other sign leaves the gradient nonzero too."""
     ratings, _, _, X, Theta, reg = problem
-    objective = FlatObjective(ratings, X.shape[1], max(reg, 1e-3), mu=0.4, learn_biases=True,
-                              reg_bias=reg_bias, reg_weighting=weighting)
     rng = np.random.default_rng(1)
-    params = objective.pack(X, Theta, rng.normal(size=ratings.n_items),
-                            rng.normal(size=ratings.n_users))
+    offsets = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
+    if learned:
+        objective = FlatObjective(ratings, X.shape[1], max(reg, 1e-3), mu=0.4, learn_biases=True,
+                                  reg_bias=reg_bias, reg_weighting=weighting)
+        params = objective.pack(X, Theta, *offsets)
+    else:
+        objective = FlatObjective(ratings, X.shape[1], max(reg, 1e-3), mu=0.4,
+                                  item_bias=offsets[0], reg_weighting=weighting)
+        params = objective.pack(X, Theta)
     cost0, grad0 = objective(params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        minimize_als(objective, params, fit_bias=True, max_iter=1, tol=0)
+        minimize_als(objective, params, fit_bias=learned, max_iter=1, tol=0)
     cost, grad = objective(params)
     g_items, _, g_item_bias, _ = objective.unpack(grad)
     # The sweep reads the other side through float32 copies: the item rows are at their
     # minimum to float32 rounding of the users' factors, not to float64's.
     scale = 1.0 + np.max(np.abs(grad0))
     assert np.max(np.abs(g_items), initial=0.0) <= 1e-5 * scale
-    assert np.max(np.abs(g_item_bias), initial=0.0) <= 1e-5 * scale
+    if learned:
+        assert np.max(np.abs(g_item_bias), initial=0.0) <= 1e-5 * scale
     assert cost <= cost0 + 1e-9 * abs(cost0)
 
 
@@ -289,39 +298,54 @@ def test_the_gradient_tolerance_does_not_depend_on_the_ratings_scale(solver):
         assert relative_error(pred_c, pred) <= 1e-3
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("normalize", ["none", "biases"])
-def test_als_says_which_rows_it_could_not_solve(normalize):
+def test_als_says_which_rows_it_could_not_solve(normalize, transposed):
     """reg = 0: user 9 has one rating for 3 factors (and a bias): its row is left at 0, with one
-    warning saying so. Every item has as many ratings as unknowns."""
-    ratings = Ratings.from_arrays(
-        [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 9], [0, 1, 2, 3] * 4 + [0],
-        [5, 3, 4, 1, 4, 2, 5, 1, 1, 5, 2, 4, 2, 2, 4, 5, 3.0], all_users=[0, 1, 2, 3, 5, 9],
-    )
+    warning saying so. Every item has as many ratings as unknowns. Transposed, item 9 is the
+    one: the warning counts each side's rows apart, whichever side fails in a sweep."""
+    users = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 9]
+    items = [0, 1, 2, 3] * 4 + [0]
+    values = [5, 3, 4, 1, 4, 2, 5, 1, 1, 5, 2, 4, 2, 2, 4, 5, 3.0]
+    if transposed:
+        ratings = Ratings.from_arrays(items, users, values, all_items=[0, 1, 2, 3, 5, 9])
+    else:
+        ratings = Ratings.from_arrays(users, items, values, all_users=[0, 1, 2, 3, 5, 9])
     model = MatrixFactorization(3, reg=0.0, reg_bias=0.0, normalize=normalize, solver="als",
                                 max_iter=5, random_state=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(ratings)
     messages = [str(w.message) for w in caught if w.category is RuntimeWarning]
+    counts = "0 user rows and 1 item rows" if transposed else "1 user rows and 0 item rows"
     assert messages == [
-        "ALS: the least-squares systems of 1 user rows and 0 item rows with ratings were not "
+        f"ALS: the least-squares systems of {counts} with ratings were not "
         "positive definite (too few ratings for their factors, with reg=0): their factors were "
         "set to 0; use reg > 0"
     ]
-    assert not model.user_factors_[-1].any() and not model.user_factors_[4].any()
+    factors, bias = ((model.item_factors_, model.item_bias_) if transposed
+                     else (model.user_factors_, model.user_bias_))
+    assert not factors[-1].any() and not factors[4].any()
     if normalize == "biases":
-        assert model.user_bias_[-1] == 0.0  # the failed row's bias is left at 0 too
-    # A user without ratings (5) is no warning: with no penalty either, it stays at 0 silently.
+        assert bias[-1] == 0.0  # the failed row's bias is left at 0 too
+
+
+@pytest.mark.parametrize("normalize", ["none", "biases"])
+def test_als_says_nothing_of_rows_without_ratings(normalize):
+    """A user or item without ratings (5) is no warning: with no penalty either it stays at 0
+    silently, whether the factors' penalty or (learned biases, reg_bias = 0) the bias's is
+    missing, and whether its side's other rows fail or not."""
+    ratings = Ratings.from_arrays([0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 0, 1],
+                                  [1.0, 2.0, 3.0, 4.0, 2.0, 5.0], all_users=[0, 1, 2, 5],
+                                  all_items=[0, 1, 5])
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
-        MatrixFactorization(2, reg=1.0, normalize=normalize, solver="als", max_iter=5,
-                            random_state=0).fit(ratings)
-        MatrixFactorization(2, reg=0.0, reg_weighting="none", normalize="none", solver="als",
-                            max_iter=5, random_state=0).fit(
-            Ratings.from_arrays([0, 0, 1, 1], [0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0],
-                                all_users=[0, 1, 2])
-        )
+        for reg, reg_bias in ((1.0, 0.0), (0.0, 1.0), (0.0, 0.0)):
+            model = MatrixFactorization(2, reg=reg, reg_bias=reg_bias, reg_weighting="none",
+                                        normalize=normalize, solver="als", max_iter=5,
+                                        random_state=0).fit(ratings)
+            assert not model.user_factors_[-1].any() and not model.item_factors_[-1].any()
 
 
 @pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
@@ -385,6 +409,55 @@ def test_als_stops_at_the_first_sweep_that_meets_tol_and_warns_when_out_of_budge
                                             tol=1e-4)
     assert not converged and norm(params) > 1e-4 * g0
 
+
+
+def _one_rating(item_factor, user_factor):
+    """One item, one user, one rating of 6, k = 1, no penalty: the ALS sweeps are exact in
+    floating point (6 = 2 x 3, every system a perfect square), the minimum (cost 0) is met
+    exactly by a sweep from item 2 and user 1, and is where item 2 and user 3 start."""
+    objective = FlatObjective(Ratings.from_arrays([0], [0], [6.0]), 1, 0.0)
+    return objective, objective.pack(np.array([[item_factor]]), np.array([[user_factor]]))
+
+
+def test_als_at_tol_0_runs_until_a_sweep_no_longer_lowers_the_cost():
+    """tol = 0 disables the gradient test: a sweep that lands on the exact minimum (gradient 0)
+    is followed by one more, which ends the run, converged, because it no longer lowers the
+    cost; from the minimum itself the first sweep ends it. Neither is a convergence warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        objective, params = _one_rating(2.0, 1.0)
+        params, history, converged = minimize_als(objective, params, fit_bias=False,
+                                                  max_iter=50, tol=0)
+        assert converged and history["cost"][-1] <= 1e-28
+        assert len(history["cost"]) >= 2  # the first sweep's exact minimum did not stop it
+        objective, params = _one_rating(2.0, 3.0)
+        params, history, converged = minimize_als(objective, params, fit_bias=False,
+                                                  max_iter=50, tol=0)
+        assert converged and len(history["cost"]) == 1
+        np.testing.assert_allclose(params, [2.0, 3.0], rtol=1e-15)
+
+
+def test_als_stopped_by_on_iteration_is_no_warning_and_times_its_sweeps():
+    ratings = _problem(0, n_users=30, n_items=20, density=0.4)
+    objective = FlatObjective(ratings, 3, 1.0)
+    rng = np.random.default_rng(0)
+    x0 = objective.pack(rng.normal(size=(20, 3)), rng.normal(size=(30, 3)))
+    seen = []
+
+    def on_iteration(iteration, params, history):
+        seen.append((iteration, len(history["cost"])))
+        return iteration == 3
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        params, history, converged = minimize_als(objective, x0, fit_bias=False, max_iter=50,
+                                                  tol=0, on_iteration=on_iteration)
+    elapsed = time.perf_counter() - start
+    assert converged and seen == [(1, 1), (2, 2), (3, 3)] and len(history["seconds"]) == 3
+    assert 0 <= history["seconds"][0] and np.all(np.diff(history["seconds"]) >= 0)
+    assert history["seconds"][-1] <= elapsed
+    assert history["cost"][-1] == objective(params)[0]
 
 # -- preconditioned CG / L-BFGS -------------------------------------------------------------------
 def _skewed_problem(seed=0, n_users=300, n_items=60):
@@ -541,7 +614,11 @@ def test_a_diverging_solver_stops_with_an_error_naming_it_and_the_iteration(
                        if saved[key].dtype.kind == "f")
 
 
-def test_an_overflowing_cost_is_a_divergence_at_iteration_0():
+@pytest.mark.parametrize("solver, name", [("cg", "CG"), ("lbfgs", "L-BFGS-B"), ("als", "ALS")])
+@pytest.mark.parametrize("precondition", [True, False])
+def test_an_overflowing_cost_is_a_divergence_at_iteration_0(solver, name, precondition,
+                                                             monkeypatch):
+    monkeypatch.setattr(MatrixFactorization, "_precondition", precondition)
     ratings = Ratings.from_arrays([0, 1], [0, 1], [1e200, -1e200])
-    with pytest.raises(DivergenceError, match="^ALS diverged at iteration 0: the cost is inf"):
-        MatrixFactorization(1, solver="als", normalize="none").fit(ratings)
+    with pytest.raises(DivergenceError, match=f"^{name} diverged at iteration 0: the cost is inf"):
+        MatrixFactorization(1, solver=solver, normalize="none").fit(ratings)
