@@ -296,6 +296,48 @@ def test_fold_in_edge_cases(model):
     assert model.item_ids_[0] in ids.tolist()
 
 
+
+@pytest.fixture(scope="module")
+def digit_model():
+    """A model whose ids are strings of digits (items "10" ... "49", users "100" ...): integer
+    queries name them."""
+    ratings = low_rank_ratings(30, 40, seed=2)
+    users, items, values = ratings.coo()
+    return MatrixFactorization(3, max_iter=5, random_state=0).fit(
+        Ratings.from_arrays((users + 100).astype(str), (items + 10).astype(str), values))
+
+
+@pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+def test_fold_in_reads_ids_of_another_type_as_lookups_do(model, digit_model):
+    """Ids typed otherwise than the model's are parsed where exact ("7" and 7.0 name item 7);
+    anything else (2.5, "abc") is an unknown item and ignored, never truncated or a crash."""
+    values = np.array([4.0, 5.0, 1.0, 2.0])
+    w, beta = model.fold_in([3, 7], values[[0, 3]])
+    for items in (["3", "abc", "2.5", "7"], [3.0, 12.5, 2.5, 7.0]):
+        w2, beta2 = model.fold_in(items, values)
+        np.testing.assert_array_equal(w2, w)
+        assert beta2 == beta
+    w, beta = digit_model.fold_in(["12", "30"], values[:2])
+    w2, beta2 = digit_model.fold_in([12, 30], values[:2])
+    np.testing.assert_array_equal(w2, w)
+    assert beta2 == beta and w.any()
+    ids, _ = digit_model.recommend_new_user(np.array([12, 30, 5]), values[:3], n=40)
+    assert not {"12", "30"} & set(ids.tolist()) and len(ids) == 38
+
+
+def test_fold_in_errors_are_the_same_for_every_id_type(model, digit_model):
+    """A repeated item is named (the repeated one, not the smallest), known or unknown, with
+    integer or string ids; a non-finite value is reported before a repeat on every path."""
+    for m, known, other in ((model, 5, 3), (digit_model, "15", "13")):
+        with pytest.raises(ValueError, match=f"item {known!r} appears twice"):
+            m.fold_in([known, other, known], [1.0, 2.0, 3.0])
+        for unknown in (10**9, "zz"):
+            query = np.asarray([other, unknown, unknown])  # one type: strings when mixed
+            with pytest.raises(ValueError, match=f"item {query[1].item()!r} appears twice"):
+                m.fold_in(query, [1.0, 2.0, 3.0])
+            with pytest.raises(ValueError, match="finite"):
+                m.fold_in(query, [np.nan, 2.0, 3.0])
+
 # -- add_users ------------------------------------------------------------------------------------
 def test_add_users(model):
     snapshot = {name: np.array(getattr(model, name), copy=True)
@@ -334,10 +376,32 @@ def test_add_users(model):
         assert not set(ids.tolist()) & set(its)
     with pytest.raises(ValueError, match="already in the model"):
         grown.add_users(Ratings.from_arrays([500], [items[0]], [3.0]))
-    with pytest.raises(ValueError, match="already in the model"):
-        model.add_users(Ratings.from_arrays([model.user_ids_[2]], [items[0]], [3.0]))
+    for old_user in model.user_ids_[[0, 2, -1]]:
+        with pytest.raises(ValueError, match=f"user {old_user} is already in the model"):
+            model.add_users(Ratings.from_arrays([old_user], [items[0]], [3.0]))
     with pytest.raises(TypeError, match="Ratings"):
         model.add_users([(1, 2, 3.0)])
+    # Every user of the grown model, old and new, still has exactly its own items left out.
+    rated = {u: set() for u in grown.user_ids_.tolist()}
+    users, item_index, _ = new.coo()
+    for u, i in zip(new.user_ids[users].tolist(), new.item_ids[item_index].tolist()):
+        rated[u].add(i)
+    indptr, seen = model.seen_indptr_, model.seen_indices_
+    for u, user in enumerate(model.user_ids_.tolist()):
+        rated[user] = set(items[seen[indptr[u]:indptr[u + 1]]].tolist())
+    everything = set(items.tolist())
+    for user, own in rated.items():
+        ids, _ = grown.recommend(user, n=items.shape[0])
+        assert set(ids.tolist()) == everything - own, user
+
+
+def test_add_users_wants_ids_of_the_model_type(model, digit_model):
+    with pytest.raises(TypeError, match="ratings user ids must be integers, like the model's, "
+                                        "found <U"):
+        model.add_users(Ratings.from_arrays(["a"], model.item_ids_[:1], [3.0]))
+    with pytest.raises(TypeError, match="ratings user ids must be strings, like the model's, "
+                                        "found int64"):
+        digit_model.add_users(Ratings.from_arrays([10**6], digit_model.item_ids_[:1], [3.0]))
 
 
 # -- similarity and clusters ----------------------------------------------------------------------
@@ -691,6 +755,37 @@ def test_batches_cut_into_many_chunks_match_one_user_at_a_time(model, monkeypatc
         assert close(scores[row, :len(one_ids)], one_scores, 1e-12)
     monkeypatch.setattr(serving, "_BATCH_CELLS", 40 * 6)  # six users a chunk, the last short
     assert model.recommend(users, n=4)[0].tolist() == ids_all(model, users)
+
+
+def test_the_batch_path_holds_at_most_its_score_cells_at_once(model, monkeypatch):
+    """Users per chunk: as many as fit in ``_BATCH_CELLS`` scores, and one when not even one
+    user's do (40 items here, and one item), whatever the number of factors."""
+    chunks = []
+    kernel = serving.top_n_batch
+
+    def recording(scores, *args):
+        chunks.append(scores.shape)
+        return kernel(scores, *args)
+
+    monkeypatch.setattr(serving, "top_n_batch", recording)
+    users = model.user_ids_[:20]
+    for cells, rows in ((7, 1), (40 * 6, 6), (40 * 30, 20)):
+        monkeypatch.setattr(serving, "_BATCH_CELLS", cells)
+        chunks.clear()
+        model.recommend(users, n=2)
+        assert [r for r, _ in chunks] == [rows] * (20 // rows) + [20 % rows] * (20 % rows > 0)
+    one = MatrixFactorization(4)
+    one.__dict__.update(model.__dict__)
+    one.__dict__.pop("_serving", None)
+    one.item_factors_, one.item_ids_ = model.item_factors_[:1], model.item_ids_[:1]
+    one.seen_indptr_ = np.zeros(model.user_ids_.shape[0] + 1, dtype=np.int64)
+    one.seen_indices_ = model.seen_indices_[:0]
+    one.item_bias_ = None if model.item_bias_ is None else model.item_bias_[:1]
+    one.item_means_ = None if model.item_means_ is None else model.item_means_[:1]
+    monkeypatch.setattr(serving, "_BATCH_CELLS", 7)
+    chunks.clear()
+    one.recommend(users, n=1)
+    assert [r for r, _ in chunks] == [7, 7, 6]
 
 
 def ids_all(model, users):
