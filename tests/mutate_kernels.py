@@ -8,6 +8,7 @@ the tests do not fail survives. The source file is never written.
 
     python3 -m tests.mutate_kernels objective --budget 600
     python3 -m tests.mutate_kernels serving --functions select_top_n _worse
+    python3 -m tests.mutate_kernels solvers --lines 168 173    # survivors checked again
 
 Not part of CI: slow by nature. See tests/README.md.
 """
@@ -43,7 +44,8 @@ GROUPS = {
     ),
     "solvers": (
         "fastcofi.train.solvers",
-        ["minimize_scipy", "minimize_als"],
+        ["minimize_scipy", "_minimize_preconditioned", "_scipy_options", "_check_finite",
+         "_warn", "minimize_als"],
         ["tests/test_solvers.py", "-k", "not vb and not all_solvers"],
     ),
     "serving-kernels": (
@@ -142,7 +144,7 @@ def _time_out(signum, frame):
     raise MutantTimeout("the tests ran past the mutant's time limit")
 
 
-def run(group, functions=None, budget=600.0, limit=None, timeout=60):
+def run(group, functions=None, budget=600.0, limit=None, timeout=60, lines=None):
     module_name, default_functions, tests = GROUPS[group]
     os.environ["NUMBA_DISABLE_JIT"] = "1"  # before numba is imported
     import importlib
@@ -157,8 +159,10 @@ def run(group, functions=None, budget=600.0, limit=None, timeout=60):
         raise SystemExit("the tests fail without a mutant: fix them first")
     start = time.monotonic()
     killed, survived, skipped = [], [], 0
-    for count, (name, line, description, source) in enumerate(
-            mutants(Path(module.__file__).read_text(), functions or default_functions)):
+    chosen = [m for m in mutants(Path(module.__file__).read_text(),
+                                 functions or default_functions)
+              if lines is None or m[1] in lines]
+    for count, (name, line, description, source) in enumerate(chosen):
         if (limit is not None and count >= limit) or time.monotonic() - start > budget:
             skipped += 1
             continue
@@ -199,10 +203,14 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=600.0,
                         help="seconds; mutants past it are counted, not run (default 600)")
     parser.add_argument("--limit", type=int, help="run at most this many mutants")
+    parser.add_argument("--lines", type=int, nargs="+",
+                        help="only the mutants on these lines of the group's file (a survivor "
+                             "checked again)")
     parser.add_argument("--timeout", type=int, default=60,
                         help="seconds per mutant before it counts as killed (default 60)")
     args = parser.parse_args(argv)
-    survivors = run(args.group, args.functions, args.budget, args.limit, args.timeout)
+    survivors = run(args.group, args.functions, args.budget, args.limit, args.timeout,
+                    args.lines)
     return 1 if survivors else 0
 
 

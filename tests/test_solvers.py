@@ -581,6 +581,147 @@ def test_preconditioning_converges_in_fewer_iterations_when_row_counts_are_skewe
     assert pre.nit * 1.5 <= plain.nit, (pre.nit, plain.nit)
 
 
+
+class _RecordedObjective(FlatObjective):
+    """The objective, remembering every point it was evaluated at."""
+
+    def __call__(self, params):
+        self.points = getattr(self, "points", [])
+        self.points.append(np.array(params, dtype=np.float64))
+        return super().__call__(params)
+
+
+def _tiny_objective():
+    """30 users x 20 items, ratings / 256 and factors / 16: a gradient so small that any
+    absolute threshold (1, say) would stop the run at once; tol = 0 must not."""
+    ratings = _problem(0, n_users=30, n_items=20, density=0.4)
+    users, items, values = ratings.coo()
+    rng = np.random.default_rng(0)
+    objective = _RecordedObjective(Ratings.from_arrays(users, items, values / 256,
+                                                       all_users=range(30), all_items=range(20)),
+                                   3, 1 / 256)
+    x0 = objective.pack(rng.normal(scale=0.1, size=(20, 3)) / 16,
+                        rng.normal(scale=0.1, size=(30, 3)) / 16)
+    return objective, x0
+
+
+@pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
+@pytest.mark.parametrize("max_iter, segments", [(4, 1), (18, 3)])
+def test_preconditioned_runs_spend_their_budget_in_doubling_segments(method, max_iter, segments):
+    """tol = 0: every iteration of the budget is run, in scipy runs of 5, 10, 20, ... iterations
+    (the last cut to what is left), numbered 1, 2, ... for on_iteration, each timed on the run's
+    own clock; the budget's end is status 1, no success, one warning. The gradient test reuses
+    scipy's evaluation of the accepted point: the objective is evaluated twice in a row at one
+    point only where a scipy run starts from where the last one ended."""
+    objective, x0 = _tiny_objective()
+    seen = []
+    start = time.perf_counter()
+    with pytest.warns(ConvergenceWarning) as caught:
+        result, history = minimize_scipy(
+            objective, x0, method=method, max_iter=max_iter, tol=0, precondition=True,
+            on_iteration=lambda iteration, x, h: seen.append((iteration, len(h["cost"]))),
+        )
+    elapsed = time.perf_counter() - start
+    assert [str(w.message) for w in caught] == [
+        f"{method} stopped after {max_iter} iterations without meeting tol=0: {result.message}"]
+    assert result.nit == len(history["cost"]) == len(history["seconds"]) == max_iter
+    assert seen == [(i, i) for i in range(1, max_iter + 1)]
+    assert result.segments == segments
+    assert result.status == 1 and not result.success and "no progress" not in result.message
+    assert 0 <= history["seconds"][0] and np.all(np.diff(history["seconds"]) >= 0)
+    assert history["seconds"][-1] <= elapsed
+    points = objective.points
+    repeats = sum(np.array_equal(a, b) for a, b in zip(points, points[1:]))
+    assert repeats <= segments
+    assert result.fun == objective(result.x)[0] == history["cost"][-1]
+
+
+@pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
+def test_a_preconditioned_run_stops_on_request_or_on_the_gradient_test_without_warning(method):
+    objective, x0 = _tiny_objective()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result, history = minimize_scipy(objective, x0, method=method, max_iter=50, tol=0,
+                                         precondition=True,
+                                         on_iteration=lambda iteration, x, h: iteration == 7)
+        assert result.nit == len(history["cost"]) == 7
+        assert (result.status, result.success, result.message) == (
+            99, True, "stopped by on_iteration")
+        g0 = np.max(np.abs(objective(x0)[1]))
+        result, history = minimize_scipy(objective, x0, method=method, max_iter=500, tol=1e-3,
+                                         precondition=True)
+    assert (result.status, result.success, result.message) == (0, True, "gradient test met")
+    assert np.max(np.abs(objective(result.x)[1])) <= 1e-3 * g0
+    assert result.nit == len(history["cost"]) < 500
+
+
+@pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
+def test_the_first_preconditioned_step_is_the_gradient_over_the_curvature(method):
+    """Both methods start along the steepest descent of the rescaled problem: in the factors'
+    units, along -gradient / curvature (curvatures below and above 1 here)."""
+    ratings = _skewed_problem(2, n_users=40, n_items=20)
+    objective = FlatObjective(ratings, 2, 0.01, mu=3.0, learn_biases=True, reg_bias=0.01,
+                              reg_weighting="none")
+    x0 = _start(objective, ratings)
+    cost0, g0 = objective(x0)
+    h0 = objective.curvature(x0)
+    assert h0.min() < 1 < h0.max()
+    steps = []
+
+    def first_step(iteration, x, history):
+        steps.append(x - x0)
+        return True
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        minimize_scipy(objective, x0.copy(), method=method, max_iter=10, tol=0,
+                       precondition=True, on_iteration=first_step)
+    (step,) = steps
+    direction = -g0 / h0
+    length = (step @ direction) / (direction @ direction)
+    assert length > 0
+    assert relative_error(step, length * direction) <= 1e-8
+
+
+class _UphillGradient:
+    """Half the squared norm, with the gradient's sign flipped: no line search can descend."""
+
+    def __call__(self, x):
+        return 0.5 * float(x @ x), -x
+
+    def curvature(self, x):
+        return np.ones_like(x)
+
+
+@pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
+def test_a_preconditioned_run_whose_line_search_fails_stops_with_no_progress(method):
+    with pytest.warns(ConvergenceWarning, match=f"{method} stopped after 0 iterations without "
+                                                "meeting tol=0: no progress: "):
+        result, history = minimize_scipy(_UphillGradient(), np.ones(3), method=method,
+                                         max_iter=50, tol=0, precondition=True)
+    assert (result.status, result.success, result.nit, result.segments) == (2, False, 0, 1)
+    assert result.message.startswith("no progress: ") and history["cost"] == []
+    np.testing.assert_array_equal(result.x, np.ones(3))
+
+
+@pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+@pytest.mark.parametrize("solver", ["cg", "lbfgs"])
+def test_rows_without_ratings_or_penalty_leave_the_preconditioned_solvers_finite(solver):
+    """Count-weighted penalties give a user and an item without ratings a zero curvature (no
+    ratings, weight 0): they keep their start, and the others train."""
+    ratings = _problem(3, n_users=20, n_items=12)
+    users, items, values = ratings.coo()
+    ratings = Ratings.from_arrays(users, items, values, all_users=range(21), all_items=range(13))
+    model = MatrixFactorization(3, reg_weighting="count", solver=solver, max_iter=30, tol=0,
+                                random_state=0).fit(ratings)
+    early = MatrixFactorization(3, reg_weighting="count", solver=solver, max_iter=1, tol=0,
+                                random_state=0).fit(ratings)
+    assert np.all(np.isfinite(model.item_factors_)) and np.all(np.isfinite(model.user_factors_))
+    np.testing.assert_array_equal(model.user_factors_[20], early.user_factors_[20])
+    np.testing.assert_array_equal(model.item_factors_[12], early.item_factors_[12])
+    assert model.user_factors_[20].any()
+    assert model.history_["cost"][-1] < model.history_["cost"][0]
+
 # -- divergence -----------------------------------------------------------------------------------
 class _PoisonedObjective(FlatObjective):
     """The objective, with every parameter turned NaN from its ``bad_call``-th evaluation on, as
