@@ -32,10 +32,13 @@ REPO = Path(__file__).resolve().parent.parent
 GROUPS = {
     "objective": (
         "fastcofi.kernels.objective",
-        ["_penalty_rows", "_own_rows", "cost_and_grad_buffered", "cost_and_grad_two_pass"],
-        ["tests/test_objective.py", "-k",
+        ["_penalty_rows", "_own_rows", "cost_and_grad_buffered", "cost_and_grad_two_pass",
+         "preconditioned_row_max"],
+        ["tests/test_objective.py",
+         "tests/test_solvers.py::test_curvature_in_blocks_is_the_estimate_and_gives_the_"
+         "preconditioned_max", "-k",
          "dense_reference or both_kernels or finite_differences or uninitialized or many_chunks "
-         "or race_free"],
+         "or race_free or preconditioned_max"],
     ),
     "solvers-kernels": (
         "fastcofi.kernels.rowsolve",

@@ -503,24 +503,26 @@ def test_curvature_is_the_exact_diagonal_when_rows_are_alike(learn_biases):
 
 
 @pytest.mark.parametrize("learn_biases", [False, True])
-@pytest.mark.parametrize("block_rows", [1, 7, 1 << 14])
+@pytest.mark.parametrize("block_rows, reg", [(1, 0.0), (7, 0.3), (1 << 14, 0.0), (1 << 14, 0.3)])
 def test_curvature_in_blocks_is_the_estimate_and_gives_the_preconditioned_max(
-        learn_biases, block_rows, monkeypatch):
+        learn_biases, block_rows, reg, monkeypatch):
     """Built block by block (rows of both sides cut anywhere), the estimate is count times the
     other side's mean square plus the weighted penalty per entry; the preconditioned maximum
     divides the gradient by its square root, a zero curvature (a row without ratings or penalty)
-    counting as 1."""
+    counting as 1: for a whole gradient, and entry by entry (small entries, more than 64 rows)."""
     monkeypatch.setattr(FlatObjective, "_CURVATURE_ROWS", block_rows)
-    ratings = _skewed_problem(2, n_users=25, n_items=15)
+    ratings = _skewed_problem(2, n_users=80, n_items=15)
     ratings = Ratings.from_arrays(*ratings.coo(), all_users=range(ratings.n_users + 2))
-    objective = FlatObjective(ratings, 3, 0.0, mu=3.0, learn_biases=learn_biases, reg_bias=0.5,
+    objective = FlatObjective(ratings, 3, reg, mu=3.0, learn_biases=learn_biases, reg_bias=0.5,
                               reg_weighting="count")
     rng = np.random.default_rng(3)
     x = rng.normal(size=objective.size)
     X, Theta, _, _ = objective.unpack(x)
     item_counts, user_counts = (np.diff(r[0]) for r in (ratings.by_item, ratings.by_user))
-    expected = [np.outer(item_counts, np.mean(Theta**2, axis=0)).ravel(),
-                np.outer(user_counts, np.mean(X**2, axis=0)).ravel()]
+    expected = [(np.outer(item_counts, np.mean(Theta**2, axis=0)) + reg * item_counts[:, None]
+                 ).ravel(),
+                (np.outer(user_counts, np.mean(X**2, axis=0)) + reg * user_counts[:, None]
+                 ).ravel()]
     if learn_biases:
         expected += [item_counts + 0.5 * item_counts, user_counts + 0.5 * user_counts]
     expected = np.concatenate(expected)
@@ -528,8 +530,17 @@ def test_curvature_in_blocks_is_the_estimate_and_gives_the_preconditioned_max(
     np.testing.assert_allclose(curvature, expected, rtol=1e-12)
     assert np.count_nonzero(curvature == 0) >= 2 * 3  # the two users without ratings
     grad = rng.normal(size=objective.size)
-    dense = np.max(np.abs(grad) / np.sqrt(np.where(expected > 0, expected, 1.0)))
+    scale = np.sqrt(np.where(expected > 0, expected, 1.0))
+    dense = np.max(np.abs(grad) / scale)
     assert objective.preconditioned_max(x, grad) == pytest.approx(dense, rel=1e-12)
+    if block_rows != 1 << 14:
+        return  # the maximum is taken row by row, not in the curvature's blocks
+    entries = np.union1d(rng.choice(objective.size, 30, replace=False),
+                         np.flatnonzero(expected == 0))
+    for p in entries:
+        one = np.zeros(objective.size)
+        one[p] = -1e-3
+        assert objective.preconditioned_max(x, one) == pytest.approx(1e-3 / scale[p], rel=1e-12)
 
 
 def test_preconditioned_objective_passes_check_grad():
