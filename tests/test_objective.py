@@ -323,6 +323,73 @@ def test_two_pass_kernel_is_race_free_for_any_chunks():
                                    f"{others}.factors": set(), f"{others}.bias": set()}
 
 
+def test_own_side_kernel_is_race_free_for_any_chunks():
+    """The users' walk alone (ALS's evaluation after an item solve), chunks in both orders: each
+    chunk writes exactly its own users' gradients, reads exactly its own ratings, the items'
+    gradients stay unwritten, and cost and user gradients are bit-identical in either order and
+    equal the dense objective's."""
+    items, users, (want_cost, want) = _scheduling_problem(13)
+    users = users._replace(chunks=np.array([0, 2, 2, 7, 11], dtype=np.int64))
+    grads = [Gradient(users.factors, users.bias)]
+    runs = [_run_scheduled("cost_and_own_grad", (users, items), grads, (0.4, 0.7, 0.3), reverse)
+            for reverse in (False, True)]
+    _assert_matches(runs[0], want_cost, [want[1], want[3]])
+    assert runs[1][0] == runs[0][0]
+    np.testing.assert_array_equal(runs[1][1][0].factors, runs[0][1][0].factors)
+    np.testing.assert_array_equal(runs[1][1][0].bias, runs[0][1][0].bias)
+    for _, _, schedule in runs:
+        (written,) = schedule.loops
+        assert sorted(written) == [0, 1, 2, 3]
+        for c, rows_written in written.items():
+            rows = set(range(users.chunks[c], users.chunks[c + 1]))
+            assert rows_written == {"first.factors": rows, "first.bias": rows}
+            read = schedule.reads[0][c]
+            assert read == list(range(users.indptr[users.chunks[c]],
+                                      users.indptr[users.chunks[c + 1]]))
+
+
+@pytest.mark.parametrize("learn_biases", [True, False])
+@given(problem=sparse_problems())
+def test_cost_and_user_grad_equals_dense_objective(problem, learn_biases):
+    """The cost in full and the users' gradient entries against the dense formulas; the items'
+    entries are zeros (the caller vouches that they are zero)."""
+    ratings, dense, mask, X, Theta, reg = problem
+    rng = np.random.default_rng(ratings.nnz)
+    item_bias, user_bias = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
+    objective = FlatObjective(ratings, X.shape[1], reg, mu=0.4, item_bias=item_bias,
+                              user_bias=user_bias, learn_biases=learn_biases, reg_bias=0.7,
+                              reg_weighting="sqrt")
+    params = objective.pack(X, Theta, item_bias, user_bias)
+    cost, grad = objective.cost_and_user_grad(params)
+    ref_cost, ref_grads = _dense_biased_objective(
+        X, Theta, item_bias, user_bias, 0.4, dense, mask, reg, 0.7 if learn_biases else 0.0,
+        objective.weights,
+    )
+    assert abs(cost - ref_cost) / (1 + abs(ref_cost)) <= 1e-9
+    X_grad, Theta_grad, item_bias_grad, user_bias_grad = objective.unpack(grad)
+    assert relative_error(Theta_grad, ref_grads[1]) <= 1e-9
+    assert not X_grad.any()
+    if learn_biases:
+        assert relative_error(user_bias_grad, ref_grads[3]) <= 1e-9
+        assert not item_bias_grad.any()
+    assert grad.shape == (objective.size,) and grad.dtype == np.float64
+
+
+def test_cost_and_user_grad_is_the_same_for_any_thread_count():
+    ratings, X, Theta = _random_problem(4, n_items=200, n_users=300, nnz=20000)
+    assert ratings._user_chunks.shape[0] > 3
+    objective = FlatObjective(ratings, X.shape[1], 0.7, mu=0.3, learn_biases=True, reg_bias=0.2)
+    params = objective.pack(X, Theta, np.zeros(200), np.zeros(300))
+    results = []
+    for n_threads in (1, 2):
+        objective.n_threads = n_threads
+        results.append(objective.cost_and_user_grad(params))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    with pytest.raises(ValueError, match=r"expected a parameter vector of shape \(\d+,\)"):
+        objective.cost_and_user_grad(params[:-1])
+
+
 @pytest.mark.parametrize("n_items, n_users", [(300, 200), (200, 300)])
 def test_column_blocks_leave_the_gradients_unchanged_bit_for_bit(n_items, n_users):
     ratings, X, Theta = _random_problem(2, n_items=n_items, n_users=n_users, nnz=20000)

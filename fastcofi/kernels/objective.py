@@ -210,6 +210,35 @@ def cost_and_grad_two_pass(items, users, item_grad, user_grad, mu, reg, reg_bias
     return cost
 
 
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
+def cost_and_own_grad(own, other, own_grad, mu, reg, reg_bias):
+    """The cost and ``own``'s gradients, at a point where ``other``'s gradient is known to be
+    zero; returns the cost and leaves ``other``'s gradient unwritten.
+
+    ALS ends each sweep with the other side's rows at their exact minimum given ``own``, so
+    only ``own``'s gradient carries information there: one walk of ``own``'s CSR (chunks of
+    about equal nonzero counts, each thread owning whole rows) with ``other``'s rows read at
+    random and no buffer, half the one-pass kernel's random traffic. Terms as in
+    ``cost_and_grad_two_pass``; partial sums are added in chunk order, so the result does not
+    depend on the number of threads.
+    """
+    n_chunks = own.chunks.shape[0] - 1
+    partial = np.zeros(n_chunks)
+    for c in prange(n_chunks):
+        partial[c] = _own_rows(own, other, own_grad, own.chunks[c], own.chunks[c + 1], mu,
+                               reg, reg_bias, True)
+    cost = 0.0
+    for c in range(n_chunks):
+        cost += partial[c]
+    factors, bias, weight = other.factors, other.bias, other.weight
+    for j in range(factors.shape[0]):
+        norm2 = 0.0
+        for f in range(factors.shape[1]):
+            norm2 += factors[j, f] * factors[j, f]
+        cost += 0.5 * weight[j] * (reg * norm2 + reg_bias * bias[j] * bias[j])
+    return cost
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def preconditioned_row_max(grad, counts, mean_square, penalty):
     """``max |grad[r, f]| / sqrt(counts[r] * mean_square[f] + penalty[r])`` over a side's rows

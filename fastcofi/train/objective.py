@@ -12,6 +12,7 @@ from ..kernels.objective import (
     Side,
     cost_and_grad_buffered,
     cost_and_grad_two_pass,
+    cost_and_own_grad,
     preconditioned_row_max,
 )
 from ..kernels.rowsolve import row_weights as row_weights_kernel
@@ -187,6 +188,13 @@ def cost_and_grad(item_factors, user_factors, ratings, reg, *, n_threads=None):
     return float(cost), X_grad, Theta_grad
 
 
+def _mean_squares(*factors):
+    """Each factor matrix's mean square per column ((k,) float64; zeros for no rows), without a
+    squared copy of the matrix."""
+    return [np.einsum("nf,nf->f", F, F) / F.shape[0] if F.shape[0] else np.zeros(F.shape[1])
+            for F in factors]
+
+
 class FlatObjective:
     """``fun(params) -> (cost, gradient)`` over one flat float64 parameter vector, for scipy.
 
@@ -268,6 +276,35 @@ class FlatObjective:
                 self.weights, grads, plan=self._current_plan(),
             )
 
+    def cost_and_user_grad(self, params):
+        """``(cost, gradient)`` at a point where the items' gradient is zero (ALS right after
+        solving the item rows): the cost in full, the gradient's user entries (factors, and
+        biases when learned) computed and its item entries set to 0, at about half the cost of
+        `__call__` (one walk of the users' CSR, no buffer). Where the items' gradient is not
+        zero, use `__call__`."""
+        params = np.ascontiguousarray(params, dtype=np.float64)
+        if params.shape != (self.size,):
+            raise ValueError(
+                f"expected a parameter vector of shape ({self.size},), found {params.shape}"
+            )
+        # The users' entries are all written by the walk; only the items' are zeroed (a zeroed
+        # parameter-sized array costs more than the walk's own work per user at 1e7 ratings).
+        grad = np.empty_like(params)
+        X, Theta, item_bias, user_bias = self.unpack(params)
+        X_grad, Theta_grad, item_bias_grad, user_bias_grad = self.unpack(grad)
+        X_grad[...] = 0.0
+        if self.learn_biases:
+            item_bias_grad[...] = 0.0
+        else:
+            user_bias_grad = np.empty_like(user_bias)
+        ratings, item_weight, user_weight = self.ratings, *self.weights
+        items = Side(X, item_bias, item_weight, *ratings.by_item, ratings._item_chunks)
+        users = Side(Theta, user_bias, user_weight, *ratings.by_user, ratings._user_chunks)
+        with threads(self.n_threads):
+            cost = cost_and_own_grad(users, items, Gradient(Theta_grad, user_bias_grad),
+                                     self.mu, self.reg, self.reg_bias)
+        return float(cost), grad
+
     @property
     def size(self):
         r = self.ratings
@@ -312,8 +349,7 @@ class FlatObjective:
         X, Theta, _, _ = self.unpack(np.asarray(params, dtype=np.float64))
         grads = self.unpack(np.asarray(grad, dtype=np.float64))
         counts = [np.asarray(c, dtype=np.float64) for c in self._row_counts()]
-        k = self.n_factors
-        mean_square = [np.mean(F**2, axis=0) if F.shape[0] else np.zeros(k) for F in (Theta, X)]
+        mean_square = _mean_squares(Theta, X)
         largest = 0.0
         with threads(self.n_threads):
             for side in (0, 1):
@@ -338,8 +374,7 @@ class FlatObjective:
         X, Theta, _, _ = self.unpack(np.asarray(params, dtype=np.float64))
         k = self.n_factors
         counts = [np.asarray(c, dtype=np.float64) for c in self._row_counts()]
-        mean_square = [np.mean(F**2, axis=0) if F.shape[0] else np.zeros(k)
-                       for F in (Theta, X)]
+        mean_square = _mean_squares(Theta, X)
         starts = [0, X.size, X.size + Theta.size]
         step = self._CURVATURE_ROWS
         for side in (0, 1):
