@@ -314,7 +314,7 @@ class FlatObjective:
         parts = [np.ravel(item_factors), np.ravel(user_factors)]
         if self.learn_biases:
             parts += [np.ravel(item_bias), np.ravel(user_bias)]
-        return np.concatenate(parts).astype(np.float64)
+        return np.concatenate(parts, dtype=np.float64)
 
     def unpack(self, params):
         """Views of ``params`` as (item_factors, user_factors, item_bias, user_bias)."""

@@ -135,7 +135,11 @@ class EarlyStopping:
         _record_val_rmse(self.rmse(params), history, info)
         if info["val_rmse"] < self.best_rmse:
             self.best_rmse, self.best_iteration = info["val_rmse"], iteration
-            self.best_params = np.array(params, copy=True)
+            # Copied into the same buffer: a fresh copy would hold two at once.
+            if self.best_params is None or self.best_params.shape != np.shape(params):
+                self.best_params = np.array(params, copy=True)
+            else:
+                self.best_params[...] = params
         return iteration - max(self.best_iteration, self.start) >= self.patience
 
 

@@ -243,6 +243,7 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     # the rows with the most ratings dominate, and at 1e7 ratings it met tol=3e-3 after 3
     # sweeps with the probe RMSE 1.5 % above its plateau (6 sweeps scaled, at the plateau).
     threshold = float(tol) * objective.preconditioned_max(params, grad0) if tol > 0 else -1.0
+    del grad0  # parameter-sized: at 1e8 ratings every such array is 4 % of the peak memory
     converged = False
     # A row without ratings and without penalty has an all-zero system: it fails every sweep and
     # stays at 0 as documented. Only rows with ratings that fail are worth a warning.
@@ -291,12 +292,14 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
             # the sweep's products, which the sweep-end tests bound), so only the users' is walked.
             cost, grad = objective.cost_and_user_grad(params)
             _check_finite("ALS", iteration, cost)
+            gradient_max = objective.preconditioned_max(params, grad)
+            del grad
             history["cost"].append(cost)
             history["seconds"].append(time.perf_counter() - start)
             if on_iteration is not None and on_iteration(iteration, params, history):
                 converged = True
                 break
-            if objective.preconditioned_max(params, grad) <= threshold or cost >= previous:
+            if gradient_max <= threshold or cost >= previous:
                 converged = True
                 break
             previous = cost
