@@ -56,6 +56,12 @@ FASTCOFI_RUNS = {
                                 "reg_bias": reg}, 12) for reg in (0.02, 0.03, 0.05, 0.08)},
     "grid-sqrt-0.3": ({"solver": "als", "reg_weighting": "sqrt", "reg": 0.3}, 12),
     "grid-none-5": ({"solver": "als", "reg_weighting": "none", "reg": 5.0, "reg_bias": 1.0}, 12),
+    # LIBMF's own objective solved exactly: the global mean and no biases (pinned at 0 by a huge
+    # penalty), count-weighted penalties: what its SGD would converge to.
+    **{f"libmf-objective-{reg:g}": ({"solver": "als", "reg_weighting": "count", "reg": reg,
+                                     "reg_bias": 1e4}, 12) for reg in (0.02, 0.03)},
+    "item-mean-0.03": ({"solver": "als", "reg_weighting": "count", "reg": 0.03,
+                        "normalize": "item_mean"}, 12),
 }
 LIBMF_EPOCHS = (5, 10, 20, 40)
 
