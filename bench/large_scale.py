@@ -1,6 +1,7 @@
 """Netflix-prize-scale training on one machine: 100M ratings, k = 32, early stopping.
 
-    python3 bench/large_scale.py [--ratings 1e8] [--factors 32] [--solver auto] [--folder DIR]
+    python3 bench/large_scale.py [all|prepare|train] [--ratings 1e8] [--factors 32] [--solver auto]
+        [--folder DIR] [--record]
 
 Two steps, each in its own process so that each peak memory is its own:
 
@@ -186,11 +187,22 @@ def main(argv=None):
                         help="where prepare writes train.csv and probe.csv and train reads them "
                              "(default: fastcofi-large in the temporary directory)")
     parser.add_argument("--out", default=str(RESULTS / "large_scale.json"))
+    parser.add_argument("--record", action="store_true",
+                        help="with prepare or train alone: write that step's result into --out "
+                             "(all always writes)")
     args = parser.parse_args(argv)
 
     if args.step in ("prepare", "train"):
         result = prepare(args) if args.step == "prepare" else train(args)
         print(json.dumps(result), flush=True)
+        if args.record:
+            # One step rerun: its entry in --out is replaced, the other step's kept.
+            out = Path(args.out)
+            doc = json.loads(out.read_text()) if out.exists() else {}
+            doc[args.step] = {**result, "argv": sys.argv[1:],
+                              "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                              "environment": environment()}
+            write_json(args.out, doc, indent=2)
         return 0
 
     doc = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
