@@ -17,7 +17,8 @@ folds and models it took 0.85 s per fold under protocol A, against 0.47-0.70 s i
 fastcofi's fits share one process. myFM (pip package ``myfm``, Bayesian factorization machine by
 Gibbs sampling, C++, one thread) runs from its own interpreter (``--myfm-python``) on one-hot
 user and item columns, as ``MyFMRegressor(rank=10)`` with the sweeps and kept samples of
-fastcofi's ``solver="gibbs"`` defaults (300 and 100) and with BENCHMARKS.md's (200 and 180); a
+fastcofi's ``solver="gibbs"`` defaults (300 and 100, ``myfm``) and with any others named
+``myfm_<sweeps>_<kept>`` (BENCHMARKS.md's: ``myfm_200_180``); a
 test user or item unseen in training has no column (myFM then uses what it has). Writes
 bench/results/<out>.json and <out>.md (``--out``, default peers).
 """
@@ -48,7 +49,9 @@ for fold in spec["folds"]:
             if name.startswith("myfm"):
                 import scipy.sparse as sps
                 from myfm import MyFMRegressor
-                n_iter, n_kept = {"myfm": (300, 100), "myfm_200_180": (200, 180)}[name]
+                # "myfm": our defaults' counts; "myfm_<sweeps>_<kept>": any others.
+                n_iter, n_kept = ((300, 100) if name == "myfm"
+                                  else tuple(int(v) for v in name.split("_")[1:3]))
                 users = {u: j for j, u in enumerate(np.unique(train[:, 0]))}
                 items = {i: j for j, i in enumerate(np.unique(train[:, 1]))}
                 def onehot(rows):
@@ -112,6 +115,9 @@ CONFIGS = {
     "gibbs": ("fastcofi (Gibbs, solver=gibbs: 300 sweeps, 100 kept)", {"solver": "gibbs"}),
     "gibbs600": ("fastcofi (Gibbs, max_iter=600: 200 kept)",
                  {"solver": "gibbs", "max_iter": 600, "n_samples": 200}),
+    "gibbs1000": ("fastcofi (Gibbs, 1000 sweeps: burn-in 200, 200 kept, every 4th)",
+                  {"solver": "gibbs", "max_iter": 1000, "n_samples": 200, "burn_in": 200,
+                   "thin": 4}),
 }
 
 
