@@ -160,6 +160,13 @@ def _solve_row_tiled(cols, values, F, col_offset, row_offset, reg, reg_bias, fit
     d = k + 1 if fit_bias else k
     n = cols.shape[0]
     rows = tile.shape[0]
+    if reg == 0.0 and (n < k or (fit_bias and reg_bias == 0.0 and n < d)):
+        # Fewer ratings than unpenalized unknowns: singular by count. Its last pivot is rounding
+        # only, but rounding amplified by small earlier pivots can pass any fixed floor
+        # (5.7e-13 of its diagonal for 3 ratings and k = 4 with random factors).
+        for f in range(k):
+            out[f] = 0.0
+        return np.nan
     if n < d and n <= rows and reg > 0.0 and (reg_bias > 0.0 or not fit_bias):
         _gather(cols, values, F, col_offset, row_offset, 0, n, tile, target)
         beta = _solve_dual(n, k, reg, reg_bias, fit_bias, A, tile, target, out)
