@@ -33,12 +33,12 @@ GROUPS = {
     "objective": (
         "fastcofi.kernels.objective",
         ["_penalty_rows", "_own_rows", "cost_and_grad_buffered", "cost_and_grad_two_pass",
-         "preconditioned_row_max"],
+         "cost_and_own_grad", "preconditioned_row_max"],
         ["tests/test_objective.py",
          "tests/test_solvers.py::test_curvature_in_blocks_is_the_estimate_and_gives_the_"
          "preconditioned_max", "-k",
          "dense_reference or both_kernels or finite_differences or uninitialized or many_chunks "
-         "or race_free or preconditioned_max"],
+         "or race_free or preconditioned_max or cost_and_user_grad_equals"],
     ),
     "solvers-kernels": (
         "fastcofi.kernels.rowsolve",
@@ -48,7 +48,7 @@ GROUPS = {
     "solvers": (
         "fastcofi.train.solvers",
         ["minimize_scipy", "_minimize_preconditioned", "_scipy_options", "_check_finite",
-         "_warn", "minimize_als"],
+         "_warn", "_caller_level", "minimize_als"],
         ["tests/test_solvers.py", "-k", "not vb and not all_solvers"],
     ),
     "serving-kernels": (

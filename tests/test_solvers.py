@@ -1,3 +1,4 @@
+import sys
 import time
 import warnings
 
@@ -327,6 +328,8 @@ def test_als_says_which_rows_it_could_not_solve(normalize, transposed):
         warnings.simplefilter("always")
         model.fit(ratings)
     messages = [str(w.message) for w in caught if w.category is RuntimeWarning]
+    # It names the user's fit call, not a line inside fastcofi.
+    assert {w.filename for w in caught if w.category is RuntimeWarning} == {__file__}
     counts = "0 user rows and 1 item rows" if transposed else "1 user rows and 0 item rows"
     assert messages == [
         f"ALS: the least-squares systems of {counts} with ratings were not "
@@ -357,6 +360,21 @@ def test_als_says_nothing_of_rows_without_ratings(normalize):
                                         normalize=normalize, solver="als", max_iter=5,
                                         random_state=0).fit(ratings)
             assert not model.user_factors_[-1].any() and not model.item_factors_[-1].any()
+
+
+@pytest.mark.parametrize("solver,precondition", [("cg", True), ("lbfgs", True), ("cg", False),
+                                                  ("lbfgs", False), ("als", True), ("vb", True)])
+def test_convergence_warning_names_the_users_fit_call(solver, precondition, monkeypatch):
+    """The warning is shown at the user's ``fit`` line (so the default filter shows it once per
+    such line), whichever path raised it: the solvers sit at different depths below ``fit``."""
+    monkeypatch.setattr(MatrixFactorization, "_precondition", precondition)
+    model = MatrixFactorization(2, solver=solver, max_iter=2, tol=1e-12, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        model.fit(_problem(0, n_users=12, n_items=10, density=0.5))
+    assert [(w.category, w.filename, w.lineno) for w in caught] == [
+        (ConvergenceWarning, __file__, line)]
 
 
 @pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])

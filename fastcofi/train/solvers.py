@@ -4,6 +4,8 @@ Every solver minimizes the same objective (`fastcofi.objective.FlatObjective`) a
 iteration through ``on_iteration(iteration, params, history) -> stop``.
 """
 
+import os
+import sys
 import time
 import warnings
 
@@ -20,11 +22,24 @@ class ConvergenceWarning(UserWarning):
     """Training stopped before its convergence test was met."""
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _caller_level():
+    """``stacklevel`` naming the first caller outside fastcofi (the user's ``fit``), for a
+    warning raised by the function that calls this one: the solvers sit at different depths
+    below ``fit`` (preconditioned or not, VB), so no fixed level names that line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn(solver, nit, tol, reason):
     warnings.warn(
         f"{solver} stopped after {nit} iterations without meeting tol={tol}: {reason}",
         ConvergenceWarning,
-        stacklevel=4,
+        stacklevel=_caller_level(),
     )
 
 
@@ -309,7 +324,7 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
             "rows with ratings were not positive definite (too few ratings for their factors, "
             "with reg=0): their factors were set to 0; use reg > 0",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=_caller_level(),
         )
     if not converged:
         _warn("ALS", len(history["cost"]), tol, "maximum number of iterations reached")
