@@ -808,3 +808,34 @@ def test_an_overflowing_cost_is_a_divergence_at_iteration_0(solver, name, precon
     ratings = Ratings.from_arrays([0, 1], [0, 1], [1e200, -1e200])
     with pytest.raises(DivergenceError, match=f"^{name} diverged at iteration 0: the cost is inf"):
         MatrixFactorization(1, solver=solver, normalize="none").fit(ratings)
+
+
+@pytest.mark.parametrize(
+    "reg, reg_bias, learned, precision",
+    [(0.5, 0.5, True, np.float32), (0.5, 0.0, True, np.float64), (0.0, 0.5, True, np.float64),
+     (0.5, 0.0, False, np.float32), (0.0, 0.0, False, np.float64)],
+)
+def test_als_reads_a_float32_copy_only_when_every_penalty_is_positive(reg, reg_bias, learned,
+                                                                       precision, monkeypatch):
+    """The documented rule: with every penalty that applies positive, the row solves read the
+    fixed side as float32 (bounded conditioning); with any zero, as float64, so that a row with
+    too few ratings fails its factorization instead of passing it on float32 rounding."""
+    import fastcofi.train.solvers as solvers
+
+    seen = []
+    real = solvers.solve_rows
+
+    def recording(rows, other, *args):
+        seen.append(other.factors.dtype)
+        return real(rows, other, *args)
+
+    monkeypatch.setattr(solvers, "solve_rows", recording)
+    ratings = _problem(0)
+    objective = FlatObjective(ratings, 3, reg, learn_biases=learned, reg_bias=reg_bias, mu=3.0)
+    rng = np.random.default_rng(0)
+    params = objective.pack(rng.normal(size=(40, 3)), rng.normal(size=(60, 3)), np.zeros(40),
+                            np.zeros(60))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minimize_als(objective, params, fit_bias=learned, max_iter=2, tol=0)
+    assert seen == [np.dtype(precision)] * 4
