@@ -120,8 +120,8 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, target, out):
     """The row's solution through the n x n system of its ratings, for n < d.
 
     With ``T`` the gathered tile and a column of ones for the bias (n x d) and ``P`` the
-    diagonal penalty, ``(T'T + P) w = T't``
-    has the solution ``w = P^-1 T' z`` with ``(T P^-1 T' + I) z = t`` (push-through identity):
+    diagonal penalty, ``(T'T + P) w = T't`` has the solution ``w = P^-1 T' z`` with
+    ``(T P^-1 T' + I) z = t`` (push-through identity):
     an n x n factorization instead of a d x d one, which for the many rows with a handful of
     ratings is most of a sweep. Needs every penalty > 0. Returns beta (NaN when not positive
     definite).

@@ -126,6 +126,13 @@ def _plan_fits(plan, ratings, n_factors):
     return plan is not None and plan.ratings is ratings and plan.n_factors == n_factors
 
 
+def _sides(ratings, X, Theta, item_bias, user_bias, weights):
+    """The items' and the users' `Side` as the objective kernels read them."""
+    items = Side(X, item_bias, weights[0], *ratings.by_item, ratings._item_chunks)
+    users = Side(Theta, user_bias, weights[1], *ratings.by_user, ratings._user_chunks)
+    return items, users
+
+
 def _evaluate(
     X, Theta, item_bias, user_bias, mu, ratings, reg, reg_bias, weights, grads, buffered=None,
     block_bytes=_BLOCK_BYTES, plan=None,
@@ -140,9 +147,7 @@ def _evaluate(
     if not _plan_fits(plan, ratings, X.shape[1]):
         plan = _plan(ratings, X.shape[1], block_bytes, buffered)
     mu, reg, reg_bias = float(mu), float(reg), float(reg_bias)
-    item_weight, user_weight = weights
-    items = Side(X, item_bias, item_weight, *ratings.by_item, ratings._item_chunks)
-    users = Side(Theta, user_bias, user_weight, *ratings.by_user, ratings._user_chunks)
+    items, users = _sides(ratings, X, Theta, item_bias, user_bias, weights)
     item_grad, user_grad = Gradient(grads[0], grads[2]), Gradient(grads[1], grads[3])
     if plan.walk_items is None:
         return cost_and_grad_two_pass(items, users, item_grad, user_grad, mu, reg, reg_bias)
@@ -282,27 +287,15 @@ class FlatObjective:
         biases when learned) computed and its item entries set to 0, at about half the cost of
         `__call__` (one walk of the users' CSR, no buffer). Where the items' gradient is not
         zero, use `__call__`."""
-        params = np.ascontiguousarray(params, dtype=np.float64)
-        if params.shape != (self.size,):
-            raise ValueError(
-                f"expected a parameter vector of shape ({self.size},), found {params.shape}"
-            )
+        grad, values, grads = self._views(params)
         # The users' entries are all written by the walk; only the items' are zeroed (a zeroed
         # parameter-sized array costs more than the walk's own work per user at 1e7 ratings).
-        grad = np.empty_like(params)
-        X, Theta, item_bias, user_bias = self.unpack(params)
-        X_grad, Theta_grad, item_bias_grad, user_bias_grad = self.unpack(grad)
-        X_grad[...] = 0.0
-        if self.learn_biases:
-            item_bias_grad[...] = 0.0
-        else:
-            user_bias_grad = np.empty_like(user_bias)
-        ratings, item_weight, user_weight = self.ratings, *self.weights
-        items = Side(X, item_bias, item_weight, *ratings.by_item, ratings._item_chunks)
-        users = Side(Theta, user_bias, user_weight, *ratings.by_user, ratings._user_chunks)
+        grads[0][...] = 0.0
+        grads[2][...] = 0.0
+        items, users = _sides(self.ratings, *values, self.weights)
         with threads(self.n_threads):
-            cost = cost_and_own_grad(users, items, Gradient(Theta_grad, user_bias_grad),
-                                     self.mu, self.reg, self.reg_bias)
+            cost = cost_and_own_grad(users, items, Gradient(grads[1], grads[3]), self.mu,
+                                     self.reg, self.reg_bias)
         return float(cost), grad
 
     @property
@@ -392,17 +385,23 @@ class FlatObjective:
                        count + self.reg_bias * weight)
                 offset += count.shape[0]
 
-    def __call__(self, params):
+    def _views(self, params):
+        """``(grad, params' views, grad's views)`` for an evaluation at ``params`` (checked:
+        float64 of shape ``(size,)``): a fresh gradient, and (X, Theta, item bias, user bias)
+        of each; with fixed biases the gradient's bias entries are scratch arrays, not the
+        objective's biases that `unpack` returns."""
         params = np.ascontiguousarray(params, dtype=np.float64)
         if params.shape != (self.size,):
             raise ValueError(
                 f"expected a parameter vector of shape ({self.size},), found {params.shape}"
             )
         grad = np.empty_like(params)
-        X, Theta, item_bias, user_bias = self.unpack(params)
-        if self.learn_biases:
-            grads = self.unpack(grad)
-        else:
-            X_grad, Theta_grad, _, _ = self.unpack(grad)
-            grads = (X_grad, Theta_grad, np.empty_like(item_bias), np.empty_like(user_bias))
-        return float(self._evaluate_into(X, Theta, item_bias, user_bias, grads)), grad
+        values = self.unpack(params)
+        grads = self.unpack(grad)
+        if not self.learn_biases:
+            grads = (grads[0], grads[1], np.empty_like(values[2]), np.empty_like(values[3]))
+        return grad, values, grads
+
+    def __call__(self, params):
+        grad, values, grads = self._views(params)
+        return float(self._evaluate_into(*values, grads)), grad

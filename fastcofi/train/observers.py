@@ -136,7 +136,7 @@ class EarlyStopping:
         if info["val_rmse"] < self.best_rmse:
             self.best_rmse, self.best_iteration = info["val_rmse"], iteration
             # Copied into the same buffer: a fresh copy would hold two at once.
-            if self.best_params is None or self.best_params.shape != np.shape(params):
+            if self.best_params is None:
                 self.best_params = np.array(params, copy=True)
             else:
                 self.best_params[...] = params
