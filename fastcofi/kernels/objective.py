@@ -230,13 +230,9 @@ def cost_and_own_grad(own, other, own_grad, mu, reg, reg_bias):
     cost = 0.0
     for c in range(n_chunks):
         cost += partial[c]
-    factors, bias, weight = other.factors, other.bias, other.weight
-    for j in range(factors.shape[0]):
-        norm2 = 0.0
-        for f in range(factors.shape[1]):
-            norm2 += factors[j, f] * factors[j, f]
-        cost += 0.5 * weight[j] * (reg * norm2 + reg_bias * bias[j] * bias[j])
-    return cost
+    # The other side's penalty counts in the cost; its gradient goes to scratch.
+    scratch = Gradient(np.empty_like(other.factors), np.empty_like(other.bias))
+    return cost + _penalty_rows(other, scratch, 0, other.factors.shape[0], reg, reg_bias)
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
