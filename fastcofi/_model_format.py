@@ -43,6 +43,11 @@ __all__ = ["ModelFileError", "read_model_file", "save_model"]
 #                                                each draw's prior precision matrix of (factors,
 #                                                bias) (version 4; version 3 stored the diagonal,
 #                                                (S, k + 1): the per-dimension prior of that time)
+#   posterior_item_noise_scales (n_items, S) float64, posterior_user_noise_scales (n_users, S)
+#                                                float64: each draw's noise scale of every row
+#   posterior_item_noise_shapes, posterior_user_noise_shapes (S,) float64: each draw's shape
+#                                                of its side's scales (version 5; a file of
+#                                                version 3 or 4 has unit scales)
 #                     (item_factors and user_factors then hold the draws stacked: S k columns)
 #   rating_range      (2,) float64  min, max training rating
 #   seen_indptr       (n_users + 1,) int64        the training ratings by user, as CSR:
@@ -51,20 +56,26 @@ __all__ = ["ModelFileError", "read_model_file", "save_model"]
 #   history_<name>    (h,) float64 per history_ entry ("cost", "seconds", "val_rmse")
 #   title_ids         (t,) int64 or <U            title_texts   (t,) <U   only with titles
 MODEL_FORMAT = "fastcofi-model"
-MODEL_FORMAT_VERSION = 4
+MODEL_FORMAT_VERSION = 5
 # Version 2 added the members reg and reg_bias, because params' reg may be None (scaled to the
 # ratings); version 3 the posterior_ members of a sampled (solver="gibbs") model; version 4 made
-# their prior precisions full matrices (the Normal-Wishart prior on the factors). Only a sampled
-# model is written as version 4: any other is still a version 2 file, which older fastcofi
-# reads. Files of all four versions load (a version 3 file's diagonals as diagonal matrices).
-_READABLE_VERSIONS = (1, 2, 3, 4)
+# their prior precisions full matrices (the Normal-Wishart prior on the factors); version 5
+# added each row's noise scale. Only a sampled model is written as version 5: any other is still
+# a version 2 file, which older fastcofi reads. Files of all five versions load (a version 3
+# file's diagonals as diagonal matrices, a version 3 or 4 file's noise with unit scales).
+_READABLE_VERSIONS = (1, 2, 3, 4, 5)
 _POSTERIOR = {
-    # name: (rows: "items" | "users" | None, columns: "S" | "S,d,d")
-    "noise_variances": (None, "S"),
-    "item_bias_samples": ("items", "S"),
-    "user_bias_samples": ("users", "S"),
-    "item_prior_precision": (None, "S,d,d"),
-    "user_prior_precision": (None, "S,d,d"),
+    # name: (rows: "items" | "users" | None, columns: "S" | "S,d,d", first version, lower bound)
+    "noise_variances": (None, "S", 3, 0.0),
+    "item_bias_samples": ("items", "S", 3, None),
+    "user_bias_samples": ("users", "S", 3, None),
+    "item_prior_precision": (None, "S,d,d", 3, None),
+    "user_prior_precision": (None, "S,d,d", 3, None),
+    "item_noise_scales": ("items", "S", 5, 0.0),
+    "user_noise_scales": ("users", "S", 5, 0.0),
+    # Shapes above 1, or a new row's expected noise variance a / (a - 1) / tau is not finite.
+    "item_noise_shapes": (None, "S", 5, 1.0),
+    "user_noise_shapes": (None, "S", 5, 1.0),
 }
 
 _HISTORY_PREFIX = "history_"
@@ -266,8 +277,9 @@ def _posterior(path, arrays, version, params, item_factors, n_items, n_users):
     if version < 3:
         raise ModelFileError(path, f"a solver='gibbs' model needs format version 3 or later, "
                              f"found {version}")
+    members = {name: spec for name, spec in _POSTERIOR.items() if spec[2] <= version}
     posterior = {}
-    for name, (rows, columns) in _POSTERIOR.items():
+    for name, (rows, columns, _, _) in members.items():
         ndim = 2 if rows else 1 + columns.count(",")
         if ndim == 3 and version == 3:
             ndim = 2  # per-dimension precisions, expanded below
@@ -280,7 +292,7 @@ def _posterior(path, arrays, version, params, item_factors, n_items, n_users):
                              "factor columns")
     d = width // n_samples + 1
     n_rows = {"items": n_items, "users": n_users}
-    for name, (rows, columns) in _POSTERIOR.items():
+    for name, (rows, columns, _, lower) in members.items():
         value = posterior[name]
         shape = ((n_rows[rows], n_samples) if rows else (n_samples,) if columns == "S"
                  else (n_samples, d) if version == 3 else (n_samples, d, d))
@@ -295,8 +307,8 @@ def _posterior(path, arrays, version, params, item_factors, n_items, n_users):
             elif not _positive_definite(value):
                 raise ModelFileError(path, f"posterior_{name} must hold symmetric positive "
                                      "definite matrices")
-        elif rows is None and not np.all(value > 0):
-            raise ModelFileError(path, f"posterior_{name} must be > 0")
+        elif lower is not None and not np.all(value > lower):
+            raise ModelFileError(path, f"posterior_{name} must be > {lower:g}")
         posterior[name] = _readonly_copy(value)
     return posterior
 

@@ -99,12 +99,12 @@ class MatrixFactorization:
         ``"gibbs"``: Bayesian matrix factorization sampled by Gibbs sampling
         (`fastcofi.train.gibbs`): Gaussian users and items whose prior means and full factor
         precision matrices (BPMF's Normal-Wishart hyperprior), bias prior means and precisions
-        (Normal-Gamma), and the noise precision (Gamma) are sampled too, so ``reg``,
-        ``reg_bias``, ``reg_weighting``, ``tol`` and ``patience`` are not used. Each sweep
-        draws every item row, then every user row, from its Gaussian conditional in parallel
+        (Normal-Gamma), the noise precision (Gamma) and each row's noise scale are sampled too,
+        so ``reg``, ``reg_bias``, ``reg_weighting``, ``tol`` and ``patience`` are not used.
+        Each sweep draws every item row, then every user row, from its conditional in parallel
         (the ALS row system, Cholesky, plus a triangular solve of standard normals from a
-        per-row counter-based stream: the same
-        ``random_state`` gives the same samples for any ``n_threads``). Predictions average the
+        per-row counter-based stream: the same ``random_state`` gives the same samples for any
+        ``n_threads``). Predictions average the
         kept draws (``n_samples``, ``burn_in``, ``thin``), which are stored stacked (see
         ``item_factors_``), so every serving path works; ``predict(..., return_std=True)``
         gives the posterior predictive standard deviation. It needs ``normalize="biases"``.
@@ -171,8 +171,8 @@ class MatrixFactorization:
         (None for the other solvers). Its user factors are stored scaled to a unit prior
         variance (item factors scaled inversely, predictions unchanged), so a new user is folded
         in with ``reg = noise_variance_`` and ``reg_bias = noise_variance_ /
-        user_bias_variance_``, without count weighting. ``solver="gibbs"``: the kept draws'
-        average noise variance and user-bias prior variance.
+        user_bias_variance_``, without count weighting. ``solver="gibbs"``: the draws' average
+        noise variance (at unit noise scales) and user-bias prior variance.
     n_samples_ : int
         ``solver="gibbs"``: the number S of kept draws. ``item_factors_`` and ``user_factors_``
         then have S * n_factors columns, draw ``s`` in columns ``s k .. (s+1) k``: item factors
@@ -455,10 +455,10 @@ class MatrixFactorization:
         return_std : bool, default False
             Also return the posterior predictive standard deviation of each pair. Only models
             with a posterior over their parameters have one (``solver="gibbs"``): the spread of
-            the kept draws' predictions plus the learned noise variance (the draws' average
-            1 / tau), ``sqrt(var_s(pred_s) + mean_s(1 / tau_s))``, from the unclipped draws. A
-            pair with an unseen user or item adds that side's prior variance (its bias's and its
-            factors', averaged over the draws).
+            the kept draws' predictions plus the pair's noise variance, ``sqrt(var_s(pred_s) +
+            mean_s(1 / (tau_s alpha_us beta_is)))`` (``alpha``, ``beta``: the user's and item's
+            noise scales; an unseen or folded-in one's by its prior mean). A pair with an unseen
+            user or item adds that side's prior variance (its bias's and factors', averaged).
 
         Returns
         -------

@@ -411,6 +411,12 @@ def add_users(model, ratings):
         samples = posterior["user_bias_samples"]
         new._posterior = {**posterior, "user_bias_samples": np.concatenate(
             [samples, np.repeat(bias_new[:, None], samples.shape[1], axis=1)])[order]}
+        scales = posterior.get("user_noise_scales")
+        if scales is not None:
+            # Nor a noise scale of its own: each draw's prior E[1 / scale] = a / (a - 1).
+            shapes = posterior["user_noise_shapes"]
+            new._posterior["user_noise_scales"] = np.concatenate(
+                [scales, np.repeat(((shapes - 1.0) / shapes)[None, :], n_new, axis=0)])[order]
     return new
 
 

@@ -23,7 +23,7 @@ from ._jit import _FASTMATH
 from .rowsolve import _backward_solve, _cholesky_in_place, _forward_solve
 from .sparse import Rows
 
-__all__ = ["Draws", "Other", "Prior", "Rows", "row_normals", "sample_row", "sample_rows",
+__all__ = ["Draws", "Noise", "Other", "Prior", "Rows", "row_normals", "sample_row", "sample_rows",
            "stream_key"]
 
 _M32 = np.uint64(0xFFFFFFFF)
@@ -115,18 +115,20 @@ def uniforms(key, n):
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precision, tau, z, A,
-               b, out):
+def sample_row(cols, values, F, col_offset, col_scale, row_offset, prior_mean, prior_precision,
+               tau, z, A, b, out):
     """One draw of a row's (factors, bias) from its Gaussian conditional.
 
-    The model: ``values[p] = row_offset + col_offset[cols[p]] + (F[cols[p]], 1) . w + noise`` of
-    precision ``tau``, prior ``w ~ N(prior_mean, prior_precision^-1)`` (length d = k + 1, the
-    bias last; ``prior_precision`` a symmetric positive definite d x d matrix). The conditional has precision ``A = prior_precision + tau sum f f^T``
-    (f = (F[c], 1)) and mean ``A^-1 b``, ``b = prior_precision @ prior_mean + tau sum f t``; with
-    ``A = L L^T`` the draw ``L^-T (L^-1 b + z)`` is that mean plus ``L^-T z``, whose covariance is
-    ``A^-1``, so one forward and one back substitution give it. ``z`` (d) holds standard normal
-    draws; ``A`` (d x d) and ``b`` (d) are scratch. Writes ``out`` (d); returns False (``out``
-    untouched) when ``A`` is not positive definite.
+    The model: ``values[p] = row_offset + col_offset[c] + (F[c], 1) . w + noise`` (``c =
+    cols[p]``) of precision ``tau * col_scale[c]`` (``tau`` the row's own precision, the noise's
+    times the row's scale), prior ``w ~ N(prior_mean, prior_precision^-1)`` (length d = k + 1,
+    the bias last; ``prior_precision`` a symmetric positive definite d x d matrix). The
+    conditional has precision ``A = prior_precision + sum tau_p f f^T`` (f = (F[c], 1), tau_p =
+    tau col_scale[c]) and mean ``A^-1 b``, ``b = prior_precision @ prior_mean + sum tau_p f t``;
+    with ``A = L L^T`` the draw ``L^-T (L^-1 b + z)`` is that mean plus ``L^-T z``, whose
+    covariance is ``A^-1``, so one forward and one back substitution give it. ``z`` (d) holds
+    standard normal draws; ``A`` (d x d) and ``b`` (d) are scratch. Writes ``out`` (d); returns
+    False (``out`` untouched) when ``A`` is not positive definite.
     """
     k = F.shape[1]
     d = k + 1
@@ -138,15 +140,16 @@ def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precis
         b[r] = acc
     for p in range(cols.shape[0]):
         col = cols[p]
-        target = tau * (values[p] - col_offset[col] - row_offset)
+        precision = tau * col_scale[col]
+        target = precision * (values[p] - col_offset[col] - row_offset)
         for r in range(k):
-            fr = tau * F[col, r]
+            fr = precision * F[col, r]
             b[r] += F[col, r] * target
             for c in range(r + 1):
                 A[r, c] += fr * F[col, c]
             A[k, r] += fr
         b[k] += target
-        A[k, k] += tau
+        A[k, k] += precision
     if not _cholesky_in_place(A, d):
         return False
     _forward_solve(A, b, d)
@@ -160,10 +163,21 @@ def sample_row(cols, values, F, col_offset, row_offset, prior_mean, prior_precis
 
 
 class Other(NamedTuple):
-    """The other side's current draw: ``factors`` (n_other, k) and ``bias`` (n_other,)."""
+    """The other side's current draw: ``factors`` (n_other, k), ``bias`` (n_other,) and
+    ``noise_scale`` (n_other,), each row's multiplier of the noise precision."""
 
     factors: np.ndarray
     bias: np.ndarray
+    noise_scale: np.ndarray
+
+
+class Noise(NamedTuple):
+    """The noise precision of a rating of row ``r`` and column ``c``: ``precision *
+    row_scale[r] * col_scale[c]`` (``col_scale`` is `Other`'s ``noise_scale``); ``row_scale``
+    (n,) belongs to the side being sampled."""
+
+    precision: float
+    row_scale: np.ndarray
 
 
 class Prior(NamedTuple):
@@ -175,20 +189,24 @@ class Prior(NamedTuple):
 
 
 class Draws(NamedTuple):
-    """Where a half-sweep writes: ``factors`` (n, k), ``bias`` (n,) and ``sse`` (n,), the sum of
-    each row's squared residuals under its new draw (the noise precision's statistic)."""
+    """Where a half-sweep writes: ``factors`` (n, k), ``bias`` (n,), ``sse`` (n,), the sum of
+    each row's squared residuals under its new draw, and ``scaled_sse`` (n,), the same with each
+    residual's square times its column's noise scale (the statistic of the row's noise scale
+    and, times that scale, of the noise precision)."""
 
     factors: np.ndarray
     bias: np.ndarray
     sse: np.ndarray
+    scaled_sse: np.ndarray
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
-def sample_rows(rows, other, mu, prior, tau, key, out):
+def sample_rows(rows, other, mu, prior, noise, key, out):
     """Half-sweep: draw every row of one side from its conditional (`sample_row`), in parallel.
 
     ``rows`` (`Rows`) holds the side's ratings, ``other`` (`Other`) the other side's draw, ``mu``
-    the global offset, ``prior`` (`Prior`) and ``tau`` the row prior and noise precision. Row
+    the global offset, ``prior`` (`Prior`) and ``noise`` (`Noise`) the row prior and the noise
+    precision with this side's scales. Row
     ``r`` draws its normals from `row_normals` ``(key, r)``, so the result does not depend on the
     threads. Writes row ``r`` of every array of ``out`` (`Draws`). Returns the number of rows
     whose system was not positive definite (left unchanged).
@@ -196,9 +214,11 @@ def sample_rows(rows, other, mu, prior, tau, key, out):
     # Bound to locals before the parallel loop: numba 0.68's parallel loops lose writes made
     # through a tuple's field inside them (as in `fastcofi.kernels.vb`).
     indptr, cols, values, chunks = rows.indptr, rows.indices, rows.values, rows.chunks
-    F, col_bias = other.factors, other.bias
+    F, col_bias, col_scale = other.factors, other.bias, other.noise_scale
     prior_mean, prior_precision = prior.mean, prior.precision
-    out_factors, out_bias, row_sse = out.factors, out.bias, out.sse
+    tau, row_scale = noise.precision, noise.row_scale
+    out_factors, out_bias = out.factors, out.bias
+    row_sse, row_scaled_sse = out.sse, out.scaled_sse
     k = F.shape[1]
     d = k + 1
     n_chunks = chunks.shape[0] - 1
@@ -211,19 +231,23 @@ def sample_rows(rows, other, mu, prior, tau, key, out):
         for r in range(chunks[ch], chunks[ch + 1]):
             start, end = indptr[r], indptr[r + 1]
             row_normals(key, r, z)
-            if not sample_row(cols[start:end], values[start:end], F, col_bias, mu, prior_mean,
-                              prior_precision, tau, z, A, b, w):
+            if not sample_row(cols[start:end], values[start:end], F, col_bias, col_scale, mu,
+                              prior_mean, prior_precision, tau * row_scale[r], z, A, b, w):
                 failures[ch] += 1
             else:
                 for q in range(k):
                     out_factors[r, q] = w[q]
                 out_bias[r] = w[k]
             sse = 0.0
+            scaled_sse = 0.0
             for p in range(start, end):
                 c = cols[p]
                 pred = mu + col_bias[c] + out_bias[r]
                 for q in range(k):
                     pred += F[c, q] * out_factors[r, q]
-                sse += (values[p] - pred) ** 2
+                squared = (values[p] - pred) ** 2
+                sse += squared
+                scaled_sse += col_scale[c] * squared
             row_sse[r] = sse
+            row_scaled_sse[r] = scaled_sse
     return failures.sum()
