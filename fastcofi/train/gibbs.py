@@ -15,8 +15,8 @@ one shape ``a`` per side, itself drawn from a log-uniform prior on a grid from 2
 heteroscedastic noise of robust BPMF: Lakshminarayanan, Bouchard and Archambeau, AISTATS 2011).
 Users who rate erratically and items that split opinion get a small scale, so their ratings
 weigh less in the other side's rows. On MovieLens 100K this lowered protocol A's RMSE from
-0.8977 to 0.8930 at the same cost (bench/README.md); on homoscedastic data the shapes go to the
-grid's top and the scales stay near 1. A full precision couples the factor dimensions, which are
+0.8977 to 0.8929 (bench/README.md); on homoscedastic data the shapes go to the grid's top and
+the scales stay near 1. A full precision couples the factor dimensions, which are
 strongly correlated in the posterior: on MovieLens 100K it was more accurate than libFM's and
 myFM's per-dimension Normal-Gamma on every protocol tried (bench/README.md). The bias stays
 apart with a scalar prior, because it is no rotation of the factors and fold-in penalizes it on
