@@ -63,6 +63,17 @@ GROUPS = {
         ["_fold_known", "_has_repeat", "_all_finite", "fold_in_row", "fold_in_ids"],
         ["tests/test_serving.py", "-k", "fold_in or new_user"],
     ),
+    "gibbs": (
+        "fastcofi.train.gibbs",
+        ["_sample_scale_shape", "_sample_scales", "_inverse_scales", "predictive", "run_chain",
+         "stack_samples"],
+        ["tests/test_gibbs.py"],
+    ),
+    "gibbs-kernels": (
+        "fastcofi.kernels.gibbs",
+        ["sample_row", "sample_rows"],
+        ["tests/test_gibbs.py"],
+    ),
     "serving": (
         "fastcofi.serving",
         ["_check_n", "_one_index", "_candidate_mask", "_pad_id", "_ids_of", "_top_one",

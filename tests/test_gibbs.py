@@ -296,6 +296,56 @@ def _fit(users, items, values, **params):
     return MatrixFactorization(**params).fit(Ratings.from_arrays(users, items, values))
 
 
+def test_one_sweep_draws_scales_and_noise_from_their_conditionals():
+    # Replays sweep 1 of run_chain step by step, from the conditionals' definitions: each side's
+    # rows (the kernel, checked above), then its shape given its old scales and its scales given
+    # the new residuals, then tau given every residual weighted by both rows' scales.
+    users, items, values, _ = _planted(n_users=14, n_items=9, k=2, density=0.6, seed=2)
+    ratings = Ratings.from_arrays(users, items, values)
+    rng0 = np.random.default_rng(7)
+    start = GibbsState(rng0.normal(0, 0.5, (9, 3)), rng0.normal(0, 0.5, (14, 3)), 1.3, 11, 1)
+    start.item_scale = rng0.uniform(0.5, 2, 9)
+    start.user_scale = rng0.uniform(0.5, 2, 14)
+    state = GibbsState.from_arrays(start.to_arrays())
+    run_chain(ratings, 3.0, state, max_iter=1, keep=[])
+
+    rng = np.random.default_rng([11, 1])
+    u, i, y = ratings.coo()
+
+    def side(rows, other, own_scale, other_scale, index, other_index, counts, side_id):
+        prior = _sample_prior(rows, rng)
+        # The kernel's draw (tested against numpy above), on the same streams.
+        F = other[:, :2].copy()
+        indptr, cols, vals = ratings.by_item if side_id == 0 else ratings.by_user
+        out = np.zeros((rows.shape[0], 2)), np.zeros(rows.shape[0])
+        gk.sample_rows(gk.Rows(indptr, cols, vals, (ratings._item_chunks if side_id == 0
+                                                    else ratings._user_chunks)),
+                       gk.Other(F, other[:, 2].copy(), other_scale), 3.0, gk.Prior(*prior),
+                       gk.Noise(1.3, own_scale), gk.stream_key(np.uint64(11), 1, side_id),
+                       gk.Draws(*out, np.zeros(rows.shape[0]), np.zeros(rows.shape[0])))
+        new = np.column_stack([*out[:1], out[1]])
+        resid = y - 3.0 - new[index, 2] - other[other_index, 2] - np.einsum(
+            "ij,ij->i", new[index, :2], other[other_index, :2])
+        scaled_sse = np.bincount(index, weights=other_scale[other_index] * resid**2,
+                                 minlength=rows.shape[0])
+        shape = _sample_scale_shape(own_scale, rng)
+        scale = rng.gamma(shape + counts / 2, 1 / (shape + 1.3 * scaled_sse / 2))
+        return new, shape, scale, resid
+
+    X, item_shape, item_scale, _ = side(start.item_rows, start.user_rows, start.item_scale,
+                                        start.user_scale, i, u, np.bincount(i), 0)
+    T, user_shape, user_scale, resid = side(start.user_rows, X, start.user_scale, item_scale,
+                                            u, i, np.bincount(u), 1)
+    weighted = np.sum(user_scale[u] * item_scale[i] * resid**2)
+    tau = rng.gamma(1 + len(y) / 2, 1 / (1 + weighted / 2))
+    np.testing.assert_allclose(state.item_rows, X, rtol=1e-12)
+    np.testing.assert_allclose(state.user_rows, T, rtol=1e-12)
+    assert (state.item_shape, state.user_shape) == (item_shape, user_shape)
+    np.testing.assert_allclose(state.item_scale, item_scale, rtol=1e-10)
+    np.testing.assert_allclose(state.user_scale, user_scale, rtol=1e-10)
+    np.testing.assert_allclose(state.tau, tau, rtol=1e-10)
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2 or JIT_DISABLED,
                     reason="needs 2 numba threads, and the JIT (without it nothing is parallel)")
 def test_chain_is_bit_identical_for_one_and_two_threads():
@@ -340,17 +390,18 @@ def test_fit_stores_the_kept_draws_stacked_and_predicts_their_average(small):
     assert model.noise_variance_ > 0 and len(model.history_["noise_precision"]) == 30
     # The stacked dot product is the draws' average: rebuild it from the per-draw pieces.
     post = model._posterior
-    users, items = ratings.user_ids[[0, 3, 7]], ratings.item_ids[[1, 2, 5]]
-    X = model.item_factors_[[1, 2, 5]].reshape(3, 5, 2)
+    # Index 0 of each side among them: a known row, not a missing one (-1).
+    users, items = ratings.user_ids[[0, 3, 7]], ratings.item_ids[[1, 0, 5]]
+    X = model.item_factors_[[1, 0, 5]].reshape(3, 5, 2)
     T = model.user_factors_[[0, 3, 7]].reshape(3, 5, 2)
-    draws = (model.global_mean_ + post["item_bias_samples"][[1, 2, 5]]
+    draws = (model.global_mean_ + post["item_bias_samples"][[1, 0, 5]]
              + post["user_bias_samples"][[0, 3, 7]] + 5 * np.einsum("nsk,nsk->ns", X, T))
     expected = np.clip(draws.mean(axis=1), *model.rating_range_)
     np.testing.assert_allclose(model.predict(users, items), expected, rtol=1e-12)
     pred, std = model.predict(users, items, return_std=True)
     np.testing.assert_allclose(pred, expected, rtol=1e-12)
     # The noise of each pair: the draws' 1 / (tau alpha_user beta_item), averaged.
-    noise = post["noise_variances"] / (post["item_noise_scales"][[1, 2, 5]]
+    noise = post["noise_variances"] / (post["item_noise_scales"][[1, 0, 5]]
                                        * post["user_noise_scales"][[0, 3, 7]])
     np.testing.assert_allclose(std, np.sqrt(draws.var(axis=1) + noise.mean(axis=1)), rtol=1e-12)
     # Scalars give floats; unknown ids a fallback with a larger spread.
@@ -658,9 +709,11 @@ def test_resume_continues_the_chain_bit_identically(small, tmp_path):
     # checkpoint's seed and stream position win.
     MatrixFactorization(**params).fit(
         ratings, checkpoint=path, checkpoint_every=1, callback=lambda s, info: s == 27)
+    seen = []
     resumed = MatrixFactorization(**{**params, "random_state": 5}).fit(
-        ratings, checkpoint=path, resume=True)
+        ratings, checkpoint=path, resume=True, callback=lambda s, info: seen.append(s))
     assert resumed.n_iter_ == 30 and len(resumed.history_["cost"]) == 30
+    assert seen == [28, 29, 30]  # the chain's sweeps, counted on from the checkpoint
     assert np.array_equal(resumed.item_factors_, model.item_factors_)
     assert np.array_equal(resumed.user_bias_, model.user_bias_)
     assert resumed.history_["cost"] == model.history_["cost"]
@@ -677,6 +730,14 @@ def test_resume_continues_the_chain_bit_identically(small, tmp_path):
     np.savez(tmp_path / "older.npz", **arrays)
     with pytest.raises(ValueError, match="differs in factor_prior"):
         MatrixFactorization(**params).fit(ratings, checkpoint=tmp_path / "older.npz",
+                                          resume=True)
+    # So does a chain of one noise level for all ratings.
+    del fingerprint["noise"]
+    fingerprint["factor_prior"] = "normal-wishart"
+    arrays["fingerprint"] = np.array(json.dumps(fingerprint, sort_keys=True))
+    np.savez(tmp_path / "one_noise.npz", **arrays)
+    with pytest.raises(ValueError, match="differs in noise"):
+        MatrixFactorization(**params).fit(ratings, checkpoint=tmp_path / "one_noise.npz",
                                           resume=True)
 
 
