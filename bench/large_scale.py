@@ -176,7 +176,7 @@ def main(argv=None):
     parser.add_argument("--users", type=int, default=480_189)
     parser.add_argument("--items", type=int, default=17_770)
     parser.add_argument("--factors", type=int, default=32)
-    parser.add_argument("--solver", choices=["auto", "cg", "lbfgs", "als"], default=None,
+    parser.add_argument("--solver", choices=["auto", "cg", "lbfgs", "als", "sgd"], default=None,
                         help="(default: the library's)")
     parser.add_argument("--max-iter", type=int, default=None, help="(default: the library's)")
     parser.add_argument("--tol", type=float, default=None, help="(default: the library's)")

@@ -7,17 +7,20 @@ from .data.ratings import Ratings
 from .train.objective import WEIGHT_POWERS
 
 NORMALIZE = ("item_mean", "biases", "none")
-SOLVERS = ("auto", "cg", "lbfgs", "als", "vb", "gibbs")
+SOLVERS = ("auto", "cg", "lbfgs", "als", "sgd", "vb", "gibbs")
 WEIGHTINGS = ("auto",) + tuple(WEIGHT_POWERS)
 
 # Training ratings from which solver="auto" and reg_weighting="auto" switch from CG with
-# square-root weighted penalties (tuned on MovieLens 100K, 80k-90k ratings) to ALS with count
-# weighting (ALS-WR's, LIBMF's objective), which the planted Netflix-shaped sets of 1e6-1e8
-# ratings favour: bench/README.md, "Time to quality at scale".
+# square-root weighted penalties (tuned on MovieLens 100K, 80k-90k ratings) to SGD with count
+# weighting (LIBMF's objective), which the planted Netflix-shaped sets of 1e6-1e8 ratings
+# favour: bench/README.md, "Time to quality at scale".
 LARGE = 500_000
 # reg=None: the penalty per standard deviation of the training ratings. Under count weighting a
 # row's penalty grows with its ratings, so its per-rating strength is far smaller.
 REG_PER_STD = {"sqrt": 1.15, "none": 1.15, "count": 0.035}
+# SGD stopped early regularizes on its own, so its count-weighted penalty is smaller than the
+# exact minimizers' (planted 1e6 and 1e7 sets: 0.02-0.03 in rating units best, std 1.17).
+SGD_REG_PER_STD = 0.02
 # reg_bias=None: a fixed number suits any units (biases scale with the ratings, as the noise
 # does), except under count weighting, where the bias is shrunk per rating like the factors.
 REG_BIAS = {"sqrt": 0.8, "none": 0.8}
@@ -25,24 +28,39 @@ REG_BIAS = {"sqrt": 0.8, "none": 0.8}
 
 def resolve_auto(solver, reg_weighting, n_ratings, *, scipy_only=False):
     """``(solver, reg_weighting)`` with "auto" resolved for ``n_ratings`` training ratings: CG
-    and "sqrt" below `LARGE`, ALS and "count" from there (CG when ``scipy_only``: an objective
-    evaluated elsewhere, as on a Dask cluster, drives scipy's solvers only)."""
+    and "sqrt" below `LARGE`, SGD and "count" from there (CG when ``scipy_only``: an objective
+    evaluated elsewhere, as on a Dask cluster, drives scipy's solvers only). SGD's "auto"
+    weighting is "count" at any size: its per-rating penalty is the count-weighted one."""
     large = n_ratings >= LARGE
     if solver == "auto":
-        solver = "als" if large and not scipy_only else "cg"
+        solver = "sgd" if large and not scipy_only else "cg"
+    if reg_weighting == "auto" and solver == "sgd":
+        return solver, "count"
     if reg_weighting == "auto":
         reg_weighting = "count" if large else "sqrt"
     return solver, reg_weighting
 
 
-def default_penalties(reg, reg_bias, reg_weighting, std):
+def default_penalties(reg, reg_bias, reg_weighting, std, solver=None):
     """``(reg, reg_bias)`` as training uses them: ``reg=None`` from the training ratings'
-    standard deviation ``std`` (`REG_PER_STD`), ``reg_bias=None`` as `REG_BIAS` says (``reg``,
-    as resolved, under count weighting)."""
-    reg = REG_PER_STD[reg_weighting] * float(std) if reg is None else float(reg)
+    standard deviation ``std`` (`REG_PER_STD`; `SGD_REG_PER_STD` for ``solver="sgd"`` under
+    count weighting), ``reg_bias=None`` as `REG_BIAS` says (``reg``, as resolved, under count
+    weighting)."""
+    per_std = (SGD_REG_PER_STD if solver == "sgd" and reg_weighting == "count"
+               else REG_PER_STD[reg_weighting])
+    reg = per_std * float(std) if reg is None else float(reg)
     if reg_bias is None:
         return reg, REG_BIAS.get(reg_weighting, reg)
     return reg, float(reg_bias)
+
+
+def initial_scale(init_scale, solver):
+    """The initial factors' standard deviation: ``init_scale``, or for None 0.1, and 0.01 for
+    ``solver="sgd"``, whose early stopping regularizes by growing the factors from near zero
+    (planted 1e7 set, 20 epochs: probe RMSE 0.6942 from 0.01 against 0.6989 from 0.1 after 48)."""
+    if init_scale is not None:
+        return float(init_scale)
+    return 0.01 if solver == "sgd" else 0.1
 
 
 def check_params(model):
@@ -67,7 +85,8 @@ def check_params(model):
         non_negative("reg")
     if model.tol is not None:
         non_negative("tol")
-    non_negative("init_scale")
+    if model.init_scale is not None:
+        non_negative("init_scale")
     if model.reg_bias is not None:
         non_negative("reg_bias")
     if model.normalize not in NORMALIZE:
@@ -135,7 +154,7 @@ def check_fit_args(solver, ratings, validation, checkpoint, checkpoint_every, re
 # tol=None: the preconditioned scipy solvers converge cheaply (ML-100K protocol A 0.9095 in 51-68
 # iterations at 3e-4, against 0.9098 in 87-138 for plain CG at 3e-3); ALS and VB keep the figure
 # they were tuned at, Gibbs does not use it.
-_DEFAULT_TOL = {"cg": 3e-4, "lbfgs": 3e-4, "als": 3e-3, "vb": 3e-3, "gibbs": 3e-3}
+_DEFAULT_TOL = {"cg": 3e-4, "lbfgs": 3e-4, "als": 3e-3, "sgd": 3e-3, "vb": 3e-3, "gibbs": 3e-3}
 
 
 def default_tol(solver):

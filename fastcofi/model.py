@@ -11,6 +11,7 @@ from ._params import (
     check_params,
     default_penalties,
     default_tol,
+    initial_scale,
     resolve_auto,
 )
 from .data.ids import lookup
@@ -19,14 +20,13 @@ from .train.checkpoint import read_checkpoint, write_checkpoint
 from .train.gibbs import fit_gibbs
 from .train.objective import FlatObjective
 from .train.observers import EarlyStopping, Observers
+from .train.sgd import minimize_sgd
 from .train.solvers import minimize_als, minimize_scipy
 from .train.vb import minimize_vb, set_vb_posterior
 
 __all__ = ["MatrixFactorization"]
 
 _SCIPY_METHODS = {"cg": "CG", "lbfgs": "L-BFGS-B"}
-
-
 
 
 def _item_means(ratings, global_mean):
@@ -55,13 +55,10 @@ class MatrixFactorization:
         Latent dimension k.
     reg : float or None, default None
         L2 regularization of both factor matrices (on the sum over ratings, as in the tutorial),
-        multiplied per row as ``reg_weighting`` says. None: the standard deviation of the
-        training ratings times 1.15 (1.29-1.30 on ML-100K's folds), or times 0.035 under
-        ``"count"`` weighting, whose penalty grows with each row's ratings (0 when every rating
-        is the same). A prediction is a product of two factors, so ratings multiplied by ``c``
-        need the penalty multiplied by ``c`` for the same model in the new units; a fixed number
-        would over-shrink ratings on a 0-1 scale and under-shrink those on a -10..10 one.
-        ``reg_`` holds the value used.
+        multiplied per row as ``reg_weighting`` says. None: the training ratings' standard
+        deviation times 1.15 (1.29-1.30 on ML-100K's folds), times 0.035 under ``"count"``
+        weighting (0.02 for ``"sgd"``), so that the penalty follows the ratings' units (0 when
+        every rating is the same). ``reg_`` holds the value used.
     normalize : {"item_mean", "biases", "none"}, default "biases"
     reg_bias : float or None, default None
         L2 regularization of the learned biases (``normalize="biases"``), weighted per row like
@@ -70,32 +67,31 @@ class MatrixFactorization:
         holds the value used.
     reg_weighting : {"auto", "sqrt", "count", "none"}, default "auto"
         Multiplies each user's and item's penalty (factors and bias) by the square root of its
-        number of ratings (``"sqrt"``), by that number (``"count"``, ALS-WR's and LIBMF's
-        weighting: every row shrunk as much per rating), or by 1 (``"none"``, the tutorial's
-        plain penalty). The square root sits between the two: rows with few ratings are shrunk
-        more per rating than busy ones, but less than under no weighting. ``"auto"``:
-        ``"sqrt"`` below 500,000 training ratings, ``"count"`` from there (ML-100K, protocol A:
-        0.9097 with ``"sqrt"`` against 0.9173 with ``"count"`` at its own tuned strengths; the
-        planted Netflix-shaped sets of 1e6 and 1e7 ratings the other way round: see
-        bench/README.md). ``reg_weighting_`` holds the weighting used.
-    solver : {"auto", "cg", "lbfgs", "als", "vb", "gibbs"}, default "auto"
+        number of ratings (``"sqrt"``), by that number (``"count"``, ALS-WR's and LIBMF's: every
+        row shrunk as much per rating), or by 1 (``"none"``, the tutorial's). ``"auto"``:
+        ``"sqrt"`` below 500,000 training ratings, ``"count"`` from there and for ``"sgd"``
+        (ML-100K, protocol A: 0.9097 with ``"sqrt"`` against 0.9173 with ``"count"``; the
+        planted sets of 1e6-1e8 ratings the other way round: bench/README.md).
+        ``reg_weighting_`` holds the weighting used.
+    solver : {"auto", "cg", "lbfgs", "als", "sgd", "vb", "gibbs"}, default "auto"
         ``"auto"``: ``"cg"`` below 500,000 training ratings, where it reaches a good model
-        first, and ``"als"`` from there, where a sweep of closed-form row solves gets there in
-        a few passes over the ratings (``solver_`` holds the one used; a ``make_objective``
+        first, and ``"sgd"`` from there (``solver_`` holds the one used; a ``make_objective``
         evaluated elsewhere, such as `fastcofi.distributed.fit`'s, always gets ``"cg"``).
         ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused Numba objective
         (the tutorial's trainer); ``"lbfgs"``: L-BFGS-B on the same objective; ``"als"``:
-        alternating least squares, closed-form row solves in parallel. ``"vb"``: variational
-        Bayes (`fastcofi.solvers.minimize_vb`): the same predictor, with Gaussian priors whose
-        variances, and the noise variance, are learned from the data, so ``reg``, ``reg_bias``
+        alternating least squares, closed-form row solves in parallel. ``"sgd"``
+        (`fastcofi.train.sgd`): stochastic gradient epochs over blocks of users and items in
+        parallel, a per-row AdaGrad step, from factors of 0.01 (``init_scale=None``) and with
+        a count-weighted penalty of 0.02 standard deviations (``reg=None``); stopped early, it
+        beats the exact minimum of any penalty tried on large planted sets (bench/README.md).
+        ``"vb"``: variational Bayes (`fastcofi.train.vb`): the same predictor, with Gaussian
+        priors whose variances, and the noise variance, are learned, so ``reg``, ``reg_bias``
         and ``reg_weighting`` are not used; per-dimension prior variances switch off the factor
-        dimensions the data do not support. It runs from two starts (an initial noise variance
-        of the ratings' variance and of a sixteenth of it) and keeps the one with the higher
-        free energy, because from the first alone it switched every factor off where signal and
-        noise are of similar size; a third run replays the kept start when ``validation``,
-        ``callback``, ``verbose`` or DEBUG logging observe it. It needs ``normalize="biases"``,
-        keeps a (k+1) x (k+1) covariance per user and item while training, and does not
-        checkpoint.
+        dimensions the data do not support. It runs from two starts (initial noise variances of
+        the ratings' variance and a sixteenth of it) and keeps the one with the higher free
+        energy; a third run replays the kept start when ``validation``, ``callback``,
+        ``verbose`` or DEBUG logging observe it. It needs ``normalize="biases"``, keeps a
+        (k+1) x (k+1) covariance per user and item while training, and does not checkpoint.
         ``"gibbs"``: Bayesian matrix factorization sampled by Gibbs sampling
         (`fastcofi.train.gibbs`): Gaussian users and items whose prior means and full factor
         precision matrices (BPMF's Normal-Wishart hyperprior), bias prior means and precisions
@@ -121,8 +117,9 @@ class MatrixFactorization:
         keep the best iterate.
     clip : bool or (float, float), default True
         Clip predictions to the training ratings' range (True), to a given range, or not (False).
-    init_scale : float, default 0.1
-        Standard deviation of the normal random initial factors.
+    init_scale : float or None, default None
+        Standard deviation of the normal random initial factors. None: 0.1, and 0.01 for
+        ``"sgd"``, which regularizes by growing the factors from near zero.
     random_state : int, numpy.random.Generator or None
         Seed of the initial factors; fitting twice with the same seed gives the same model.
     n_threads : int, optional
@@ -134,9 +131,7 @@ class MatrixFactorization:
         ``max_iter``, ``max_iter - thin``, ... after ``burn_in``). The model stores them all:
         factor matrices ``n_samples`` times wider than ``n_factors``.
     burn_in : int or None, default None
-        ``solver="gibbs"``: sweeps never kept. None: a tenth of ``max_iter`` (on ML-100K's u1
-        the average of the draws after sweep 20 beat that after sweep 75: 0.9066 against 0.9079
-        at 300 sweeps).
+        ``solver="gibbs"``: sweeps never kept. None: a tenth of ``max_iter``.
     thin : int or None, default None
         ``solver="gibbs"``: keep every ``thin``-th sweep. None: spread the ``n_samples`` kept
         draws over the sweeps after ``burn_in`` (``max(1, (max_iter - burn_in) // n_samples)``),
@@ -161,7 +156,7 @@ class MatrixFactorization:
         The factor and bias penalties used in training (``reg`` and ``reg_bias`` resolved), which
         fold-in uses too.
     n_iter_ : int
-    result_ : scipy.optimize.OptimizeResult or None (ALS)
+    result_ : scipy.optimize.OptimizeResult or None (ALS, SGD, VB, Gibbs)
     history_ : dict of lists
         ``"cost"`` and ``"seconds"`` per iteration, and ``"val_rmse"`` with a validation set.
     best_iteration_ : int
@@ -182,8 +177,6 @@ class MatrixFactorization:
         ``user_bias_`` are the draws' averages. 1 for the other solvers.
     """
 
-
-
     def __init__(
         self,
         n_factors=10,
@@ -197,7 +190,7 @@ class MatrixFactorization:
         tol=None,
         patience=10,
         clip=True,
-        init_scale=0.1,
+        init_scale=None,
         random_state=None,
         n_threads=None,
         verbose=False,
@@ -301,18 +294,18 @@ class MatrixFactorization:
             self.solver, self.reg_weighting, getattr(ratings, "nnz", 0),
             scipy_only=make_objective is not FlatObjective,
         )
+        if self.solver_ in ("gibbs", "sgd") and make_objective is not FlatObjective:
+            raise ValueError(
+                f"solver={self.solver_!r} walks the ratings on this machine and takes no "
+                f"make_objective; found {make_objective!r}"
+            )
         if self.solver_ == "gibbs":
-            if make_objective is not FlatObjective:
-                raise ValueError(
-                    "solver='gibbs' samples rows on this machine and takes no make_objective; "
-                    f"found {make_objective!r}"
-                )
             return fit_gibbs(self, ratings, validation, callback, checkpoint, checkpoint_every,
                                    resume)
         global_mean, variance = value_moments(ratings.values)
         item_means = _item_means(ratings, global_mean) if self.normalize == "item_mean" else None
         reg, reg_bias = default_penalties(self.reg, self.reg_bias, self.reg_weighting_,
-                                          np.sqrt(variance))
+                                          np.sqrt(variance), self.solver_)
         learn_biases = self.normalize == "biases"
         objective = make_objective(
             ratings, int(self.n_factors), reg, mu=global_mean if learn_biases else 0.0,
@@ -368,6 +361,12 @@ class MatrixFactorization:
                 tol=tol, on_iteration=hook,
             )
             return params, history, len(history["cost"]), None, None
+        if self.solver_ == "sgd":
+            params, history, _ = minimize_sgd(
+                objective, params, fit_bias=objective.learn_biases, max_iter=remaining,
+                tol=tol, on_iteration=hook,
+            )
+            return params, history, len(history["cost"]), None, None
         if self.solver_ == "vb":
             params, history, state = minimize_vb(
                 objective, params, max_iter=remaining, tol=tol, on_iteration=hook,
@@ -382,7 +381,7 @@ class MatrixFactorization:
     def _initial_params(self, objective):
         """Normal random factors of standard deviation ``init_scale``, zero biases, packed."""
         rng = np.random.default_rng(self.random_state)
-        scale, k = float(self.init_scale), int(self.n_factors)
+        scale, k = initial_scale(self.init_scale, self.solver_), int(self.n_factors)
         n_items, n_users = objective.ratings.n_items, objective.ratings.n_users
         return objective.pack(
             rng.normal(0.0, scale, size=(n_items, k)), rng.normal(0.0, scale, size=(n_users, k)),

@@ -63,6 +63,16 @@ GROUPS = {
         ["_fold_known", "_has_repeat", "_all_finite", "fold_in_row", "fold_in_ids"],
         ["tests/test_serving.py", "-k", "fold_in or new_user"],
     ),
+    "sgd": (
+        "fastcofi.train.sgd",
+        ["_bounds", "n_blocks", "blocks_of", "_per_rating", "minimize_sgd"],
+        ["tests/test_sgd.py"],
+    ),
+    "sgd-kernels": (
+        "fastcofi.kernels.sgd",
+        ["rows_sorted", "_lower_bound", "_block", "sgd_epoch"],
+        ["tests/test_sgd.py"],
+    ),
     "gibbs": (
         "fastcofi.train.gibbs",
         ["_sample_scale_shape", "_sample_scales", "_inverse_scales", "predictive", "run_chain",

@@ -240,7 +240,7 @@ def test_unknown_and_malformed_ids(model_path, capsys):
     (["train", "data.tsv"], "-o/--output"),
     (["train", "d", "-o", "m", "--factors", "many"], "invalid int value"),
     (["train", "d", "-o", "m", "--test", "t", "--test-fraction", "0.1"], "not allowed"),
-    (["train", "d", "-o", "m", "--solver", "sgd"], "invalid choice"),
+    (["train", "d", "-o", "m", "--solver", "adam"], "invalid choice"),
 ])
 def test_usage_errors(argv, fragment, capsys):
     code, out, err = run(capsys, *argv)

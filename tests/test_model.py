@@ -206,7 +206,7 @@ def test_recommend_string_ids_pad_with_empty_string():
         ({"max_iter": 1.5}, "max_iter"),
         ({"tol": float("nan")}, "tol"),
         ({"normalize": "z"}, "normalize"),
-        ({"solver": "sgd"}, "solver"),
+        ({"solver": "adam"}, "solver"),
         ({"n_threads": 0}, "n_threads"),
     ],
 )
@@ -286,19 +286,21 @@ def test_numeric_penalties_are_used_as_given(weighting, reg_bias):
 
 def test_auto_rule_switches_at_the_documented_size():
     assert resolve_auto("auto", "auto", LARGE - 1) == ("cg", "sqrt")
-    assert resolve_auto("auto", "auto", LARGE) == ("als", "count")
+    assert resolve_auto("auto", "auto", LARGE) == ("sgd", "count")
     assert resolve_auto("auto", "auto", LARGE, scipy_only=True) == ("cg", "count")
     assert resolve_auto("lbfgs", "none", LARGE) == ("lbfgs", "none")
     assert resolve_auto("auto", "none", 10) == ("cg", "none")
     assert default_penalties(None, None, "count", 2.0) == (0.07, 0.07)
     assert default_penalties(None, None, "sqrt", 2.0) == (2.3, 0.8)
     assert default_penalties(None, 0.3, "count", 2.0) == (0.07, 0.3)
+    assert default_penalties(None, None, "count", 2.0, "sgd") == (0.04, 0.04)
+    assert default_penalties(None, None, "sqrt", 2.0, "sgd") == (2.3, 0.8)
 
 
-def test_defaults_on_large_data_train_als_with_count_weighting(monkeypatch, tmp_path):
-    """From `LARGE` ratings (lowered here) the defaults are ALS with count-weighted penalties
-    of 0.035 std: the same model as those settings given explicitly, folding new users in with
-    the same weighting, and a model file that names what training used."""
+def test_defaults_on_large_data_train_sgd_with_count_weighting(monkeypatch, tmp_path):
+    """From `LARGE` ratings (lowered here) the defaults are SGD with count-weighted penalties
+    of 0.02 std from factors of 0.01: the same model as those settings given explicitly, folding
+    new users in with the same weighting, and a model file that names what training used."""
     monkeypatch.setattr(fastcofi._params, "LARGE", 20)
     ratings, _ = toy_ratings_with_new_user()
     items, values = [1, 2, 5], [5.0, 1.0, 4.0]
@@ -306,11 +308,11 @@ def test_defaults_on_large_data_train_als_with_count_weighting(monkeypatch, tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         auto = MatrixFactorization(3, max_iter=5, random_state=0).fit(ratings)
-        explicit = MatrixFactorization(3, solver="als", reg_weighting="count", reg=0.035 * std,
-                                       reg_bias=0.035 * std, max_iter=5,
+        explicit = MatrixFactorization(3, solver="sgd", reg_weighting="count", reg=0.02 * std,
+                                       reg_bias=0.02 * std, init_scale=0.01, max_iter=5,
                                        random_state=0).fit(ratings)
-    assert (auto.solver_, auto.reg_weighting_) == ("als", "count")
-    assert auto.reg_ == pytest.approx(0.035 * std) and auto.reg_bias_ == auto.reg_
+    assert (auto.solver_, auto.reg_weighting_) == ("sgd", "count")
+    assert auto.reg_ == pytest.approx(0.02 * std) and auto.reg_bias_ == auto.reg_
     assert (auto.solver, auto.reg_weighting) == ("auto", "auto")
     np.testing.assert_array_equal(auto.user_factors_, explicit.user_factors_)
     np.testing.assert_array_equal(auto.item_factors_, explicit.item_factors_)
@@ -318,8 +320,8 @@ def test_defaults_on_large_data_train_als_with_count_weighting(monkeypatch, tmp_
                                rtol=1e-12)
     auto.save(tmp_path / "m.npz")
     loaded = load_model(tmp_path / "m.npz")
-    assert (loaded.solver, loaded.reg_weighting) == ("als", "count")
-    assert (loaded.solver_, loaded.reg_weighting_) == ("als", "count")
+    assert (loaded.solver, loaded.reg_weighting) == ("sgd", "count")
+    assert (loaded.solver_, loaded.reg_weighting_) == ("sgd", "count")
     np.testing.assert_allclose(loaded.fold_in(items, values)[0], explicit.fold_in(items, values)[0],
                                rtol=1e-12)
 

@@ -490,11 +490,11 @@ def _build_parser():
     train.add_argument("--factors", type=int, help="number of latent factors (default 10)")
     train.add_argument("--reg", type=float,
                        help="regularization (default: 1.15 x the std of the training ratings; "
-                       "0.035 x from 500,000 ratings, where each row's penalty is weighted by "
+                       "0.02 x from 500,000 ratings, where SGD weights each row's penalty by "
                        "its number of ratings)")
     train.add_argument("--max-iter", type=int, help="iterations at most (default 300)")
-    train.add_argument("--solver", choices=("auto", "cg", "lbfgs", "als", "vb"),
-                       help="optimizer (default auto: cg below 500,000 ratings, als from there; "
+    train.add_argument("--solver", choices=("auto", "cg", "lbfgs", "als", "sgd", "vb"),
+                       help="optimizer (default auto: cg below 500,000 ratings, sgd from there; "
                        "vb: variational Bayes, learns its own regularization)")
     train.add_argument("--normalize", choices=("item_mean", "biases", "none"),
                        help="normalization (default biases)")

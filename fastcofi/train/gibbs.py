@@ -490,7 +490,7 @@ def fit_gibbs(model, ratings, validation, callback, checkpoint, checkpoint_every
     burn_in, thin = schedule(model.max_iter, model.n_samples, model.burn_in, model.thin)
     keep = kept_sweeps(max_iter, model.n_samples, burn_in, thin)
     rng = np.random.default_rng(model.random_state)
-    scale = float(model.init_scale)
+    scale = 0.1 if model.init_scale is None else float(model.init_scale)
     item_rows = np.column_stack([rng.normal(0.0, scale, (n_items, k)), np.zeros(n_items)])
     user_rows = np.column_stack([rng.normal(0.0, scale, (n_users, k)), np.zeros(n_users)])
     seed = int(rng.integers(0, 2**64, dtype=np.uint64))
