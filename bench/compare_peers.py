@@ -108,6 +108,7 @@ json.dump(out, open(sys.argv[2], "w"))
 CONFIGS = {
     "cg": ("fastcofi (defaults, CG)", {}),
     "als": ("fastcofi (defaults, ALS)", {"solver": "als"}),
+    "sgd": ("fastcofi (SGD, solver=sgd: count weighting, 0.02 std)", {"solver": "sgd"}),
     "vb": ("fastcofi (variational Bayes, solver=vb)", {"solver": "vb"}),
     "tutorial": ("fastcofi (tutorial: item mean, k=10, reg 10, CG)", {
         "normalize": "item_mean", "reg": 10.0, "reg_weighting": "none", "tol": 1e-4,

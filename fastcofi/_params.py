@@ -153,8 +153,10 @@ def check_fit_args(solver, ratings, validation, checkpoint, checkpoint_every, re
 
 # tol=None: the preconditioned scipy solvers converge cheaply (ML-100K protocol A 0.9095 in 51-68
 # iterations at 3e-4, against 0.9098 in 87-138 for plain CG at 3e-3); ALS and VB keep the figure
-# they were tuned at, Gibbs does not use it.
-_DEFAULT_TOL = {"cg": 3e-4, "lbfgs": 3e-4, "als": 3e-3, "sgd": 3e-3, "vb": 3e-3, "gibbs": 3e-3}
+# they were tuned at, Gibbs does not use it. SGD stops early on purpose: at 3e-3 its training
+# cost kept falling while ML-100K's test error rose (protocol A 0.9428), at 1e-2 0.9253, and the
+# planted 1e6 / 1e7 sets lost nothing (probe RMSE 0.8538 after 24 epochs, 0.6963 after 15).
+_DEFAULT_TOL = {"cg": 3e-4, "lbfgs": 3e-4, "als": 3e-3, "sgd": 1e-2, "vb": 3e-3, "gibbs": 3e-3}
 
 
 def default_tol(solver):
