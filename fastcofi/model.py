@@ -20,7 +20,7 @@ from .train.checkpoint import read_checkpoint, write_checkpoint
 from .train.gibbs import fit_gibbs
 from .train.objective import FlatObjective
 from .train.observers import EarlyStopping, Observers
-from .train.sgd import minimize_sgd
+from .train.sgd import SgdRun, minimize_sgd
 from .train.solvers import minimize_als, minimize_scipy
 from .train.vb import minimize_vb, set_vb_posterior
 
@@ -134,8 +134,7 @@ class MatrixFactorization:
         ``solver="gibbs"``: sweeps never kept. None: a tenth of ``max_iter``.
     thin : int or None, default None
         ``solver="gibbs"``: keep every ``thin``-th sweep. None: spread the ``n_samples`` kept
-        draws over the sweeps after ``burn_in`` (``max(1, (max_iter - burn_in) // n_samples)``),
-        since consecutive draws are strongly correlated.
+        draws over the sweeps after ``burn_in``, ``max(1, (max_iter - burn_in) // n_samples)``.
 
     Attributes
     ----------
@@ -269,20 +268,19 @@ class MatrixFactorization:
         checkpoint_every : int, default 10
         resume : bool, default False
             Continue from ``checkpoint`` when it exists, with the iterations left of ``max_iter``.
-            scipy does not expose CG's search direction (nor L-BFGS's memory), so a resumed run
-            restarts them from the steepest descent; early stopping restarts its count too. A
-            checkpoint written for other data or settings is refused. ``solver="gibbs"``: the
-            iterations are sweeps; ``info`` also holds ``"train_rmse"`` (of the sweep's draw),
-            ``"noise_precision"`` (both also in ``history_``) and ``"kept"`` (draws kept so far);
-            ``"val_rmse"`` is the RMSE of the running average of the kept draws (of the current
-            draw before the first is kept) and stops nothing; a checkpoint holds the whole chain
-            (draws, hyperparameters, kept draws, the random streams' position), so a resumed
-            chain is bit-identical to one that was never interrupted.
+            CG restarts from the steepest descent (scipy keeps its direction, and L-BFGS its
+            memory, to itself); early stopping restarts its count. A checkpoint for other data
+            or settings is refused. SGD's holds each row's step size: it resumes bit for bit.
+            ``solver="gibbs"``: the iterations are sweeps; ``info`` also holds ``"train_rmse"``
+            (of the sweep's draw), ``"noise_precision"`` (both also in ``history_``) and
+            ``"kept"`` (draws kept so far); ``"val_rmse"`` is the RMSE of the running average of
+            the kept draws (of the current draw before the first is kept) and stops nothing; a
+            checkpoint holds the whole chain (draws, hyperparameters, kept draws, the streams'
+            position): a resumed chain is bit-identical to one never interrupted.
         make_objective : callable, default `fastcofi.train.objective.FlatObjective`
-            Builds what the solvers minimize, called as ``make_objective(ratings, n_factors,
-            reg, mu=, item_bias=, learn_biases=, reg_bias=, reg_weighting=, n_threads=)``; it
-            must keep `FlatObjective`'s contract. `fastcofi.distributed.fit` passes one whose
-            evaluations run on a Dask cluster.
+            Builds what the solvers minimize, as ``make_objective(ratings, n_factors, reg, mu=,
+            item_bias=, learn_biases=, reg_bias=, reg_weighting=, n_threads=)``, with
+            `FlatObjective`'s contract (`fastcofi.distributed.fit`'s runs on a Dask cluster).
 
         Returns
         -------
@@ -314,11 +312,12 @@ class MatrixFactorization:
         )
         params = self._initial_params(objective)
         fingerprint = self._fingerprint(ratings, reg, reg_bias)
-        done, prior = 0, {}
+        done, prior, state = 0, {}, None
         if resume and os.path.exists(checkpoint):
-            params, done, prior = read_checkpoint(checkpoint, fingerprint)
+            params, done, prior, state = read_checkpoint(checkpoint, fingerprint, with_state=True)
             if params.shape != (objective.size,):
                 raise ValueError(f"{checkpoint}: parameter vector has the wrong size")
+        run = SgdRun(objective, state, done, prior) if self.solver_ == "sgd" else None
         self._set_data_state(ratings, global_mean, item_means)
         self.reg_, self.reg_bias_ = reg, reg_bias
         self._set_params(objective, params)
@@ -331,13 +330,15 @@ class MatrixFactorization:
             done, prior, validation=stopping, callback=callback,
             progress={"max_iter": self.max_iter} if self.verbose else None,
             checkpoint=None if checkpoint is None else
-            {"path": checkpoint, "every": checkpoint_every, "fingerprint": fingerprint})
+            {"path": checkpoint, "every": checkpoint_every, "fingerprint": fingerprint,
+             "to_arrays": getattr(run, "to_arrays", None)})
 
         params, history, n_iter, result, vb_state = self._run_solver(
-            objective, params, int(self.max_iter) - done, observers.hook, prior)
+            objective, params, int(self.max_iter) - done, observers.hook, prior, run)
         history, n_iter = observers.merged(history), n_iter + done
         if checkpoint is not None:
-            write_checkpoint(checkpoint, params, n_iter, history, fingerprint)
+            write_checkpoint(checkpoint, params, n_iter, history, fingerprint,
+                             state=run and run.to_arrays(params)[1])
         kept = stopping is not None and stopping.best_params is not None
         if stopping is not None:
             history.setdefault("val_rmse", [])
@@ -349,7 +350,7 @@ class MatrixFactorization:
         self.history_ = history
         return self
 
-    def _run_solver(self, objective, params, remaining, hook, prior):
+    def _run_solver(self, objective, params, remaining, hook, prior, sgd_run=None):
         """``(params, this run's history, its iterations, scipy's result or None, VB's state or
         None)`` from ``remaining`` iterations of the chosen solver."""
         if remaining <= 0:
@@ -364,7 +365,7 @@ class MatrixFactorization:
         if self.solver_ == "sgd":
             params, history, _ = minimize_sgd(
                 objective, params, fit_bias=objective.learn_biases, max_iter=remaining,
-                tol=tol, on_iteration=hook,
+                tol=tol, run=sgd_run, on_iteration=hook,
             )
             return params, history, len(history["cost"]), None, None
         if self.solver_ == "vb":

@@ -217,3 +217,23 @@ def test_a_diverging_epoch_names_sgd_and_the_epoch():
     with pytest.raises(DivergenceError, match="SGD diverged at iteration 1"):
         MatrixFactorization(2, solver="sgd", normalize="none", reg=0.0, init_scale=1.0,
                             random_state=0).fit(ratings)
+
+
+def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
+    ratings = _planted()
+    path = tmp_path / "sgd.npz"
+    params = {"n_factors": 3, "solver": "sgd", "max_iter": 25, "tol": 0, "random_state": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = MatrixFactorization(**params).fit(ratings)
+        # Stopped after epoch 12 (its checkpoint: parameters and every row's step size), then
+        # resumed from the file alone.
+        MatrixFactorization(**params).fit(ratings, checkpoint=path, checkpoint_every=4,
+                                          callback=lambda it, info: it == 12)
+        with np.load(path) as data:
+            assert int(data["iteration"]) == 12 and data["state_user_steps"].shape == (80,)
+        resumed = MatrixFactorization(**params).fit(ratings, checkpoint=path, resume=True)
+    assert resumed.n_iter_ == 25
+    assert np.array_equal(resumed.user_factors_, whole.user_factors_)
+    assert np.array_equal(resumed.item_bias_, whole.item_bias_)
+    assert resumed.history_["cost"] == whole.history_["cost"]

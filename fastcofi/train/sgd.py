@@ -23,7 +23,7 @@ from ..kernels.sgd import Blocks, Side, rows_sorted, sgd_epoch
 from ..kernels.sparse import Rows
 from .solvers import _check_finite, _warn
 
-__all__ = ["ETA", "N_BLOCKS", "WARM_UP", "blocks_of", "minimize_sgd", "n_blocks"]
+__all__ = ["ETA", "N_BLOCKS", "WARM_UP", "SgdRun", "blocks_of", "minimize_sgd", "n_blocks"]
 
 # Blocks per side, for up to this many threads (then the next multiple of it): one diagonal runs
 # this many blocks in parallel, and a number that does not follow the threads keeps the result
@@ -69,11 +69,37 @@ def _per_rating(total, counts):
     return (total / np.maximum(counts, 1)).astype(np.float32)
 
 
-def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, on_iteration=None):
+class SgdRun:
+    """What an SGD run needs beyond its parameters to go on exactly: each row's AdaGrad sum
+    (``steps``, float32 ``(item_steps, user_steps)``, updated in place by `minimize_sgd`), the
+    epochs done and the last epoch's cost. From a checkpoint's ``state`` and ``history`` when
+    resuming (``done`` epochs), else fresh."""
+
+    def __init__(self, objective, state=None, done=0, history=None):
+        shapes = (objective.ratings.n_items, objective.ratings.n_users)
+        if state is None:
+            self.steps = tuple(np.ones(n, dtype=np.float32) for n in shapes)
+        else:
+            self.steps = tuple(np.array(state.get(name, ()), dtype=np.float32)
+                               for name in ("item_steps", "user_steps"))
+            if tuple(a.shape for a in self.steps) != tuple((n,) for n in shapes):
+                raise ValueError("the checkpoint holds no SGD step sizes for these ratings")
+        self.done = int(done)
+        costs = (history or {}).get("cost", [])
+        self.previous = float(costs[-1]) if len(costs) else np.inf
+
+    def to_arrays(self, params):
+        """A checkpoint's ``(params, state)`` (`fastcofi.train.observers.Checkpointing`)."""
+        return params, {"item_steps": self.steps[0], "user_steps": self.steps[1]}
+
+
+def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, run=None,
+                 on_iteration=None):
     """SGD epochs on ``objective``'s parameters, updated in place (float32 inside).
 
     Stops when an epoch after the first `WARM_UP` lowers the cost by less than ``tol`` times its
-    value (0 disables the test), after ``max_iter`` epochs, or when ``on_iteration`` asks.
+    value (0 disables the test), after ``max_iter`` epochs, or when ``on_iteration`` asks. With
+    ``run`` (`SgdRun`) from an interrupted run's checkpoint it continues that run bit for bit.
 
     Parameters
     ----------
@@ -87,6 +113,8 @@ def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, on_iter
         AdaGrad's base step. Larger steps run closer to the exact minimum; the default's slower
         approach is the estimator's (bench/README.md: at 1e7 planted ratings, probe RMSE 0.694
         after 20 epochs at 0.05, 0.700-0.704 at 0.1, 0.712-0.715 at 0.2).
+    run : SgdRun, optional
+        The step sizes (updated in place), epochs done and last cost; a fresh run when None.
 
     Returns
     -------
@@ -102,23 +130,27 @@ def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, on_iter
     item_weights, user_weights = objective.weights
     reg, reg_bias = objective.reg, objective.reg_bias if fit_bias else 0.0
 
-    def side(factors, bias, weights, counts):
+    run = SgdRun(objective) if run is None else run
+    item_steps, user_steps = run.steps
+    done = run.done
+
+    def side(factors, bias, weights, counts, row_steps):
         return Side(factors.astype(np.float32), bias.astype(np.float32),
                     _per_rating(reg * weights, counts), _per_rating(reg_bias * weights, counts),
-                    np.ones(counts.shape[0], dtype=np.float32))
+                    row_steps)
 
-    items = side(X, item_bias, item_weights, item_counts)
-    users = side(Theta, user_bias, user_weights, user_counts)
+    items = side(X, item_bias, item_weights, item_counts, item_steps)
+    users = side(Theta, user_bias, user_weights, user_counts, user_steps)
     rows = Rows(*ratings.by_user, ratings._user_chunks)
     history = {"cost": [], "seconds": []}
     start = time.perf_counter()
-    previous = np.inf
+    previous = run.previous
     converged = False
     with threads(objective.n_threads):
         blocks = blocks_of(ratings, n_blocks(nb.get_num_threads()))
         for epoch in range(1, int(max_iter) + 1):
             sse = sgd_epoch(rows, blocks, users, items, objective.mu, np.float32(eta),
-                            bool(fit_bias), epoch - 1)
+                            bool(fit_bias), done + epoch - 1)
             X[...], Theta[...] = items.factors, users.factors
             if fit_bias:
                 item_bias[...], user_bias[...] = items.bias, users.bias
@@ -133,7 +165,7 @@ def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, on_iter
             if on_iteration is not None and on_iteration(epoch, params, history):
                 converged = True
                 break
-            if tol > 0 and epoch >= WARM_UP and previous - cost < tol * cost:
+            if tol > 0 and done + epoch >= WARM_UP and previous - cost < tol * cost:
                 converged = True
                 break
             previous = cost
