@@ -15,8 +15,8 @@ from fastcofi._params import initial_scale, resolve_auto
 from fastcofi.kernels.sgd import Side, rows_sorted, sgd_epoch
 from fastcofi.kernels.sparse import Rows
 from fastcofi.train.objective import FlatObjective
-from fastcofi.train.sgd import ETA, _bounds, blocks_of, minimize_sgd, n_blocks
-from fastcofi.train.solvers import DivergenceError, minimize_als
+from fastcofi.train.sgd import ETA, _bounds, _per_rating, blocks_of, minimize_sgd, n_blocks
+from fastcofi.train.solvers import ConvergenceWarning, DivergenceError, minimize_als
 
 from .conftest import JIT_DISABLED
 
@@ -100,6 +100,22 @@ def test_blocks_balance_ratings_and_cover_every_row():
     assert n_blocks(1) == n_blocks(8) == 8 and n_blocks(9) == 16
 
 
+def test_blocks_of_a_rating_set_hold_about_equal_ratings():
+    ratings = _planted(n_users=300, n_items=200, density=0.1)
+    blocks = blocks_of(ratings, 4)
+    for bounds, indptr in ((blocks.row_bounds, ratings.by_user[0]),
+                           (blocks.col_bounds, ratings.by_item[0])):
+        counts = np.diff(indptr)
+        per_block = np.add.reduceat(counts, bounds[:-1]) if bounds[-1] else counts
+        assert bounds[0] == 0 and bounds[-1] == counts.size
+        assert np.all(np.abs(per_block - counts.sum() / 4) <= counts.max())
+
+
+def test_a_rows_penalty_is_spread_over_its_ratings():
+    np.testing.assert_allclose(_per_rating(np.array([6.0, 6.0, 6.0]), np.array([0, 1, 3])),
+                               [6.0, 6.0, 2.0])
+
+
 def test_rows_must_list_their_columns_in_order():
     indptr = np.array([0, 2, 4])
     assert rows_sorted(indptr, np.array([0, 3, 1, 2], dtype=np.int32))
@@ -127,8 +143,10 @@ def test_epoch_is_bit_identical_on_one_and_two_threads():
 def _planted(n_users=80, n_items=60, k=3, density=0.3, seed=0):
     rng = np.random.default_rng(seed)
     U, V = rng.normal(size=(n_users, k)), rng.normal(size=(n_items, k))
+    user_bias, item_bias = rng.normal(0, 0.5, n_users), rng.normal(0, 0.5, n_items)
     users, items = np.nonzero(rng.random((n_users, n_items)) < density)
-    values = 3.0 + 0.5 * (U @ V.T)[users, items] + rng.normal(0, 0.3, users.size)
+    values = (3.0 + user_bias[users] + item_bias[items] + 0.5 * (U @ V.T)[users, items]
+              + rng.normal(0, 0.3, users.size))
     return Ratings.from_arrays(users, items, values)
 
 
@@ -155,8 +173,12 @@ def test_sgd_descends_to_the_minimum_of_the_weighted_objective(weighting):
     best = objective()(als)[0]
     reached = objective()(sgd)[0]
     assert best <= reached < 1.01 * best, (best, reached)
-    # Each epoch's reported cost (errors taken along the way) ends near the true one.
-    assert abs(history["cost"][-1] - reached) < 0.02 * reached
+    # Each epoch's reported cost ends near the true one, above it: its errors are each taken
+    # before their update (+1.6 % and +1.2 % here).
+    assert reached <= history["cost"][-1] < 1.03 * reached
+    # A budget too short for tol is reported.
+    with pytest.warns(ConvergenceWarning, match="SGD stopped after 3 iterations"):
+        minimize_sgd(objective(), start.copy(), fit_bias=True, max_iter=3, tol=1e-9)
 
 
 def test_the_estimator_trains_with_sgd_and_serves():
@@ -170,7 +192,16 @@ def test_the_estimator_trains_with_sgd_and_serves():
                             - values) ** 2))
     assert rmse < 0.45
     assert len(model.history_["cost"]) == model.n_iter_ <= model.max_iter
-    assert np.all(np.diff(model.history_["seconds"]) >= 0)
+    seconds = model.history_["seconds"]
+    assert 0 <= seconds[0] <= seconds[-1] < 60 and np.all(np.diff(seconds) >= 0)
+    # The stopping test waits out the warm-up, then stops at the first epoch it may.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eager = MatrixFactorization(3, solver="sgd", tol=1.0, random_state=0).fit(ratings)
+        assert eager.n_iter_ == 10
+        # A callback's stop is no failure to converge: no warning either.
+        MatrixFactorization(3, solver="sgd", max_iter=5, tol=1e-9, random_state=0).fit(
+            ratings, callback=lambda it, info: it == 2)
     same = MatrixFactorization(3, solver="sgd", random_state=0).fit(ratings)
     assert np.array_equal(same.user_factors_, model.user_factors_)
     # Fold-in solves the same count-weighted objective for a new user.
@@ -226,12 +257,13 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         whole = MatrixFactorization(**params).fit(ratings)
-        # Stopped after epoch 12 (its checkpoint: parameters and every row's step size), then
-        # resumed from the file alone.
+        # Stopped after epoch 13 (its checkpoint: parameters and every row's step size), then
+        # resumed from the file alone. 13: the blocks' order repeats every 8 epochs, so a resume
+        # that lost count of the epochs would still pass at a multiple of 8 (or of 4).
         MatrixFactorization(**params).fit(ratings, checkpoint=path, checkpoint_every=4,
-                                          callback=lambda it, info: it == 12)
+                                          callback=lambda it, info: it == 13)
         with np.load(path) as data:
-            assert int(data["iteration"]) == 12 and data["state_user_steps"].shape == (80,)
+            assert int(data["iteration"]) == 13 and data["state_user_steps"].shape == (80,)
         resumed = MatrixFactorization(**params).fit(ratings, checkpoint=path, resume=True)
     assert resumed.n_iter_ == 25
     assert np.array_equal(resumed.user_factors_, whole.user_factors_)
