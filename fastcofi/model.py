@@ -338,7 +338,7 @@ class MatrixFactorization:
         history, n_iter = observers.merged(history), n_iter + done
         if checkpoint is not None:
             write_checkpoint(checkpoint, params, n_iter, history, fingerprint,
-                             state=run and run.to_arrays(params)[1])
+                             state=run and run.state())
         kept = stopping is not None and stopping.best_params is not None
         if stopping is not None:
             history.setdefault("val_rmse", [])

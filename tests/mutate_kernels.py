@@ -65,12 +65,12 @@ GROUPS = {
     ),
     "sgd": (
         "fastcofi.train.sgd",
-        ["_bounds", "n_blocks", "blocks_of", "_per_rating", "minimize_sgd"],
+        ["n_blocks", "blocks_of", "_per_rating", "minimize_sgd"],
         ["tests/test_sgd.py"],
     ),
     "sgd-kernels": (
         "fastcofi.kernels.sgd",
-        ["rows_sorted", "_lower_bound", "_block", "sgd_epoch"],
+        ["rows_sorted", "_block", "sgd_epoch"],
         ["tests/test_sgd.py"],
     ),
     "gibbs": (

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from fastcofi import MatrixFactorization, Ratings
 from fastcofi._params import initial_scale, resolve_auto
+from fastcofi.data.ratings import balanced_bounds
 from fastcofi.kernels.sgd import Side, rows_sorted, sgd_epoch
 from fastcofi.kernels.sparse import Rows
 from fastcofi.train.objective import FlatObjective
-from fastcofi.train.sgd import ETA, _bounds, _per_rating, blocks_of, minimize_sgd, n_blocks
+from fastcofi.train.sgd import ETA, _per_rating, blocks_of, minimize_sgd, n_blocks
 from fastcofi.train.solvers import ConvergenceWarning, DivergenceError, minimize_als
 
 from .conftest import JIT_DISABLED
@@ -89,14 +90,15 @@ def test_epoch_matches_a_sequential_reference(seed, k, n_blocks_, fit_bias, shif
 
 
 def test_blocks_balance_ratings_and_cover_every_row():
+    # The blocks are `balanced_bounds`' runs of rows.
     counts = np.array([0, 5, 1, 1, 1, 1, 9, 0, 2])
-    bounds = _bounds(counts, 3)
+    bounds = balanced_bounds(np.concatenate([[0], np.cumsum(counts)]), 3)
     assert bounds[0] == 0 and bounds[-1] == counts.size and np.all(np.diff(bounds) >= 0)
     per_block = [counts[a:b].sum() for a, b in itertools.pairwise(bounds)]
     # A block passes its share by less than one row (rows are not split).
     assert sum(per_block) == counts.sum() and max(per_block) < counts.sum() / 3 + counts.max()
     # More blocks than rows: empty blocks, still a cover.
-    assert _bounds(np.array([3, 1]), 4).tolist()[-1] == 2
+    assert balanced_bounds(np.array([0, 3, 4]), 4).tolist()[-1] == 2
     assert n_blocks(1) == n_blocks(8) == 8 and n_blocks(9) == 16
 
 

@@ -57,18 +57,6 @@ def rows_sorted(indptr, indices):
     return not unsorted.any()
 
 
-@nb.njit(cache=True, nogil=True)
-def _lower_bound(indices, start, end, column):
-    """The first position in ``start .. end`` (ascending columns) whose column is >= ``column``."""
-    while start < end:
-        middle = (start + end) // 2
-        if indices[middle] < column:
-            start = middle + 1
-        else:
-            end = middle
-    return start
-
-
 @nb.njit(fastmath=True, cache=True, nogil=True)
 def _block(rows, cursor, users_range, col_stop, wraps, mu, eta, fit_bias, user, item):
     """The updates of one block, in order: users ``users_range[0] .. users_range[1]``, each from
@@ -141,7 +129,7 @@ def sgd_epoch(rows, blocks, users, items, mu, eta, fit_bias, shift):
     for b in prange(n_blocks):
         first = col_bounds[(b + shift) % n_blocks]
         for u in range(row_bounds[b], row_bounds[b + 1]):
-            cursor[u] = _lower_bound(indices, indptr[u], indptr[u + 1], first)
+            cursor[u] = indptr[u] + np.searchsorted(indices[indptr[u]:indptr[u + 1]], first)
     sums = np.zeros(n_blocks)
     for d in range(n_blocks):
         for b in prange(n_blocks):

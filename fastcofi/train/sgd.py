@@ -19,6 +19,7 @@ import numba as nb
 import numpy as np
 
 from .._parallel import threads
+from ..data.ratings import balanced_bounds
 from ..kernels.sgd import Blocks, Side, rows_sorted, sgd_epoch
 from ..kernels.sparse import Rows
 from .solvers import _check_finite, _warn
@@ -41,27 +42,17 @@ ETA = 0.05
 WARM_UP = 10
 
 
-def _bounds(counts, n_blocks):
-    """Block boundaries over rows with these rating counts, each block about as many ratings."""
-    ends = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-    targets = (np.arange(n_blocks + 1, dtype=np.int64) * ends[-1]) // n_blocks
-    bounds = np.searchsorted(ends, targets, side="left").astype(np.int64)
-    bounds[0], bounds[-1] = 0, counts.shape[0]
-    return np.maximum.accumulate(bounds)
-
-
 def n_blocks(n_threads):
     """Blocks per side for ``n_threads`` threads: `N_BLOCKS`, or the next multiple above."""
     return N_BLOCKS * -(-max(int(n_threads), 1) // N_BLOCKS)
 
 
-def blocks_of(ratings, n_blocks=N_BLOCKS):
+def blocks_of(ratings, per_side=N_BLOCKS):
     """The `Blocks` of ``ratings``' users' CSR: user and item ranges of about equal ratings."""
     indptr, indices, _ = ratings.by_user
     if not rows_sorted(indptr, indices):
         raise ValueError("the users' ratings must be sorted by item within each user")
-    return Blocks(_bounds(np.diff(indptr), n_blocks),
-                  _bounds(np.diff(ratings.by_item[0]), n_blocks))
+    return Blocks(balanced_bounds(indptr, per_side), balanced_bounds(ratings.by_item[0], per_side))
 
 
 def _per_rating(total, counts):
@@ -88,9 +79,13 @@ class SgdRun:
         costs = (history or {}).get("cost", [])
         self.previous = float(costs[-1]) if len(costs) else np.inf
 
+    def state(self):
+        """The named arrays a checkpoint stores to resume this run."""
+        return {"item_steps": self.steps[0], "user_steps": self.steps[1]}
+
     def to_arrays(self, params):
         """A checkpoint's ``(params, state)`` (`fastcofi.train.observers.Checkpointing`)."""
-        return params, {"item_steps": self.steps[0], "user_steps": self.steps[1]}
+        return params, self.state()
 
 
 def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, run=None,
