@@ -19,7 +19,7 @@ LARGE = 500_000
 # row's penalty grows with its ratings, so its per-rating strength is far smaller.
 REG_PER_STD = {"sqrt": 1.15, "none": 1.15, "count": 0.035}
 # SGD stopped early regularizes on its own, so its count-weighted penalty is smaller than the
-# exact minimizers' (planted 1e6 and 1e7 sets: 0.02-0.03 in rating units best, std 1.17).
+# exact minimizers' (bench/sgd_settings.py: best of 0.5x-2x on the planted 1e6 and 1e7 sets).
 SGD_REG_PER_STD = 0.02
 # reg_bias=None: a fixed number suits any units (biases scale with the ratings, as the noise
 # does), except under count weighting, where the bias is shrunk per rating like the factors.
@@ -57,7 +57,7 @@ def default_penalties(reg, reg_bias, reg_weighting, std, solver=None):
 def initial_scale(init_scale, solver):
     """The initial factors' standard deviation: ``init_scale``, or for None 0.1, and 0.01 for
     ``solver="sgd"``, whose early stopping regularizes by growing the factors from near zero
-    (planted 1e7 set, 20 epochs: probe RMSE 0.6942 from 0.01 against 0.6989 from 0.1 after 48)."""
+    (bench/sgd_settings.py: planted 1e7 set, best probe RMSE 0.6946 from 0.01, 0.6977 from 0.1)."""
     if init_scale is not None:
         return float(init_scale)
     return 0.01 if solver == "sgd" else 0.1
@@ -154,8 +154,8 @@ def check_fit_args(solver, ratings, validation, checkpoint, checkpoint_every, re
 # tol=None: the preconditioned scipy solvers converge cheaply (ML-100K protocol A 0.9095 in 51-68
 # iterations at 3e-4, against 0.9098 in 87-138 for plain CG at 3e-3); ALS and VB keep the figure
 # they were tuned at, Gibbs does not use it. SGD stops early on purpose: at 3e-3 its training
-# cost kept falling while ML-100K's test error rose (protocol A 0.9428), at 1e-2 0.9253, and the
-# planted 1e6 / 1e7 sets lost nothing (probe RMSE 0.8538 after 24 epochs, 0.6963 after 15).
+# cost kept falling while ML-100K's test error rose (bench/compare_peers.py, protocol A 0.9428;
+# 0.9253 at 1e-2); on the planted 1e6 / 1e7 sets 1e-2 stops within 0.0015 of the best epoch.
 _DEFAULT_TOL = {"cg": 3e-4, "lbfgs": 3e-4, "als": 3e-3, "sgd": 1e-2, "vb": 3e-3, "gibbs": 3e-3}
 
 

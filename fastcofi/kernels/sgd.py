@@ -8,8 +8,7 @@ item, so one diagonal ``d`` runs its B blocks in parallel without a race (Gemull
 epoch gives the same bits on any number of threads.
 
 Walking a block user by user keeps that user's factors in cache and reads only the block's
-items, a B-th of the item table: an epoch runs several times faster than in a shuffled order
-(bench/README.md, "Time to quality at scale"), at nearly the same accuracy per epoch.
+items, a B-th of the item table, where a shuffled order would read both at random.
 """
 
 from typing import NamedTuple

@@ -29,16 +29,15 @@ __all__ = ["ETA", "N_BLOCKS", "WARM_UP", "SgdRun", "blocks_of", "minimize_sgd", 
 # Blocks per side, for up to this many threads (then the next multiple of it): one diagonal runs
 # this many blocks in parallel, and a number that does not follow the threads keeps the result
 # the same on 1 to 8 of them. Each block walks its users once, so every user's factors are read
-# once per block: 8 blocks ran an epoch at 1e7 ratings in 0.16 s, 16 in 0.27 s (2 threads); the
-# items of one block (a few hundred kB of factors at 1e7) stay in cache.
+# once per block: more blocks than threads need only cost reads; the items of one block (a few
+# hundred kB of factors at 1e7) stay in cache.
 N_BLOCKS = 8
 # AdaGrad's base step. With the accumulators starting at 1, the first steps are at most this
 # times the gradient, and later ones shrink as each row's gradients add up.
 ETA = 0.05
 # Epochs before the stopping test applies. From factors near zero the cost first drops as the
-# biases learn, then stalls at the saddle at zero until the factors grow (on 1,440 ratings:
-# epochs 2-6 each lowered it by 0.1-0.5 %, then by 3-10 %), which a per-epoch test mistakes for
-# convergence.
+# biases learn, then stalls at the saddle at zero until the factors grow, which a per-epoch test
+# mistakes for convergence (`test_the_estimator_trains_with_sgd_and_serves` fails without it).
 WARM_UP = 10
 
 
@@ -105,9 +104,8 @@ def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, run=Non
     fit_bias : bool
         Learn the user and item biases (else the objective's fixed offsets stay).
     eta : float
-        AdaGrad's base step. Larger steps run closer to the exact minimum; the default's slower
-        approach is the estimator's (bench/README.md: at 1e7 planted ratings, probe RMSE 0.694
-        after 20 epochs at 0.05, 0.700-0.704 at 0.1, 0.712-0.715 at 0.2).
+        AdaGrad's base step. Larger steps run closer to the exact minimum (the tests use 0.2
+        to reach it); the default's slower approach keeps the implicit regularization.
     run : SgdRun, optional
         The step sizes (updated in place), epochs done and last cost; a fresh run when None.
 
