@@ -6,9 +6,10 @@ Protocol S's Netflix shape (``fastcofi.datasets.synthetic(480_189, 17_770, n, ra
 noise=0.5, seed=1)``), learned biases, square-root weighted penalties. Both kernels solve the
 same half-sweeps from the same factors, alternating, in one process (timings on a shared
 machine are only comparable as ratios); prints the median seconds of the user half, the item
-half and their sum (one ALS sweep without its objective evaluation), and the largest
-difference between the kernels' results. The tiled kernel runs twice: reading float64 factors
-(fold-in's solve) and a float32 copy of them (training's; the copy is timed with it).
+half and their sum (one ALS sweep), and the largest difference between the kernels' results.
+The package's kernel runs three times: exact solves reading float64 factors (fold-in's
+solve), exact solves reading a float32 copy of them, and training's sweep (the float32 copy,
+`CG_STEPS` conjugate-gradient steps on mid-length rows); each copy is timed with its run.
 
 The baseline is the earlier row solve: each rating added to the lower triangle of the d x d
 normal equations one scalar multiply-add at a time, then a Cholesky factorization, for every
@@ -27,6 +28,7 @@ from fastcofi import datasets
 from fastcofi.kernels.rowsolve import Other, Penalty, Solved, _cholesky_solve, solve_rows
 from fastcofi.kernels.sparse import Rows
 from fastcofi.train.objective import threads
+from fastcofi.train.solvers import CG_STEPS
 
 _FASTMATH = {"reassoc", "contract"}
 
@@ -106,14 +108,14 @@ def main(argv=None):
     user_weight = np.sqrt(np.diff(r.by_user[0]).astype(float))
     item_weight = np.sqrt(np.diff(r.by_item[0]).astype(float))
 
-    def tiled(factor_type):
+    def tiled(factor_type, cg_steps):
         def kernel(indptr, cols, values, chunks, F, col_offset, row_offset, reg, reg_bias,
                    row_weight, fit_bias, out, out_bias):
             # Training reads the fixed side through a float32 copy, made once per half-sweep.
             return solve_rows(Rows(indptr, cols, values, chunks),
                               Other(F.astype(factor_type), col_offset),
                               Penalty(reg, reg_bias, fit_bias), row_offset, row_weight,
-                              Solved(out, out_bias))
+                              Solved(out, out_bias), cg_steps).failures
         return kernel
 
     def halves(kernel, X, Theta, item_bias, user_bias):
@@ -125,8 +127,8 @@ def main(argv=None):
                item_weight, True, X, item_bias)
         return t1 - t0, time.perf_counter() - t1
 
-    kernels = {"scalar": scalar_solve_rows, "tiled": tiled(np.float64),
-               "tiled32": tiled(np.float32)}
+    kernels = {"scalar": scalar_solve_rows, "tiled": tiled(np.float64, 0),
+               "tiled32": tiled(np.float32, 0), "sweep32": tiled(np.float32, CG_STEPS)}
     times = {name: [] for name in kernels}
     results = {}
     with threads(args.threads), threadpool_limits(1, user_api="blas"):
@@ -142,7 +144,7 @@ def main(argv=None):
         print(f"{name:7s} users {np.median(runs[:, 0]):.3f} s  items {np.median(runs[:, 1]):.3f} s"
               f"  sweep {np.median(runs.sum(axis=1)):.3f} s  (median of {args.repeats})")
     scalar = np.array(times["scalar"])
-    for name in ("tiled", "tiled32"):
+    for name in ("tiled", "tiled32", "sweep32"):
         runs = np.array(times[name])
         ratio = [np.median(scalar[:, h]) / np.median(runs[:, h]) for h in range(2)]
         ratio.append(np.median(scalar.sum(axis=1)) / np.median(runs.sum(axis=1)))

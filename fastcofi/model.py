@@ -107,11 +107,11 @@ class MatrixFactorization:
     max_iter : int, default 300
         Iterations at most (ALS, VB: sweeps over users and items; Gibbs: the chain's sweeps,
         burn-in included, all run).
-    tol : float or None, default None (3e-4 for "cg" and "lbfgs", preconditioned; 3e-3 else)
-        Stop when the gradient's largest entry falls below ``tol`` times its initial value (for
-        ALS, in the preconditioned parameters: each entry divided by the square root of its
-        curvature estimate, so that the busiest rows do not decide alone); 0 disables it. VB
-        stops when a sweep moves its free energy by less than ``tol / 10`` of its size.
+    tol : float or None, default None (CG, L-BFGS 3e-4; ALS 1e-4; SGD 1e-2; VB 3e-3)
+        CG, L-BFGS: stop when the gradient's largest entry (preconditioned) falls below ``tol``
+        times its initial value. ALS, SGD: when a sweep (an epoch; SGD after its first 10)
+        lowers the cost by less than ``tol`` times its value. VB: when a sweep moves its free
+        energy by less than ``tol / 10`` of its size. 0 disables the test.
     patience : int, default 10
         With a validation set, stop once its RMSE has not improved for this many iterations and
         keep the best iterate.

@@ -385,7 +385,7 @@ def add_users(model, ratings):
             solve_rows(
                 Rows(new_indptr, new_cols, new_values, chunks), Other(state.X, state.col_offset),
                 Penalty(float(reg), float(reg_bias), fit_bias), np.zeros(n_new), weights,
-                Solved(Theta_new, bias_new),
+                Solved(Theta_new, bias_new), 0,
             )
 
     # Merge, keeping the user ids sorted so that lookups still work.
@@ -553,5 +553,5 @@ def warm_up(model):
             Rows(np.array([0, 1], dtype=np.int64), np.zeros(1, dtype=state.seen_items.dtype),
                  np.ones(1), np.array([0, 1], dtype=np.int64)),
             Other(state.X, state.col_offset), Penalty(1.0, 1.0, model.normalize == "biases"),
-            np.zeros(1), np.ones(1), Solved(np.zeros((1, k)), np.zeros(1)),
+            np.zeros(1), np.ones(1), Solved(np.zeros((1, k)), np.zeros(1)), 0,
         )

@@ -1,5 +1,47 @@
 """What every kernel module shares."""
 
+from llvmlite import ir
+from numba.core import cgutils, config, types
+from numba.core.extending import intrinsic
+
 # Reassociation lets the k-long dot products vectorize; tests compare against the dense
 # reference at a relative 1e-9, far above the rounding differences it causes.
 _FASTMATH = {"reassoc", "contract"}
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Hint the cache to fetch ``array[index]`` (a 1-d or 2-d array's element, the first of row
+    ``index`` for 2-d) for reading; no effect on results. A gather of rows at random indices
+    issues it some rows ahead: the hardware does not guess where the next row is."""
+    if not isinstance(array, types.Array) or array.ndim not in (1, 2):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type = signature.args
+        view = context.make_array(array_type)(context, builder, args[0])
+        row = context.cast(builder, args[1], index_type, types.intp)
+        where = [row] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
+        pointer = cgutils.get_item_pointer2(
+            context, builder, view.data, cgutils.unpack_tuple(builder, view.shape),
+            cgutils.unpack_tuple(builder, view.strides), array_type.layout, where,
+        )
+        byte_pointer = ir.IntType(8).as_pointer()
+        int32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]),
+            "llvm.prefetch.p0i8",
+        )
+        # read, high temporal locality, data cache
+        builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(int32, 0),
+                                ir.Constant(int32, 3), ir.Constant(int32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
+def _no_prefetch(array, index):
+    """`_prefetch` with the JIT off, where intrinsics cannot run: a hint, so nothing to do."""
+
+
+prefetch = _no_prefetch if config.DISABLE_JIT else _prefetch

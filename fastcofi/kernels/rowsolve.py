@@ -6,7 +6,7 @@ import numba as nb
 import numpy as np
 from numba import prange
 
-from ._jit import _FASTMATH
+from ._jit import _FASTMATH, prefetch
 from .sparse import lookup_int
 
 # A pivot at most this fraction of its diagonal entry counts as zero: rounding leaves about
@@ -39,9 +39,8 @@ def _cholesky_in_place(A, d):
 
 # A row's ratings are gathered this many at a time into a contiguous tile of their factor rows,
 # whose Gram matrix is one small matrix product: a rank-256 update instead of a scalar rank-1
-# update per rating. The bias's column of ones stays out of the tile (its Gram entries are column
-# sums, added in float64): sgemm on k = 32 columns took 4.67 us per 256-row tile against 5.84 us
-# on 33, a 1e8-rating sweep about 3 % less.
+# update per rating. The tile also holds a column of ones for the bias and the targets, so that
+# the same product gives the bias's entries, the right-hand side and the targets' squared sum.
 _TILE_ROWS = 256
 
 
@@ -97,107 +96,140 @@ class Penalty(NamedTuple):
 
 
 class Solved(NamedTuple):
-    """Where `solve_rows` writes: ``factors`` (n, k) and ``bias`` (n,), float64."""
+    """Where `solve_rows` writes: ``factors`` (n, k) and ``bias`` (n,), float64. What they hold
+    before is where a row's conjugate-gradient steps start."""
 
     factors: np.ndarray
     bias: np.ndarray
 
 
+class SolveSummary(NamedTuple):
+    """What `solve_rows` reports about a side.
+
+    ``failures``: rows whose system was not positive definite (their factors are 0).
+    ``cost``: half the squared residuals of the side's ratings plus ``penalty``, at the solution
+    (the objective's terms that the side's rows hold).
+    ``penalty``: half the side's rows' penalties at the solution.
+    """
+
+    failures: int
+    cost: float
+    penalty: float
+
+
+# How many ratings ahead `_gather` asks for the rows it will read: far enough for the memory's
+# latency, near enough that the rows are still in cache when read.
+_AHEAD = 16
+
+
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def _gather(cols, values, F, col_offset, row_offset, start, m, tile, target):
-    """Rows ``start:start + m`` of the row's ratings into ``tile`` (their factor rows, of ``F``'s
-    type) and ``target`` (what the factors must explain)."""
+def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
+    """Ratings ``start:start + m`` of a row into the first ``m`` rows of ``tile`` (``F``'s type):
+    their factor rows, a 1 for the bias when ``fit_bias``, and last what the factors must
+    explain (the rating less the offsets)."""
     k = F.shape[1]
+    last = k + 1 if fit_bias else k
     for q in range(m):
+        if q + _AHEAD < m:
+            ahead = cols[start + q + _AHEAD]
+            prefetch(F, ahead)
+            prefetch(col_offset, ahead)
         col = cols[start + q]
         for f in range(k):
             tile[q, f] = F[col, f]
-        target[q] = values[start + q] - col_offset[col] - row_offset
+        if fit_bias:
+            tile[q, k] = 1.0
+        tile[q, last] = values[start + q] - col_offset[col] - row_offset
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, target, out):
+def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, z, out):
     """The row's solution through the n x n system of its ratings, for n < d.
 
-    With ``T`` the gathered tile and a column of ones for the bias (n x d) and ``P`` the
-    diagonal penalty, ``(T'T + P) w = T't`` has the solution ``w = P^-1 T' z`` with
-    ``(T P^-1 T' + I) z = t`` (push-through identity):
-    an n x n factorization instead of a d x d one, which for the many rows with a handful of
-    ratings is most of a sweep. Needs every penalty > 0. Returns beta (NaN when not positive
-    definite).
+    With ``T`` the gathered tile's factor rows and a column of ones for the bias (n x d), ``t``
+    its targets and ``P`` the diagonal penalty, ``(T'T + P) w = T't`` has the solution
+    ``w = P^-1 T' z`` with ``(T P^-1 T' + I) z = t`` (push-through identity): an n x n
+    factorization instead of a d x d one, which for the many rows with a handful of ratings is
+    most of a sweep. Then ``t - T w = z``: the residuals come with it. Needs every penalty > 0.
+    Returns ``(beta, squared residual sum)``, beta NaN when not positive definite.
     """
+    d = k + 1 if fit_bias else k
     inv_reg = 1.0 / reg
     inv_bias = 1.0 / reg_bias if fit_bias else 0.0
     for p in range(n):
         for q in range(p + 1):
-            acc = 0.0
-            for f in range(k):
-                acc += np.float64(tile[p, f]) * tile[q, f]
+            # Summed in the tile's type: k products of float32 factors lose less than their
+            # own rounding (the Gram path's sgemm sums the same way).
+            acc = tile[p, 0] * tile[q, 0]
+            for f in range(1, k):
+                acc += tile[p, f] * tile[q, f]
             S[p, q] = acc * inv_reg + inv_bias
         S[p, p] += 1.0
-    if not _cholesky_solve(S, target, n):
-        return np.nan
+        z[p] = tile[p, d]
+    if not _cholesky_solve(S, z, n):
+        return np.nan, 0.0
     for f in range(k):
         out[f] = 0.0
     beta = 0.0
+    squares = 0.0
     for p in range(n):
-        z = target[p]
+        zp = z[p]
         for f in range(k):
-            out[f] += tile[p, f] * z
-        beta += z
+            out[f] += tile[p, f] * zp
+        beta += zp
+        squares += zp * zp
     for f in range(k):
         out[f] *= inv_reg
-    return beta * inv_bias
+    return beta * inv_bias, squares
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
-def _solve_row_tiled(cols, values, F, col_offset, row_offset, reg, reg_bias, fit_bias, A, b,
-                     gram, tile, target, out):
-    """`solve_row` with all its scratch given: ``A`` and ``b`` (d x d, d; float64), ``gram``
-    (k x k) and ``tile`` (at least d rows, k columns), both of ``F``'s type, and ``target``
-    (float64, as many entries as ``tile`` has rows)."""
+def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penalty, A, b,
+                     gram, tile, out):
+    """`solve_row` of the ratings ``start:stop`` with all its scratch given.
+
+    Scratch: ``A`` (d + 1 x d + 1, float64), ``b`` (float64, at least 2 d), ``gram``
+    (d + 1 x d + 1) and ``tile`` (at least d rows, d + 1 columns), both of ``F``'s type.
+    ``penalty`` is ``(reg, reg_bias, fit_bias)`` with the row's weight applied. Returns
+    ``(beta, squares)``: the bias (NaN when the system is not positive definite, the factors
+    then 0) and the squared residuals at the solution.
+    """
+    reg, reg_bias, fit_bias = penalty
     k = F.shape[1]
     d = k + 1 if fit_bias else k
-    n = cols.shape[0]
+    n = stop - start
     rows = tile.shape[0]
+    if n < d and n <= rows and reg > 0.0 and (reg_bias > 0.0 or not fit_bias):
+        _gather(cols, values, F, col_offset, row_offset, start, n, fit_bias, tile)
+        beta, squares = _solve_dual(n, k, reg, reg_bias, fit_bias, A, tile, b, out)
+        if np.isnan(beta):
+            for f in range(k):
+                out[f] = 0.0
+        return beta, squares
+    for r in range(d + 1):
+        for c in range(r + 1):
+            A[r, c] = 0.0
+    for begin in range(start, stop, rows):
+        m = min(rows, stop - begin)
+        _gather(cols, values, F, col_offset, row_offset, begin, m, fit_bias, tile)
+        part = tile[:m]
+        # A BLAS matrix product (numba calls scipy's; sgemm on a float32 tile, twice dgemm's
+        # rate); training holds BLAS to one thread. Sums across tiles are float64.
+        np.dot(part.T, part, gram)
+        for r in range(d + 1):
+            for c in range(r + 1):
+                A[r, c] += gram[r, c]
+    targets_squared = A[d, d]
     if reg == 0.0 and (n < k or (fit_bias and reg_bias == 0.0 and n < d)):
         # Fewer ratings than unpenalized unknowns: singular by count. Its last pivot is rounding
         # only, but rounding amplified by small earlier pivots can pass any fixed floor
         # (5.7e-13 of its diagonal for 3 ratings and k = 4 with random factors).
         for f in range(k):
             out[f] = 0.0
-        return np.nan
-    if n < d and n <= rows and reg > 0.0 and (reg_bias > 0.0 or not fit_bias):
-        _gather(cols, values, F, col_offset, row_offset, 0, n, tile, target)
-        beta = _solve_dual(n, k, reg, reg_bias, fit_bias, A, tile, target, out)
-        if np.isnan(beta):
-            for f in range(k):
-                out[f] = 0.0
-        return beta
+        return np.nan, targets_squared
     for r in range(d):
-        b[r] = 0.0
-        for c in range(d):
-            A[r, c] = 0.0
-    for start in range(0, n, rows):
-        m = min(rows, n - start)
-        _gather(cols, values, F, col_offset, row_offset, start, m, tile, target)
-        for q in range(m):
-            t = target[q]
-            for c in range(k):
-                b[c] += tile[q, c] * t
-            if fit_bias:
-                b[k] += t
-                for c in range(k):
-                    A[k, c] += tile[q, c]
-        if fit_bias:
-            A[k, k] += m
-        part = tile[:m]
-        # A BLAS matrix product (numba calls scipy's; sgemm on a float32 tile, twice dgemm's
-        # rate); training holds BLAS to one thread. Sums across tiles are float64.
-        np.dot(part.T, part, gram)
-        for r in range(k):
-            for c in range(r + 1):
-                A[r, c] += gram[r, c]
+        b[r] = A[d, r]
+        b[d + r] = A[d, r]
     for r in range(k):
         A[r, r] += reg
     if fit_bias:
@@ -205,10 +237,105 @@ def _solve_row_tiled(cols, values, F, col_offset, row_offset, reg, reg_bias, fit
     if not _cholesky_solve(A, b, d):
         for f in range(k):
             out[f] = 0.0
-        return np.nan
+        return np.nan, targets_squared
+    # At the solution w of (G + P) w = c the squared residuals are t't - w'c - w'P w.
+    explained = 0.0
+    penalized = 0.0
+    for r in range(d):
+        explained += b[r] * b[d + r]
+        penalized += (reg if r < k else reg_bias) * b[r] * b[r]
     for f in range(k):
         out[f] = b[f]
-    return b[k] if fit_bias else 0.0
+    return (b[k] if fit_bias else 0.0), max(targets_squared - explained - penalized, 0.0)
+
+
+# The rows that take conjugate-gradient steps in a training sweep (`solve_rows`): from this many
+# ratings, where the n x n system of `_solve_dual` costs more than a few passes over the row;
+_CG_MIN = 12
+# up to this many, whose gathered tile (about 140 KB at k = 32) stays in the core's cache for
+# every pass. A longer row's passes would stream it from memory, where forming its normal
+# equations reads each rating once.
+_CG_ROWS = 1024
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
+    """``steps`` conjugate-gradient steps on a row's normal equations from its current factors
+    ``out`` and ``bias``, preconditioned by their diagonal, on the tile of all its n gathered
+    ratings (`_gather`). Writes ``out``; returns ``(beta, squares)``, the squared residuals
+    at the result.
+
+    A step costs two matrix-vector products with the tile (BLAS) where the row's Gram matrix
+    costs a matrix product; warm-started rows of an ALS sweep need only a few (Takacs,
+    Pilaszy and Tikk, RecSys 2011). ``scratch`` (3, at least max(n, d + 1)) of the tile's
+    type: the residuals, a step's products and the vector they are taken of; ``vectors``
+    (5, d + 1) float64.
+    """
+    reg, reg_bias = penalty[0], penalty[1]
+    d = tile.shape[1] - 1
+    k = d - 1 if fit_bias else d
+    part = tile[:n]
+    residual, product, x = scratch[0, :n], scratch[1, :n], scratch[2, :d + 1]
+    r, z, p, Ap, scale = vectors[0], vectors[1], vectors[2], vectors[3], vectors[4]
+    beta = bias if fit_bias else 0.0
+    # Through the tile's columns of ones and targets: x = (w, beta, -1) gives the residuals.
+    for f in range(k):
+        x[f] = out[f]
+    if fit_bias:
+        x[k] = beta
+    x[d] = -1.0
+    np.dot(part, x, residual)
+    np.dot(part.T, residual, x)
+    for f in range(d):
+        Ap[f] = x[f]
+    for f in range(d):
+        scale[f] = 0.0
+    for q in range(n):
+        for f in range(d):
+            scale[f] += np.float64(part[q, f]) * part[q, f]
+    rz = 0.0
+    for f in range(d):
+        pen = reg if f < k else reg_bias
+        r[f] = -(Ap[f] + pen * (out[f] if f < k else beta))
+        curvature = scale[f] + pen
+        scale[f] = 1.0 / curvature if curvature > 0.0 else 0.0
+        z[f] = r[f] * scale[f]
+        p[f] = z[f]
+        rz += r[f] * z[f]
+    for _ in range(steps):
+        if rz <= 0.0:
+            break
+        for f in range(d):
+            x[f] = p[f]
+        x[d] = 0.0
+        np.dot(part, x, product)
+        np.dot(part.T, product, x)
+        pAp = 0.0
+        for f in range(d):
+            Ap[f] = x[f] + (reg if f < k else reg_bias) * p[f]
+            pAp += p[f] * Ap[f]
+        if pAp <= 0.0:
+            break
+        alpha = rz / pAp
+        for q in range(n):
+            residual[q] += alpha * product[q]
+        rz_next = 0.0
+        for f in range(d):
+            if f < k:
+                out[f] += alpha * p[f]
+            else:
+                beta += alpha * p[f]
+            r[f] -= alpha * Ap[f]
+            z[f] = r[f] * scale[f]
+            rz_next += r[f] * z[f]
+        ratio = rz_next / rz
+        for f in range(d):
+            p[f] = z[f] + ratio * p[f]
+        rz = rz_next
+    squares = 0.0
+    for q in range(n):
+        squares += np.float64(residual[q]) * residual[q]
+    return beta, squares
 
 
 # Reassociated sums: the row-solve tests compare with numpy's solution at 1e-10 relative.
@@ -231,27 +358,30 @@ def solve_row(cols, values, other, row_offset, penalty, out):
     """
     F = other.factors
     k = F.shape[1]
-    fit_bias = penalty.fit_bias
-    d = k + 1 if fit_bias else k
+    d = k + 1 if penalty.fit_bias else k
     rows = max(min(cols.shape[0], _TILE_ROWS), d)
-    return _solve_row_tiled(
-        cols, values, F, other.offset, row_offset, penalty.reg, penalty.reg_bias, fit_bias,
-        np.empty((d, d)), np.empty(d), np.empty((k, k), dtype=F.dtype),
-        np.empty((rows, k), dtype=F.dtype), np.empty(rows), out,
+    beta, _ = _solve_row_tiled(
+        cols, values, 0, cols.shape[0], F, other.offset, row_offset, penalty,
+        np.empty((d + 1, d + 1)), np.empty(2 * d), np.empty((d + 1, d + 1), dtype=F.dtype),
+        np.empty((rows, d + 1), dtype=F.dtype), out,
     )
+    return beta
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
-def solve_rows(rows, other, penalty, row_offset, row_weight, out):
+def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
     """`solve_row` for every row of a side, in parallel; each thread owns whole rows.
 
     ``rows`` (`Rows`) holds the side's ratings, ``other`` (`Other`) the fixed side, row ``r``
     is offset by ``row_offset[r]`` and regularized by ``penalty`` (`Penalty`) times
     ``row_weight[r]``; its solution goes to row ``r`` of ``out`` (`Solved`; the bias only when
-    ``penalty.fit_bias``). Each row's result depends on its own ratings only, so not on the
-    chunks or the threads.
+    ``penalty.fit_bias``). ``cg_steps`` 0: every row solved exactly (`solve_row`); more: a row
+    with at least d = k + fit_bias ratings instead takes that many conjugate-gradient steps
+    from the values ``out`` holds (`_cg_row`), an ALS sweep's inexact update. Each row's result
+    depends on its own ratings only, so not on the chunks or the threads; the summary's sums
+    are added in chunk order.
 
-    Returns the number of rows whose system was not positive definite (their factors are 0).
+    Returns a `SolveSummary`.
     """
     # Bound to locals before the parallel loop: numba 0.68's parallel loops lose writes made
     # through a tuple's field inside them.
@@ -262,27 +392,59 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out):
     k = F.shape[1]
     d = k + 1 if fit_bias else k
     n_chunks = chunks.shape[0] - 1
-    tile_rows = max(_TILE_ROWS, d)
     failures = np.zeros(n_chunks, dtype=np.int64)
+    squares = np.zeros(n_chunks)
+    penalties = np.zeros(n_chunks)
     for c in prange(n_chunks):
-        A = np.empty((d, d))
-        b = np.empty(d)
-        gram = np.empty((k, k), dtype=F.dtype)
-        tile = np.empty((tile_rows, k), dtype=F.dtype)
-        target = np.empty(tile_rows)
+        longest = 0
+        if 0 < cg_steps < d:
+            for r in range(chunks[c], chunks[c + 1]):
+                n = indptr[r + 1] - indptr[r]
+                if n <= _CG_ROWS:
+                    longest = max(longest, n)
+        tile_rows = max(_TILE_ROWS, d, longest)
+        A = np.empty((d + 1, d + 1))
+        b = np.empty(2 * d)
+        gram = np.empty((d + 1, d + 1), dtype=F.dtype)
+        tile = np.empty((tile_rows, d + 1), dtype=F.dtype)
+        scratch = np.empty((3, max(longest, d + 1)), dtype=F.dtype)
+        vectors = np.empty((5, d + 1))
+        chunk_squares = 0.0
+        chunk_penalty = 0.0
         for r in range(chunks[c], chunks[c + 1]):
-            start, end = indptr[r], indptr[r + 1]
-            beta = _solve_row_tiled(
-                cols[start:end], values[start:end], F, col_offset, row_offset[r],
-                reg * row_weight[r], reg_bias * row_weight[r], fit_bias, A, b, gram, tile,
-                target, out_factors[r],
-            )
+            start, stop = indptr[r], indptr[r + 1]
+            n = stop - start
+            weight = row_weight[r]
+            row_penalty = (reg * weight, reg_bias * weight, fit_bias)
+            if 0 < cg_steps < d and _CG_MIN <= n <= _CG_ROWS:
+                _gather(cols, values, F, col_offset, row_offset[r], start, n, fit_bias, tile)
+                beta, row_squares = _cg_row(n, fit_bias, row_penalty, cg_steps, tile,
+                                            out_factors[r], out_bias[r] if fit_bias else 0.0,
+                                            scratch, vectors)
+            else:
+                beta, row_squares = _solve_row_tiled(
+                    cols, values, start, stop, F, col_offset, row_offset[r], row_penalty, A,
+                    b, gram, tile, out_factors[r],
+                )
             if np.isnan(beta):
                 failures[c] += 1
                 beta = 0.0
             if fit_bias:
                 out_bias[r] = beta
-    return failures.sum()
+            norm2 = 0.0
+            for f in range(k):
+                norm2 += out_factors[r, f] * out_factors[r, f]
+            chunk_squares += row_squares
+            chunk_penalty += row_penalty[0] * norm2 + row_penalty[1] * beta * beta
+        squares[c] = chunk_squares
+        penalties[c] = chunk_penalty
+    total_squares = 0.0
+    total_penalty = 0.0
+    for c in range(n_chunks):
+        total_squares += squares[c]
+        total_penalty += penalties[c]
+    return SolveSummary(failures.sum(), 0.5 * (total_squares + total_penalty),
+                        0.5 * total_penalty)
 
 
 @nb.njit(cache=True, nogil=True)

@@ -12,8 +12,6 @@ from ..kernels.objective import (
     Side,
     cost_and_grad_buffered,
     cost_and_grad_two_pass,
-    cost_and_own_grad,
-    preconditioned_row_max,
 )
 from ..kernels.rowsolve import row_weights as row_weights_kernel
 
@@ -281,23 +279,6 @@ class FlatObjective:
                 self.weights, grads, plan=self._current_plan(),
             )
 
-    def cost_and_user_grad(self, params):
-        """``(cost, gradient)`` at a point where the items' gradient is zero (ALS right after
-        solving the item rows): the cost in full, the gradient's user entries (factors, and
-        biases when learned) computed and its item entries set to 0, at about half the cost of
-        `__call__` (one walk of the users' CSR, no buffer). Where the items' gradient is not
-        zero, use `__call__`."""
-        grad, values, grads = self._views(params)
-        # The users' entries are all written by the walk; only the items' are zeroed (a zeroed
-        # parameter-sized array costs more than the walk's own work per user at 1e7 ratings).
-        grads[0][...] = 0.0
-        grads[2][...] = 0.0
-        items, users = _sides(self.ratings, *values, self.weights)
-        with threads(self.n_threads):
-            cost = cost_and_own_grad(users, items, Gradient(grads[1], grads[3]), self.mu,
-                                     self.reg, self.reg_bias)
-        return float(cost), grad
-
     @property
     def size(self):
         r = self.ratings
@@ -334,29 +315,6 @@ class FlatObjective:
         for where, block in self._curvature_blocks(params):
             out[where] = block
         return out
-
-    def preconditioned_max(self, params, grad):
-        """``max |grad / sqrt(curvature(params))|`` (a zero curvature counting as 1), the
-        gradient's largest entry in the preconditioned parameters, in one pass and without a
-        parameter-sized temporary (`curvature`'s estimate, row by row)."""
-        X, Theta, _, _ = self.unpack(np.asarray(params, dtype=np.float64))
-        grads = self.unpack(np.asarray(grad, dtype=np.float64))
-        counts = [np.asarray(c, dtype=np.float64) for c in self._row_counts()]
-        mean_square = _mean_squares(Theta, X)
-        largest = 0.0
-        with threads(self.n_threads):
-            for side in (0, 1):
-                if counts[side].shape[0]:
-                    penalty = self.reg * self.weights[side]
-                    largest = max(largest, preconditioned_row_max(
-                        grads[side], counts[side], mean_square[side], penalty))
-        if self.learn_biases:
-            for side in (0, 1):
-                curvature = counts[side] + self.reg_bias * self.weights[side]
-                scale = np.sqrt(np.where(curvature > 0, curvature, 1.0))
-                bias_grad = np.abs(grads[side + 2]) / scale
-                largest = max(largest, float(np.max(bias_grad, initial=0.0)))
-        return largest
 
     # Rows of the curvature estimate made at a time: blocks of a few MB at k = 32.
     _CURVATURE_ROWS = 1 << 14
