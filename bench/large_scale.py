@@ -11,7 +11,7 @@ Two steps, each in its own process so that each peak memory is its own:
    as the Netflix prize shipped its probe set.
 2. ``train``: both files read with ``fastcofi.read_ratings(dtype=np.float32)``, then
    ``MatrixFactorization(n_factors=32).fit(train, validation=probe)``, every other parameter
-   the library's default unless given (``solver="auto"``: ALS at this size), then the probe
+   the library's default unless given (``solver="auto"``: SGD at this size), then the probe
    predicted; ``end_to_end_s`` is those three steps.
 
 Writes bench/results/large_scale.json: seconds per step, peak RSS per process, seconds per

@@ -231,11 +231,23 @@ def test_training_rows_take_conjugate_gradient_steps_from_where_they_are(seed, k
 
 
 def test_row_solve_reports_a_singular_system():
+    """Singular by count (fewer ratings than unknowns, no penalty) and by value (enough ratings,
+    all-zero factors): NaN, zero factors, and in a sweep's summary one failure whose ratings
+    count in full in the cost (its prediction is the offsets alone)."""
     F = np.zeros((3, 2))
     out = np.ones(2)
     beta = solve_row(np.array([0], dtype=np.int32), np.array([1.0]), Other(F, np.zeros(3)), 0.0,
                      Penalty(0.0, 0.0, False), out)
     assert np.isnan(beta) and np.all(out == 0)
+    values = np.array([1.0, -2.0, 0.5])
+    out = np.ones((1, 2))
+    summary = solve_rows(
+        Rows(np.array([0, 3]), np.arange(3, dtype=np.int32), values, np.array([0, 1])),
+        Other(F, np.full(3, 0.25)), Penalty(0.0, 0.0, False), np.zeros(1), np.ones(1),
+        Solved(out, np.zeros(1)), 0)
+    assert summary.failures == 1 and np.all(out == 0)
+    assert summary.cost == pytest.approx(0.5 * np.sum((values - 0.25) ** 2), rel=1e-12)
+    assert summary.penalty == 0.0
 
 
 @given(st.integers(0, 10_000), st.integers(2, 6), st.booleans())
