@@ -42,7 +42,8 @@ GROUPS = {
         ["_cholesky_in_place", "_gather", "_solve_dual", "_solve_row_tiled", "_cg_row",
          "solve_row", "solve_rows"],
         ["tests/test_solvers.py", "-k",
-         "row_solve or training_rows or als_sweep_ends or fewer_ratings_than_unknowns"],
+         "row_solve or training_rows or jacobi or als_sweep_ends or fewer_ratings_than_unknowns "
+         "or as_many_ratings"],
     ),
     "solvers": (
         "fastcofi.train.solvers",

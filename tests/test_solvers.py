@@ -123,20 +123,23 @@ def _dense_rows(rows, F, col_offset, row_offset, weight, reg, reg_bias, fit_bias
 @given(st.integers(0, 10_000), st.integers(1, 9), st.booleans(),
        st.lists(st.sampled_from([0, 1, 2, 5, 9, 10, 11, 12, 13, _TILE_ROWS - 1, _TILE_ROWS,
                                  2 * _TILE_ROWS + 3, _CG_ROWS + 1]), min_size=1, max_size=5),
-       st.sampled_from([0.0, 0.05, 3.0]), st.sampled_from([np.float64, np.float32]))
-def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg, dtype):
+       st.sampled_from([0.0, 0.05, 1.0, 3.0]), st.sampled_from([0.0, 0.3]),
+       st.sampled_from([np.float64, np.float32]))
+def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg, reg_bias, dtype):
     """Every path of the exact row solve (the n x n system of a short row, the tiled normal
     equations of a long one, several tiles, a zero penalty) against numpy, rows of a CSR solved
     in parallel with their own penalty weights; with the float32 factors of a training sweep,
     to float32 rounding of the products. The summary's cost and penalty from their definitions
-    at the solution."""
+    at the solution. An unpenalized bias beside penalized factors: the Gram path even for a
+    short row."""
     rng = np.random.default_rng(seed)
     if reg == 0.0:
         # Without a penalty a row needs d ratings to be determined (a rank-deficient system
         # may pass the factorization on rounding: test_row_solve_reports_a_singular_system).
         lengths = [max(n, k + 1) for n in lengths]
+    elif reg_bias == 0.0 and fit_bias:
+        lengths = [max(n, 1) for n in lengths]  # an unpenalized bias needs a rating
     rows, F, col_offset, row_offset, weight = _row_problem(rng, k, fit_bias, lengths, dtype)
-    reg_bias = 0.3
     start = rng.normal(size=(len(lengths), k))
     start_bias = rng.normal(size=len(lengths))
     out, out_bias = start.copy(), start_bias.copy()
@@ -228,6 +231,60 @@ def test_training_rows_take_conjugate_gradient_steps_from_where_they_are(seed, k
                Solved(out, out_bias), d)
     for r, (_, _, _, expected) in enumerate(dense):
         assert relative_error(joined(out, out_bias, r), expected) <= tolerance
+
+
+@pytest.mark.parametrize("fit_bias", [False, True])
+def test_as_many_ratings_as_unpenalized_factors_is_solved_without_a_penalty(fit_bias):
+    """reg = 0 with exactly k ratings determines the factors (a penalized bias adds nothing
+    unknown): solved, not reported singular; without a bias every rating is met exactly."""
+    k = 4
+    F = np.eye(k) * 2.0 + 0.1
+    values = np.array([1.0, -0.5, 2.0, 0.3])
+    out, out_bias = np.full((1, k), np.nan), np.full(1, np.nan)
+    summary = solve_rows(
+        Rows(np.array([0, k]), np.arange(k, dtype=np.int32), values, np.array([0, 1])),
+        Other(F, np.zeros(k)), Penalty(0.0, 0.5, fit_bias), np.zeros(1), np.ones(1),
+        Solved(out, out_bias), 0)
+    design = np.hstack([F, np.ones((k, 1))]) if fit_bias else F
+    penalty = np.diag([0.0] * k + ([0.5] if fit_bias else []))
+    expected = np.linalg.solve(design.T @ design + penalty, design.T @ values)
+    assert summary.failures == 0
+    np.testing.assert_allclose(out[0], expected[:k], rtol=1e-10, atol=1e-12)
+    if not fit_bias:
+        np.testing.assert_allclose(F @ out[0], values, rtol=1e-10)
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 10_000), st.integers(4, 8), st.booleans(), st.integers(1, 3),
+       st.sampled_from([_CG_MIN, 30, _CG_ROWS]))
+def test_conjugate_gradient_steps_are_jacobi_preconditioned_cg(seed, k, fit_bias, steps, n):
+    """A stepped row's result is that of `steps` iterations of conjugate gradients on its normal
+    equations, preconditioned by their diagonal, from where the row was (numpy, float64)."""
+    rng = np.random.default_rng(seed)
+    rows, F, col_offset, row_offset, weight = _row_problem(rng, k, fit_bias, [n], np.float64)
+    reg, reg_bias = 0.2, 0.7
+    start, start_bias = rng.normal(size=(1, k)), rng.normal(size=1)
+    out, out_bias = start.copy(), start_bias.copy()
+    solve_rows(rows, Other(F, col_offset), Penalty(reg, reg_bias, fit_bias), row_offset, weight,
+               Solved(out, out_bias), steps)
+    ((design, target, penalty, _),) = _dense_rows(rows, F, col_offset, row_offset, weight, reg,
+                                                  reg_bias, fit_bias)
+    system = design.T @ design + np.diag(penalty)
+    w = np.append(start[0], start_bias[0]) if fit_bias else start[0].copy()
+    inverse_diagonal = 1.0 / np.diag(system)
+    r = design.T @ target - system @ w
+    z = inverse_diagonal * r
+    p = z.copy()
+    for _ in range(steps):
+        alpha = (r @ z) / (p @ system @ p)
+        w = w + alpha * p
+        r_next = r - alpha * system @ p
+        z_next = inverse_diagonal * r_next
+        p = z_next + (r_next @ z_next) / (r @ z) * p
+        r, z = r_next, z_next
+    assert relative_error(out[0], w[:k]) <= 1e-9
+    if fit_bias:
+        assert out_bias[0] == pytest.approx(w[k], rel=1e-9, abs=1e-12)
 
 
 def test_row_solve_reports_a_singular_system():
