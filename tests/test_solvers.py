@@ -1,6 +1,7 @@
 import sys
 import time
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from fastcofi.kernels.rowsolve import (
     solve_rows,
 )
 from fastcofi.kernels.sparse import Rows
+from fastcofi.train import solvers
 from fastcofi.train.objective import FlatObjective
 from fastcofi.train.solvers import (
     DivergenceError,
@@ -378,11 +380,12 @@ def test_clip_options():
        st.sampled_from(["none", "count", "sqrt"]), st.sampled_from([1e-3, 0.3, 5.0]),
        st.booleans())
 def test_an_als_sweep_ends_at_the_item_blocks_minimum(problem, weighting, reg_bias, learned):
-    """The item rows are solved last in a sweep, exactly, against the users just solved: the
-    gradient of every item row (factors and bias) is then zero. Stale user biases in the item
-    solve leave it nonzero and let a sweep raise the cost. With fixed offsets (item means, as
-    ``normalize="item_mean"`` sets them, and a nonzero global offset) an item row's targets
-    subtract its own offset: any other sign leaves the gradient nonzero too."""
+    """The item rows are solved last in a sweep against the users just solved: with exact row
+    solves (no CG steps) the gradient of every item row (factors and bias) is then zero. Stale
+    user biases in the item solve leave it nonzero and let a sweep raise the cost. With fixed
+    offsets (item means, as ``normalize="item_mean"`` sets them, and a nonzero global offset)
+    an item row's targets subtract its own offset: any other sign leaves the gradient nonzero
+    too."""
     ratings, _, _, X, Theta, reg = problem
     rng = np.random.default_rng(1)
     offsets = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
@@ -395,7 +398,7 @@ def test_an_als_sweep_ends_at_the_item_blocks_minimum(problem, weighting, reg_bi
                                   item_bias=offsets[0], reg_weighting=weighting)
         params = objective.pack(X, Theta)
     cost0, grad0 = objective(params)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), mock.patch.object(solvers, "CG_STEPS", 0):
         warnings.simplefilter("ignore", ConvergenceWarning)
         minimize_als(objective, params, fit_bias=learned, max_iter=1, tol=0)
     cost, grad = objective(params)
@@ -943,8 +946,6 @@ class _PoisonedObjective(FlatObjective):
 def _poison_als(monkeypatch, bad_call=_PoisonedObjective.bad_call):
     """ALS never evaluates the objective: from their ``bad_call``-th call on, its row solves
     read the fixed side as NaN instead, as after an overflow."""
-    import fastcofi.train.solvers as solvers
-
     real, calls = solvers.solve_rows, []
 
     def poisoned(rows, other, *args):
@@ -1000,8 +1001,6 @@ def test_als_reads_a_float32_copy_only_when_every_penalty_is_positive(reg, reg_b
     """The documented rule: with every penalty that applies positive, the row solves read the
     fixed side as float32 (bounded conditioning); with any zero, as float64, so that a row with
     too few ratings fails its factorization instead of passing it on float32 rounding."""
-    import fastcofi.train.solvers as solvers
-
     seen = []
     real = solvers.solve_rows
 
