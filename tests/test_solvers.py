@@ -257,11 +257,13 @@ def test_as_many_ratings_as_unpenalized_factors_is_solved_without_a_penalty(fit_
 
 
 @settings(max_examples=20)
-@given(st.integers(0, 10_000), st.integers(4, 8), st.booleans(), st.integers(1, 3),
+@given(st.integers(0, 10_000), st.sampled_from([4, 7, 16]), st.booleans(), st.integers(1, 3),
        st.sampled_from([_CG_MIN, 30, _CG_ROWS]))
+@example(seed=0, k=16, fit_bias=True, steps=2, n=_CG_MIN)
 def test_conjugate_gradient_steps_are_jacobi_preconditioned_cg(seed, k, fit_bias, steps, n):
     """A stepped row's result is that of `steps` iterations of conjugate gradients on its normal
-    equations, preconditioned by their diagonal, from where the row was (numpy, float64)."""
+    equations, preconditioned by their diagonal, from where the row was (numpy, float64); also
+    with fewer ratings than unknowns (k = 16)."""
     rng = np.random.default_rng(seed)
     rows, F, col_offset, row_offset, weight = _row_problem(rng, k, fit_bias, [n], np.float64)
     reg, reg_bias = 0.2, 0.7
