@@ -263,6 +263,14 @@ _CG_ROWS = 1024
 _PARTS = 64
 
 
+@nb.njit(cache=True, nogil=True)
+def _takes_steps(n, d, cg_steps):
+    """Whether a training row of n ratings and d unknowns takes ``cg_steps`` conjugate-gradient
+    steps (`_cg_row`) rather than an exact solve: fewer steps than unknowns (as many would cost
+    more than solving), and a length from `_CG_MIN` to `_CG_ROWS`."""
+    return 0 < cg_steps < d and _CG_MIN <= n <= _CG_ROWS
+
+
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     """``steps`` conjugate-gradient steps on a row's normal equations from its current factors
@@ -404,10 +412,10 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
     for part in prange(n_parts):
         first, last = part * n_chunks // n_parts, (part + 1) * n_chunks // n_parts
         longest = 0
-        if 0 < cg_steps < d:
+        if cg_steps > 0:
             for r in range(chunks[first], chunks[last]):
                 n = indptr[r + 1] - indptr[r]
-                if n <= _CG_ROWS:
+                if _takes_steps(n, d, cg_steps):
                     longest = max(longest, n)
         A = np.empty((d + 1, d + 1))
         b = np.empty(2 * d)
@@ -423,7 +431,7 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
                 n = stop - start
                 weight = row_weight[r]
                 row_penalty = (reg * weight, reg_bias * weight, fit_bias)
-                if 0 < cg_steps < d and _CG_MIN <= n <= _CG_ROWS:
+                if _takes_steps(n, d, cg_steps):
                     _gather(cols, values, F, col_offset, row_offset[r], start, n, fit_bias,
                             tile)
                     beta, row_squares = _cg_row(n, fit_bias, row_penalty, cg_steps, tile,
