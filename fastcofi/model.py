@@ -77,9 +77,9 @@ class MatrixFactorization:
         ``"auto"``: ``"cg"`` below 500,000 training ratings, where it reaches a good model
         first, and ``"sgd"`` from there (``solver_`` holds the one used; a ``make_objective``
         evaluated elsewhere, such as `fastcofi.distributed.fit`'s, always gets ``"cg"``).
-        ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused Numba objective
-        (the tutorial's trainer); ``"lbfgs"``: L-BFGS-B on the same objective; ``"als"``:
-        alternating least squares, closed-form row solves in parallel. ``"sgd"``
+        ``"cg"``: ``scipy.optimize.minimize(method="CG", jac=True)`` on the fused objective over
+        the smaller side, the other solved exactly per evaluation (the tutorial's trainer);
+        ``"lbfgs"``: L-BFGS-B so; ``"als"``: alternating least squares, row solves. ``"sgd"``
         (`fastcofi.train.sgd`): stochastic gradient epochs over blocks of users and items in
         parallel, a per-row AdaGrad step, from factors of 0.01 (``init_scale=None``) and with
         a count-weighted penalty of 0.02 standard deviations (``reg=None``); stopped early, it
@@ -107,9 +107,9 @@ class MatrixFactorization:
     max_iter : int, default 300
         Iterations at most (ALS, VB: sweeps over users and items; Gibbs: the chain's sweeps,
         burn-in included, all run).
-    tol : float or None, default None (CG, L-BFGS 3e-4; ALS 1e-4; SGD 1e-2; VB 3e-3)
-        CG, L-BFGS: stop when the gradient's largest entry (preconditioned) falls below ``tol``
-        times its initial value. ALS, SGD: when a sweep (an epoch; SGD after its first 10)
+    tol : float or None, default None (CG, L-BFGS, ALS 1e-4; SGD 1e-2; VB 3e-3)
+        CG, L-BFGS: stop when the gradient's largest entry falls below ``tol`` times its
+        initial value. ALS, SGD: when a sweep (an epoch; SGD after its first 10)
         lowers the cost by less than ``tol`` times its value. VB: when a sweep moves its free
         energy by less than ``tol / 10`` of its size. 0 disables the test.
     patience : int, default 10

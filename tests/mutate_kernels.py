@@ -48,9 +48,17 @@ GROUPS = {
     "solvers": (
         "fastcofi.train.solvers",
         ["minimize_scipy", "_minimize_preconditioned", "_scipy_options", "_check_finite",
-         "_warn", "_caller_level", "minimize_als"],
-        ["tests/test_solvers.py", "-k", "not vb and not all_solvers"],
+         "_warn", "_caller_level", "minimize_als", "_minimize_projected", "_move_to"],
+        ["tests/test_solvers.py", "tests/test_projected.py", "-k",
+         "not vb and not all_solvers"],
     ),
+    "projected-kernels": (
+        "fastcofi.kernels.rowsolve",
+        ["_row_gram", "row_preconditioners"],
+        ["tests/test_projected.py", "tests/test_solvers.py", "-k",
+         "preconditioners or projected or row_solve or training_rows"],
+    ),
+
     "serving-kernels": (
         "fastcofi.kernels.topn",
         ["_worse", "_sift_down", "select_top_n", "top_n_batch", "cosine_top_n"],

@@ -165,7 +165,7 @@ def test_every_reading_command_takes_the_column_flags(files, model_path, capsys)
 
 
 # -- 1. honest evaluation -----------------------------------------------------------------------
-OVERFIT = ["--factors", "10", "--reg", "0.001", "--max-iter", "80", "--normalize", "biases",
+OVERFIT = ["--factors", "10", "--reg", "1e-5", "--max-iter", "80", "--normalize", "biases",
            "--seed", "3"]
 
 
@@ -192,7 +192,7 @@ def test_validation_fraction_is_carved_from_training(files, tmp_path, capsys):
     # The same model from the library: the seeded carve, then fit(validation=...).
     ratings = read_ratings(files["train"], user="userID", item="placeID", rating="rating")
     train, validation = random_split(ratings, 0.2, random_state=[3, 1])
-    expected = MatrixFactorization(10, reg=0.001, max_iter=80, normalize="biases",
+    expected = MatrixFactorization(10, reg=1e-5, max_iter=80, normalize="biases",
                                    random_state=3).fit(train, validation=validation)
     assert np.array_equal(model.item_factors_, expected.item_factors_)
     assert model.best_iteration_ == expected.best_iteration_ < model.n_iter_

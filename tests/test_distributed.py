@@ -23,6 +23,14 @@ RTOL = 1e-9
 pytestmark = pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
 
 
+@pytest.fixture(autouse=True)
+def joint_scipy_solvers(monkeypatch):
+    """A cluster runs CG and L-BFGS on both sides' curvature-rescaled parameters (the projected
+    solvers' row solves need the ratings in one process): the single-machine references here
+    take that path too."""
+    monkeypatch.setattr(MatrixFactorization, "_precondition", "curvature")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     cluster = distributed.LocalCluster(
@@ -169,6 +177,20 @@ def test_fit_gives_the_single_machine_model(sharded, ratings, solver):
     assert model.rating_range_ == ref.rating_range_
     np.testing.assert_array_equal(model.seen_indptr_, ref.seen_indptr_)
     np.testing.assert_array_equal(model.seen_indices_, ref.seen_indices_)
+
+
+def test_a_cluster_takes_the_curvature_path_where_a_local_fit_projects(sharded, ratings,
+                                                                       monkeypatch):
+    monkeypatch.setattr(MatrixFactorization, "_precondition", True)
+    params = {"n_factors": 3, "max_iter": 8, "tol": 0, "random_state": 4}
+    local = MatrixFactorization(**params).fit(ratings)
+    curvature = MatrixFactorization(**params)
+    curvature._precondition = "curvature"
+    curvature.fit(ratings)
+    model = fd.fit(MatrixFactorization(**params), sharded)
+    np.testing.assert_allclose(model.history_["cost"], curvature.history_["cost"], rtol=1e-7)
+    # The local fit solves a side exactly at every evaluation: another path to the minimum.
+    assert not np.allclose(local.history_["cost"], curvature.history_["cost"], rtol=1e-3)
 
 
 def test_fit_item_mean_normalization_and_validation(sharded, ratings):

@@ -22,6 +22,7 @@ from fastcofi.kernels.rowsolve import (
     solve_rows,
 )
 from fastcofi.kernels.sparse import Rows
+from fastcofi.train import objective as flat_objective
 from fastcofi.train import solvers
 from fastcofi.train.objective import FlatObjective
 from fastcofi.train.solvers import (
@@ -760,15 +761,16 @@ def _minimize(objective, x0, method, precondition, tol):
     return result
 
 
+@pytest.mark.parametrize("precondition", ["curvature", "projected"])
 @pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
-def test_preconditioning_reaches_the_same_optimum(method):
+def test_preconditioning_reaches_the_same_optimum(method, precondition):
     """On a well-determined problem (one minimum, which ALS also finds) both runs meet the
     gradient test at the same cost, reported for the returned parameters."""
     ratings = _problem()
     objective = FlatObjective(ratings, 3, 10.0, mu=3.0, learn_biases=True, reg_bias=0.1)
     x0 = _start(objective, ratings)
     plain = _minimize(objective, x0, method, False, 1e-7)
-    pre = _minimize(objective, x0, method, True, 1e-7)
+    pre = _minimize(objective, x0, method, precondition, 1e-7)
     assert pre.status == 0, pre.message
     assert pre.fun == pytest.approx(plain.fun, rel=1e-9)
     cost, grad = objective(pre.x)
@@ -783,7 +785,7 @@ def test_preconditioning_converges_in_fewer_iterations_when_row_counts_are_skewe
     objective = FlatObjective(ratings, 3, 1.0, mu=3.0, learn_biases=True, reg_bias=0.5)
     x0 = _start(objective, ratings)
     plain = _minimize(objective, x0, method, False, 1e-6)
-    pre = _minimize(objective, x0, method, True, 1e-6)
+    pre = _minimize(objective, x0, method, "curvature", 1e-6)
     assert pre.status == 0, pre.message
     assert pre.nit * 1.5 <= plain.nit, (pre.nit, plain.nit)
 
@@ -825,7 +827,7 @@ def test_preconditioned_runs_spend_their_budget_in_doubling_segments(method, max
     start = time.perf_counter()
     with pytest.warns(ConvergenceWarning) as caught:
         result, history = minimize_scipy(
-            objective, x0, method=method, max_iter=max_iter, tol=0, precondition=True,
+            objective, x0, method=method, max_iter=max_iter, tol=0, precondition="curvature",
             on_iteration=lambda iteration, x, h: seen.append((iteration, len(h["cost"]))),
         )
     elapsed = time.perf_counter() - start
@@ -849,14 +851,14 @@ def test_a_preconditioned_run_stops_on_request_or_on_the_gradient_test_without_w
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         result, history = minimize_scipy(objective, x0, method=method, max_iter=50, tol=0,
-                                         precondition=True,
+                                         precondition="curvature",
                                          on_iteration=lambda iteration, x, h: iteration == 7)
         assert result.nit == len(history["cost"]) == 7
         assert (result.status, result.success, result.message) == (
             99, True, "stopped by on_iteration")
         g0 = np.max(np.abs(objective(x0)[1]))
         result, history = minimize_scipy(objective, x0, method=method, max_iter=500, tol=1e-3,
-                                         precondition=True)
+                                         precondition="curvature")
     assert (result.status, result.success, result.message) == (0, True, "gradient test met")
     assert np.max(np.abs(objective(result.x)[1])) <= 1e-3 * g0
     assert result.nit == len(history["cost"]) < 500
@@ -882,7 +884,7 @@ def test_the_first_preconditioned_step_is_the_gradient_over_the_curvature(method
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         minimize_scipy(objective, x0.copy(), method=method, max_iter=10, tol=0,
-                       precondition=True, on_iteration=first_step)
+                       precondition="curvature", on_iteration=first_step)
     (step,) = steps
     direction = -g0 / h0
     length = (step @ direction) / (direction @ direction)
@@ -912,21 +914,33 @@ def test_a_preconditioned_run_whose_line_search_fails_stops_with_no_progress(met
 
 
 @pytest.mark.filterwarnings("ignore::fastcofi.ConvergenceWarning")
+@pytest.mark.parametrize("precondition", ["curvature", "projected"])
 @pytest.mark.parametrize("solver", ["cg", "lbfgs"])
-def test_rows_without_ratings_or_penalty_leave_the_preconditioned_solvers_finite(solver):
+def test_rows_without_ratings_or_penalty_leave_the_preconditioned_solvers_finite(
+    solver, precondition, monkeypatch
+):
     """Count-weighted penalties give a user and an item without ratings a zero curvature (no
-    ratings, weight 0): they keep their start, and the others train."""
+    ratings, weight 0): they keep their start, and the others train. The projected solvers
+    solve the users (the larger side) instead, which leaves a user without ratings at 0, as
+    ALS does, and without a warning."""
+    monkeypatch.setattr(MatrixFactorization, "_precondition", precondition)
     ratings = _problem(3, n_users=20, n_items=12)
     users, items, values = ratings.coo()
     ratings = Ratings.from_arrays(users, items, values, all_users=range(21), all_items=range(13))
-    model = MatrixFactorization(3, reg_weighting="count", solver=solver, max_iter=30, tol=0,
-                                random_state=0).fit(ratings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model = MatrixFactorization(3, reg_weighting="count", solver=solver, max_iter=30, tol=0,
+                                    random_state=0).fit(ratings)
     early = MatrixFactorization(3, reg_weighting="count", solver=solver, max_iter=1, tol=0,
                                 random_state=0).fit(ratings)
     assert np.all(np.isfinite(model.item_factors_)) and np.all(np.isfinite(model.user_factors_))
-    np.testing.assert_array_equal(model.user_factors_[20], early.user_factors_[20])
     np.testing.assert_array_equal(model.item_factors_[12], early.item_factors_[12])
-    assert model.user_factors_[20].any()
+    assert model.item_factors_[12].any()
+    if precondition == "curvature":
+        np.testing.assert_array_equal(model.user_factors_[20], early.user_factors_[20])
+        assert model.user_factors_[20].any()
+    else:
+        assert not model.user_factors_[20].any()
     assert model.history_["cost"][-1] < model.history_["cost"][0]
 
 # -- divergence -----------------------------------------------------------------------------------
@@ -946,9 +960,9 @@ class _PoisonedObjective(FlatObjective):
 
 
 def _poison_als(monkeypatch, bad_call=_PoisonedObjective.bad_call):
-    """ALS never evaluates the objective: from their ``bad_call``-th call on, its row solves
-    read the fixed side as NaN instead, as after an overflow."""
-    real, calls = solvers.solve_rows, []
+    """ALS and the projected solvers reach the factors through row solves: from their
+    ``bad_call``-th call on, these read the fixed side as NaN instead, as after an overflow."""
+    real, calls = flat_objective.solve_rows, []
 
     def poisoned(rows, other, *args):
         calls.append(1)
@@ -956,7 +970,7 @@ def _poison_als(monkeypatch, bad_call=_PoisonedObjective.bad_call):
             other = Other(np.full_like(other.factors, np.nan), other.offset)
         return real(rows, other, *args)
 
-    monkeypatch.setattr(solvers, "solve_rows", poisoned)
+    monkeypatch.setattr(flat_objective, "solve_rows", poisoned)
 
 
 @pytest.mark.parametrize("solver, name", [("cg", "CG"), ("lbfgs", "L-BFGS-B"), ("als", "ALS")])
@@ -965,7 +979,7 @@ def test_a_diverging_solver_stops_with_an_error_naming_it_and_the_iteration(
     solver, name, precondition, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(MatrixFactorization, "_precondition", precondition)
-    if solver == "als":
+    if solver == "als" or precondition:
         _poison_als(monkeypatch)
     model = MatrixFactorization(3, solver=solver, max_iter=50, tol=0, random_state=0)
     checkpoint = tmp_path / "run.npz"
@@ -987,8 +1001,10 @@ def test_an_overflowing_cost_is_a_divergence_at_iteration_0(solver, name, precon
     """The scipy solvers evaluate the start; ALS learns its cost from its first sweep."""
     monkeypatch.setattr(MatrixFactorization, "_precondition", precondition)
     ratings = Ratings.from_arrays([0, 1], [0, 1], [1e200, -1e200])
+    # The projected solvers' first evaluation solves rows on ratings of 1e200: NaN, not inf.
     message = ("^ALS diverged at iteration 1: the cost is (nan|inf)" if solver == "als"
-               else f"^{name} diverged at iteration 0: the cost is inf")
+               else f"^{name} diverged at iteration 0: the cost is "
+               + ("(nan|inf)" if precondition else "inf"))
     with pytest.raises(DivergenceError, match=message):
         MatrixFactorization(1, solver=solver, normalize="none").fit(ratings)
 
@@ -1004,13 +1020,13 @@ def test_als_reads_a_float32_copy_only_when_every_penalty_is_positive(reg, reg_b
     fixed side as float32 (bounded conditioning); with any zero, as float64, so that a row with
     too few ratings fails its factorization instead of passing it on float32 rounding."""
     seen = []
-    real = solvers.solve_rows
+    real = flat_objective.solve_rows
 
     def recording(rows, other, *args):
         seen.append(other.factors.dtype)
         return real(rows, other, *args)
 
-    monkeypatch.setattr(solvers, "solve_rows", recording)
+    monkeypatch.setattr(flat_objective, "solve_rows", recording)
     ratings = _problem(0)
     objective = FlatObjective(ratings, 3, reg, learn_biases=learned, reg_bias=reg_bias, mu=3.0)
     rng = np.random.default_rng(0)

@@ -575,8 +575,11 @@ def cost_and_grad(item_factors, user_factors, ratings_or_sharded, reg, client=No
 def fit(model, data, client=None, *, by="items", **fit_kwargs):
     """Fit ``model`` with its CG or L-BFGS solver, each objective evaluation on a Dask cluster.
 
-    The result is the model `MatrixFactorization.fit` gives on the same ratings and seed, up to
-    rounding (the shards sum the user gradients in another order).
+    The cluster runs CG or L-BFGS-B on both sides' curvature-rescaled parameters
+    (`fastcofi.train.solvers.minimize_scipy`'s ``precondition="curvature"``): a local fit
+    solves the larger side exactly at each evaluation instead, which needs every rating in one
+    process. The result is the model a local fit on that path gives on the same ratings and
+    seed, up to rounding (the shards sum the user gradients in another order).
 
     Parameters
     ----------

@@ -184,6 +184,31 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, z, out):
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+def _row_gram(cols, values, start, stop, F, col_offset, row_offset, fit_bias, A, gram, tile):
+    """The lower triangle of ``[T 1 t]' [T 1 t]`` into the leading d + 1 block of ``A``
+    (float64), for the ratings ``start:stop`` of a row gathered as `_gather` does (``T`` their
+    factor rows, the column of ones only when ``fit_bias``, ``t`` their targets): the Gram
+    matrix, the right-hand side and the targets' squared sum of the row's normal equations.
+    ``gram`` (d + 1 x d + 1) and ``tile`` (d + 1 columns) are scratch of ``F``'s type."""
+    k = F.shape[1]
+    d = k + 1 if fit_bias else k
+    rows = min(tile.shape[0], _TILE_ROWS)
+    for r in range(d + 1):
+        for c in range(r + 1):
+            A[r, c] = 0.0
+    for begin in range(start, stop, rows):
+        m = min(rows, stop - begin)
+        _gather(cols, values, F, col_offset, row_offset, begin, m, fit_bias, tile)
+        part = tile[:m]
+        # A BLAS matrix product (numba calls scipy's; sgemm on a float32 tile, twice dgemm's
+        # rate); training holds BLAS to one thread. Sums across tiles are float64.
+        np.dot(part.T, part, gram)
+        for r in range(d + 1):
+            for c in range(r + 1):
+                A[r, c] += gram[r, c]
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penalty, A, b,
                      gram, tile, out):
     """`solve_row` of the ratings ``start:stop`` with all its scratch given.
@@ -206,19 +231,7 @@ def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penal
             for f in range(k):
                 out[f] = 0.0
         return beta, squares
-    for r in range(d + 1):
-        for c in range(r + 1):
-            A[r, c] = 0.0
-    for begin in range(start, stop, rows):
-        m = min(rows, stop - begin)
-        _gather(cols, values, F, col_offset, row_offset, begin, m, fit_bias, tile)
-        part = tile[:m]
-        # A BLAS matrix product (numba calls scipy's; sgemm on a float32 tile, twice dgemm's
-        # rate); training holds BLAS to one thread. Sums across tiles are float64.
-        np.dot(part.T, part, gram)
-        for r in range(d + 1):
-            for c in range(r + 1):
-                A[r, c] += gram[r, c]
+    _row_gram(cols, values, start, stop, F, col_offset, row_offset, fit_bias, A, gram, tile)
     targets_squared = A[d, d]
     if reg == 0.0 and (n < k or (fit_bias and reg_bias == 0.0 and n < d)):
         # Fewer ratings than unpenalized unknowns: singular by count. Its last pivot is rounding
@@ -462,6 +475,59 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
         total_penalty += penalties[c]
     return SolveSummary(failures.sum(), 0.5 * (total_squares + total_penalty),
                         0.5 * total_penalty)
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
+def row_preconditioners(rows, other, penalty, row_weight, out):
+    """Each row's inverse Cholesky factor of its own curvature with ``other`` held fixed.
+
+    Row ``r``'s block of the objective's Hessian in its own parameters (its factors, then its
+    bias when ``penalty.fit_bias``) is ``H_r = T'T + P``: ``T`` the fixed side's rows it rated
+    (with a 1 for the bias, as `solve_rows` gathers them), ``P`` its penalty times
+    ``row_weight[r]``. Writes ``out[r]`` (d x d float64, upper triangular) ``= L^-T`` for
+    ``H_r = L L'``, so that ``out[r] out[r]' = H_r^-1``: the change of variables that makes
+    the block the identity. A block that is not positive definite (no ratings and no
+    penalty, or too few ratings without one) gets ``1 / sqrt`` of its diagonal instead, 1
+    where that is 0. Returns the number of such rows.
+    """
+    indptr, cols, values, chunks = rows.indptr, rows.indices, rows.values, rows.chunks
+    F, col_offset = other.factors, other.offset
+    reg, reg_bias, fit_bias = penalty.reg, penalty.reg_bias, penalty.fit_bias
+    k = F.shape[1]
+    d = k + 1 if fit_bias else k
+    n_chunks = chunks.shape[0] - 1
+    n_parts = min(n_chunks, _PARTS)
+    fallbacks = np.zeros(n_chunks, dtype=np.int64)
+    for part in prange(n_parts):
+        A = np.empty((d + 1, d + 1))
+        diagonal = np.empty(d)
+        gram = np.empty((d + 1, d + 1), dtype=F.dtype)
+        tile = np.empty((_TILE_ROWS, d + 1), dtype=F.dtype)
+        for c in range(part * n_chunks // n_parts, (part + 1) * n_chunks // n_parts):
+            for r in range(chunks[c], chunks[c + 1]):
+                _row_gram(cols, values, indptr[r], indptr[r + 1], F, col_offset, 0.0,
+                          fit_bias, A, gram, tile)
+                for f in range(d):
+                    A[f, f] += (reg if f < k else reg_bias) * row_weight[r]
+                    diagonal[f] = A[f, f]
+                block = out[r]
+                for i in range(d):
+                    for j in range(d):
+                        block[i, j] = 0.0
+                if _cholesky_in_place(A, d):
+                    # Column j of L^-1 by forward substitution, stored as row j of L^-T.
+                    for j in range(d):
+                        block[j, j] = 1.0 / A[j, j]
+                        for i in range(j + 1, d):
+                            acc = 0.0
+                            for m in range(j, i):
+                                acc -= A[i, m] * block[j, m]
+                            block[j, i] = acc / A[i, i]
+                else:
+                    fallbacks[c] += 1
+                    for f in range(d):
+                        block[f, f] = 1.0 / np.sqrt(diagonal[f]) if diagonal[f] > 0.0 else 1.0
+    return fallbacks.sum()
 
 
 @nb.njit(cache=True, nogil=True)

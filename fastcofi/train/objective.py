@@ -13,9 +13,11 @@ from ..kernels.objective import (
     cost_and_grad_buffered,
     cost_and_grad_two_pass,
 )
+from ..kernels.rowsolve import Other, Penalty, Solved, row_preconditioners, solve_rows
 from ..kernels.rowsolve import row_weights as row_weights_kernel
+from ..kernels.sparse import Rows
 
-__all__ = ["FlatObjective", "cost_and_grad", "row_weights"]
+__all__ = ["FlatObjective", "ProjectedObjective", "RowSolves", "cost_and_grad", "row_weights"]
 
 # Each row's penalty is multiplied by (its number of ratings) ** power.
 WEIGHT_POWERS = {"none": 0.0, "count": 1.0, "sqrt": 0.5}
@@ -198,6 +200,11 @@ def _mean_squares(*factors):
             for F in factors]
 
 
+# What `ProjectedObjective`'s preconditioner blocks may take at least (see
+# `FlatObjective.projectable`): 155 MB for the Netflix prize's 17,770 items at k = 32.
+_BLOCK_ALLOWANCE = 256 << 20
+
+
 class FlatObjective:
     """``fun(params) -> (cost, gradient)`` over one flat float64 parameter vector, for scipy.
 
@@ -278,6 +285,24 @@ class FlatObjective:
                 X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
                 self.weights, grads, plan=self._current_plan(),
             )
+
+    @property
+    def positive_penalties(self):
+        """Whether every penalty that applies is positive: then every row with ratings has a
+        positive definite least-squares system (`RowSolves`)."""
+        return self.reg > 0 and (self.reg_bias > 0 or not self.learn_biases)
+
+    @property
+    def projectable(self):
+        """Whether `ProjectedObjective` applies: ratings in this process (not shards evaluated
+        elsewhere), positive penalties (so the solved side's minimum is unique), and one
+        (k + 1) x (k + 1) preconditioner block per row of the smaller side within
+        `_BLOCK_ALLOWANCE`, or the ratings' values' size when that is more."""
+        if not isinstance(self.ratings, Ratings) or not self.positive_penalties:
+            return False
+        d = self.n_factors + (1 if self.learn_biases else 0)
+        smaller = min(self.ratings.n_items, self.ratings.n_users)
+        return smaller * d * d * 8 <= max(_BLOCK_ALLOWANCE, 8 * self.ratings.nnz)
 
     @property
     def size(self):
@@ -363,3 +388,159 @@ class FlatObjective:
     def __call__(self, params):
         grad, values, grads = self._views(params)
         return float(self._evaluate_into(*values, grads)), grad
+
+
+class RowSolves:
+    """Every row of one side solved with the other side held fixed (`solve_rows`), on
+    ``params`` (``objective``'s layout), which are written in place: ALS's half sweeps and
+    the projected solvers' evaluations.
+
+    The fixed side is read through a float32 copy when every penalty is positive: it halves
+    the random reads and lets the Gram products run in single precision (sums and solves stay
+    float64). Without a penalty a row with too few ratings must fail its factorization, not
+    pass it on float32 rounding, so the copy is float64 then.
+    """
+
+    def __init__(self, objective, params):
+        ratings = objective.ratings
+        self.objective = objective
+        self.X, self.Theta, self.item_bias, self.user_bias = objective.unpack(params)
+        self.fit_bias = objective.learn_biases
+        self.penalty = Penalty(objective.reg, objective.reg_bias, self.fit_bias)
+        self.rows = {"users": Rows(*ratings.by_user, ratings._user_chunks),
+                     "items": Rows(*ratings.by_item, ratings._item_chunks)}
+        self.weights = {"items": objective.weights[0], "users": objective.weights[1]}
+        copy_type = np.float32 if objective.positive_penalties else np.float64
+        # Solving the users reads the items' factors, and the other way round.
+        self._copies = {"users": np.empty(self.X.shape, copy_type),
+                        "items": np.empty(self.Theta.shape, copy_type)}
+        self._zeros = {"users": np.zeros(ratings.n_users), "items": np.zeros(ratings.n_items)}
+        # A row without ratings and without penalty has an all-zero system: it fails every
+        # solve and stays at 0, as documented; only failures beyond those are worth a warning.
+        self._empty = {
+            side: int(np.count_nonzero((np.diff(rows.indptr) == 0) & (
+                (objective.reg * self.weights[side] == 0)
+                | (self.fit_bias & (objective.reg_bias * self.weights[side] == 0)))))
+            for side, rows in self.rows.items()
+        }
+
+    @property
+    def single(self):
+        """Whether the fixed side is read through float32 copies."""
+        return self._copies["users"].dtype == np.float32
+
+    def read_float64(self):
+        """Read the fixed side through float64 copies from now on: solutions exact to float64
+        rounding, not float32's."""
+        self._copies = {side: np.empty(copy.shape) for side, copy in self._copies.items()}
+
+    def fixed(self, side):
+        """``(Other, row offsets)`` for solving ``side`` ("users" or "items"): a fresh copy of
+        the other side's factors with what each of its rows adds to a prediction, and what
+        each of ``side``'s rows adds. Biases learned: they sit beside the factors in each row
+        solve. Fixed (item means): a user's targets subtract the item's mean, an item's
+        targets its own mean."""
+        mu = self.objective.mu
+        if side == "users":
+            copy = self._copies["users"]
+            copy[...] = self.X
+            return (Other(copy, mu + self.item_bias),
+                    self._zeros["users"] if self.fit_bias else self.user_bias)
+        copy = self._copies["items"]
+        copy[...] = self.Theta
+        if self.fit_bias:
+            return Other(copy, mu + self.user_bias), self._zeros["items"]
+        return Other(copy, self.user_bias), mu + self.item_bias
+
+    def solve(self, side, cg_steps=0):
+        """Solve every row of ``side`` given the other side's current values (``cg_steps`` as
+        `solve_rows` takes them); returns its `SolveSummary`."""
+        other, row_offset = self.fixed(side)
+        out = (Solved(self.Theta, self.user_bias) if side == "users"
+               else Solved(self.X, self.item_bias))
+        return solve_rows(self.rows[side], other, self.penalty, row_offset, self.weights[side],
+                          out, cg_steps)
+
+    def singular(self, side, summary):
+        """Rows of ``side`` with ratings whose system was not positive definite in the solve
+        that gave ``summary``."""
+        return summary.failures - self._empty[side]
+
+
+class ProjectedObjective:
+    """The objective as a function of the smaller side's rows alone, the other side at its
+    exact minimum given them (variable projection).
+
+    ``f(v) = min_w F(v, w)`` for the free rows ``v`` (the side with fewer rows, the items for
+    the Netflix prize's shape) and the solved rows ``w``: each evaluation solves every solved
+    row exactly (`RowSolves`, the ALS row solve) and returns the cost there with ``F``'s
+    gradient in ``v`` (its gradient in ``w`` is zero at that minimum). ``f`` has the minima
+    of ``F``, is better conditioned than ``F`` on both sides jointly, and its vectors are the
+    free side's only. Needs ``objective.projectable``.
+
+    Parameters
+    ----------
+    objective : FlatObjective
+    params : ndarray of shape (objective.size,), float64
+        Written in place: every evaluation leaves its point's free and solved rows there.
+
+    Attributes
+    ----------
+    free, solved : {"items", "users"}
+    shape : (n_free, d)
+        ``v``'s shape: a free row's factors, then its bias when ``objective.learn_biases``.
+    """
+
+    def __init__(self, objective, params):
+        ratings = objective.ratings
+        self.objective = objective
+        self.solves = RowSolves(objective, params)
+        self.free = "items" if ratings.n_items <= ratings.n_users else "users"
+        self.solved = "users" if self.free == "items" else "items"
+        self._values = objective.unpack(params)
+        free = (0, 2) if self.free == "items" else (1, 3)
+        self._factors, self._bias = (self._values[i] for i in free)
+        self._k = objective.n_factors
+        self.shape = (self._factors.shape[0], self._k + (1 if objective.learn_biases else 0))
+        # Every evaluation writes the whole gradient (the walk that gives the free side's gives
+        # the solved side's too, zero up to the solves' rounding); the solved side's is scratch.
+        self._grads = tuple(np.empty_like(part) for part in self._values)
+        self._blocks = None
+
+    def values(self):
+        """The free rows' current parameters, a fresh (n_free, d) float64 array."""
+        v = np.empty(self.shape)
+        v[:, : self._k] = self._factors
+        if self.shape[1] > self._k:
+            v[:, self._k] = self._bias
+        return v
+
+    def __call__(self, v):
+        """``(cost, gradient)`` at the free rows ``v`` (n_free, d): the gradient a fresh
+        (n_free, d) float64 array."""
+        k = self._k
+        learned = self.shape[1] > k
+        self._factors[...] = v[:, :k]
+        if learned:
+            self._bias[...] = v[:, k]
+        self.solves.solve(self.solved)
+        cost = self.objective._evaluate_into(*self._values, self._grads)
+        grad = np.empty(self.shape)
+        free = (0, 2) if self.free == "items" else (1, 3)
+        grad[:, :k] = self._grads[free[0]]
+        if learned:
+            grad[:, k] = self._grads[free[1]]
+        return float(cost), grad
+
+    def preconditioners(self):
+        """``(n_free, d, d)`` float64: each free row's upper-triangular inverse Cholesky factor
+        of its curvature at the solved side's current values (`row_preconditioners`). One
+        array, overwritten by every call: at 1e7 ratings its fresh pages cost a third as
+        much again as its sums."""
+        other, _ = self.solves.fixed(self.free)
+        if self._blocks is None:
+            self._blocks = np.empty(self.shape + (self.shape[1],))
+        out = self._blocks
+        row_preconditioners(self.solves.rows[self.free], other, self.solves.penalty,
+                            self.solves.weights[self.free], out)
+        return out

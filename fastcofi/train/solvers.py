@@ -12,8 +12,7 @@ import warnings
 import numpy as np
 
 from .._parallel import one_blas_thread, threads
-from ..kernels.rowsolve import Other, Penalty, Solved, solve_rows
-from ..kernels.sparse import Rows
+from .objective import ProjectedObjective, RowSolves
 
 __all__ = ["ConvergenceWarning", "DivergenceError", "minimize_als", "minimize_scipy"]
 
@@ -61,12 +60,17 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None,
     on_iteration : callable, optional
         ``on_iteration(iteration, x, history) -> bool`` after each iteration, with the current
         iterate; returning True stops training (without a convergence warning).
-    precondition : bool, default False
-        Minimize over ``z = x / s`` instead, ``s`` = 1 / sqrt(an estimate of each parameter's
-        curvature, ``objective.curvature(x)``), re-estimated at the start of segments of
-        5, 10, 20, ... iterations (each a fresh scipy run: scipy does not expose its restarts).
-        The cost is the same function; rows with thousands of ratings and rows with three no
-        longer share one step length. The gradient test and ``on_iteration`` see ``x``.
+    precondition : {False, True, "curvature", "projected"}, default False
+        ``"curvature"``: minimize over ``z = x / s`` instead, ``s`` = 1 / sqrt(an estimate of
+        each parameter's curvature, ``objective.curvature(x)``), so that rows with thousands
+        of ratings and rows with three no longer share one step length. ``"projected"`` (a
+        `FlatObjective` with ``projectable``): minimize over the smaller side's rows alone,
+        the other side solved exactly at each evaluation (`ProjectedObjective`), each row's
+        parameters changed to make its curvature block the identity. Either preconditioner
+        is re-estimated at the start of segments of 5, 10, 20, ... iterations (each a fresh
+        scipy run: scipy does not expose its restarts). True: ``"projected"`` where it
+        applies, else ``"curvature"``. The cost is the same function; the gradient test and
+        ``on_iteration`` see ``x`` (all of it).
 
     Returns
     -------
@@ -79,6 +83,11 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None,
     # Imported here: scipy.optimize takes most of a second to import, which serving never needs.
     from scipy import optimize
 
+    if precondition is True:
+        precondition = ("projected" if getattr(objective, "projectable", False)
+                        else "curvature")
+    if precondition == "projected":
+        return _minimize_projected(objective, x0, method, max_iter, tol, on_iteration)
     if precondition:
         return _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
     history = {"cost": [], "seconds": []}
@@ -113,6 +122,19 @@ def _scipy_options(method, max_iter):
         return {"maxiter": int(max_iter)}
     # L-BFGS-B's own relative-decrease test would stop long before the gradient test.
     return {"maxiter": int(max_iter), "ftol": 0.0, "maxfun": 4 * int(max_iter) + 20}
+
+
+def _warn_singular(solver, users, items):
+    """Warn of rows with ratings whose least-squares systems a solver's row solves could not
+    solve (``users``, ``items``: how many)."""
+    if users or items:
+        warnings.warn(
+            f"{solver}: the least-squares systems of {users} user rows and {items} item "
+            "rows with ratings were not positive definite (too few ratings for their factors, "
+            "with reg=0): their factors were set to 0; use reg > 0",
+            RuntimeWarning,
+            stacklevel=_caller_level(),
+        )
 
 
 class DivergenceError(FloatingPointError):
@@ -221,6 +243,116 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
     return result, history
 
 
+# The projected solvers solve with float32 reads (`RowSolves`) until the gradient falls below
+# this fraction of its start, and with float64 reads from there: the float32 solves leave a
+# gradient of about 1e-7 of its start in the solved side (tests/test_solvers.py).
+_FLOAT32_GRADIENT = 1e-4
+
+
+def _minimize_projected(objective, x0, method, max_iter, tol, on_iteration):
+    """`minimize_scipy` with ``precondition="projected"``."""
+    from scipy import optimize
+
+    params = np.array(x0, dtype=np.float64)
+    history = {"cost": [], "seconds": []}
+    state = {"converged": False, "stopped": False}
+    done, segments, segment = 0, 0, _FIRST_SEGMENT
+    status, message = 1, ""
+    with threads(objective.n_threads), one_blas_thread():
+        start = time.perf_counter()
+        projected = ProjectedObjective(objective, params)
+        last = {"v": projected.values()}
+        last["cost"], last["grad"] = projected(last["v"])
+        _check_finite(method, 0, last["cost"])
+        largest = float(np.max(np.abs(last["grad"])))
+        threshold = float(tol) * largest if tol > 0 else -1.0
+        while done < int(max_iter) and not (state["converged"] or state["stopped"]):
+            # Each segment moves from where the last one ended, v = origin + blocks z: z = 0 is
+            # its start, and needs no inverse of the blocks.
+            origin, blocks = last["v"], projected.preconditioners()
+            # scipy's CG and L-BFGS-B first step 1 in z's units, and CG's line search tries no
+            # step above 1 first. With z scaled by L = |blocks' g| and the cost by 1 / L^2,
+            # the block Newton step -H^-1 g is a step of 1 along z's steepest descent, and its
+            # length in z is 1.
+            length = np.linalg.norm(np.einsum("nji,nj->ni", blocks, last["grad"]))
+            length = length if length > 0 else 1.0
+            blocks *= length
+            units = 1.0 / length**2
+            first = done
+
+            def point(z):
+                return origin + np.einsum("nij,nj->ni", blocks, z.reshape(origin.shape))
+
+            def fun(z):
+                # scipy starts by evaluating z = 0, where the parameters already are.
+                if last["v"] is not origin or z.any():
+                    v = point(z)
+                    last["v"] = v
+                    last["cost"], last["grad"] = projected(v)
+                return (last["cost"] * units,
+                        np.einsum("nji,nj->ni", blocks, last["grad"]).ravel() * units)
+
+            # scipy passes an OptimizeResult only to a callback whose one parameter has this name.
+            def scipy_callback(intermediate_result):
+                iteration = len(history["cost"]) + 1
+                _move_to(intermediate_result.x, last, point, fun)
+                history["cost"].append(last["cost"])
+                history["seconds"].append(time.perf_counter() - start)
+                _check_finite(method, iteration, last["cost"])
+                if on_iteration is not None and on_iteration(iteration, params, history):
+                    state["stopped"] = True
+                    raise StopIteration
+                gradient = np.max(np.abs(last["grad"]))
+                if projected.solves.single and gradient <= max(threshold,
+                                                               _FLOAT32_GRADIENT * largest):
+                    # Near the minimum the float32 solves' rounding would show in the gradient:
+                    # a fresh segment on float64 solves.
+                    projected.solves.read_float64()
+                    last["cost"], last["grad"] = projected(last["v"])
+                    raise StopIteration
+                if gradient <= threshold:
+                    state["converged"] = True
+                    raise StopIteration
+
+            options = _scipy_options(method, min(segment, int(max_iter) - done))
+            options["gtol"] = 0.0
+            result = optimize.minimize(fun, np.zeros(origin.size), method=method, jac=True,
+                                       callback=scipy_callback, options=options)
+            _move_to(result.x, last, point, fun)
+            _check_finite(method, len(history["cost"]), last["cost"])
+            done = len(history["cost"])
+            segments += 1
+            segment *= 2
+            message = str(result.message)
+            if result.status == 2 and projected.solves.single:
+                # The line search failed, maybe on the float32 solves' rounding: go on with
+                # float64 ones.
+                projected.solves.read_float64()
+                last["cost"], last["grad"] = projected(last["v"])
+                continue
+            if done == first and not (state["converged"] or state["stopped"]):
+                status, message = 2, f"no progress: {result.message}"
+                break
+    if state["converged"]:
+        status, message = 0, "gradient test met"
+    elif state["stopped"]:
+        status, message = 99, "stopped by on_iteration"
+    result = optimize.OptimizeResult(
+        x=params, fun=last["cost"], nit=done, status=status, success=status in (0, 99),
+        message=message, segments=segments,
+    )
+    if status not in (0, 99):
+        _warn(method, done, tol, message)
+    return result, history
+
+
+def _move_to(z, last, point, fun):
+    """Leave the parameters at scipy's iterate ``z`` (the last evaluation may have been a
+    line-search trial elsewhere); ``last`` then holds its point, cost and gradient."""
+    if not np.array_equal(last["v"], point(z)):
+        fun(z)
+
+
 # Conjugate-gradient steps per row in a training sweep (see `minimize_als`): implicit's default
 # too. A step costs two passes over the row's ratings; fewer steps save little of a sweep,
 # whose gathers and exact solves stay, and slow the early sweeps.
@@ -257,56 +389,22 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     history : dict of lists ``"cost"`` and ``"seconds"``
     converged : bool
     """
-    ratings = objective.ratings
-    X, Theta, item_bias, user_bias = objective.unpack(params)
-    zeros_items, zeros_users = np.zeros(ratings.n_items), np.zeros(ratings.n_users)
+    solves = RowSolves(objective, params)
     history = {"cost": [], "seconds": []}
     start = time.perf_counter()
     previous = np.inf
     converged = False
-    # A row without ratings and without penalty has an all-zero system: it fails every sweep and
-    # stays at 0 as documented. Only rows with ratings that fail are worth a warning.
-    empty_failures = [
-        int(np.count_nonzero((np.diff(indptr) == 0) & (
-            (objective.reg * weights == 0) | (fit_bias & (objective.reg_bias * weights == 0))
-        )))
-        for indptr, weights in ((ratings.by_user[0], objective.weights[1]),
-                                (ratings.by_item[0], objective.weights[0]))
-    ]
     singular = [0, 0]  # the most rows with ratings one sweep could not solve: users, items
-    user_rows = Rows(*ratings.by_user, ratings._user_chunks)
-    item_rows = Rows(*ratings.by_item, ratings._item_chunks)
-    penalty = Penalty(objective.reg, objective.reg_bias, bool(fit_bias))
-    # The row solves gather the fixed side's rows at random: a float32 copy halves those reads
-    # and lets the Gram products run in single precision (sums and solves stay float64). Only
-    # with positive penalties, which bound the systems' conditioning; without one a row with
-    # too few ratings must fail its factorization, not pass it on float32 rounding.
-    positive = objective.reg > 0 and (objective.reg_bias > 0 or not fit_bias)
-    copy_type = np.float32 if positive else np.float64
-    X32, Theta32 = np.empty(X.shape, copy_type), np.empty(Theta.shape, copy_type)
     # The row solves call BLAS on small tiles from every kernel thread: BLAS threads of its own
     # would only oversubscribe the cores.
     with threads(objective.n_threads), one_blas_thread():
         for iteration in range(1, int(max_iter) + 1):
-            # Biases learned: they sit beside the factors in each row solve. Fixed (item means):
-            # a user's targets subtract the item's mean, an item's targets its own mean.
-            X32[...] = X
-            users = solve_rows(
-                user_rows, Other(X32, objective.mu + item_bias), penalty,
-                zeros_users if fit_bias else user_bias, objective.weights[1],
-                Solved(Theta, user_bias), CG_STEPS,
-            )
-            # Formed after the user solve: the item rows must see the user biases it just wrote
-            # (stale ones let a sweep raise the cost, which ends training early).
-            Theta32[...] = Theta
-            item_other, item_offset = ((objective.mu + user_bias, zeros_items) if fit_bias
-                                       else (user_bias, objective.mu + item_bias))
-            items = solve_rows(
-                item_rows, Other(Theta32, item_other), penalty, item_offset,
-                objective.weights[0], Solved(X, item_bias), CG_STEPS,
-            )
-            singular = [max(singular[0], users.failures - empty_failures[0]),
-                        max(singular[1], items.failures - empty_failures[1])]
+            users = solves.solve("users", CG_STEPS)
+            # After the user solve: the item rows must see the user biases it just wrote (stale
+            # ones let a sweep raise the cost, which ends training early).
+            items = solves.solve("items", CG_STEPS)
+            singular = [max(singular[0], solves.singular("users", users)),
+                        max(singular[1], solves.singular("items", items))]
             # Every rating is an item's: the item solves' cost holds all the residuals and the
             # items' penalty, the user solves' the users' penalty.
             cost = items.cost + users.penalty
@@ -320,14 +418,7 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
                 converged = True
                 break
             previous = cost
-    if any(singular):
-        warnings.warn(
-            f"ALS: the least-squares systems of {singular[0]} user rows and {singular[1]} item "
-            "rows with ratings were not positive definite (too few ratings for their factors, "
-            "with reg=0): their factors were set to 0; use reg > 0",
-            RuntimeWarning,
-            stacklevel=_caller_level(),
-        )
+    _warn_singular("ALS", *singular)
     if not converged:
         _warn("ALS", len(history["cost"]), tol, "maximum number of iterations reached")
     return params, history, converged
