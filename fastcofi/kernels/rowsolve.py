@@ -163,7 +163,8 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, z, out):
             acc = tile[p, 0] * tile[q, 0]
             for f in range(1, k):
                 acc += tile[p, f] * tile[q, f]
-            S[p, q] = acc * inv_reg + inv_bias
+            # Widened first: with the JIT off, numpy would keep float32 * float in float32.
+            S[p, q] = np.float64(acc) * inv_reg + inv_bias
         S[p, p] += 1.0
         z[p] = tile[p, d]
     if not _cholesky_solve(S, z, n):
