@@ -93,13 +93,19 @@ def test_sigkill_mid_training_then_resume(tmp_path, budget, tol, rel):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]  # no partial file left
+    _, iteration, saved = read_checkpoint(path, _stored_fingerprint(path))
+    assert iteration == 35
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         resumed = MatrixFactorization(**params, max_iter=budget).fit(
             _data(), checkpoint=path, resume=True
         )
         unbroken = MatrixFactorization(**params, max_iter=budget).fit(_data())
-    assert resumed.history_["cost"][34] == unbroken.history_["cost"][34]  # the first 35 replayed
+    assert resumed.history_["cost"][:35] == saved["cost"]  # the first 35 replayed
+    # The killed process ran what an unbroken run does. Not bit for bit: the projected solvers
+    # gave other roundings (1e-9 relative here) in 2 of about 60 processes tried, each fit in
+    # the process alike; the cause is not known.
+    assert saved["cost"][34] == pytest.approx(unbroken.history_["cost"][34], rel=1e-8)
     assert resumed.history_["cost"][-1] == pytest.approx(unbroken.history_["cost"][-1], rel=rel)
 
 

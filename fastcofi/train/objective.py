@@ -476,7 +476,9 @@ class ProjectedObjective:
     row exactly (`RowSolves`, the ALS row solve) and returns the cost there with ``F``'s
     gradient in ``v`` (its gradient in ``w`` is zero at that minimum). ``f`` has the minima
     of ``F``, is better conditioned than ``F`` on both sides jointly, and its vectors are the
-    free side's only. Needs ``objective.projectable``.
+    free side's only. The solves read the free side as float32 (``F``'s gradient in ``w`` is
+    then about 1e-7 of its scale, not 0) until ``solves.read_float64()``. Needs
+    ``objective.projectable``.
 
     Parameters
     ----------

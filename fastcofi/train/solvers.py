@@ -55,8 +55,9 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None,
     max_iter : int
     tol : float
         Stop once the gradient's largest entry is below ``tol`` times its value at ``x0``
-        (relative, so the test does not depend on the number of ratings). 0 disables the test;
-        scipy may still stop when its line search makes no progress.
+        (``"projected"``: at ``x0``'s free rows with the other side solved) (relative, so the
+        test does not depend on the number of ratings). 0 disables the test; scipy may still
+        stop when its line search makes no progress.
     on_iteration : callable, optional
         ``on_iteration(iteration, x, history) -> bool`` after each iteration, with the current
         iterate; returning True stops training (without a convergence warning).
