@@ -188,19 +188,27 @@ def test_the_first_projected_step_is_the_block_newton_step(method):
 
 
 @pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
-def test_projected_runs_report_each_iterate_with_its_cost(method):
+def test_projected_runs_report_each_iterate_with_its_cost(method, monkeypatch):
     """tol = 0: the budget is spent in segments of 5, 10, ... iterations; ``on_iteration`` sees
     the whole parameter vector at the accepted iterate (its cost is the one recorded), and the
-    result is the last of them."""
+    result is the last of them, with its count of evaluations."""
     objective = FlatObjective(_problem(5), 3, 1.0, mu=3.0, learn_biases=True, reg_bias=0.5)
     x0 = _start(objective, objective.ratings)
-    seen = []
+    seen, calls = [], []
+    real = ProjectedObjective.__call__
+
+    def counted(self, v):
+        calls.append(1)
+        return real(self, v)
+
+    monkeypatch.setattr(ProjectedObjective, "__call__", counted)
 
     def record(iteration, x, history):
         seen.append((iteration, objective(x)[0], history["cost"][-1]))
 
     result, history = _run(objective, x0, method, max_iter=12, tol=0, on_iteration=record)
     assert result.nit == len(history["cost"]) == len(history["seconds"]) == 12
+    assert result.nfev == len(calls) > 12
     assert [i for i, _, _ in seen] == list(range(1, 13))
     for _, cost, recorded in seen:
         assert cost == pytest.approx(recorded, rel=1e-12)

@@ -840,6 +840,7 @@ def test_preconditioned_runs_spend_their_budget_in_doubling_segments(method, max
     assert 0 <= history["seconds"][0] and np.all(np.diff(history["seconds"]) >= 0)
     assert history["seconds"][-1] <= elapsed
     points = objective.points
+    assert result.nfev == len(points)
     repeats = sum(np.array_equal(a, b) for a, b in zip(points, points[1:]))
     assert repeats <= segments
     assert result.fun == objective(result.x)[0] == history["cost"][-1]

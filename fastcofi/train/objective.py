@@ -491,6 +491,8 @@ class ProjectedObjective:
     free, solved : {"items", "users"}
     shape : (n_free, d)
         ``v``'s shape: a free row's factors, then its bias when ``objective.learn_biases``.
+    evaluations : int
+        Calls so far.
     """
 
     def __init__(self, objective, params):
@@ -508,6 +510,7 @@ class ProjectedObjective:
         # the solved side's too, zero up to the solves' rounding); the solved side's is scratch.
         self._grads = tuple(np.empty_like(part) for part in self._values)
         self._blocks = None
+        self.evaluations = 0
 
     def values(self):
         """The free rows' current parameters, a fresh (n_free, d) float64 array."""
@@ -522,6 +525,7 @@ class ProjectedObjective:
         (n_free, d) float64 array."""
         k = self._k
         learned = self.shape[1] > k
+        self.evaluations += 1
         self._factors[...] = v[:, :k]
         if learned:
             self._bias[...] = v[:, k]

@@ -76,9 +76,9 @@ def minimize_scipy(objective, x0, *, method, max_iter, tol, on_iteration=None,
     Returns
     -------
     result : scipy.optimize.OptimizeResult
-        With ``precondition``: ``x``, ``fun``, ``nit`` (all segments), ``status`` (0
-        converged, 1 iteration limit, 2 no progress, 99 stopped by ``on_iteration``),
-        ``success``, ``message``, ``segments``.
+        With ``precondition``: ``x``, ``fun``, ``nit`` (all segments), ``nfev`` (objective
+        evaluations, the start's included), ``status`` (0 converged, 1 iteration limit, 2 no
+        progress, 99 stopped by ``on_iteration``), ``success``, ``message``, ``segments``.
     history : dict of lists ``"cost"`` and ``"seconds"``, one entry per iteration
     """
     # Imported here: scipy.optimize takes most of a second to import, which serving never needs.
@@ -165,8 +165,10 @@ class ScaledObjective:
         self.objective = objective
         self.scale = scale
         self.last = None
+        self.evaluations = 0
 
     def __call__(self, z):
+        self.evaluations += 1
         x = self.scale * z
         cost, grad = self.objective(x)
         self.last = (x, cost, grad)
@@ -185,6 +187,7 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
     with one_blas_thread():
         start = time.perf_counter()
         cost, grad0 = objective(x)
+        evaluations = 1
         _check_finite(method, 0, cost)
         threshold = float(tol) * float(np.max(np.abs(grad0))) if tol > 0 else -1.0
         while done < int(max_iter) and not (state["converged"] or state["stopped"]):
@@ -205,6 +208,7 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
                 current = scaled.scale * intermediate_result.x
                 last_x, last_cost, last_grad = scaled.last
                 if last_cost != intermediate_result.fun or not np.array_equal(last_x, current):
+                    scaled.evaluations += 1
                     last_cost, last_grad = scaled.objective(current)
                 if on_iteration is not None and on_iteration(iteration, current, history):
                     state["stopped"] = True
@@ -221,6 +225,7 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
             )
             x = scale * result.x
             cost = float(result.fun)
+            evaluations += scaled.evaluations
             _check_finite(method, len(history["cost"]), cost)
             done = len(history["cost"])
             segments += 1
@@ -236,8 +241,8 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
     elif state["stopped"]:
         status, message = 99, "stopped by on_iteration"
     result = optimize.OptimizeResult(
-        x=x, fun=cost, nit=done, status=status, success=status in (0, 99), message=message,
-        segments=segments,
+        x=x, fun=cost, nit=done, nfev=evaluations, status=status, success=status in (0, 99),
+        message=message, segments=segments,
     )
     if status not in (0, 99):
         _warn(method, done, tol, message)
@@ -339,8 +344,8 @@ def _minimize_projected(objective, x0, method, max_iter, tol, on_iteration):
     elif state["stopped"]:
         status, message = 99, "stopped by on_iteration"
     result = optimize.OptimizeResult(
-        x=params, fun=last["cost"], nit=done, status=status, success=status in (0, 99),
-        message=message, segments=segments,
+        x=params, fun=last["cost"], nit=done, nfev=projected.evaluations, status=status,
+        success=status in (0, 99), message=message, segments=segments,
     )
     if status not in (0, 99):
         _warn(method, done, tol, message)
