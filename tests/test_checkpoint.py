@@ -102,10 +102,9 @@ def test_sigkill_mid_training_then_resume(tmp_path, budget, tol, rel):
         )
         unbroken = MatrixFactorization(**params, max_iter=budget).fit(_data())
     assert resumed.history_["cost"][:35] == saved["cost"]  # the first 35 replayed
-    # The killed process ran what an unbroken run does. Not bit for bit: the projected solvers
-    # gave other roundings (1e-9 relative here) in 2 of about 60 processes tried, each fit in
-    # the process alike; the cause is not known.
-    assert saved["cost"][34] == pytest.approx(unbroken.history_["cost"][34], rel=1e-8)
+    # The killed process ran what an unbroken run does, bit for bit, though one of the two may
+    # have compiled the kernels and the other loaded them (tests/test_reproducible.py).
+    assert saved["cost"][34] == unbroken.history_["cost"][34]
     assert resumed.history_["cost"][-1] == pytest.approx(unbroken.history_["cost"][-1], rel=rel)
 
 
