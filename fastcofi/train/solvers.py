@@ -286,10 +286,10 @@ def _minimize_projected(objective, x0, method, max_iter, tol, on_iteration):
             units = 1.0 / length**2
             first = done
 
-            def point(z):
+            def point(z, origin=origin, blocks=blocks):
                 return origin + np.einsum("nij,nj->ni", blocks, z.reshape(origin.shape))
 
-            def fun(z):
+            def fun(z, origin=origin, blocks=blocks, units=units, point=point):
                 # scipy starts by evaluating z = 0, where the parameters already are.
                 if last["v"] is not origin or z.any():
                     v = point(z)
