@@ -31,7 +31,7 @@ def _rows_of(counts, n_other, rng):
                                   all_users=range(len(counts)), all_items=range(n_other))
     chunks = np.unique(np.r_[0, rng.choice(np.arange(1, len(counts)), len(counts) // 2),
                              len(counts)]).astype(np.int64)
-    return ratings, Rows(*ratings.by_user, chunks)
+    return Rows(*ratings.by_user, chunks)
 
 
 @settings(max_examples=40, deadline=None)
@@ -49,7 +49,7 @@ def test_row_preconditioners_invert_each_rows_curvature_block(seed, k, fit_bias,
     rng = np.random.default_rng(seed)
     n_other = _TILE_ROWS + 40
     counts = [0, 1, 2, k, k + 1, _TILE_ROWS + 30, int(rng.integers(3, 20))]
-    _, rows = _rows_of(counts, n_other, rng)
+    rows = _rows_of(counts, n_other, rng)
     F = rng.normal(size=(n_other, k))
     weight = rng.uniform(0.5, 2.0, size=len(counts))
     if not single:

@@ -208,4 +208,3 @@ def cost_and_grad_two_pass(items, users, item_grad, user_grad, mu, reg, reg_bias
     for c in range(n_user_chunks):
         cost += user_partial[c]
     return cost
-

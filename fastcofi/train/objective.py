@@ -502,8 +502,10 @@ class ProjectedObjective:
         self.free = "items" if ratings.n_items <= ratings.n_users else "users"
         self.solved = "users" if self.free == "items" else "items"
         self._values = objective.unpack(params)
-        free = (0, 2) if self.free == "items" else (1, 3)
-        self._factors, self._bias = (self._values[i] for i in free)
+        # Where the free side's factors and bias sit in `unpack`'s (X, Theta, item bias, user
+        # bias), and so in the gradients.
+        self._free = (0, 2) if self.free == "items" else (1, 3)
+        self._factors, self._bias = (self._values[i] for i in self._free)
         self._k = objective.n_factors
         self.shape = (self._factors.shape[0], self._k + (1 if objective.learn_biases else 0))
         # Every evaluation writes the whole gradient (the walk that gives the free side's gives
@@ -532,10 +534,9 @@ class ProjectedObjective:
         self.solves.solve(self.solved)
         cost = self.objective._evaluate_into(*self._values, self._grads)
         grad = np.empty(self.shape)
-        free = (0, 2) if self.free == "items" else (1, 3)
-        grad[:, :k] = self._grads[free[0]]
+        grad[:, :k] = self._grads[self._free[0]]
         if learned:
-            grad[:, k] = self._grads[free[1]]
+            grad[:, k] = self._grads[self._free[1]]
         return float(cost), grad
 
     def preconditioners(self):

@@ -236,22 +236,31 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
                 # A fresh start made no step: the line search can do no better from here.
                 status, message = 2, f"no progress: {result.message}"
                 break
+    result = _segmented_result(method, tol, state, status, message, x=x, fun=cost, nit=done,
+                               nfev=evaluations, segments=segments)
+    return result, history
+
+
+def _segmented_result(method, tol, state, status, message, **fields):
+    """The `OptimizeResult` of a run in segments (`_minimize_preconditioned`,
+    `_minimize_projected`): ``status`` and ``message`` as the last segment left them unless
+    ``state`` says the gradient test was met or ``on_iteration`` stopped the run; warns when
+    neither happened."""
+    from scipy import optimize
+
     if state["converged"]:
         status, message = 0, "gradient test met"
     elif state["stopped"]:
         status, message = 99, "stopped by on_iteration"
-    result = optimize.OptimizeResult(
-        x=x, fun=cost, nit=done, nfev=evaluations, status=status, success=status in (0, 99),
-        message=message, segments=segments,
-    )
     if status not in (0, 99):
-        _warn(method, done, tol, message)
-    return result, history
+        _warn(method, fields["nit"], tol, message)
+    return optimize.OptimizeResult(status=status, success=status in (0, 99), message=message,
+                                   **fields)
 
 
 # The projected solvers solve with float32 reads (`RowSolves`) until the gradient falls below
 # this fraction of its start, and with float64 reads from there: the float32 solves leave a
-# gradient of about 1e-7 of its start in the solved side (tests/test_solvers.py).
+# gradient of about 1e-7 of its start in the solved side (tests/test_projected.py).
 _FLOAT32_GRADIENT = 1e-4
 
 
@@ -339,16 +348,9 @@ def _minimize_projected(objective, x0, method, max_iter, tol, on_iteration):
             if done == first and not (state["converged"] or state["stopped"]):
                 status, message = 2, f"no progress: {result.message}"
                 break
-    if state["converged"]:
-        status, message = 0, "gradient test met"
-    elif state["stopped"]:
-        status, message = 99, "stopped by on_iteration"
-    result = optimize.OptimizeResult(
-        x=params, fun=last["cost"], nit=done, nfev=projected.evaluations, status=status,
-        success=status in (0, 99), message=message, segments=segments,
-    )
-    if status not in (0, 99):
-        _warn(method, done, tol, message)
+    result = _segmented_result(method, tol, state, status, message, x=params,
+                               fun=last["cost"], nit=done, nfev=projected.evaluations,
+                               segments=segments)
     return result, history
 
 
