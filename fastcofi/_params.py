@@ -153,7 +153,8 @@ def check_fit_args(solver, ratings, validation, checkpoint, checkpoint_every, re
 
 # tol=None: the projected scipy solvers (the smaller side's rows, the other side solved) at
 # 1e-4 on ML-100K: CG protocol A 0.9095, B 0.9035; L-BFGS 0.9097, 0.9035 (3e-4: CG 0.9101,
-# L-BFGS 0.9099; 3e-5: CG 0.9094); VB keeps the figure it was tuned at, Gibbs does not use it.
+# L-BFGS 0.9099; 3e-5: CG 0.9095, a third more iterations; bench/compare_peers.py's
+# `fastcofi_rows` with `tol` set); VB keeps the figure it was tuned at, Gibbs does not use it.
 # ALS and SGD stop on the cost's relative decrease per sweep.
 # ALS at 1e-4: ML-100K protocol A 0.9095, B 0.9033 (bench/compare_peers.py; 3e-4: 0.9099,
 # 0.9036; 1e-3: 0.9107, 0.9041). SGD stops early on purpose: at 3e-3 its training cost kept
