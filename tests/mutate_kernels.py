@@ -48,7 +48,8 @@ GROUPS = {
     "solvers": (
         "fastcofi.train.solvers",
         ["minimize_scipy", "_minimize_preconditioned", "_scipy_options", "_check_finite",
-         "_warn", "_caller_level", "minimize_als", "_minimize_projected", "_move_to"],
+         "_warn", "_caller_level", "minimize_als", "_minimize_projected", "_move_to",
+         "_segmented_result"],
         ["tests/test_solvers.py", "tests/test_projected.py", "-k",
          "not vb and not all_solvers"],
     ),
