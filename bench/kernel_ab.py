@@ -4,8 +4,10 @@
 
 Three ways to evaluate the same objective: the one-pass (buffered) kernel with its default
 column blocks, the same kernel walking each row once (a single block: how it ran before the
-blocks), and the two-pass kernel (kept for when buffers would not fit). Prints the median
-seconds of each at 1 and 2 threads and the ratios to the default, BLAS parked at one thread.
+blocks), and the two-pass kernel (kept for when buffers would not fit); the one-pass kernel
+both reading the other side's float64 factors and through a float32 copy (what the projected
+CG and L-BFGS read far from the minimum). Prints the median seconds of each at 1 and 2 threads
+and the ratios to the default, BLAS parked at one thread.
 """
 
 import argparse
@@ -22,6 +24,8 @@ from fastcofi.train.objective import _evaluate, column_blocks
 VARIANTS = {
     "one-pass, blocks": {"buffered": True},
     "one-pass, one block": {"buffered": True, "block_bytes": 1 << 62},
+    "float32 reads, blocks": {"buffered": True, "single": True},
+    "float32 reads, one block": {"buffered": True, "block_bytes": 1 << 62, "single": True},
     "two-pass": {"buffered": False},
 }
 
@@ -44,7 +48,8 @@ def main():
                 _evaluate(X, Theta, *zeros, 0.0, ratings, 1.0, 0.0, ones, grads, **variant)
 
             smaller = min(ratings.n_items, ratings.n_users)
-            n_blocks = column_blocks(smaller, k).shape[0] - 1
+            n_blocks = "/".join(str(column_blocks(smaller, k, itemsize=size).shape[0] - 1)
+                                for size in (8, 4))
             for n_threads in (1, 2):
                 times = {name: [] for name in VARIANTS}
                 with threadpool_limits(limits=1, user_api="blas"), threads(n_threads):
@@ -59,7 +64,7 @@ def main():
                 base = medians["one-pass, blocks"]
                 cells = ", ".join(f"{name} {m * 1e3:.2f} ms ({m / base:.2f}x)"
                                   for name, m in medians.items())
-                print(f"{size} k={k} {n_blocks} block(s), {n_threads} thread(s): {cells}",
+                print(f"{size} k={k} {n_blocks} block(s) (float64/float32 reads), {n_threads} thread(s): {cells}",
                       flush=True)
 
 

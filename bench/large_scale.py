@@ -156,8 +156,10 @@ def train(args):
 
 
 def _evaluation_seconds(model, ratings, repeats=3):
-    """Median seconds of one cost + gradient evaluation at the fitted point (what CG and
-    L-BFGS pay per evaluation), whatever solver trained the model."""
+    """Median seconds of one cost + gradient evaluation at the fitted point, whatever solver
+    trained the model, as the projected CG and L-BFGS pay it (gradients written into arrays
+    reused from call to call): ``{"float64": s, "float32": s}``, the one-pass kernel reading
+    the other side's factors, or a float32 copy of them (far from the minimum)."""
     from fastcofi.train.objective import FlatObjective
 
     objective = FlatObjective(
@@ -166,7 +168,14 @@ def _evaluation_seconds(model, ratings, repeats=3):
     )
     params = objective.pack(model.item_factors_, model.user_factors_, model.item_bias_,
                             model.user_bias_)
-    return float(np.median(sample_seconds(lambda: objective(params), repeats, warmup=0)))
+    values = objective.unpack(params)
+    grads = [np.empty_like(part) for part in values]
+    return {
+        name: float(np.median(sample_seconds(
+            lambda single=single: objective._evaluate_into(*values, grads, single=single),
+            repeats, warmup=1)))
+        for name, single in (("float64", False), ("float32", True))
+    }
 
 
 def main(argv=None):

@@ -48,9 +48,10 @@ KERNELS = pytest.mark.parametrize(
 )
 
 
-def _assert_biased_objective_matches_dense(ratings, dense, mask, X, Theta, reg, kernel):
+def _assert_biased_objective_matches_dense(ratings, dense, mask, X, Theta, reg, kernel,
+                                           tolerance=1e-9):
     """The kernel's cost and four gradients, with random biases and row weights, against the
-    dense formulas at 1e-9."""
+    dense formulas at ``tolerance``."""
     rng = np.random.default_rng(ratings.nnz)
     item_bias, user_bias = rng.normal(size=ratings.n_items), rng.normal(size=ratings.n_users)
     weights = (rng.random(ratings.n_items) * 3, rng.random(ratings.n_users) * 3)
@@ -61,9 +62,9 @@ def _assert_biased_objective_matches_dense(ratings, dense, mask, X, Theta, reg, 
     ref_cost, ref_grads = _dense_biased_objective(
         X, Theta, item_bias, user_bias, 0.4, dense, mask, reg, 0.7, weights
     )
-    assert abs(cost - ref_cost) / (1 + abs(ref_cost)) <= 1e-9
+    assert abs(cost - ref_cost) / (1 + abs(ref_cost)) <= tolerance
     for got, want in zip(grads, ref_grads):
-        assert relative_error(got, want) <= 1e-9
+        assert relative_error(got, want) <= tolerance
 
 
 @KERNELS
@@ -71,6 +72,37 @@ def _assert_biased_objective_matches_dense(ratings, dense, mask, X, Theta, reg, 
 def test_both_kernels_equal_dense_objective_with_biases_and_weights(problem, kernel):
     ratings, dense, mask, X, Theta, reg = problem
     _assert_biased_objective_matches_dense(ratings, dense, mask, X, Theta, reg, kernel)
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 40, 1], ids=["one block", "column blocks"])
+@given(problem=sparse_problems())
+def test_float32_reads_equal_dense_objective_to_float32_rounding(problem, block_bytes):
+    """``single``: the one-pass kernel reads the randomly read side through a float32 copy;
+    cost and gradients hold to float32 rounding of the products (1e-5 of the largest entry
+    here), whichever side it walks."""
+    ratings, dense, mask, X, Theta, reg = problem
+    kernel = {"buffered": True, "block_bytes": block_bytes, "single": True}
+    _assert_biased_objective_matches_dense(ratings, dense, mask, X, Theta, reg, kernel,
+                                           tolerance=1e-5)
+
+
+def test_float32_reads_round_like_float32_not_worse():
+    """At 60,000 ratings the float32 reads' cost and gradients stay within 1e-6 of the float64
+    evaluation's (relative to their largest entries), and are not that evaluation: the copy
+    is read."""
+    ratings, X, Theta = _random_problem(7, n_items=400, n_users=3000, nnz=60_000)
+    rng = np.random.default_rng(8)
+    args = (rng.normal(size=400), rng.normal(size=3000), 0.3, ratings, 0.7, 0.2,
+            (rng.random(400) + 0.5, rng.random(3000) + 0.5))
+
+    def run(single):
+        grads = (np.empty_like(X), np.empty_like(Theta), np.empty(400), np.empty(3000))
+        return _evaluate(X, Theta, *args, grads, buffered=True, single=single), grads
+
+    (cost, grads), (cost64, grads64) = run(True), run(False)
+    assert abs(cost - cost64) <= 1e-6 * abs(cost64) and cost != cost64
+    for got, want in zip(grads, grads64):
+        assert 0 < relative_error(got, want) <= 1e-6
 
 
 def _poisoned_empty(empty):
@@ -274,7 +306,7 @@ def test_one_pass_kernel_is_race_free_for_any_groups_and_blocks(walk_items):
     blocks = np.array([0, 3, 5, 8, n_cols], dtype=np.int64)
     block_of = np.searchsorted(blocks, np.arange(n_cols), side="right") - 1
     grads = [Gradient(walked.factors, walked.bias), Gradient(other.factors, other.bias)]
-    extra = (groups, blocks, 0.4, 0.7, 0.3)
+    extra = (groups, blocks, 0.4, 0.7, 0.3, other.factors)
     runs = [_run_scheduled("cost_and_grad_buffered", (walked, other), grads, extra, reverse)
             for reverse in (False, True)]
     _assert_matches(runs[0], want_cost, want)
@@ -349,6 +381,8 @@ def test_column_blocks_cut_by_size():
     np.testing.assert_array_equal(column_blocks(10, 4, block_bytes=300), [0, 3, 6, 10])
     np.testing.assert_array_equal(column_blocks(3, 4, block_bytes=1), [0, 1, 2, 3])
     np.testing.assert_array_equal(column_blocks(0, 4), [0, 0])
+    # float32 reads: 360 bytes, 2 blocks of 300
+    np.testing.assert_array_equal(column_blocks(10, 4, block_bytes=300, itemsize=4), [0, 5, 10])
 
 
 @pytest.mark.parametrize("n_items, n_users", [(300, 200), (200, 300)])

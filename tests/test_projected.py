@@ -190,21 +190,27 @@ def test_the_first_projected_step_is_the_block_newton_step(method):
 @pytest.mark.parametrize("method", ["CG", "L-BFGS-B"])
 def test_projected_runs_report_each_iterate_with_its_cost(method, monkeypatch):
     """tol = 0: the budget is spent in segments of 5, 10, ... iterations; ``on_iteration`` sees
-    the whole parameter vector at the accepted iterate (its cost is the one recorded), and the
-    result is the last of them, with its count of evaluations."""
+    the whole parameter vector at the accepted iterate (its cost is the one recorded, read in
+    the precision the run read it in), and the result is the last of them, with its count of
+    evaluations."""
     objective = FlatObjective(_problem(5), 3, 1.0, mu=3.0, learn_biases=True, reg_bias=0.5)
     x0 = _start(objective, objective.ratings)
-    seen, calls = [], []
+    seen, calls, single = [], [], []
     real = ProjectedObjective.__call__
 
     def counted(self, v):
         calls.append(1)
+        single.append(self.solves.single)
         return real(self, v)
 
     monkeypatch.setattr(ProjectedObjective, "__call__", counted)
 
+    def cost_at(x, single):
+        grads = [np.empty_like(part) for part in objective.unpack(x)]
+        return objective._evaluate_into(*objective.unpack(x), grads, single=single)
+
     def record(iteration, x, history):
-        seen.append((iteration, objective(x)[0], history["cost"][-1]))
+        seen.append((iteration, cost_at(x, single[-1]), history["cost"][-1]))
 
     result, history = _run(objective, x0, method, max_iter=12, tol=0, on_iteration=record)
     assert result.nit == len(history["cost"]) == len(history["seconds"]) == 12
@@ -213,7 +219,8 @@ def test_projected_runs_report_each_iterate_with_its_cost(method, monkeypatch):
     for _, cost, recorded in seen:
         assert cost == pytest.approx(recorded, rel=1e-12)
     assert result.segments == 2 and result.status == 1
-    assert result.fun == history["cost"][-1] == pytest.approx(objective(result.x)[0], rel=1e-12)
+    assert result.fun == history["cost"][-1] == pytest.approx(cost_at(result.x, single[-1]),
+                                                              rel=1e-12)
     assert np.all(np.diff(history["cost"]) <= 1e-9 * history["cost"][0])
     result, history = _run(objective, x0, method, max_iter=1, tol=0)
     assert result.nit == len(history["cost"]) == 1 and result.segments == 1

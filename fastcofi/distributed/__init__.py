@@ -521,7 +521,9 @@ class DistributedObjective(FlatObjective):
     def _row_counts(self):
         return self.ratings.item_counts, self.ratings.user_counts
 
-    def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
+    def _evaluate_into(self, X, Theta, item_bias, user_bias, grads, single=False):
+        # The shards read float64 whatever ``single`` asks: only local ratings are projected,
+        # and only the projected solvers ask for float32 reads.
         return self.ratings._evaluate(
             X, Theta, item_bias, user_bias, self.mu, self.reg, self.reg_bias, self.weights,
             self.reg_weighting, self.n_threads, grads,

@@ -76,29 +76,32 @@ def _use_buffers(ratings, n_factors):
 
 
 # The one-pass kernel walks its rows once per block of the other side's columns, each block's
-# factor and buffer rows taking about this many bytes: at 1e7 ratings (30k x 400k) one evaluation
-# took 1.5-2.2x less time than a single walk at k = 32 and 50, 0.96-1.8x at k = 10 depending on
-# the run; 1 and 2 MiB blocks were slower at k = 10 and 32 (bench/kernel_ab.py, bench/README.md).
-_BLOCK_BYTES = 4 << 20
+# factor and buffer rows taking about this many bytes. At 1e7 ratings, k = 32, on 2 threads
+# (bench/kernel_ab.py): 30k x 400k uniform, two blocks took 0.67x a single walk's time, while
+# the Netflix prize's shape (17,770 items, most ratings on a few) ran fastest in one walk at
+# 1e8; 4 MiB blocks took 1.03-1.1x as long as 8 MiB ones on both.
+_BLOCK_BYTES = 8 << 20
 
 
-def column_blocks(n_cols, n_factors, block_bytes=_BLOCK_BYTES):
+def column_blocks(n_cols, n_factors, block_bytes=_BLOCK_BYTES, itemsize=8):
     """Column boundaries (int64, from 0 to ``n_cols``) of blocks whose factor and buffer rows
-    ((2 k + 1) floats per column) take about ``block_bytes`` each."""
-    total = n_cols * (2 * n_factors + 1) * 8
+    ((2 k + 1) floats of ``itemsize`` bytes per column) take about ``block_bytes`` each."""
+    total = n_cols * (2 * n_factors + 1) * itemsize
     n_blocks = int(max(1, min(n_cols, -(-total // block_bytes))))
     return (np.arange(n_blocks + 1, dtype=np.int64) * n_cols) // n_blocks
 
 
 class _Plan(NamedTuple):
     """How `_evaluate` walks ``ratings`` for ``n_factors``: the one-pass kernel's walked side,
-    row groups and column blocks, or ``walk_items`` None for the two-pass kernel."""
+    row groups and column blocks (``blocks`` for float64 reads, ``single_blocks`` for float32
+    ones), or ``walk_items`` None for the two-pass kernel."""
 
     ratings: Ratings
     n_factors: int
     walk_items: Optional[bool]
     groups: Optional[np.ndarray]
     blocks: Optional[np.ndarray]
+    single_blocks: Optional[np.ndarray]
 
 
 def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
@@ -106,7 +109,7 @@ def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
     if buffered is None:
         buffered = _use_buffers(ratings, n_factors)
     if not buffered:
-        return _Plan(ratings, n_factors, None, None, None)
+        return _Plan(ratings, n_factors, None, None, None, None)
     # Walk the side with more rows; the other side's rows are read at random and buffered.
     walk_items = ratings.n_items >= ratings.n_users
     indptr, n_cols = (
@@ -116,8 +119,9 @@ def _plan(ratings, n_factors, block_bytes=_BLOCK_BYTES, buffered=None):
     # One group per thread numba may start (not per thread running now), so the grouping and
     # hence every rounding is the same whatever n_threads is set to.
     groups = balanced_bounds(indptr, min(numba.config.NUMBA_NUM_THREADS, indptr.shape[0] - 1))
-    blocks = column_blocks(n_cols, n_factors, block_bytes)
-    return _Plan(ratings, n_factors, walk_items, groups, blocks)
+    return _Plan(ratings, n_factors, walk_items, groups,
+                 column_blocks(n_cols, n_factors, block_bytes),
+                 column_blocks(n_cols, n_factors, block_bytes, itemsize=4))
 
 
 def _plan_fits(plan, ratings, n_factors):
@@ -135,7 +139,7 @@ def _sides(ratings, X, Theta, item_bias, user_bias, weights):
 
 def _evaluate(
     X, Theta, item_bias, user_bias, mu, ratings, reg, reg_bias, weights, grads, buffered=None,
-    block_bytes=_BLOCK_BYTES, plan=None,
+    block_bytes=_BLOCK_BYTES, plan=None, single=False,
 ):
     """Cost of the factors on ``ratings``; writes ``grads`` (X, Theta, item bias, user bias).
 
@@ -143,6 +147,9 @@ def _evaluate(
     ``_BUFFER_ALLOWANCE``); both give the same result up to rounding. ``block_bytes`` sizes the
     one-pass kernel's column blocks (see `column_blocks`); the gradients do not depend on it.
     ``plan``, from `_plan` for these ratings and k, replaces both (solvers make it once).
+    ``single``: the one-pass kernel reads the side it reads at random through a float32 copy
+    (`cost_and_grad_buffered`): cost and gradients to about 1e-7 of their terms' size, not to
+    float64 rounding; the two-pass kernel ignores it.
     """
     if not _plan_fits(plan, ratings, X.shape[1]):
         plan = _plan(ratings, X.shape[1], block_bytes, buffered)
@@ -151,12 +158,14 @@ def _evaluate(
     item_grad, user_grad = Gradient(grads[0], grads[2]), Gradient(grads[1], grads[3])
     if plan.walk_items is None:
         return cost_and_grad_two_pass(items, users, item_grad, user_grad, mu, reg, reg_bias)
-    _, _, walk_items, groups, blocks = plan
-    if walk_items:
-        return cost_and_grad_buffered(items, users, item_grad, user_grad, groups, blocks, mu, reg,
-                                      reg_bias)
-    return cost_and_grad_buffered(users, items, user_grad, item_grad, groups, blocks, mu, reg,
-                                  reg_bias)
+    walked, other, walked_grad, other_grad = (
+        (items, users, item_grad, user_grad) if plan.walk_items
+        else (users, items, user_grad, item_grad)
+    )
+    reads = other.factors.astype(np.float32) if single else other.factors
+    return cost_and_grad_buffered(walked, other, walked_grad, other_grad, plan.groups,
+                                  plan.single_blocks if single else plan.blocks, mu, reg,
+                                  reg_bias, reads)
 
 
 def cost_and_grad(item_factors, user_factors, ratings, reg, *, n_threads=None):
@@ -277,13 +286,14 @@ class FlatObjective:
             self._plan = _plan(self.ratings, self.n_factors)
         return self._plan
 
-    def _evaluate_into(self, X, Theta, item_bias, user_bias, grads):
-        """The cost; writes ``grads`` (X, Theta, item bias, user bias). Subclasses evaluate
-        elsewhere (``fastcofi.distributed``) with the same layout and contract."""
+    def _evaluate_into(self, X, Theta, item_bias, user_bias, grads, single=False):
+        """The cost; writes ``grads`` (X, Theta, item bias, user bias); ``single`` as
+        `_evaluate` takes it. Subclasses evaluate elsewhere (``fastcofi.distributed``) with
+        the same layout and contract."""
         with threads(self.n_threads):
             return _evaluate(
                 X, Theta, item_bias, user_bias, self.mu, self.ratings, self.reg, self.reg_bias,
-                self.weights, grads, plan=self._current_plan(),
+                self.weights, grads, plan=self._current_plan(), single=single,
             )
 
     @property
@@ -477,8 +487,8 @@ class ProjectedObjective:
     gradient in ``v`` (its gradient in ``w`` is zero at that minimum). ``f`` has the minima
     of ``F``, is better conditioned than ``F`` on both sides jointly, and its vectors are the
     free side's only. The solves read the free side as float32 (``F``'s gradient in ``w`` is
-    then about 1e-7 of its scale, not 0) until ``solves.read_float64()``. Needs
-    ``objective.projectable``.
+    then about 1e-7 of its scale, not 0), and the evaluation the free side too (`_evaluate`'s
+    ``single``), until ``solves.read_float64()``. Needs ``objective.projectable``.
 
     Parameters
     ----------
@@ -532,7 +542,8 @@ class ProjectedObjective:
         if learned:
             self._bias[...] = v[:, k]
         self.solves.solve(self.solved)
-        cost = self.objective._evaluate_into(*self._values, self._grads)
+        cost = self.objective._evaluate_into(*self._values, self._grads,
+                                             single=self.solves.single)
         grad = np.empty(self.shape)
         grad[:, :k] = self._grads[self._free[0]]
         if learned:
