@@ -76,10 +76,11 @@ def _use_buffers(ratings, n_factors):
 
 
 # The one-pass kernel walks its rows once per block of the other side's columns, each block's
-# factor and buffer rows taking about this many bytes. At 1e7 ratings, k = 32, on 2 threads
-# (bench/kernel_ab.py): 30k x 400k uniform, two blocks took 0.67x a single walk's time, while
-# the Netflix prize's shape (17,770 items, most ratings on a few) ran fastest in one walk at
-# 1e8; 4 MiB blocks took 1.03-1.1x as long as 8 MiB ones on both.
+# factor and buffer rows taking about this many bytes. At 1e7 ratings (30k x 400k), k = 32,
+# two blocks took 0.63-0.76x a single walk's time (bench/kernel_ab.py); at 1e8 in the Netflix
+# prize's shape (17,770 items) one walk was as fast as 2 or 3 blocks with float64 reads and the
+# fastest with float32 ones; 4 MiB blocks took 1.03-1.1x as long as 8 MiB ones on both
+# (bench/README.md).
 _BLOCK_BYTES = 8 << 20
 
 
