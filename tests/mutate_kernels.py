@@ -35,7 +35,7 @@ GROUPS = {
         ["_penalty_rows", "_own_rows", "cost_and_grad_buffered", "cost_and_grad_two_pass"],
         ["tests/test_objective.py", "-k",
          "dense_reference or both_kernels or finite_differences or uninitialized or many_chunks "
-         "or race_free"],
+         "or race_free or float32_reads"],
     ),
     "solvers-kernels": (
         "fastcofi.kernels.rowsolve",
