@@ -28,7 +28,7 @@ from .data.ids import lookup
 from .data.ratings import Ratings
 from .kernels.rowsolve import Other, Penalty, Solved, fold_in_ids, fold_in_row, solve_rows
 from .kernels.sparse import Rows
-from .kernels.topn import Offsets, Seen, TopN, cosine_top_n, top_n_batch
+from .kernels.topn import Offsets, Seen, TopN, cosine_top_n, pair_dots, top_n_batch
 from .train.objective import WEIGHT_POWERS, row_weights
 
 __all__ = ["FittedState", "UserClusters", "fold_in", "recommend", "similar", "state_of"]
@@ -124,7 +124,8 @@ class FittedState:
         else:
             ui = u_index[both]
             user_off = self.user_off[ui]
-            dots = np.einsum("ij,ij->i", self.X[ii], self.Theta[ui])
+            dots = np.empty(ii.shape[0])
+            pair_dots(self.X, self.Theta, ii, ui, dots)
         pred[both] = self.mu + self.item_off[ii] + user_off + dots
         if self.clip is not None:
             np.clip(pred, self.clip[0], self.clip[1], out=pred)

@@ -62,10 +62,10 @@ GROUPS = {
 
     "serving-kernels": (
         "fastcofi.kernels.topn",
-        ["_worse", "_sift_down", "select_top_n", "top_n_batch", "cosine_top_n"],
+        ["_worse", "_sift_down", "select_top_n", "top_n_batch", "cosine_top_n", "pair_dots"],
         ["tests/test_serving.py", "-k",
          "select_top_n or ties or ten_equal or zero_norm or brute_force or exclusions or padding "
-         "or string_ids or similar"],
+         "or string_ids or similar or pair_dots"],
     ),
     "fold-in-kernels": (
         "fastcofi.kernels.rowsolve",

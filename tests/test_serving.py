@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from fastcofi import MatrixFactorization, Ratings, _parallel, load_model, serving
 from fastcofi.kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
 from fastcofi.kernels.sparse import lookup_int
-from fastcofi.kernels.topn import cosine_top_n, select_top_n, top_n_batch
+from fastcofi.kernels.topn import cosine_top_n, pair_dots, select_top_n, top_n_batch
 
 from .conftest import JIT_DISABLED, REPO
 
@@ -222,6 +222,19 @@ def test_select_top_n_matches_full_sort(values, n):
     assert count == expected.shape[0]
     assert out_index[:count].tolist() == expected.tolist()
     assert out_scores[:count].tolist() == scores[expected].tolist()
+
+
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(1, 40), st.integers(0, 60),
+       st.integers(0, 2**32 - 1))
+def test_pair_dots_are_the_rows_products(n_items, n_users, k, m, seed):
+    """Every pair's factor term, with repeated pairs and rows, against numpy's row products."""
+    rng = np.random.default_rng(seed)
+    X, Theta = rng.normal(size=(n_items, k)), rng.normal(size=(n_users, k))
+    items, users = rng.integers(0, n_items, m), rng.integers(0, n_users, m)
+    out = np.full(m, np.nan)
+    pair_dots(X, Theta, items, users, out)
+    np.testing.assert_allclose(out, np.sum(X[items] * Theta[users], axis=1), rtol=1e-12,
+                               atol=1e-12 * k)
 
 
 # -- fold-in --------------------------------------------------------------------------------------

