@@ -14,7 +14,6 @@ from fastcofi import MatrixFactorization, Ratings
 from fastcofi._params import initial_scale, resolve_auto
 from fastcofi.data.ratings import balanced_bounds
 from fastcofi.kernels.sgd import Side, rows_sorted, sgd_epoch
-from fastcofi.kernels.sparse import Rows
 from fastcofi.train.objective import FlatObjective
 from fastcofi.train.sgd import ETA, _per_rating, blocks_of, minimize_sgd, n_blocks
 from fastcofi.train.solvers import ConvergenceWarning, DivergenceError, minimize_als
@@ -80,7 +79,7 @@ def test_epoch_matches_a_sequential_reference(seed, k, n_blocks_, fit_bias, shif
     ratings, blocks, users, items = _problem(seed, 9, 7, 0.5, k, n_blocks_)
     (P, bu, G_u), (Q, bi, G_i), sse = _reference_epoch(ratings, blocks, users, items, 3.0,
                                                        ETA, fit_bias, shift)
-    got = sgd_epoch(Rows(*ratings.by_user, ratings._user_chunks), blocks, users, items, 3.0,
+    got = sgd_epoch(ratings.user_rows, blocks, users, items, 3.0,
                     np.float32(ETA), fit_bias, shift)
     # float32 arithmetic, the k-long dot products summed in another order (fastmath).
     for actual, expected in ((users.factors, P), (items.factors, Q), (users.bias, bu),
@@ -133,7 +132,7 @@ def test_epoch_is_bit_identical_on_one_and_two_threads():
         numba.set_num_threads(n_threads)
         try:
             for epoch in range(3):
-                sgd_epoch(Rows(*ratings.by_user, ratings._user_chunks), blocks, users, items,
+                sgd_epoch(ratings.user_rows, blocks, users, items,
                           3.0, np.float32(ETA), True, epoch)
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from fastcofi import MatrixFactorization, ModelFileError, Ratings, load_model
 from fastcofi._parallel import threads
 from fastcofi.data.synthetic import planted as planted_problem
-from fastcofi.kernels.sparse import Rows
 from fastcofi.kernels.vb import Posterior, vb_update_rows
 from fastcofi.train import vb as vb_solver
 from fastcofi.train.objective import FlatObjective
@@ -80,7 +79,7 @@ def test_row_update_matches_the_dense_derivation(problem, seed):
     cov = np.zeros((ratings.n_items, d, d))
     sse, logdet = np.zeros(ratings.n_items), np.zeros(ratings.n_items)
     failed = vb_update_rows(
-        Rows(*ratings.by_item, ratings._item_chunks), _moments(user_mean, user_cov), mu, tau,
+        ratings.item_rows, _moments(user_mean, user_cov), mu, tau,
         precision, Posterior(mean, cov, sse, logdet),
     )
     want_mean, want_cov, want_sse = _dense_update(

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .._npzfile import atomic_folder
-from ..kernels.sparse import gather_rows, row_major_order, take, transpose_csr
+from ..kernels.sparse import Rows, gather_rows, row_major_order, take, transpose_csr
 from .frames import frame_columns
 from .ids import _as_id_array, _declare_ids, _index_dtype
 
@@ -103,6 +103,9 @@ class Ratings:
         index of each rating (int32, int64 only past 2**31 users), ``values`` as above.
     by_user : tuple (indptr, indices, values)
         CSR with one row per user; ``indices`` are item indices.
+    item_rows, user_rows : fastcofi.kernels.sparse.Rows
+        ``by_item`` / ``by_user`` with row boundaries of chunks of about equal numbers of
+        ratings: what the parallel row kernels take.
     """
 
     __slots__ = (
@@ -451,6 +454,14 @@ class Ratings:
     @property
     def by_user(self):
         return self._by_user
+
+    @property
+    def item_rows(self):
+        return Rows(*self._by_item, self._item_chunks)
+
+    @property
+    def user_rows(self):
+        return Rows(*self._by_user, self._user_chunks)
 
     def coo(self):
         """Dense indices and values in by-item order.

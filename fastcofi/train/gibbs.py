@@ -290,8 +290,8 @@ def run_chain(ratings, mu, state, *, max_iter, keep, n_threads=None, on_sweep=No
     item_scaled_sse, user_scaled_sse = np.zeros(n_items), np.zeros(n_users)
     item_counts = np.diff(ratings.by_item[0]).astype(np.float64)
     user_counts = np.diff(ratings.by_user[0]).astype(np.float64)
-    item_rows = _gibbs_kernels.Rows(*ratings.by_item, ratings._item_chunks)
-    user_rows = _gibbs_kernels.Rows(*ratings.by_user, ratings._user_chunks)
+    item_rows = ratings.item_rows
+    user_rows = ratings.user_rows
     history = {"cost": [], "seconds": [], "train_rmse": [], "noise_precision": []}
     start = time.perf_counter()
     first = state.sweep

@@ -15,7 +15,6 @@ from ..kernels.objective import (
 )
 from ..kernels.rowsolve import Other, Penalty, Solved, row_preconditioners, solve_rows
 from ..kernels.rowsolve import row_weights as row_weights_kernel
-from ..kernels.sparse import Rows
 
 __all__ = ["FlatObjective", "ProjectedObjective", "RowSolves", "cost_and_grad", "row_weights"]
 
@@ -418,8 +417,8 @@ class RowSolves:
         self.X, self.Theta, self.item_bias, self.user_bias = objective.unpack(params)
         self.fit_bias = objective.learn_biases
         self.penalty = Penalty(objective.reg, objective.reg_bias, self.fit_bias)
-        self.rows = {"users": Rows(*ratings.by_user, ratings._user_chunks),
-                     "items": Rows(*ratings.by_item, ratings._item_chunks)}
+        self.rows = {"users": ratings.user_rows,
+                     "items": ratings.item_rows}
         self.weights = {"items": objective.weights[0], "users": objective.weights[1]}
         copy_type = np.float32 if objective.positive_penalties else np.float64
         # Solving the users reads the items' factors, and the other way round.

@@ -21,7 +21,6 @@ import numpy as np
 from .._parallel import threads
 from ..data.ratings import balanced_bounds
 from ..kernels.sgd import Blocks, Side, rows_sorted, sgd_epoch
-from ..kernels.sparse import Rows
 from .solvers import _check_finite, _warn
 
 __all__ = ["ETA", "N_BLOCKS", "WARM_UP", "SgdRun", "blocks_of", "minimize_sgd", "n_blocks"]
@@ -134,7 +133,7 @@ def minimize_sgd(objective, params, *, fit_bias, max_iter, tol, eta=ETA, run=Non
 
     items = side(X, item_bias, item_weights, item_counts, item_steps)
     users = side(Theta, user_bias, user_weights, user_counts, user_steps)
-    rows = Rows(*ratings.by_user, ratings._user_chunks)
+    rows = ratings.user_rows
     history = {"cost": [], "seconds": []}
     start = time.perf_counter()
     previous = run.previous

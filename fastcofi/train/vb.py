@@ -6,7 +6,6 @@ import numpy as np
 
 from .._parallel import threads
 from ..data.ratings import value_moments
-from ..kernels.sparse import Rows
 from ..kernels.vb import Moments, Posterior, vb_update_rows
 from .solvers import _warn
 
@@ -132,8 +131,8 @@ def _vb_run(objective, params, max_iter, tol, init_cov, init_noise_variance, on_
     previous = None
     converged = False
     threshold = float(tol) * _VB_TOL_SCALE
-    item_rows = Rows(*ratings.by_item, ratings._item_chunks)
-    user_rows = Rows(*ratings.by_user, ratings._user_chunks)
+    item_rows = ratings.item_rows
+    user_rows = ratings.user_rows
     with threads(objective.n_threads):
         for iteration in range(1, int(max_iter) + 1):
             failed = vb_update_rows(
