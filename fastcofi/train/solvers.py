@@ -159,7 +159,7 @@ _FIRST_SEGMENT = 5
 class ScaledObjective:
     """``objective`` over ``z = x / scale``: ``(cost(scale * z), scale * gradient)``, a fresh
     gradient each call. Remembers the last point evaluated, in ``x``, with its cost and
-    gradient."""
+    gradient, and counts the evaluations (``evaluations``)."""
 
     def __init__(self, objective, scale):
         self.objective = objective
@@ -167,11 +167,15 @@ class ScaledObjective:
         self.last = None
         self.evaluations = 0
 
-    def __call__(self, z):
+    def at(self, x):
+        """``objective(x)``, in ``x``'s units, remembered and counted."""
         self.evaluations += 1
-        x = self.scale * z
         cost, grad = self.objective(x)
         self.last = (x, cost, grad)
+        return cost, grad
+
+    def __call__(self, z):
+        cost, grad = self.at(self.scale * z)
         return cost, grad * self.scale
 
 
@@ -208,8 +212,7 @@ def _minimize_preconditioned(objective, x0, method, max_iter, tol, on_iteration)
                 current = scaled.scale * intermediate_result.x
                 last_x, last_cost, last_grad = scaled.last
                 if last_cost != intermediate_result.fun or not np.array_equal(last_x, current):
-                    scaled.evaluations += 1
-                    last_cost, last_grad = scaled.objective(current)
+                    last_cost, last_grad = scaled.at(current)
                 if on_iteration is not None and on_iteration(iteration, current, history):
                     state["stopped"] = True
                     raise StopIteration
