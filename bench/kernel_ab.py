@@ -1,13 +1,15 @@
 """The objective's kernels against each other, calls alternated in one process.
 
     python3 bench/kernel_ab.py [--sizes ml100k,1e6,1e7] [--factors 10] [--repeats 15]
+                               [--block-mib 4,16]
 
 Three ways to evaluate the same objective: the one-pass (buffered) kernel with its default
 column blocks, the same kernel walking each row once (a single block: how it ran before the
 blocks), and the two-pass kernel (kept for when buffers would not fit); the one-pass kernel
 both reading the other side's float64 factors and through a float32 copy (what the projected
-CG and L-BFGS read far from the minimum). Prints the median seconds of each at 1 and 2 threads
-and the ratios to the default, BLAS parked at one thread.
+CG and L-BFGS read far from the minimum); with ``--block-mib``, blocks of those sizes too.
+Prints the median seconds of each at 1 and 2 threads and the ratios to the default, BLAS parked
+at one thread.
 """
 
 import argparse
@@ -30,12 +32,26 @@ VARIANTS = {
 }
 
 
+def block_variants(mib):
+    """The one-pass kernel with blocks of each size in ``mib`` (MiB), both reads."""
+    out = {}
+    for size in mib:
+        out[f"{size} MiB blocks"] = {"buffered": True, "block_bytes": int(size * 2**20)}
+        out[f"float32 reads, {size} MiB blocks"] = {
+            "buffered": True, "block_bytes": int(size * 2**20), "single": True}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="ml100k,1e6,1e7")
     parser.add_argument("--factors", default="10")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--block-mib", default="",
+                        help="also these block sizes, comma-separated MiB (e.g. 4,16)")
     args = parser.parse_args()
+    variants = {**VARIANTS, **block_variants(
+        float(v) for v in args.block_mib.split(",") if v)}
     for size in args.sizes.split(","):
         ratings = ratings_for(size)
         zeros = (np.zeros(ratings.n_items), np.zeros(ratings.n_users))
@@ -51,12 +67,12 @@ def main():
             n_blocks = "/".join(str(column_blocks(smaller, k, itemsize=size).shape[0] - 1)
                                 for size in (8, 4))
             for n_threads in (1, 2):
-                times = {name: [] for name in VARIANTS}
+                times = {name: [] for name in variants}
                 with threadpool_limits(limits=1, user_api="blas"), threads(n_threads):
-                    for variant in VARIANTS.values():
+                    for variant in variants.values():
                         call(variant)
                     for _ in range(args.repeats):
-                        for name, variant in VARIANTS.items():
+                        for name, variant in variants.items():
                             t = time.perf_counter()
                             call(variant)
                             times[name].append(time.perf_counter() - t)

@@ -75,11 +75,10 @@ def _use_buffers(ratings, n_factors):
 
 
 # The one-pass kernel walks its rows once per block of the other side's columns, each block's
-# factor and buffer rows taking about this many bytes. At 1e7 ratings (30k x 400k), k = 32,
-# two blocks took 0.63-0.76x a single walk's time (bench/kernel_ab.py); at 1e8 in the Netflix
-# prize's shape (17,770 items) one walk was as fast as 2 or 3 blocks with float64 reads and the
-# fastest with float32 ones; 4 MiB blocks took 1.03-1.1x as long as 8 MiB ones on both
-# (bench/README.md).
+# factor and buffer rows taking about this many bytes. At 1e7 ratings (30k x 400k), k = 32, a
+# single walk took 1.4-1.6x the time of two 8 MiB blocks, 4 MiB blocks 1.03-1.09x; at 1e8 in
+# the Netflix prize's shape blocks and one walk were even, 4 MiB blocks 1.05x (bench/kernel_ab.py
+# --block-mib, bench/README.md).
 _BLOCK_BYTES = 8 << 20
 
 
