@@ -20,6 +20,7 @@ from fastcofi.kernels.rowsolve import (
     Solved,
     solve_row,
     solve_rows,
+    to_bfloat16,
 )
 from fastcofi.kernels.sparse import Rows
 from fastcofi.train import objective as flat_objective
@@ -234,6 +235,75 @@ def test_training_rows_take_conjugate_gradient_steps_from_where_they_are(seed, k
                Solved(out, out_bias), d)
     for r, (_, _, _, expected) in enumerate(dense):
         assert relative_error(joined(out, out_bias, r), expected) <= tolerance
+
+
+def _bfloat16_reference(values):
+    """Each float32 value rounded to the nearer of the two bfloat16 numbers around it (its
+    upper 16 bits, and one unit more in magnitude), a tie to the one whose last bit is 0."""
+    single = np.asarray(values, dtype=np.float32)
+    bits = single.view(np.uint32).astype(np.int64)
+    low = bits & 0xFFFF0000
+    high = low + 0x10000
+    def widen(b):
+        return b.astype(np.uint32).view(np.float32).astype(np.float64)
+
+    to_low = np.abs(single.astype(np.float64) - widen(low))
+    to_high = np.abs(widen(high) - single.astype(np.float64))
+    even_low = (low >> 16) % 2 == 0
+    pick_low = (to_low < to_high) | ((to_low == to_high) & even_low)
+    return (np.where(pick_low, low, high) >> 16).astype(np.uint16)
+
+
+# Finite bfloat16 numbers only: from about 3.39e38 up, float32 values round to infinity, which
+# distance cannot tell.
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32)
+                .filter(lambda v: abs(v) < 3e38), min_size=1, max_size=40),
+       st.integers(1, 5))
+@example([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(1.0 + 2.0**-8), 2.0**-130, -0.0, 0.0, 1e38,
+          np.float32(1.0 + 2.0**-8 + 2.0**-20)], 1)
+def test_bfloat16_copies_round_to_nearest_with_ties_to_even(values, k):
+    """`to_bfloat16` against rounding by distance (ties, subnormals and signs included); its
+    values within 2^-8 of the float32 ones; infinities kept and NaN still NaN."""
+    values = np.resize(np.asarray(values, dtype=np.float64), (len(values), k))
+    out = np.empty(values.shape, np.uint16)
+    to_bfloat16(values, out)
+    np.testing.assert_array_equal(out, _bfloat16_reference(values))
+    widened = (out.astype(np.uint32) << 16).view(np.float32)
+    # Subnormal float32 values keep a spacing of 2^-133 in bfloat16: absolute there.
+    assert np.all(np.abs(widened - values) <= 2.0**-8 * np.abs(values) + 2.0**-134)
+    special = np.array([[np.inf, -np.inf, np.nan]])
+    to_bfloat16(special, out := np.empty(special.shape, np.uint16))
+    widened = (out.astype(np.uint32) << 16).view(np.float32)
+    assert widened[0, 0] == np.inf and widened[0, 1] == -np.inf and np.isnan(widened[0, 2])
+
+
+@settings(max_examples=25)
+@given(st.integers(0, 10_000), st.integers(1, 9), st.booleans(),
+       st.lists(st.sampled_from([0, 1, 5, 11, _CG_MIN, 40, _TILE_ROWS + 3, _CG_ROWS + 1]),
+                min_size=1, max_size=5),
+       st.sampled_from([0, 2]))
+def test_row_solves_read_bfloat16_bits_as_the_float32_values_they_widen_to(seed, k, fit_bias,
+                                                                          lengths, cg_steps):
+    """A fixed side given as bfloat16 bits (uint16) is read as the float32 numbers they are
+    the upper halves of: every path (short rows, CG steps, tiles) gives bit for bit what the
+    float32 copy of those numbers gives."""
+    rng = np.random.default_rng(seed)
+    rows, F, col_offset, row_offset, weight = _row_problem(rng, k, fit_bias, lengths,
+                                                           np.float64)
+    bits = np.empty(F.shape, np.uint16)
+    to_bfloat16(F, bits)
+    widened = (bits.astype(np.uint32) << 16).view(np.float32)
+    assert not np.array_equal(widened, F.astype(np.float32))
+    start = rng.normal(size=(len(lengths), k)), rng.normal(size=len(lengths))
+    results = []
+    for factors in (bits, widened):
+        out, out_bias = start[0].copy(), start[1].copy()
+        summary = solve_rows(rows, Other(factors, col_offset), Penalty(0.5, 0.3, fit_bias),
+                             row_offset, weight, Solved(out, out_bias), cg_steps)
+        results.append((out, out_bias, summary))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert results[0][2] == results[1][2]
 
 
 @pytest.mark.parametrize("fit_bias", [False, True])
@@ -1010,16 +1080,23 @@ def test_an_overflowing_cost_is_a_divergence_at_iteration_0(solver, name, precon
         MatrixFactorization(1, solver=solver, normalize="none").fit(ratings)
 
 
+@pytest.mark.parametrize("large_sides", [False, True])
 @pytest.mark.parametrize(
     "reg, reg_bias, learned, precision",
     [(0.5, 0.5, True, np.float32), (0.5, 0.0, True, np.float64), (0.0, 0.5, True, np.float64),
      (0.5, 0.0, False, np.float32), (0.0, 0.0, False, np.float64)],
 )
 def test_als_reads_a_float32_copy_only_when_every_penalty_is_positive(reg, reg_bias, learned,
-                                                                       precision, monkeypatch):
+                                                                       precision, large_sides,
+                                                                       monkeypatch):
     """The documented rule: with every penalty that applies positive, the row solves read the
-    fixed side as float32 (bounded conditioning); with any zero, as float64, so that a row with
-    too few ratings fails its factorization instead of passing it on float32 rounding."""
+    fixed side as float32 (bounded conditioning), or as bfloat16 when its float32 copy would
+    be larger than `_HALF_READS_BYTES`; with any zero, as float64, so that a row with too few
+    ratings fails its factorization instead of passing it on float32 rounding."""
+    if large_sides:
+        monkeypatch.setattr(flat_objective, "_HALF_READS_BYTES", 0)
+        if precision == np.float32:
+            precision = np.uint16
     seen = []
     real = flat_objective.solve_rows
 
@@ -1037,3 +1114,42 @@ def test_als_reads_a_float32_copy_only_when_every_penalty_is_positive(reg, reg_b
         warnings.simplefilter("ignore")
         minimize_als(objective, params, fit_bias=learned, max_iter=2, tol=0)
     assert seen == [np.dtype(precision)] * 4
+
+
+@pytest.mark.parametrize("half_reads", [False, True])
+def test_only_a_fixed_side_beyond_the_cache_is_read_through_bfloat16(half_reads, monkeypatch):
+    """`RowSolves(half_reads=True)` (ALS) rounds a fixed side to bfloat16 when its float32 copy
+    is larger than `_HALF_READS_BYTES`, and only then; the projected solvers' solves never do.
+    The items are solved reading the users' copy, and the other way round."""
+    ratings = _problem(0)  # 40 items, 60 users: 480 and 720 bytes at k = 3 in float32
+    monkeypatch.setattr(flat_objective, "_HALF_READS_BYTES", 600)
+    objective = FlatObjective(ratings, 3, 0.5, learn_biases=True, reg_bias=0.5, mu=3.0)
+    params = objective.pack(np.ones((40, 3)), np.ones((60, 3)), np.zeros(40), np.zeros(60))
+    solves = flat_objective.RowSolves(objective, params, half_reads=half_reads)
+    read_by_items = solves.fixed("items")[0].factors
+    read_by_users = solves.fixed("users")[0].factors
+    assert read_by_users.dtype == np.float32
+    assert read_by_items.dtype == (np.uint16 if half_reads else np.float32)
+    assert solves.single
+
+
+def test_als_through_bfloat16_copies_reaches_the_float32_copies_minimum(monkeypatch):
+    """ALS reading both sides as bfloat16 ends where it ends reading float32, to the rounding of
+    the copies, and the cost it reports is the objective at its result to that rounding."""
+    ratings = _problem(1)
+    results = {}
+    for threshold in (1 << 40, 0):
+        monkeypatch.setattr(flat_objective, "_HALF_READS_BYTES", threshold)
+        objective = FlatObjective(ratings, 3, 0.5, learn_biases=True, reg_bias=0.5, mu=3.0)
+        rng = np.random.default_rng(0)
+        params = objective.pack(rng.normal(size=(40, 3)), rng.normal(size=(60, 3)),
+                                np.zeros(40), np.zeros(60))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            _, history, _ = minimize_als(objective, params, fit_bias=True, max_iter=60, tol=0)
+        results[threshold] = (history["cost"][-1], objective(params)[0], params)
+    (f32_cost, f32_exact, f32_params), (half_cost, half_exact, half_params) = results.values()
+    assert not np.array_equal(f32_params, half_params)
+    assert half_exact == pytest.approx(f32_exact, rel=1e-4)
+    assert half_cost == pytest.approx(half_exact, rel=2e-4)
+    assert f32_cost == pytest.approx(f32_exact, rel=1e-7)

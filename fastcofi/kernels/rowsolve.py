@@ -6,6 +6,9 @@ import numba as nb
 import numpy as np
 from numba import prange
 
+from numba.core import types
+from numba.extending import overload
+
 from ._jit import _FASTMATH, prefetch
 from .sparse import lookup_int
 
@@ -78,9 +81,10 @@ def _backward_solve(L, b, d):
 
 
 class Other(NamedTuple):
-    """The side held fixed while a row is solved: ``factors`` (n_other, k), float64, or a float32
-    copy for a training sweep's reads, and ``offset`` (n_other,), what each of its rows adds to
-    a prediction besides the factors (its bias plus the global mean, or its fixed mean)."""
+    """The side held fixed while a row is solved: ``factors`` (n_other, k), float64, or for a
+    training sweep's reads a float32 copy or bfloat16 bits (uint16, `to_bfloat16`), and
+    ``offset`` (n_other,), what each of its rows adds to a prediction besides the factors (its
+    bias plus the global mean, or its fixed mean)."""
 
     factors: np.ndarray
     offset: np.ndarray
@@ -117,6 +121,69 @@ class SolveSummary(NamedTuple):
     penalty: float
 
 
+def _widened_row(F, col, tile, q):
+    """Row ``col`` of ``F`` into ``tile[q, :k]``: as it is, or, when ``F`` holds bfloat16 bits
+    (uint16, `to_bfloat16`), as the float32 values whose upper halves they are (exact)."""
+    k = F.shape[1]
+    if F.dtype == np.uint16:
+        tile[q, :k].view(np.uint32)[:] = F[col].astype(np.uint32) << 16
+    else:
+        tile[q, :k] = F[col]
+
+
+@overload(_widened_row, jit_options={"fastmath": _FASTMATH})
+def _widened_row_jit(F, col, tile, q):
+    if F.dtype == types.uint16:
+        def widen(F, col, tile, q):
+            bits = tile.view(np.uint32)
+            for f in range(F.shape[1]):
+                bits[q, f] = np.uint32(F[col, f]) << np.uint32(16)
+        return widen
+
+    def copy(F, col, tile, q):
+        for f in range(F.shape[1]):
+            tile[q, f] = F[col, f]
+    return copy
+
+
+def _scratch_for(F, shape):
+    """Scratch for products of ``F``'s rows: float32 for bfloat16 bits, else ``F``'s type."""
+    return np.empty(shape, np.float32 if F.dtype == np.uint16 else F.dtype)
+
+
+@overload(_scratch_for)
+def _scratch_for_jit(F, shape):
+    if F.dtype == types.uint16:
+        return lambda F, shape: np.empty(shape, np.float32)
+    return lambda F, shape: np.empty(shape, F.dtype)
+
+
+# Rows converted per task in `to_bfloat16`, through one float32 buffer.
+_CONVERT_ROWS = 4096
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def to_bfloat16(source, out):
+    """``source`` (n, k) rounded to bfloat16 into ``out`` (n, k) uint16: each value's float32
+    rounded to its upper 16 bits (to nearest, ties to even; NaN stays NaN): 8 significant
+    bits, within 2^-8 of it relatively. `solve_rows` reads such a copy of a fixed side too
+    large for the cache: half the bytes of float32 for each random read."""
+    n, k = source.shape
+    for block in prange((n + _CONVERT_ROWS - 1) // _CONVERT_ROWS):
+        buffer = np.empty(k, np.float32)
+        bits = buffer.view(np.uint32)
+        for r in range(block * _CONVERT_ROWS, min(n, (block + 1) * _CONVERT_ROWS)):
+            for f in range(k):
+                buffer[f] = source[r, f]
+            for f in range(k):
+                u = bits[f]
+                if u & np.uint32(0x7FFFFFFF) > np.uint32(0x7F800000):
+                    out[r, f] = np.uint16(0x7FC0)
+                else:
+                    u += np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
+                    out[r, f] = np.uint16(u >> np.uint32(16))
+
+
 # How many ratings ahead `_gather` asks for the rows it will read: far enough for the memory's
 # latency, near enough that the rows are still in cache when read.
 _AHEAD = 16
@@ -124,9 +191,9 @@ _AHEAD = 16
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
-    """Ratings ``start:start + m`` of a row into the first ``m`` rows of ``tile`` (``F``'s type):
-    their factor rows, a 1 for the bias when ``fit_bias``, and last what the factors must
-    explain (the rating less the offsets)."""
+    """Ratings ``start:start + m`` of a row into the first ``m`` rows of ``tile``
+    (`_scratch_for` ``F``): their factor rows, a 1 for the bias when ``fit_bias``, and last
+    what the factors must explain (the rating less the offsets)."""
     k = F.shape[1]
     last = k + 1 if fit_bias else k
     for q in range(m):
@@ -135,8 +202,7 @@ def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
             prefetch(F, ahead)
             prefetch(col_offset, ahead)
         col = cols[start + q]
-        for f in range(k):
-            tile[q, f] = F[col, f]
+        _widened_row(F, col, tile, q)
         if fit_bias:
             tile[q, k] = 1.0
         tile[q, last] = values[start + q] - col_offset[col] - row_offset
@@ -389,8 +455,8 @@ def solve_row(cols, values, other, row_offset, penalty, out):
     rows = max(min(cols.shape[0], _TILE_ROWS), d)
     beta, _ = _solve_row_tiled(
         cols, values, 0, cols.shape[0], F, other.offset, row_offset, penalty,
-        np.empty((d + 1, d + 1)), np.empty(2 * d), np.empty((d + 1, d + 1), dtype=F.dtype),
-        np.empty((rows, d + 1), dtype=F.dtype), out,
+        np.empty((d + 1, d + 1)), np.empty(2 * d), _scratch_for(F, (d + 1, d + 1)),
+        _scratch_for(F, (rows, d + 1)), out,
     )
     return beta
 
@@ -433,9 +499,9 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
                     longest = max(longest, n)
         A = np.empty((d + 1, d + 1))
         b = np.empty(2 * d)
-        gram = np.empty((d + 1, d + 1), dtype=F.dtype)
-        tile = np.empty((max(_TILE_ROWS, d, longest), d + 1), dtype=F.dtype)
-        scratch = np.empty((3, max(longest, d + 1)), dtype=F.dtype)
+        gram = _scratch_for(F, (d + 1, d + 1))
+        tile = _scratch_for(F, (max(_TILE_ROWS, d, longest), d + 1))
+        scratch = _scratch_for(F, (3, max(longest, d + 1)))
         vectors = np.empty((5, d + 1))
         for c in range(first, last):
             chunk_squares = 0.0
@@ -502,8 +568,8 @@ def row_preconditioners(rows, other, penalty, row_weight, out):
     for part in prange(n_parts):
         A = np.empty((d + 1, d + 1))
         diagonal = np.empty(d)
-        gram = np.empty((d + 1, d + 1), dtype=F.dtype)
-        tile = np.empty((_TILE_ROWS, d + 1), dtype=F.dtype)
+        gram = _scratch_for(F, (d + 1, d + 1))
+        tile = _scratch_for(F, (_TILE_ROWS, d + 1))
         for c in range(part * n_chunks // n_parts, (part + 1) * n_chunks // n_parts):
             for r in range(chunks[c], chunks[c + 1]):
                 _row_gram(cols, values, indptr[r], indptr[r + 1], F, col_offset, 0.0,

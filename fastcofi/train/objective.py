@@ -13,7 +13,9 @@ from ..kernels.objective import (
     cost_and_grad_buffered,
     cost_and_grad_two_pass,
 )
-from ..kernels.rowsolve import Other, Penalty, Solved, row_preconditioners, solve_rows
+from ..kernels.rowsolve import (
+    Other, Penalty, Solved, row_preconditioners, solve_rows, to_bfloat16,
+)
 from ..kernels.rowsolve import row_weights as row_weights_kernel
 
 __all__ = ["FlatObjective", "ProjectedObjective", "RowSolves", "cost_and_grad", "row_weights"]
@@ -399,6 +401,22 @@ class FlatObjective:
         return float(self._evaluate_into(*values, grads)), grad
 
 
+# A fixed side whose float32 copy is larger than this is read through a bfloat16 copy when
+# `RowSolves` is asked for ``half_reads``: beyond a server's last-level cache its rows come from
+# memory, where half the bytes is what a half sweep saves (`bench/rowsolve_ab.py`). A smaller
+# side stays in the cache, where widening each value costs more than the bytes it saves.
+_HALF_READS_BYTES = 32 << 20
+
+
+def _copy_into(copy, factors):
+    """``factors`` into ``copy``: converted to its type, or rounded to bfloat16 bits (uint16)."""
+    if copy.dtype == np.uint16:
+        to_bfloat16(factors, copy)
+    else:
+        copy[...] = factors
+    return copy
+
+
 class RowSolves:
     """Every row of one side solved with the other side held fixed (`solve_rows`), on
     ``params`` (``objective``'s layout), which are written in place: ALS's half sweeps and
@@ -407,10 +425,13 @@ class RowSolves:
     The fixed side is read through a float32 copy when every penalty is positive: it halves
     the random reads and lets the Gram products run in single precision (sums and solves stay
     float64). Without a penalty a row with too few ratings must fail its factorization, not
-    pass it on float32 rounding, so the copy is float64 then.
+    pass it on float32 rounding, so the copy is float64 then. With ``half_reads`` (ALS), a
+    fixed side larger than `_HALF_READS_BYTES` in float32 is read through a bfloat16 copy
+    instead (`to_bfloat16`, within 2^-8 of each value): each row is then solved exactly for
+    the rounded factors, and the cost the solves report is the objective at them.
     """
 
-    def __init__(self, objective, params):
+    def __init__(self, objective, params, half_reads=False):
         ratings = objective.ratings
         self.objective = objective
         self.X, self.Theta, self.item_bias, self.user_bias = objective.unpack(params)
@@ -419,10 +440,17 @@ class RowSolves:
         self.rows = {"users": ratings.user_rows,
                      "items": ratings.item_rows}
         self.weights = {"items": objective.weights[0], "users": objective.weights[1]}
-        copy_type = np.float32 if objective.positive_penalties else np.float64
+        single = objective.positive_penalties
+
+        def copy_of(factors):
+            if not single:
+                return np.empty(factors.shape)
+            if half_reads and factors.size * 4 > _HALF_READS_BYTES:
+                return np.empty(factors.shape, np.uint16)
+            return np.empty(factors.shape, np.float32)
+
         # Solving the users reads the items' factors, and the other way round.
-        self._copies = {"users": np.empty(self.X.shape, copy_type),
-                        "items": np.empty(self.Theta.shape, copy_type)}
+        self._copies = {"users": copy_of(self.X), "items": copy_of(self.Theta)}
         self._zeros = {"users": np.zeros(ratings.n_users), "items": np.zeros(ratings.n_items)}
         # A row without ratings and without penalty has an all-zero system: it fails every
         # solve and stays at 0, as documented; only failures beyond those are worth a warning.
@@ -435,8 +463,8 @@ class RowSolves:
 
     @property
     def single(self):
-        """Whether the fixed side is read through float32 copies."""
-        return self._copies["users"].dtype == np.float32
+        """Whether the fixed side is read through float32 (or bfloat16) copies."""
+        return self._copies["users"].dtype != np.float64
 
     def read_float64(self):
         """Read the fixed side through float64 copies from now on: solutions exact to float64
@@ -451,12 +479,10 @@ class RowSolves:
         targets its own mean."""
         mu = self.objective.mu
         if side == "users":
-            copy = self._copies["users"]
-            copy[...] = self.X
+            copy = _copy_into(self._copies["users"], self.X)
             return (Other(copy, mu + self.item_bias),
                     self._zeros["users"] if self.fit_bias else self.user_bias)
-        copy = self._copies["items"]
-        copy[...] = self.Theta
+        copy = _copy_into(self._copies["items"], self.Theta)
         if self.fit_bias:
             return Other(copy, mu + self.user_bias), self._zeros["items"]
         return Other(copy, self.user_bias), mu + self.item_bias
