@@ -7,11 +7,12 @@ noise=0.5, seed=1)``), learned biases, square-root weighted penalties. Both kern
 same half-sweeps from the same factors, alternating, in one process (timings on a shared
 machine are only comparable as ratios); prints the median seconds of the user half, the item
 half and their sum (one ALS sweep), and the largest difference between the kernels' results.
-The package's kernel runs four times: exact solves reading float64 factors (fold-in's
+The package's kernel runs five times: exact solves reading float64 factors (fold-in's
 solve), exact solves reading a float32 copy of them, the sweep of `CG_STEPS`
-conjugate-gradient steps on mid-length rows through float32 copies ("sweep32"), and that sweep
-as ALS runs it ("sweep"), a fixed side beyond `_HALF_READS_BYTES` (the users at this shape)
-read through a bfloat16 copy; each copy is timed with its run.
+conjugate-gradient steps on mid-length rows through float32 copies ("sweep32"), that sweep as
+ALS runs it ("sweep": a fixed side beyond `_HALF_READS_BYTES`, the users at this shape, read
+through a bfloat16 copy), and that sweep with both sides read through bfloat16 copies
+("sweep16", what the threshold rules out for the items); each copy is timed with its run.
 
 The baseline is the earlier row solve: each rating added to the lower triangle of the d x d
 normal equations one scalar multiply-add at a time, then a Cholesky factorization, for every
@@ -29,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from fastcofi import datasets
 from fastcofi.kernels.rowsolve import Other, Penalty, Solved, _cholesky_solve, solve_rows
 from fastcofi.kernels.sparse import Rows
-from fastcofi.train.objective import _HALF_READS_BYTES, _copy_into, threads
+from fastcofi.train.objective import _copy_into, _read_copy, threads
 from fastcofi.train.solvers import CG_STEPS
 
 _FASTMATH = {"reassoc", "contract"}
@@ -110,17 +111,11 @@ def main(argv=None):
     user_weight = np.sqrt(np.diff(r.by_user[0]).astype(float))
     item_weight = np.sqrt(np.diff(r.by_item[0]).astype(float))
 
-    def half_copy(F):
-        """The copy ALS reads (`RowSolves(half_reads=True)`)."""
-        large = F.size * 4 > _HALF_READS_BYTES
-        return _copy_into(np.empty(F.shape, np.uint16 if large else np.float32), F)
-
-    def tiled(factor_type, cg_steps):
+    def tiled(copy, cg_steps):
         def kernel(indptr, cols, values, chunks, F, col_offset, row_offset, reg, reg_bias,
                    row_weight, fit_bias, out, out_bias):
             # Training reads the fixed side through a copy, made once per half-sweep.
-            copy = half_copy(F) if factor_type is None else F.astype(factor_type)
-            return solve_rows(Rows(indptr, cols, values, chunks), Other(copy, col_offset),
+            return solve_rows(Rows(indptr, cols, values, chunks), Other(copy(F), col_offset),
                               Penalty(reg, reg_bias, fit_bias), row_offset, row_weight,
                               Solved(out, out_bias), cg_steps).failures
         return kernel
@@ -134,9 +129,19 @@ def main(argv=None):
                item_weight, True, X, item_bias)
         return t1 - t0, time.perf_counter() - t1
 
-    kernels = {"scalar": scalar_solve_rows, "tiled": tiled(np.float64, 0),
-               "tiled32": tiled(np.float32, 0), "sweep32": tiled(np.float32, CG_STEPS),
-               "sweep": tiled(None, CG_STEPS)}
+    def astype(factor_type):
+        return lambda F: F.astype(factor_type)
+
+    def as_als_reads(F):  # what `RowSolves(half_reads=True)` copies
+        return _copy_into(_read_copy(F, True, True), F)
+
+    def as_bfloat16(F):
+        return _copy_into(np.empty(F.shape, np.uint16), F)
+
+    kernels = {"scalar": scalar_solve_rows, "tiled": tiled(astype(np.float64), 0),
+               "tiled32": tiled(astype(np.float32), 0),
+               "sweep32": tiled(astype(np.float32), CG_STEPS),
+               "sweep": tiled(as_als_reads, CG_STEPS), "sweep16": tiled(as_bfloat16, CG_STEPS)}
     times = {name: [] for name in kernels}
     results = {}
     with threads(args.threads), threadpool_limits(1, user_api="blas"):
@@ -152,7 +157,7 @@ def main(argv=None):
         print(f"{name:7s} users {np.median(runs[:, 0]):.3f} s  items {np.median(runs[:, 1]):.3f} s"
               f"  sweep {np.median(runs.sum(axis=1)):.3f} s  (median of {args.repeats})")
     scalar = np.array(times["scalar"])
-    for name in ("tiled", "tiled32", "sweep32", "sweep"):
+    for name in ("tiled", "tiled32", "sweep32", "sweep", "sweep16"):
         runs = np.array(times[name])
         ratio = [np.median(scalar[:, h]) / np.median(runs[:, h]) for h in range(2)]
         ratio.append(np.median(scalar.sum(axis=1)) / np.median(runs.sum(axis=1)))

@@ -272,7 +272,8 @@ def test_bfloat16_copies_round_to_nearest_with_ties_to_even(values, k):
     # Subnormal float32 values keep a spacing of 2^-133 in bfloat16: absolute there.
     assert np.all(np.abs(widened - values) <= 2.0**-8 * np.abs(values) + 2.0**-134)
     special = np.array([[np.inf, -np.inf, np.nan]])
-    to_bfloat16(special, out := np.empty(special.shape, np.uint16))
+    out = np.empty(special.shape, np.uint16)
+    to_bfloat16(special, out)
     widened = (out.astype(np.uint32) << 16).view(np.float32)
     assert widened[0, 0] == np.inf and widened[0, 1] == -np.inf and np.isnan(widened[0, 2])
 
@@ -1119,8 +1120,9 @@ def test_als_reads_a_float32_copy_only_when_every_penalty_is_positive(reg, reg_b
 @pytest.mark.parametrize("half_reads", [False, True])
 def test_only_a_fixed_side_beyond_the_cache_is_read_through_bfloat16(half_reads, monkeypatch):
     """`RowSolves(half_reads=True)` (ALS) rounds a fixed side to bfloat16 when its float32 copy
-    is larger than `_HALF_READS_BYTES`, and only then; the projected solvers' solves never do.
-    The items are solved reading the users' copy, and the other way round."""
+    is larger than `_HALF_READS_BYTES`, and only then; without ``half_reads`` (the projected
+    solvers' solves) never. The items are solved reading the users' copy, and the other way
+    round."""
     ratings = _problem(0)  # 40 items, 60 users: 480 and 720 bytes at k = 3 in float32
     monkeypatch.setattr(flat_objective, "_HALF_READS_BYTES", 600)
     objective = FlatObjective(ratings, 3, 0.5, learn_biases=True, reg_bias=0.5, mu=3.0)

@@ -5,7 +5,6 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 from numba import prange
-
 from numba.core import types
 from numba.extending import overload
 

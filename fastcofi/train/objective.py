@@ -408,6 +408,17 @@ class FlatObjective:
 _HALF_READS_BYTES = 32 << 20
 
 
+def _read_copy(factors, single, half_reads):
+    """An empty array for a copy of ``factors`` that row solves read (`RowSolves`): float64
+    unless ``single``; with it, bfloat16 bits (uint16) when ``half_reads`` and the float32 copy
+    would exceed `_HALF_READS_BYTES`, float32 otherwise."""
+    if not single:
+        return np.empty(factors.shape)
+    if half_reads and factors.size * 4 > _HALF_READS_BYTES:
+        return np.empty(factors.shape, np.uint16)
+    return np.empty(factors.shape, np.float32)
+
+
 def _copy_into(copy, factors):
     """``factors`` into ``copy``: converted to its type, or rounded to bfloat16 bits (uint16)."""
     if copy.dtype == np.uint16:
@@ -441,16 +452,9 @@ class RowSolves:
                      "items": ratings.item_rows}
         self.weights = {"items": objective.weights[0], "users": objective.weights[1]}
         single = objective.positive_penalties
-
-        def copy_of(factors):
-            if not single:
-                return np.empty(factors.shape)
-            if half_reads and factors.size * 4 > _HALF_READS_BYTES:
-                return np.empty(factors.shape, np.uint16)
-            return np.empty(factors.shape, np.float32)
-
         # Solving the users reads the items' factors, and the other way round.
-        self._copies = {"users": copy_of(self.X), "items": copy_of(self.Theta)}
+        self._copies = {"users": _read_copy(self.X, single, half_reads),
+                        "items": _read_copy(self.Theta, single, half_reads)}
         self._zeros = {"users": np.zeros(ratings.n_users), "items": np.zeros(ratings.n_items)}
         # A row without ratings and without penalty has an all-zero system: it fails every
         # solve and stays at 0, as documented; only failures beyond those are worth a warning.
