@@ -152,14 +152,19 @@ def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg, reg_bia
     # float32 products: errors of about 1e-7 relative per product, amplified by the system's
     # conditioning, which a zero penalty leaves large.
     tolerance = 1e-9 if dtype == np.float64 else (1e-4 if reg > 0 else 1e-2)
-    squares = penalties = 0.0
+    squares = penalties = ill_conditioned = 0.0
     dense = _dense_rows(rows, F, col_offset, row_offset, weight, reg, reg_bias, fit_bias)
     for r, (design, target, penalty, expected) in enumerate(dense):
-        assert relative_error(out[r], expected[:k]) <= tolerance
+        # Any solve's error grows with its system's condition number: without a penalty, a
+        # row of exactly d random ratings can reach 1e11 (2.9e-8 relative, seed 7167, k = 3).
+        row_tolerance = max(tolerance,
+                            1e-14 * np.linalg.cond(design.T @ design + np.diag(penalty)))
+        ill_conditioned += (row_tolerance - tolerance) * np.sum(target**2)
+        assert relative_error(out[r], expected[:k]) <= row_tolerance
         solution = out[r]
         if fit_bias:
             assert out_bias[r] == pytest.approx(expected[k],
-                                                abs=tolerance * (1 + abs(expected[k])))
+                                                abs=row_tolerance * (1 + abs(expected[k])))
             solution = np.append(solution, out_bias[r])
         squares += np.sum((design @ solution - target) ** 2)
         penalties += np.sum(penalty * solution**2)
@@ -169,7 +174,8 @@ def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg, reg_bia
     scale = sum(np.sum(t**2) for _, t, _, _ in
                 _dense_rows(rows, F, col_offset, row_offset, weight, reg, reg_bias, fit_bias))
     assert summary.penalty == pytest.approx(0.5 * penalties, rel=tolerance, abs=1e-12)
-    assert abs(summary.cost - 0.5 * (squares + penalties)) <= tolerance * (1 + scale)
+    assert abs(summary.cost - 0.5 * (squares + penalties)) <= (tolerance * (1 + scale)
+                                                              + ill_conditioned)
 
 
 @settings(max_examples=25)
@@ -196,6 +202,9 @@ def test_training_rows_take_conjugate_gradient_steps_from_where_they_are(seed, k
     summary = solve_rows(rows, Other(F, col_offset), penalty_spec, row_offset, weight,
                          Solved(out, out_bias), 2)
     first, first_bias = out.copy(), out_bias.copy()
+    exact, exact_bias = start.copy(), start_bias.copy()
+    solve_rows(rows, Other(F, col_offset), penalty_spec, row_offset, weight,
+               Solved(exact, exact_bias), 0)
     tolerance = 1e-9 if dtype == np.float64 else 1e-4
     squares = penalties = 0.0
     dense = list(_dense_rows(rows, F, col_offset, row_offset, weight, reg, reg_bias, fit_bias))
@@ -212,8 +221,13 @@ def test_training_rows_take_conjugate_gradient_steps_from_where_they_are(seed, k
         if stepped:
             before = row_cost(design, target, penalty, joined(start, start_bias, r))
             assert row_cost(design, target, penalty, solution) <= before * (1 + tolerance)
-            # Two steps in d >= 4 unknowns from a random start: not yet the solution.
-            assert relative_error(solution, expected) > tolerance
+            # Two steps in d >= 4 unknowns from a random start: not yet the solution. In
+            # float32 the kernel's exact solve is itself up to `tolerance` away, and two steps
+            # on a well-conditioned row of 1024 ratings can come that close (9e-5, seed 3256):
+            # they must be farther than that solve is.
+            floor = tolerance if dtype == np.float64 else 10 * relative_error(
+                joined(exact, exact_bias, r), expected)
+            assert relative_error(solution, expected) > floor
         else:
             assert relative_error(solution, expected) <= (tolerance if lengths[r] else 1e-12)
         squares += np.sum((design @ solution - target) ** 2)
