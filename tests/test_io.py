@@ -290,6 +290,17 @@ def _read_or_clean_error(path, engine):
     return r
 
 
+@pytest.mark.parametrize("field", [b"x ", b" x", b'x"', b'"x"', b"1\x01\x01 "])
+def test_string_ids_lose_surrounding_spaces_and_quotes_in_both_engines(tmp_path, field):
+    # Found by test_fuzz_mutated_valid_files: pyarrow read "1\x01\x01 " with its space, the
+    # builtin engine without.
+    path = write(tmp_path, "u.data", field + b"\t302\t3\t881250949\n")
+    ids = {engine: read_ratings(path, engine=engine).user_ids.tolist()
+           for engine in ["builtin"] + (["pyarrow"] if HAVE_ARROW else [])}
+    expected = [field.strip(b' "').decode()]
+    assert all(found == expected for found in ids.values()), ids
+
+
 def test_byte_order_mark_before_headerless_data_is_not_data(tmp_path, engine):
     # Found by test_fuzz_mutated_valid_files: the builtin engine read "\ufeff196" as a string id.
     path = write(tmp_path, "u.data", b"\xef\xbb\xbf" + ML100K_LINES)

@@ -191,6 +191,9 @@ def _arrow_ids(source, role, column):
     if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
         raise _ArrowFailed(f"the {role} ids are not valid UTF-8")
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        # Spaces and stray quotes around an id are not part of it, as the builtin engine reads
+        # them (`kernels.parse._trim`); Arrow's CSV reader keeps them.
+        column = pc.utf8_trim(column, characters=' "')
         # Dictionary encoding keeps one Python string per distinct id, none per rating.
         encoded = pc.dictionary_encode(column)
         labels = np.array(encoded.dictionary.to_pylist(), dtype=str)
