@@ -3,6 +3,7 @@ import time
 import warnings
 from unittest import mock
 
+import numba as nb
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -18,6 +19,7 @@ from fastcofi.kernels.rowsolve import (
     Other,
     Penalty,
     Solved,
+    _normal_products,
     solve_row,
     solve_rows,
     to_bfloat16,
@@ -1095,6 +1097,47 @@ def test_an_overflowing_cost_is_a_divergence_at_iteration_0(solver, name, precon
         MatrixFactorization(1, solver=solver, normalize="none").fit(ratings)
 
 
+
+@nb.njit
+def _compiled_normal_products(part, x, product, out, squares):
+    _normal_products(part, x, product, out, squares)
+
+
+@nb.njit
+def _compiled_normal_products_only(part, x, product, out):
+    _normal_products(part, x, product, out)
+
+
+@given(st.integers(0, 10_000), st.integers(0, 11), st.integers(1, 40),
+       st.sampled_from([np.float32, np.float64]))
+def test_normal_products_of_a_tile_match_numpy(seed, n, width, dtype):
+    """The conjugate-gradient step's products with a gathered tile, ``part @ x`` and
+    ``part.T @ (part @ x)``, and the column sums of squares, compiled (four ratings at a time,
+    then the rest one by one: every remainder from 0 to 3) against float64 numpy; with and
+    without the squares asked for."""
+    rng = np.random.default_rng(seed)
+    part = rng.normal(size=(n, width)).astype(dtype)
+    x = rng.normal(size=width).astype(dtype)
+    wide = part.astype(np.float64)
+    expected_product = wide @ x.astype(np.float64)
+    expected_out = wide.T @ expected_product
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    scale = 1.0 + np.abs(wide).sum(axis=0) * (np.abs(wide) @ np.abs(x)).max(initial=0.0)
+    for with_squares in (True, False):
+        product = np.full(n, np.nan, dtype)
+        out = np.full(width, np.nan, dtype)
+        squares = np.full(width, np.nan)
+        if with_squares:
+            _compiled_normal_products(part, x, product, out, squares)
+            np.testing.assert_allclose(squares, (wide**2).sum(axis=0), rtol=tolerance,
+                                       atol=tolerance)
+        else:
+            _compiled_normal_products_only(part, x, product, out)
+            assert np.isnan(squares).all()
+        np.testing.assert_allclose(product, expected_product, rtol=0,
+                                   atol=tolerance * (1 + np.abs(wide) @ np.abs(x)).max(initial=1))
+        assert np.all(np.abs(out - expected_out) <= tolerance * scale)
+
 @pytest.mark.parametrize("large_sides", [False, True])
 @pytest.mark.parametrize(
     "reg, reg_bias, learned, precision",
@@ -1117,6 +1160,8 @@ def test_als_reads_a_float32_copy_only_when_every_penalty_is_positive(reg, reg_b
 
     def recording(rows, other, *args):
         seen.append(other.factors.dtype)
+        # Copies start on a cache line: a 64-byte row is then one line, not two.
+        assert other.factors.ctypes.data % 64 == 0
         return real(rows, other, *args)
 
     monkeypatch.setattr(flat_objective, "solve_rows", recording)

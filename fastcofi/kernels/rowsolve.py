@@ -222,14 +222,26 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, z, out):
     inv_reg = 1.0 / reg
     inv_bias = 1.0 / reg_bias if fit_bias else 0.0
     for p in range(n):
-        for q in range(p + 1):
-            # Summed in the tile's type: k products of float32 factors lose less than their
-            # own rounding (the Gram path's sgemm sums the same way).
-            acc = tile[p, 0] * tile[q, 0]
+        # Summed in the tile's type: k products of float32 factors lose less than their own
+        # rounding (the Gram path's sgemm sums the same way). Four entries at a time: their
+        # four sums over the factors vectorize as one loop, where a single sum of k = 32 runs
+        # scalar (see `_normal_products`); twice as fast from 5 ratings. The last one to
+        # three entries of a row of S repeat its diagonal entry to fill the four.
+        for q in range(0, p + 1, 4):
+            q1, q2, q3 = min(q + 1, p), min(q + 2, p), min(q + 3, p)
+            a = tile[p, 0]
+            s0, s1, s2, s3 = a * tile[q, 0], a * tile[q1, 0], a * tile[q2, 0], a * tile[q3, 0]
             for f in range(1, k):
-                acc += tile[p, f] * tile[q, f]
+                a = tile[p, f]
+                s0 += a * tile[q, f]
+                s1 += a * tile[q1, f]
+                s2 += a * tile[q2, f]
+                s3 += a * tile[q3, f]
             # Widened first: with the JIT off, numpy would keep float32 * float in float32.
-            S[p, q] = np.float64(acc) * inv_reg + inv_bias
+            S[p, q] = np.float64(s0) * inv_reg + inv_bias
+            S[p, q1] = np.float64(s1) * inv_reg + inv_bias
+            S[p, q2] = np.float64(s2) * inv_reg + inv_bias
+            S[p, q3] = np.float64(s3) * inv_reg + inv_bias
         S[p, p] += 1.0
         z[p] = tile[p, d]
     if not _cholesky_solve(S, z, n):
@@ -238,12 +250,23 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, z, out):
         out[f] = 0.0
     beta = 0.0
     squares = 0.0
-    for p in range(n):
+    # Four ratings at a time, as above.
+    p = 0
+    while p + 4 <= n:
+        z0, z1, z2, z3 = z[p], z[p + 1], z[p + 2], z[p + 3]
+        for f in range(k):
+            out[f] += ((tile[p, f] * z0 + tile[p + 1, f] * z1)
+                       + (tile[p + 2, f] * z2 + tile[p + 3, f] * z3))
+        beta += (z0 + z1) + (z2 + z3)
+        squares += (z0 * z0 + z1 * z1) + (z2 * z2 + z3 * z3)
+        p += 4
+    while p < n:
         zp = z[p]
         for f in range(k):
             out[f] += tile[p, f] * zp
         beta += zp
         squares += zp * zp
+        p += 1
     for f in range(k):
         out[f] *= inv_reg
     return beta * inv_bias, squares
@@ -328,16 +351,73 @@ def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penal
     return (b[k] if fit_bias else 0.0), max(targets_squared - explained - penalized, 0.0)
 
 
+def _normal_products(part, x, product, out, squares=None):
+    """``product = part @ x``, then ``out = part.T @ product``: one conjugate-gradient step's
+    products with a row's gathered tile ``part`` (n, width), in the tile's type. With
+    ``squares`` (width,) float64, also each column's sum of squares (the first pass of a row
+    gives its diagonal preconditioner too)."""
+    np.dot(part, x, product)
+    np.dot(part.T, product, out)
+    if squares is not None:
+        np.einsum("qf,qf->f", part, part, out=squares, dtype=np.float64)
+
+
+@overload(_normal_products, jit_options={"fastmath": _FASTMATH})
+def _normal_products_jit(part, x, product, out, squares=None):
+    # Compiled, both products come from one pass over the tile, four ratings at a time: four
+    # dot products over the width vectorize as one reduction (a single one of 33 does not:
+    # LLVM leaves loops that short scalar), and each width-long update of ``out`` then adds
+    # four ratings. Two BLAS matrix-vector calls took three times as long on rows of
+    # hundreds of ratings at k = 32, six times on rows of a dozen.
+    cast = np.float32 if part.dtype == types.float32 else np.float64
+    with_squares = not (squares is None or isinstance(squares, types.NoneType))
+
+    def fused(part, x, product, out, squares=None):
+        n, width = part.shape
+        for f in range(width):
+            out[f] = 0.0
+            if with_squares:
+                squares[f] = 0.0
+        q = 0
+        while q + 4 <= n:
+            s0, s1, s2, s3 = cast(0.0), cast(0.0), cast(0.0), cast(0.0)
+            for f in range(width):
+                xf = x[f]
+                s0 += part[q, f] * xf
+                s1 += part[q + 1, f] * xf
+                s2 += part[q + 2, f] * xf
+                s3 += part[q + 3, f] * xf
+            product[q], product[q + 1], product[q + 2], product[q + 3] = s0, s1, s2, s3
+            for f in range(width):
+                a0, a1, a2, a3 = part[q, f], part[q + 1, f], part[q + 2, f], part[q + 3, f]
+                out[f] += (s0 * a0 + s1 * a1) + (s2 * a2 + s3 * a3)
+                if with_squares:
+                    squares[f] += np.float64((a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3))
+            q += 4
+        while q < n:
+            s = cast(0.0)
+            for f in range(width):
+                s += part[q, f] * x[f]
+            product[q] = s
+            for f in range(width):
+                out[f] += s * part[q, f]
+                if with_squares:
+                    squares[f] += np.float64(part[q, f]) * part[q, f]
+            q += 1
+    return fused
+
+
 # The rows that take conjugate-gradient steps in a training sweep (`solve_rows`): from this many
 # ratings, where the n x n system of `_solve_dual` costs more than a few passes over the row;
 _CG_MIN = 12
-# up to this many, whose gathered tile (about 140 KB at k = 32) stays in the core's cache for
-# every pass. A longer row's passes would stream it from memory, where forming its normal
-# equations reads each rating once.
-_CG_ROWS = 1024
+# up to this many, whose gathered tile (2.2 MB at k = 32) stays in the cache for every pass: a
+# pass costs about 4 ns a rating (`_normal_products`), forming the normal equations 40 (sgemm).
+# A longer row's passes would stream it from memory, where its normal equations read each
+# rating once; 16384 ran a sweep at 1e7 ratings faster than 1024, 4096 and 32768.
+_CG_ROWS = 16384
 
 # Parallel parts of `solve_rows`, each a run of whole chunks with one set of scratch arrays: a
-# tile (up to 140 KB) allocated per chunk came back as fresh pages every time, whose faults and
+# tile (up to 2.2 MB) allocated per chunk came back as fresh pages every time, whose faults and
 # zeroing took a tenth of a sweep.
 _PARTS = 64
 
@@ -357,17 +437,18 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     ratings (`_gather`). Writes ``out``; returns ``(beta, squares)``, the squared residuals
     at the result.
 
-    A step costs two matrix-vector products with the tile (BLAS) where the row's Gram matrix
-    costs a matrix product; warm-started rows of an ALS sweep need only a few (Takacs,
-    Pilaszy and Tikk, RecSys 2011). ``scratch`` (3, at least max(n, d + 1)) of the tile's
-    type: the residuals, a step's products and the vector they are taken of; ``vectors``
-    (5, d + 1) float64.
+    A step costs two matrix-vector products with the tile (`_normal_products`) where the
+    row's Gram matrix costs a matrix product; warm-started rows of an ALS sweep need only a
+    few (Takacs, Pilaszy and Tikk, RecSys 2011). ``scratch`` (4, at least max(n, d + 1)) of
+    the tile's type: the residuals, a step's products, the vector they are taken of and its
+    image; ``vectors`` (5, d + 1) float64.
     """
     reg, reg_bias = penalty[0], penalty[1]
     d = tile.shape[1] - 1
     k = d - 1 if fit_bias else d
     part = tile[:n]
     residual, product, x = scratch[0, :n], scratch[1, :n], scratch[2, :d + 1]
+    products = scratch[3, :d + 1]
     r, z, p, Ap, scale = vectors[0], vectors[1], vectors[2], vectors[3], vectors[4]
     beta = bias if fit_bias else 0.0
     # Through the tile's columns of ones and targets: x = (w, beta, -1) gives the residuals.
@@ -376,15 +457,10 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     if fit_bias:
         x[k] = beta
     x[d] = -1.0
-    np.dot(part, x, residual)
-    np.dot(part.T, residual, x)
+    # The tile's column sums of squares, the Gram matrix's diagonal, come with that pass.
+    _normal_products(part, x, residual, products, scale)
     for f in range(d):
-        Ap[f] = x[f]
-    for f in range(d):
-        scale[f] = 0.0
-    for q in range(n):
-        for f in range(d):
-            scale[f] += np.float64(part[q, f]) * part[q, f]
+        Ap[f] = products[f]
     rz = 0.0
     for f in range(d):
         pen = reg if f < k else reg_bias
@@ -400,11 +476,10 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
         for f in range(d):
             x[f] = p[f]
         x[d] = 0.0
-        np.dot(part, x, product)
-        np.dot(part.T, product, x)
+        _normal_products(part, x, product, products)
         pAp = 0.0
         for f in range(d):
-            Ap[f] = x[f] + (reg if f < k else reg_bias) * p[f]
+            Ap[f] = products[f] + (reg if f < k else reg_bias) * p[f]
             pAp += p[f] * Ap[f]
         if pAp <= 0.0:
             break
@@ -500,7 +575,7 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
         b = np.empty(2 * d)
         gram = _scratch_for(F, (d + 1, d + 1))
         tile = _scratch_for(F, (max(_TILE_ROWS, d, longest), d + 1))
-        scratch = _scratch_for(F, (3, max(longest, d + 1)))
+        scratch = _scratch_for(F, (4, max(longest, d + 1)))
         vectors = np.empty((5, d + 1))
         for c in range(first, last):
             chunk_squares = 0.0

@@ -377,7 +377,7 @@ def minimize_als(objective, params, *, fit_bias, max_iter, tol, on_iteration=Non
     users fixed (closed-form regularized least squares, `fastcofi.kernels.rowsolve.solve_rows`,
     reading the fixed side through a float32 copy when every penalty is positive, a bfloat16
     one when that side is too large for the cache: `RowSolves`), so the cost never increases
-    (to the rounding of those copies). A row of 12 to 1024 ratings with
+    (to the rounding of those copies). A row of 12 to 16384 ratings with
     more unknowns than `CG_STEPS` takes that many preconditioned conjugate-gradient steps from
     its current values instead of an exact solve (Takacs, Pilaszy and Tikk, RecSys 2011; see
     `solve_rows`): they cost a fraction of solving its system, and repeated sweeps reach the
