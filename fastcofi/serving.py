@@ -26,7 +26,8 @@ import numpy as np
 from ._parallel import parallel_kernels
 from .data.ids import lookup
 from .data.ratings import Ratings
-from .kernels.rowsolve import Other, Penalty, Solved, fold_in_ids, fold_in_row, solve_rows
+from .kernels.foldin import fold_in_ids, fold_in_row
+from .kernels.rowsolve import Other, Penalty, Solved, solve_rows
 from .kernels.sparse import Rows
 from .kernels.topn import Offsets, Seen, TopN, cosine_top_n, pair_dots, top_n_batch
 from .train.objective import WEIGHT_POWERS, row_weights

@@ -68,7 +68,7 @@ GROUPS = {
          "or string_ids or similar or pair_dots"],
     ),
     "fold-in-kernels": (
-        "fastcofi.kernels.rowsolve",
+        "fastcofi.kernels.foldin",
         ["_fold_known", "_has_repeat", "_all_finite", "fold_in_row", "fold_in_ids"],
         ["tests/test_serving.py", "-k", "fold_in or new_user"],
     ),

@@ -13,7 +13,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fastcofi import MatrixFactorization, Ratings, _parallel, load_model, serving
-from fastcofi.kernels.rowsolve import fold_in_ids, fold_in_row, solve_rows
+from fastcofi.kernels.foldin import fold_in_ids, fold_in_row
+from fastcofi.kernels.rowsolve import solve_rows
 from fastcofi.kernels.sparse import lookup_int
 from fastcofi.kernels.topn import cosine_top_n, pair_dots, select_top_n, top_n_batch
 
