@@ -131,6 +131,12 @@ def _dense_rows(rows, F, col_offset, row_offset, weight, reg, reg_bias, fit_bias
                                  2 * _TILE_ROWS + 3, _CG_ROWS + 1]), min_size=1, max_size=5),
        st.sampled_from([0.0, 0.05, 1.0, 3.0]), st.sampled_from([0.0, 0.3]),
        st.sampled_from([np.float64, np.float32]))
+# Rows of 6 to 16 ratings below d = 17: every group and remainder of the dual system's
+# four-at-a-time loops (the drawn k up to 9 reaches rows of at most 9 there).
+@example(seed=1, k=16, fit_bias=True, lengths=[6, 7, 8, 13, 16], reg=0.05, reg_bias=0.3,
+         dtype=np.float64)
+@example(seed=2, k=16, fit_bias=False, lengths=[15, 9, 11], reg=1.0, reg_bias=0.0,
+         dtype=np.float32)
 def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg, reg_bias, dtype):
     """Every path of the exact row solve (the n x n system of a short row, the tiled normal
     equations of a long one, several tiles, a zero penalty) against numpy, rows of a CSR solved
