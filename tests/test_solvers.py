@@ -1103,7 +1103,6 @@ def test_an_overflowing_cost_is_a_divergence_at_iteration_0(solver, name, precon
         MatrixFactorization(1, solver=solver, normalize="none").fit(ratings)
 
 
-
 @nb.njit
 def _compiled_normal_products(part, x, product, out, squares):
     _normal_products(part, x, product, out, squares)
@@ -1143,6 +1142,7 @@ def test_normal_products_of_a_tile_match_numpy(seed, n, width, dtype):
         np.testing.assert_allclose(product, expected_product, rtol=0,
                                    atol=tolerance * (1 + np.abs(wide) @ np.abs(x)).max(initial=1))
         assert np.all(np.abs(out - expected_out) <= tolerance * scale)
+
 
 @pytest.mark.parametrize("large_sides", [False, True])
 @pytest.mark.parametrize(

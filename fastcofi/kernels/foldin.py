@@ -10,8 +10,9 @@ from .sparse import lookup_int
 
 
 @nb.njit(cache=True, nogil=True)
-def _fold_known(index, values, other, penalty, weight_power, out):
-    """`solve_row` on the ratings whose ``index`` is >= 0; returns ``(beta, status)``."""
+def _fold_known(index, values, other, penalty, weight_power, out, check_repeats):
+    """`solve_row` on the ratings whose ``index`` is >= 0; returns ``(beta, status)``, status 1
+    when ``check_repeats`` and one of those indices repeats."""
     m = 0
     for p in range(index.shape[0]):
         if index[p] >= 0:
@@ -24,6 +25,8 @@ def _fold_known(index, values, other, penalty, weight_power, out):
             cols[q] = index[p]
             vals[q] = values[p]
             q += 1
+    if check_repeats and _has_repeat(cols):
+        return 0.0, 1
     weight = row_weight(m, weight_power)
     weighted = Penalty(penalty.reg * weight, penalty.reg_bias * weight, penalty.fit_bias)
     beta = solve_row(cols, vals, other, 0.0, weighted, out)
@@ -60,25 +63,14 @@ def fold_in_row(index, values, other, penalty, weight_power, out):
 
     ``index[p]`` is the row of ``other`` that ``values[p]`` rates, -1 for an unknown one
     (ignored). ``penalty`` (`Penalty`) is multiplied by (the number of known ratings) **
-    ``weight_power``, as in training. Writes ``out`` (length k) and returns ``(beta, status)``: status 0 on success, 1
-    when a known column repeats, 2 when the system is not positive definite (``out`` and
-    ``beta`` are zeros, as training leaves such a row), 3 when a value is not finite.
+    ``weight_power``, as in training. Writes ``out`` (length k) and returns ``(beta,
+    status)``: status 0 on success, 1 when a known column repeats, 2 when the system is not
+    positive definite (``out`` and ``beta`` are zeros, as training leaves such a row), 3 when
+    a value is not finite.
     """
     if not _all_finite(values):
         return 0.0, 3
-    m = 0
-    for p in range(index.shape[0]):
-        if index[p] >= 0:
-            m += 1
-    known = np.empty(m, dtype=np.int64)
-    q = 0
-    for p in range(index.shape[0]):
-        if index[p] >= 0:
-            known[q] = index[p]
-            q += 1
-    if _has_repeat(known):
-        return 0.0, 1
-    return _fold_known(index, values, other, penalty, weight_power, out)
+    return _fold_known(index, values, other, penalty, weight_power, out, True)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -90,4 +82,4 @@ def fold_in_ids(known_ids, query, values, other, penalty, weight_power, index, o
     if _has_repeat(query):
         return 0.0, 1
     lookup_int(known_ids, query, index)
-    return _fold_known(index, values, other, penalty, weight_power, out)
+    return _fold_known(index, values, other, penalty, weight_power, out, False)

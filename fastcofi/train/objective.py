@@ -490,7 +490,7 @@ class RowSolves:
     def read_float64(self):
         """Read the fixed side through float64 copies from now on: solutions exact to float64
         rounding, not float32's."""
-        self._copies = {side: _line_aligned_empty(copy.shape, np.float64)
+        self._copies = {side: _read_copy(copy, single=False, half_reads=False)
                         for side, copy in self._copies.items()}
 
     def fixed(self, side):
