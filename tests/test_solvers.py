@@ -1,3 +1,4 @@
+import platform
 import sys
 import time
 import warnings
@@ -12,6 +13,8 @@ from scipy.optimize import check_grad
 
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
 from fastcofi.data.synthetic import planted
+from fastcofi.kernels._jit import muladd
+from fastcofi.kernels.bfloat16 import to_bfloat16
 from fastcofi.kernels.rowsolve import (
     _CG_MIN,
     _CG_ROWS,
@@ -22,7 +25,6 @@ from fastcofi.kernels.rowsolve import (
     _normal_products,
     solve_row,
     solve_rows,
-    to_bfloat16,
 )
 from fastcofi.kernels.sparse import Rows
 from fastcofi.train import objective as flat_objective
@@ -35,6 +37,7 @@ from fastcofi.train.solvers import (
     minimize_scipy,
 )
 
+from .conftest import JIT_DISABLED
 from .strategies import relative_error, sparse_problems
 
 
@@ -1101,6 +1104,37 @@ def test_an_overflowing_cost_is_a_divergence_at_iteration_0(solver, name, precon
                + ("(nan|inf)" if precondition else "inf"))
     with pytest.raises(DivergenceError, match=message):
         MatrixFactorization(1, solver=solver, normalize="none").fit(ratings)
+
+
+@nb.njit
+def _compiled_muladd(a, b, c):
+    return muladd(a, b, c)
+
+
+def _cpu_fuses():
+    """Whether this CPU has fused multiply-add instructions (every ARM64 core has)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    return "+fma" in llvm.get_host_cpu_features().flatten().split(",") or \
+        platform.machine().lower() in ("aarch64", "arm64")
+
+
+@pytest.mark.parametrize("dtype, eps", [(np.float32, 2.0**-13), (np.float64, 2.0**-30)])
+def test_muladd_rounds_once_compiled_and_twice_with_the_jit_off(dtype, eps):
+    """``(1 + e)(1 - e) - 1`` is ``-e^2``, which rounding the product first loses: compiled on a
+    CPU with FMA, `muladd` gives it exactly; with the JIT off, 0."""
+    one = dtype(1.0)
+    result = _compiled_muladd(one + dtype(eps), one - dtype(eps), -one)
+    # Rounded to the arguments' type: (1 + e)^2 = 1 + 2e + e^2 loses its e^2.
+    assert _compiled_muladd(one + dtype(eps), one + dtype(eps), dtype(0.0)) == 1.0 + 2.0 * eps
+    if JIT_DISABLED:
+        assert result == 0.0
+    elif _cpu_fuses():
+        assert result == -dtype(eps) ** 2
+    else:
+        assert result in (0.0, -dtype(eps) ** 2)
+    assert _compiled_muladd(dtype(3.0), dtype(-2.0), dtype(0.5)) == -5.5
 
 
 @nb.njit

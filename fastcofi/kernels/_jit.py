@@ -44,8 +44,35 @@ def _prefetch(typingctx, array, index):
     return types.void(array, index), codegen
 
 
+@intrinsic
+def _muladd(typingctx, a, b, c):
+    """``a * b + c`` rounded once (one FMA instruction) on a CPU that has them, for floats of
+    one type. Fused or not is the target's choice alone, not the optimizer's as with fastmath's
+    "contract" (see `_FASTMATH`), so a kernel gives the same bits from numba's cache as when
+    compiled in the process. Reassociable, like `_FASTMATH`: a loop summing with it
+    vectorizes."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value_type = args[0].type
+        bits = 32 if value_type == ir.FloatType() else 64
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(value_type, [value_type] * 3), f"llvm.fmuladd.f{bits}",
+        )
+        return builder.call(function, args, fastmath=("reassoc",))
+
+    return a(a, b, c), codegen
+
+
+def _unfused_muladd(a, b, c):
+    """`_muladd` with the JIT off: two roundings."""
+    return a * b + c
+
+
 def _no_prefetch(array, index):
     """`_prefetch` with the JIT off, where intrinsics cannot run: a hint, so nothing to do."""
 
 
 prefetch = _no_prefetch if config.DISABLE_JIT else _prefetch
+muladd = _unfused_muladd if config.DISABLE_JIT else _muladd

@@ -8,7 +8,8 @@ from numba import prange
 from numba.core import types
 from numba.extending import overload
 
-from ._jit import _FASTMATH, prefetch
+from ._jit import _FASTMATH, muladd, prefetch
+from .bfloat16 import _scratch_for, _widened_row, _widening_target
 
 # A pivot at most this fraction of its diagonal entry counts as zero: rounding leaves about
 # 1e-16 of it in an exactly singular system, while a penalty of 1e-10 of a row's Gram diagonal
@@ -119,69 +120,6 @@ class SolveSummary(NamedTuple):
     penalty: float
 
 
-def _widened_row(F, col, tile, q):
-    """Row ``col`` of ``F`` into ``tile[q, :k]``: as it is, or, when ``F`` holds bfloat16 bits
-    (uint16, `to_bfloat16`), as the float32 values whose upper halves they are (exact)."""
-    k = F.shape[1]
-    if F.dtype == np.uint16:
-        tile[q, :k].view(np.uint32)[:] = F[col].astype(np.uint32) << 16
-    else:
-        tile[q, :k] = F[col]
-
-
-@overload(_widened_row, jit_options={"fastmath": _FASTMATH})
-def _widened_row_jit(F, col, tile, q):
-    if F.dtype == types.uint16:
-        def widen(F, col, tile, q):
-            bits = tile.view(np.uint32)
-            for f in range(F.shape[1]):
-                bits[q, f] = np.uint32(F[col, f]) << np.uint32(16)
-        return widen
-
-    def copy(F, col, tile, q):
-        for f in range(F.shape[1]):
-            tile[q, f] = F[col, f]
-    return copy
-
-
-def _scratch_for(F, shape):
-    """Scratch for products of ``F``'s rows: float32 for bfloat16 bits, else ``F``'s type."""
-    return np.empty(shape, np.float32 if F.dtype == np.uint16 else F.dtype)
-
-
-@overload(_scratch_for)
-def _scratch_for_jit(F, shape):
-    if F.dtype == types.uint16:
-        return lambda F, shape: np.empty(shape, np.float32)
-    return lambda F, shape: np.empty(shape, F.dtype)
-
-
-# Rows converted per task in `to_bfloat16`, through one float32 buffer.
-_CONVERT_ROWS = 4096
-
-
-@nb.njit(parallel=True, cache=True, nogil=True)
-def to_bfloat16(source, out):
-    """``source`` (n, k) rounded to bfloat16 into ``out`` (n, k) uint16: each value's float32
-    rounded to its upper 16 bits (to nearest, ties to even; NaN stays NaN): 8 significant
-    bits, within 2^-8 of it relatively. `solve_rows` reads such a copy of a fixed side too
-    large for the cache: half the bytes of float32 for each random read."""
-    n, k = source.shape
-    for block in prange((n + _CONVERT_ROWS - 1) // _CONVERT_ROWS):
-        buffer = np.empty(k, np.float32)
-        bits = buffer.view(np.uint32)
-        for r in range(block * _CONVERT_ROWS, min(n, (block + 1) * _CONVERT_ROWS)):
-            for f in range(k):
-                buffer[f] = source[r, f]
-            for f in range(k):
-                u = bits[f]
-                if u & np.uint32(0x7FFFFFFF) > np.uint32(0x7F800000):
-                    out[r, f] = np.uint16(0x7FC0)
-                else:
-                    u += np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
-                    out[r, f] = np.uint16(u >> np.uint32(16))
-
-
 # How many ratings ahead `_gather` asks for the rows it will read: far enough for the memory's
 # latency, near enough that the rows are still in cache when read.
 _AHEAD = 16
@@ -194,13 +132,14 @@ def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
     what the factors must explain (the rating less the offsets)."""
     k = F.shape[1]
     last = k + 1 if fit_bias else k
+    target = _widening_target(F, tile)
     for q in range(m):
         if q + _AHEAD < m:
             ahead = cols[start + q + _AHEAD]
             prefetch(F, ahead)
             prefetch(col_offset, ahead)
         col = cols[start + q]
-        _widened_row(F, col, tile, q)
+        _widened_row(F, col, target, q)
         if fit_bias:
             tile[q, k] = 1.0
         tile[q, last] = values[start + q] - col_offset[col] - row_offset
@@ -367,7 +306,8 @@ def _normal_products_jit(part, x, product, out, squares=None):
     # dot products over the width vectorize as one reduction (a single one of 33 does not:
     # LLVM leaves loops that short scalar), and each width-long update of ``out`` then adds
     # four ratings. Two BLAS matrix-vector calls took three times as long on rows of
-    # hundreds of ratings at k = 32, six times on rows of a dozen.
+    # hundreds of ratings at k = 32, six times on rows of a dozen. Fused multiply-adds
+    # (`muladd`) took a tenth off a pass.
     cast = np.float32 if part.dtype == types.float32 else np.float64
     with_squares = not (squares is None or isinstance(squares, types.NoneType))
 
@@ -382,24 +322,24 @@ def _normal_products_jit(part, x, product, out, squares=None):
             s0, s1, s2, s3 = cast(0.0), cast(0.0), cast(0.0), cast(0.0)
             for f in range(width):
                 xf = x[f]
-                s0 += part[q, f] * xf
-                s1 += part[q + 1, f] * xf
-                s2 += part[q + 2, f] * xf
-                s3 += part[q + 3, f] * xf
+                s0 = muladd(part[q, f], xf, s0)
+                s1 = muladd(part[q + 1, f], xf, s1)
+                s2 = muladd(part[q + 2, f], xf, s2)
+                s3 = muladd(part[q + 3, f], xf, s3)
             product[q], product[q + 1], product[q + 2], product[q + 3] = s0, s1, s2, s3
             for f in range(width):
                 a0, a1, a2, a3 = part[q, f], part[q + 1, f], part[q + 2, f], part[q + 3, f]
-                out[f] += (s0 * a0 + s1 * a1) + (s2 * a2 + s3 * a3)
+                out[f] = muladd(s3, a3, muladd(s2, a2, muladd(s1, a1, muladd(s0, a0, out[f]))))
                 if with_squares:
                     squares[f] += np.float64((a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3))
             q += 4
         while q < n:
             s = cast(0.0)
             for f in range(width):
-                s += part[q, f] * x[f]
+                s = muladd(part[q, f], x[f], s)
             product[q] = s
             for f in range(width):
-                out[f] += s * part[q, f]
+                out[f] = muladd(s, part[q, f], out[f])
                 if with_squares:
                     squares[f] += np.float64(part[q, f]) * part[q, f]
             q += 1

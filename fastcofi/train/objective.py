@@ -7,15 +7,14 @@ import numpy as np
 
 from .._parallel import threads
 from ..data.ratings import Ratings, balanced_bounds
+from ..kernels.bfloat16 import to_bfloat16
 from ..kernels.objective import (
     Gradient,
     Side,
     cost_and_grad_buffered,
     cost_and_grad_two_pass,
 )
-from ..kernels.rowsolve import (
-    Other, Penalty, Solved, row_preconditioners, solve_rows, to_bfloat16,
-)
+from ..kernels.rowsolve import Other, Penalty, Solved, row_preconditioners, solve_rows
 from ..kernels.rowsolve import row_weights as row_weights_kernel
 
 __all__ = ["FlatObjective", "ProjectedObjective", "RowSolves", "cost_and_grad", "row_weights"]

@@ -1,0 +1,86 @@
+"""Reduced-precision copies of a fixed side for row solves: bfloat16 bits (`to_bfloat16`) and
+the widening of their rows, or of float32 ones, as a row solve gathers them."""
+
+import numba as nb
+import numpy as np
+from numba import prange
+from numba.core import types
+from numba.extending import overload
+
+from ._jit import _FASTMATH
+
+# Rows converted per task in `to_bfloat16`, through one float32 buffer.
+_CONVERT_ROWS = 4096
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def to_bfloat16(source, out):
+    """``source`` (n, k) rounded to bfloat16 into ``out`` (n, k) uint16: each value's float32
+    rounded to its upper 16 bits (to nearest, ties to even; NaN stays NaN): 8 significant
+    bits, within 2^-8 of it relatively. `solve_rows` reads such a copy of a fixed side too
+    large for the cache: half the bytes of float32 for each random read."""
+    n, k = source.shape
+    for block in prange((n + _CONVERT_ROWS - 1) // _CONVERT_ROWS):
+        buffer = np.empty(k, np.float32)
+        bits = buffer.view(np.uint32)
+        for r in range(block * _CONVERT_ROWS, min(n, (block + 1) * _CONVERT_ROWS)):
+            for f in range(k):
+                buffer[f] = source[r, f]
+            for f in range(k):
+                u = bits[f]
+                if u & np.uint32(0x7FFFFFFF) > np.uint32(0x7F800000):
+                    out[r, f] = np.uint16(0x7FC0)
+                else:
+                    u += np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
+                    out[r, f] = np.uint16(u >> np.uint32(16))
+
+
+def _scratch_for(F, shape):
+    """Scratch for products of ``F``'s rows: float32 for bfloat16 bits, else ``F``'s type."""
+    return np.empty(shape, np.float32 if F.dtype == np.uint16 else F.dtype)
+
+
+@overload(_scratch_for)
+def _scratch_for_jit(F, shape):
+    if F.dtype == types.uint16:
+        return lambda F, shape: np.empty(shape, np.float32)
+    return lambda F, shape: np.empty(shape, F.dtype)
+
+
+def _widening_target(F, tile):
+    """What `_widened_row` writes into for a gather of ``F``'s rows into ``tile``: the tile
+    itself, or for bfloat16 bits (uint16, `to_bfloat16`) the tile's float32 values as their
+    uint32 bits. Taken once per gather: a view taken per row cost more than the copy."""
+    return tile.view(np.uint32) if F.dtype == np.uint16 else tile
+
+
+@overload(_widening_target)
+def _widening_target_jit(F, tile):
+    if F.dtype == types.uint16:
+        return lambda F, tile: tile.view(np.uint32)
+    return lambda F, tile: tile
+
+
+def _widened_row(F, col, target, q):
+    """Row ``col`` of ``F`` into ``target[q, :k]`` (`_widening_target`): as it is, or, for
+    bfloat16 bits, as the bits of the float32 values whose upper halves they are (exact)."""
+    k = F.shape[1]
+    if F.dtype == np.uint16:
+        target[q, :k] = F[col].astype(np.uint32) << 16
+    else:
+        target[q, :k] = F[col]
+
+
+# Inlined: compiled on its own, the copy ran 2-3x as slow as in the gather's loop.
+@overload(_widened_row, jit_options={"fastmath": _FASTMATH}, inline="always")
+def _widened_row_jit(F, col, target, q):
+    if F.dtype == types.uint16:
+        def widen(F, col, target, q):
+            for f in range(F.shape[1]):
+                target[q, f] = np.uint32(F[col, f]) << np.uint32(16)
+        return widen
+
+    def copy(F, col, target, q):
+        for f in range(F.shape[1]):
+            target[q, f] = F[col, f]
+    return copy
