@@ -189,9 +189,13 @@ def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg, reg_bia
                                                               + ill_conditioned)
 
 
-# With the JIT off, the nojit profile's count: rows of `_CG_ROWS` ratings gathered one rating
-# at a time in Python made this test alone take 30-140 s there, as the draws fell.
-@settings(max_examples=8 if JIT_DISABLED else 25)
+# With the JIT off, the loaded profile's count (nojit's, not more): rows of `_CG_ROWS` ratings
+# are gathered one rating at a time in Python there, and 25 examples took 34 s in one run and
+# 139 s in another.
+_FEW_EXAMPLES = settings().max_examples
+
+
+@settings(max_examples=_FEW_EXAMPLES if JIT_DISABLED else 25)
 @given(st.integers(0, 10_000), st.integers(4, 9), st.booleans(),
        st.lists(st.sampled_from([0, 3, _CG_MIN - 1, _CG_MIN, 40, _CG_ROWS, _CG_ROWS + 1]),
                 min_size=1, max_size=5),
@@ -355,7 +359,7 @@ def test_as_many_ratings_as_unpenalized_factors_is_solved_without_a_penalty(fit_
         np.testing.assert_allclose(F @ out[0], values, rtol=1e-10)
 
 
-@settings(max_examples=8 if JIT_DISABLED else 20)  # as above
+@settings(max_examples=_FEW_EXAMPLES if JIT_DISABLED else 20)  # as above
 @given(st.integers(0, 10_000), st.sampled_from([4, 7, 16]), st.booleans(), st.integers(1, 3),
        st.sampled_from([_CG_MIN, 30, _CG_ROWS]))
 @example(seed=0, k=16, fit_bias=True, steps=2, n=_CG_MIN)

@@ -355,7 +355,7 @@ _CG_MIN = 12
 # pass costs about 4 ns a rating (`_normal_products`), forming the normal equations 40 (sgemm).
 # A longer row's passes would stream it from memory, where its normal equations read each
 # rating once; 16384 ran a sweep at 1e7 ratings faster than 1024, 4096 and 32768. (Figures of
-# one machine; on a second, 11 and 20 ns, and 256 was no faster: bench/README.md.)
+# one machine; on a second, 11 and 20 ns before `muladd`, and 256 was no faster: bench/README.md.)
 _CG_ROWS = 16384
 
 # Parallel parts of `solve_rows`, each a run of whole chunks with one set of scratch arrays: a
