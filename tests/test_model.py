@@ -65,14 +65,14 @@ def test_strong_regularization_gives_the_item_means():
 
 def test_refit_with_same_seed_is_identical_and_other_seed_differs():
     train, _ = _planted()
-    a = MatrixFactorization(5, reg=1.0, max_iter=30, random_state=7)
+    a = MatrixFactorization(5, reg=1.0, max_iter=10, random_state=7)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         a.fit(train)
         first = a.item_factors_.copy()
         a.fit(train)
-        b = MatrixFactorization(5, reg=1.0, max_iter=30, random_state=7).fit(train)
-        c = MatrixFactorization(5, reg=1.0, max_iter=30, random_state=8).fit(train)
+        b = MatrixFactorization(5, reg=1.0, max_iter=10, random_state=7).fit(train)
+        c = MatrixFactorization(5, reg=1.0, max_iter=10, random_state=8).fit(train)
     np.testing.assert_array_equal(first, a.item_factors_)
     np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
     assert not np.array_equal(a.item_factors_, c.item_factors_)
