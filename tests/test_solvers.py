@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from scipy.optimize import check_grad
 
 from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
+from fastcofi._parallel import threads
 from fastcofi.data.synthetic import planted
-from fastcofi.kernels._jit import muladd
+from fastcofi.kernels._jit import muladd, take_next
 from fastcofi.kernels.bfloat16 import to_bfloat16
 from fastcofi.kernels.rowsolve import (
     _CG_MIN,
@@ -1260,3 +1261,55 @@ def test_als_through_bfloat16_copies_reaches_the_float32_copies_minimum(monkeypa
     assert half_exact == pytest.approx(f32_exact, rel=1e-4)
     assert half_cost == pytest.approx(half_exact, rel=2e-4)
     assert f32_cost == pytest.approx(f32_exact, rel=1e-7)
+
+
+@nb.njit(parallel=True)
+def _numbers_taken(total, n_tasks):
+    """``n_tasks`` parallel tasks each take numbers with `take_next` until one is ``total`` or
+    more: how often each number below ``total`` was taken and how many each task took."""
+    counter = np.zeros(1, dtype=np.int64)
+    times = np.zeros(total, dtype=np.int64)
+    per_task = np.zeros(n_tasks, dtype=np.int64)
+    for task in nb.prange(n_tasks):
+        while True:
+            number = take_next(counter)
+            if number >= total:
+                break
+            times[number] += 1
+            per_task[task] += 1
+    return times, per_task
+
+
+def test_take_next_gives_every_number_to_exactly_one_task():
+    """Two threads taking a million numbers as fast as they can: an increment that is not
+    atomic hands some number to both (and the tasks' counts then add up to more)."""
+    total = 10_000 if JIT_DISABLED else 1_000_000
+    with threads(2):
+        times, per_task = _numbers_taken(total, 2)
+    assert np.all(times == 1)
+    assert per_task.sum() == total
+
+
+@pytest.mark.skipif(nb.config.NUMBA_NUM_THREADS < 2 or JIT_DISABLED,
+                    reason="needs 2 numba threads, and the JIT (without it nothing is parallel)")
+def test_a_sweep_does_not_depend_on_which_thread_solves_which_chunk():
+    """Threads take a side's chunks as they come free (`solve_rows`): the rows, exact and
+    conjugate-gradient ones, and the summary are the same bits on one thread and on two."""
+    rng = np.random.default_rng(5)
+    lengths = rng.choice([0, 1, 3, _CG_MIN - 1, _CG_MIN, 40, 300], size=400)
+    rows, F, col_offset, row_offset, weight = _row_problem(rng, 6, True, lengths, np.float32)
+    rows = rows._replace(chunks=np.arange(0, len(lengths) + 1, 4, dtype=np.int64))
+    start, start_bias = rng.normal(size=(len(lengths), 6)), rng.normal(size=len(lengths))
+    results = []
+    for n_threads in (1, 2):
+        out, out_bias = start.copy(), start_bias.copy()
+        with threads(n_threads):
+            summary = solve_rows(rows, Other(F, col_offset), Penalty(0.5, 0.3, True), row_offset,
+                                 weight, Solved(out, out_bias), 3)
+        results.append((out, out_bias, summary))
+    (one, one_bias, one_summary), (two, two_bias, two_summary) = results
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one_bias, two_bias)
+    assert one_summary == two_summary
+    assert not np.array_equal(one, start)
+

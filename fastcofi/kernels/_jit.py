@@ -65,6 +65,33 @@ def _muladd(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+@intrinsic
+def _take_next(typingctx, counter):
+    """Atomically add 1 to ``counter[0]`` (a 1-d int64 array shared by a parallel loop's
+    threads) and return the value it had: each caller gets a number no other caller gets.
+
+    numba does not see this write: a read of ``counter`` after the parallel loop may be moved
+    before it (it read 0 in a test), so only this function may touch the counter."""
+    if not (isinstance(counter, types.Array) and counter.ndim == 1
+            and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", view.data, one, "monotonic")
+
+    return types.int64(counter), codegen
+
+
+def _serial_take_next(counter):
+    """`_take_next` with the JIT off, where a parallel loop runs in one thread."""
+    value = int(counter[0])
+    counter[0] = value + 1
+    return value
+
+
 def _unfused_muladd(a, b, c):
     """`_muladd` with the JIT off: two roundings."""
     return a * b + c
@@ -76,3 +103,4 @@ def _no_prefetch(array, index):
 
 prefetch = _no_prefetch if config.DISABLE_JIT else _prefetch
 muladd = _unfused_muladd if config.DISABLE_JIT else _muladd
+take_next = _serial_take_next if config.DISABLE_JIT else _take_next

@@ -8,7 +8,7 @@ from numba import prange
 from numba.core import types
 from numba.extending import overload
 
-from ._jit import _FASTMATH, muladd, prefetch
+from ._jit import _FASTMATH, muladd, prefetch, take_next
 from .bfloat16 import _scratch_for, _widened_row, _widening_target
 
 # A pivot at most this fraction of its diagonal entry counts as zero: rounding leaves about
@@ -358,12 +358,6 @@ _CG_MIN = 12
 # one machine; on a second, 11 and 20 ns before `muladd`, and 256 was no faster: bench/README.md.)
 _CG_ROWS = 16384
 
-# Parallel parts of `solve_rows`, each a run of whole chunks with one set of scratch arrays: a
-# tile (up to 2.2 MB) allocated per chunk came back as fresh pages every time, whose faults and
-# zeroing took a tenth of a sweep.
-_PARTS = 64
-
-
 @nb.njit(cache=True, nogil=True)
 def _takes_steps(n, d, cg_steps):
     """Whether a training row of n ratings and d unknowns takes ``cg_steps`` conjugate-gradient
@@ -504,22 +498,31 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
     failures = np.zeros(n_chunks, dtype=np.int64)
     squares = np.zeros(n_chunks)
     penalties = np.zeros(n_chunks)
-    n_parts = min(n_chunks, _PARTS)
-    for part in prange(n_parts):
-        first, last = part * n_chunks // n_parts, (part + 1) * n_chunks // n_parts
-        longest = 0
-        if cg_steps > 0:
-            for r in range(chunks[first], chunks[last]):
-                n = indptr[r + 1] - indptr[r]
-                if _takes_steps(n, d, cg_steps):
-                    longest = max(longest, n)
+    longest = 0
+    if cg_steps > 0:
+        for row in range(indptr.shape[0] - 1):
+            count = indptr[row + 1] - indptr[row]
+            if _takes_steps(count, d, cg_steps):
+                longest = max(longest, count)
+    # One task per thread with one set of scratch arrays (a tile of up to 2.2 MB allocated per
+    # chunk came back as fresh pages every time, whose faults and zeroing took a tenth of a
+    # sweep), taking the next chunk not yet taken until none is left (`take_next`): numba
+    # splits a parallel loop's iterations between the threads evenly and up front, so the
+    # thread on a slower or shared CPU held up every half-sweep. Which thread solves a chunk
+    # changes nothing in its results.
+    n_workers = min(nb.get_num_threads(), n_chunks)
+    next_chunk = np.zeros(1, dtype=np.int64)
+    for worker in prange(n_workers):
         A = np.empty((d + 1, d + 1))
         b = np.empty(2 * d)
         gram = _scratch_for(F, (d + 1, d + 1))
         tile = _scratch_for(F, (max(_TILE_ROWS, d, longest), d + 1))
         scratch = _scratch_for(F, (4, max(longest, d + 1)))
         vectors = np.empty((5, d + 1))
-        for c in range(first, last):
+        while True:
+            c = take_next(next_chunk)
+            if c >= n_chunks:
+                break
             chunk_squares = 0.0
             chunk_penalty = 0.0
             for r in range(chunks[c], chunks[c + 1]):
@@ -579,14 +582,18 @@ def row_preconditioners(rows, other, penalty, row_weight, out):
     k = F.shape[1]
     d = k + 1 if fit_bias else k
     n_chunks = chunks.shape[0] - 1
-    n_parts = min(n_chunks, _PARTS)
     fallbacks = np.zeros(n_chunks, dtype=np.int64)
-    for part in prange(n_parts):
+    next_chunk = np.zeros(1, dtype=np.int64)
+    # As in `solve_rows`: a task per thread, taking chunks as it comes free.
+    for worker in prange(min(nb.get_num_threads(), n_chunks)):
         A = np.empty((d + 1, d + 1))
         diagonal = np.empty(d)
         gram = _scratch_for(F, (d + 1, d + 1))
         tile = _scratch_for(F, (_TILE_ROWS, d + 1))
-        for c in range(part * n_chunks // n_parts, (part + 1) * n_chunks // n_parts):
+        while True:
+            c = take_next(next_chunk)
+            if c >= n_chunks:
+                break
             for r in range(chunks[c], chunks[c + 1]):
                 _row_gram(cols, values, indptr[r], indptr[r + 1], F, col_offset, 0.0,
                           fit_bias, A, gram, tile)
