@@ -358,6 +358,17 @@ _CG_MIN = 12
 # one machine; on a second, 11 and 20 ns before `muladd`, and 256 was no faster: bench/README.md.)
 _CG_ROWS = 16384
 
+# The parallel tasks of `solve_rows`, more than the threads of any machine it runs on. numba
+# splits a parallel loop's iterations between the threads evenly and up front, so a thread on a
+# slower or shared CPU held up every half-sweep; instead each task takes the next chunk not yet
+# taken (`take_next`) until none is left, so in effect each thread's first task does that
+# thread's share, with one set of scratch arrays (a tile of up to 2.2 MB allocated per chunk
+# came back as fresh pages every time, whose faults and zeroing took a tenth of a sweep). A
+# task that finds no chunk left costs one atomic add. Which thread solves a chunk changes
+# nothing in its results. (numba.get_num_threads() in a kernel makes it uncacheable.)
+_TASKS = 256
+
+
 @nb.njit(cache=True, nogil=True)
 def _takes_steps(n, d, cg_steps):
     """Whether a training row of n ratings and d unknowns takes ``cg_steps`` conjugate-gradient
@@ -504,25 +515,18 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
             count = indptr[row + 1] - indptr[row]
             if _takes_steps(count, d, cg_steps):
                 longest = max(longest, count)
-    # One task per thread with one set of scratch arrays (a tile of up to 2.2 MB allocated per
-    # chunk came back as fresh pages every time, whose faults and zeroing took a tenth of a
-    # sweep), taking the next chunk not yet taken until none is left (`take_next`): numba
-    # splits a parallel loop's iterations between the threads evenly and up front, so the
-    # thread on a slower or shared CPU held up every half-sweep. Which thread solves a chunk
-    # changes nothing in its results.
-    n_workers = min(nb.get_num_threads(), n_chunks)
     next_chunk = np.zeros(1, dtype=np.int64)
-    for worker in prange(n_workers):
+    for task in prange(_TASKS):
+        c = take_next(next_chunk)
+        if c >= n_chunks:
+            continue
         A = np.empty((d + 1, d + 1))
         b = np.empty(2 * d)
         gram = _scratch_for(F, (d + 1, d + 1))
         tile = _scratch_for(F, (max(_TILE_ROWS, d, longest), d + 1))
         scratch = _scratch_for(F, (4, max(longest, d + 1)))
         vectors = np.empty((5, d + 1))
-        while True:
-            c = take_next(next_chunk)
-            if c >= n_chunks:
-                break
+        while c < n_chunks:
             chunk_squares = 0.0
             chunk_penalty = 0.0
             for r in range(chunks[c], chunks[c + 1]):
@@ -554,6 +558,7 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
                 chunk_penalty += row_penalty[0] * norm2 + row_penalty[1] * beta * beta
             squares[c] = chunk_squares
             penalties[c] = chunk_penalty
+            c = take_next(next_chunk)
     total_squares = 0.0
     total_penalty = 0.0
     for c in range(n_chunks):
@@ -584,16 +589,15 @@ def row_preconditioners(rows, other, penalty, row_weight, out):
     n_chunks = chunks.shape[0] - 1
     fallbacks = np.zeros(n_chunks, dtype=np.int64)
     next_chunk = np.zeros(1, dtype=np.int64)
-    # As in `solve_rows`: a task per thread, taking chunks as it comes free.
-    for worker in prange(min(nb.get_num_threads(), n_chunks)):
+    for task in prange(_TASKS):  # as in `solve_rows`
+        c = take_next(next_chunk)
+        if c >= n_chunks:
+            continue
         A = np.empty((d + 1, d + 1))
         diagonal = np.empty(d)
         gram = _scratch_for(F, (d + 1, d + 1))
         tile = _scratch_for(F, (_TILE_ROWS, d + 1))
-        while True:
-            c = take_next(next_chunk)
-            if c >= n_chunks:
-                break
+        while c < n_chunks:
             for r in range(chunks[c], chunks[c + 1]):
                 _row_gram(cols, values, indptr[r], indptr[r + 1], F, col_offset, 0.0,
                           fit_bias, A, gram, tile)
@@ -617,6 +621,7 @@ def row_preconditioners(rows, other, penalty, row_weight, out):
                     fallbacks[c] += 1
                     for f in range(d):
                         block[f, f] = 1.0 / np.sqrt(diagonal[f]) if diagonal[f] > 0.0 else 1.0
+            c = take_next(next_chunk)
     return fallbacks.sum()
 
 
