@@ -178,6 +178,27 @@ def _evaluation_seconds(model, ratings, repeats=3):
     }
 
 
+def recorded_argv(argv):
+    """The command line as the results record it: the data folder as ``DIR`` and the output by
+    its file name, not paths of the machine that ran it."""
+    shown, pending = [], None
+    for arg in argv:
+        if pending is not None:
+            shown.append(pending(arg))
+            pending = None
+            continue
+        name, equals, value = arg.partition("=")
+        placeholder = {"--folder": lambda _: "DIR", "--out": lambda v: Path(v).name}.get(name)
+        if placeholder is None:
+            shown.append(arg)
+        elif equals:
+            shown.append(f"{name}={placeholder(value)}")
+        else:
+            shown.append(arg)
+            pending = placeholder
+    return shown
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", nargs="?", choices=["all", "prepare", "train"], default="all")
@@ -208,13 +229,13 @@ def main(argv=None):
             # One step rerun: its entry in --out is replaced, the other step's kept.
             out = Path(args.out)
             doc = json.loads(out.read_text()) if out.exists() else {}
-            doc[args.step] = {**result, "argv": sys.argv[1:],
+            doc[args.step] = {**result, "argv": recorded_argv(sys.argv[1:]),
                               "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "environment": environment()}
             write_json(args.out, doc, indent=2)
         return 0
 
-    doc = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    doc = {"argv": recorded_argv(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     for step in ("prepare", "train"):
         t = time.perf_counter()
         out = subprocess.run(

@@ -3,6 +3,8 @@ nothing from ``tests`` (or a ``bench`` package: siblings are imported by their o
 every study script answers ``--help`` without starting its measurements."""
 
 import ast
+import importlib.util
+import json
 
 import pytest
 
@@ -57,3 +59,34 @@ def test_no_sys_path_edits_or_test_imports(path):
 def test_scripts_parse_their_arguments(path):
     # A script without a parser would start a long run when asked for --help.
     assert "ArgumentParser(" in path.read_text(), f"{path.name} has no argparse parser"
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+@pytest.mark.parametrize("path", sorted((BENCH / "results").glob("*.json")), ids=lambda p: p.name)
+def test_recorded_results_name_no_paths_of_the_machine_that_ran_them(path):
+    found = [s for s in _strings(json.loads(path.read_text())) if s.startswith(("/", "~"))]
+    assert not found, f"{path.name}: {found}"
+
+
+def test_large_scale_records_its_folder_and_output_without_their_paths(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # its siblings, as `python3 bench/...` finds them
+    spec = importlib.util.spec_from_file_location("large_scale", BENCH / "large_scale.py")
+    large_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(large_scale)
+    assert large_scale.recorded_argv(
+        ["train", "--folder", "/data/netflix", "--solver", "als", "--out", "/x/results/a.json",
+         "--record"]
+    ) == ["train", "--folder", "DIR", "--solver", "als", "--out", "a.json", "--record"]
+    assert large_scale.recorded_argv(["all", "--folder=/data/n", "--out=/x/b.json"]) == [
+        "all", "--folder=DIR", "--out=b.json"]
+
