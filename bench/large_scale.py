@@ -181,21 +181,16 @@ def _evaluation_seconds(model, ratings, repeats=3):
 def recorded_argv(argv):
     """The command line as the results record it: the data folder as ``DIR`` and the output by
     its file name, not paths of the machine that ran it."""
-    shown, pending = [], None
-    for arg in argv:
-        if pending is not None:
-            shown.append(pending(arg))
-            pending = None
-            continue
+    hidden = {"--folder": lambda path: "DIR", "--out": lambda path: Path(path).name}
+    shown = []
+    for previous, arg in zip([None, *argv], argv):
         name, equals, value = arg.partition("=")
-        placeholder = {"--folder": lambda _: "DIR", "--out": lambda v: Path(v).name}.get(name)
-        if placeholder is None:
-            shown.append(arg)
-        elif equals:
-            shown.append(f"{name}={placeholder(value)}")
+        if equals and name in hidden:
+            shown.append(f"{name}={hidden[name](value)}")
+        elif previous in hidden:
+            shown.append(hidden[previous](arg))
         else:
             shown.append(arg)
-            pending = placeholder
     return shown
 
 

@@ -89,4 +89,3 @@ def test_large_scale_records_its_folder_and_output_without_their_paths(monkeypat
     ) == ["train", "--folder", "DIR", "--solver", "als", "--out", "a.json", "--record"]
     assert large_scale.recorded_argv(["all", "--folder=/data/n", "--out=/x/b.json"]) == [
         "all", "--folder=DIR", "--out=b.json"]
-

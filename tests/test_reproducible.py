@@ -67,4 +67,3 @@ def test_every_kernel_a_fit_compiles_can_be_cached():
                 compiled += 1
                 assert not result.library.has_dynamic_globals, f"{module.__name__}.{name}"
     assert compiled >= 10
-

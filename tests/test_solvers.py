@@ -1312,4 +1312,3 @@ def test_a_sweep_does_not_depend_on_which_thread_solves_which_chunk():
     np.testing.assert_array_equal(one_bias, two_bias)
     assert one_summary == two_summary
     assert not np.array_equal(one, start)
-
