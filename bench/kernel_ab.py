@@ -80,8 +80,8 @@ def main():
                 base = medians["one-pass, blocks"]
                 cells = ", ".join(f"{name} {m * 1e3:.2f} ms ({m / base:.2f}x)"
                                   for name, m in medians.items())
-                print(f"{size} k={k} {n_blocks} block(s) (float64/float32 reads), {n_threads} thread(s): {cells}",
-                      flush=True)
+                print(f"{size} k={k} {n_blocks} block(s) (float64/float32 reads), "
+                      f"{n_threads} thread(s): {cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ SIZES = {
     "1e7": (30_000, 400_000, 10_000_000),
     # The Netflix prize's shape; about 140 s to generate, so only on request (--sizes).
     "1e8": (17_770, 480_189, 100_000_000),
+    # The same shape at a tenth of the ratings (21 per user where 1e8 has 206), on request.
+    "1e7-netflix": (17_770, 480_189, 10_000_000),
 }
 DEFAULT_SIZES = ("ml100k", "1e5", "1e6", "1e7")
 # Cells whose inputs alone would pass this many bytes are skipped (and marked so).

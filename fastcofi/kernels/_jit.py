@@ -15,17 +15,29 @@ _FASTMATH = {"reassoc"}
 
 @intrinsic
 def _prefetch(typingctx, array, index):
-    """Hint the cache to fetch ``array[index]`` (a 1-d or 2-d array's element, the first of row
-    ``index`` for 2-d) for reading; no effect on results. A gather of rows at random indices
-    issues it some rows ahead: the hardware does not guess where the next row is."""
-    if not isinstance(array, types.Array) or array.ndim not in (1, 2):
+    """Hint the cache to fetch an element of ``array`` for reading: for an integer ``index``,
+    ``array[index]`` of a 1-d array or the first element of row ``index`` of a 2-d one; for a
+    tuple of one integer per dimension, that element. No effect on results. A walk that reads
+    rows at random indices issues it some rows ahead: the hardware does not guess where the
+    next row is."""
+    if not isinstance(array, types.Array):
+        return None
+    if isinstance(index, types.Integer):
+        if array.ndim not in (1, 2):
+            return None
+    elif not (isinstance(index, types.BaseTuple) and len(index) == array.ndim
+              and all(isinstance(part, types.Integer) for part in index)):
         return None
 
     def codegen(context, builder, signature, args):
         array_type, index_type = signature.args
         view = context.make_array(array_type)(context, builder, args[0])
-        row = context.cast(builder, args[1], index_type, types.intp)
-        where = [row] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
+        if isinstance(index_type, types.Integer):
+            where = [context.cast(builder, args[1], index_type, types.intp)]
+            where += [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
+        else:
+            where = [context.cast(builder, part, part_type, types.intp) for part, part_type
+                     in zip(cgutils.unpack_tuple(builder, args[1]), index_type)]
         pointer = cgutils.get_item_pointer2(
             context, builder, view.data, cgutils.unpack_tuple(builder, view.shape),
             cgutils.unpack_tuple(builder, view.strides), array_type.layout, where,

@@ -145,7 +145,8 @@ def _evaluate(
 
     ``buffered`` picks the kernel (default: the one-pass kernel when its buffers fit, see
     ``_BUFFER_ALLOWANCE``); both give the same result up to rounding. ``block_bytes`` sizes the
-    one-pass kernel's column blocks (see `column_blocks`); the gradients do not depend on it.
+    one-pass kernel's column blocks (see `column_blocks`); the other side's gradients do not
+    depend on it, the walked side's only by rounding.
     ``plan``, from `_plan` for these ratings and k, replaces both (solvers make it once).
     ``single``: the one-pass kernel reads the side it reads at random through a float32 copy
     (`cost_and_grad_buffered`): cost and gradients to about 1e-7 of their terms' size, not to
