@@ -188,7 +188,7 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
                 # factors, where a single one of k = 32 is mostly its horizontal sum, and the
                 # walked row's gradient takes four ratings per load and store. With the rows
                 # fetched ahead, an evaluation at 1e8 ratings (Netflix shape, k = 32, float32
-                # reads) took 0.71-0.77x the time of a rating at a time (bench/README.md).
+                # reads) took 0.67-0.70x the time of a rating at a time (bench/README.md).
                 p = start
                 while p + 4 <= stop:
                     if p + _AHEAD + 4 <= stop:
