@@ -1,7 +1,7 @@
-"""The objective's one-pass kernel of another git revision against the installed one, alternated.
+"""The objective's kernel or ALS's row solves of a git revision against the installed ones.
 
     python3 bench/revision_ab.py --rev REV [--sizes 1e8] [--factors 32] [--threads 1,2]
-                                 [--repeats 6] [--float64]
+                                 [--repeats 6] [--float64 | --als]
 
 REV's ``fastcofi`` package (``git archive``) is unpacked into a temporary folder and imported
 beside the installed one under another name, with numba caches of its own, so that both
@@ -11,6 +11,14 @@ each, the median of the per-call ratios (installed / REV) and the largest relati
 between their costs and gradients. The evaluation goes through ``train.objective._evaluate``
 with its default plan and float32 reads (``--float64``: float64 ones), so REV must have that
 function with today's arguments (2026-12-05 and later do).
+
+``--als`` times one ALS sweep's two halves instead, as `minimize_als` runs them: every user
+row solved with the items fixed, then every item row with the users fixed
+(``kernels.rowsolve.solve_rows`` with ``train.solvers.CG_STEPS``, the fixed side read through
+the copy ``train.objective._read_copy`` makes, included in the time), from the same random
+factors, zero biases, the global mean as offset and square-root weighted penalties, as
+``bench/rowsolve_ab.py`` sets them up. It prints each half's medians and ratios and the
+largest relative difference between the factors and biases the two revisions reach.
 """
 
 import argparse
@@ -28,15 +36,18 @@ from problems import factors_for, ratings_for
 from threadpoolctl import threadpool_limits
 
 import fastcofi
+import fastcofi.kernels.rowsolve
+import fastcofi.kernels.sparse
+import fastcofi.train.objective
+import fastcofi.train.solvers  # noqa: F401  (the modules the timings reach through the package)
 from fastcofi._parallel import threads
-from fastcofi.train import objective as installed
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def import_revision(rev, folder):
-    """REV's ``fastcofi`` unpacked into ``folder`` and imported as ``fastcofi_rev``; returns its
-    ``train.objective`` module. The package imports its own modules relatively only."""
+    """REV's ``fastcofi`` unpacked into ``folder`` and imported as ``fastcofi_rev``; returns the
+    package. It imports its own modules relatively only."""
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "fastcofi"],
                              check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
@@ -48,7 +59,66 @@ def import_revision(rev, folder):
     module = importlib.util.module_from_spec(spec)
     sys.modules["fastcofi_rev"] = module
     spec.loader.exec_module(module)
-    return importlib.import_module("fastcofi_rev.train.objective")
+    for name in ("train.objective", "train.solvers", "kernels.rowsolve", "kernels.sparse"):
+        importlib.import_module(f"fastcofi_rev.{name}")
+    return module
+
+
+def time_objective(packages, ratings, args):
+    """One objective evaluation per package and call; returns the seconds and the results."""
+    X, Theta = factors_for(ratings, args.factors)
+    rng = np.random.default_rng(1)
+    biases = (rng.normal(scale=0.1, size=ratings.n_items),
+              rng.normal(scale=0.1, size=ratings.n_users))
+    weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
+    times = {name: [] for name in packages}
+    results = {}
+    for call in range(args.repeats + 1):  # the first call compiles
+        for name, package in packages.items():
+            grads = (np.empty_like(X), np.empty_like(Theta), *(np.empty_like(b) for b in biases))
+            t = time.perf_counter()
+            cost = package.train.objective._evaluate(X, Theta, *biases, 3.6, ratings, 0.05,
+                                                     0.05, weights, grads,
+                                                     single=not args.float64)
+            if call:
+                times[name].append([time.perf_counter() - t])
+            results[name] = [np.array([cost]), *grads]
+    return times, results
+
+
+def time_als(packages, ratings, args):
+    """One ALS sweep's halves per package and call (users, then items); returns the seconds of
+    each half and the factors and biases after the last call's sweep."""
+    X0, Theta0 = factors_for(ratings, args.factors)
+    mu = float(ratings.values.mean())
+    reg = 1.15 * float(ratings.values.std())
+    user_weight = np.sqrt(np.diff(ratings.by_user[0]).astype(float))
+    item_weight = np.sqrt(np.diff(ratings.by_item[0]).astype(float))
+    times = {name: [] for name in packages}
+    results = {}
+    for call in range(args.repeats + 1):
+        for name, package in packages.items():
+            rowsolve, objective = package.kernels.rowsolve, package.train.objective
+            X, Theta = X0.copy(), Theta0.copy()
+            item_bias, user_bias = np.zeros(ratings.n_items), np.zeros(ratings.n_users)
+            halves = []
+            for (indptr, cols, values), chunks, F, F_bias, out, out_bias, weight in (
+                    (ratings.by_user, ratings._user_chunks, X, item_bias, Theta, user_bias,
+                     user_weight),
+                    (ratings.by_item, ratings._item_chunks, Theta, user_bias, X, item_bias,
+                     item_weight)):
+                t = time.perf_counter()
+                copy = objective._copy_into(objective._read_copy(F, True, True), F)
+                rowsolve.solve_rows(
+                    package.kernels.sparse.Rows(indptr, cols, values, chunks),
+                    rowsolve.Other(copy, mu + F_bias), rowsolve.Penalty(reg, 0.8, True),
+                    np.zeros(out.shape[0]), weight, rowsolve.Solved(out, out_bias),
+                    package.train.solvers.CG_STEPS)
+                halves.append(time.perf_counter() - t)
+            if call:
+                times[name].append(halves)
+            results[name] = [X, Theta, item_bias, user_bias]
+    return times, results
 
 
 def main():
@@ -59,41 +129,35 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--float64", action="store_true", help="float64 reads, not float32")
+    parser.add_argument("--als", action="store_true",
+                        help="ALS's row solves (one sweep's halves), not the objective")
     args = parser.parse_args()
-    single = not args.float64
-    print(f"installed {Path(fastcofi.__file__).parent} against {args.rev}, "
-          f"{'float32' if single else 'float64'} reads", flush=True)
+    if args.als and args.float64:
+        parser.error("--float64 applies to the objective only")
+    what = ("ALS half-sweeps" if args.als else
+            f"the objective, {'float64' if args.float64 else 'float32'} reads")
+    print(f"installed {Path(fastcofi.__file__).parent} against {args.rev}: {what}", flush=True)
+    parts = ("users", "items") if args.als else ("evaluation",)
     with tempfile.TemporaryDirectory() as folder:
-        kernels = {"installed": installed, args.rev: import_revision(args.rev, folder)}
+        packages = {"installed": fastcofi, args.rev: import_revision(args.rev, folder)}
         for size in args.sizes.split(","):
             ratings = ratings_for(size)
-            X, Theta = factors_for(ratings, args.factors)
-            rng = np.random.default_rng(1)
-            biases = (rng.normal(scale=0.1, size=ratings.n_items),
-                      rng.normal(scale=0.1, size=ratings.n_users))
-            weights = (np.ones(ratings.n_items), np.ones(ratings.n_users))
             for n_threads in (int(v) for v in args.threads.split(",")):
-                times = {name: [] for name in kernels}
-                results = {}
                 with threadpool_limits(limits=1, user_api="blas"), threads(n_threads):
-                    for call in range(args.repeats + 1):  # the first call compiles
-                        for name, module in kernels.items():
-                            grads = (np.empty_like(X), np.empty_like(Theta),
-                                     *(np.empty_like(b) for b in biases))
-                            t = time.perf_counter()
-                            cost = module._evaluate(X, Theta, *biases, 3.6, ratings, 0.05, 0.05,
-                                                    weights, grads, single=single)
-                            if call:
-                                times[name].append(time.perf_counter() - t)
-                            results[name] = (cost, grads)
-                (cost, grads), (cost_rev, grads_rev) = results.values()
-                difference = max([abs(cost - cost_rev) / abs(cost_rev)] + [
-                    float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(grads, grads_rev)])
+                    measure = time_als if args.als else time_objective
+                    times, results = measure(packages, ratings, args)
                 new, old = (np.array(v) for v in times.values())
-                print(f"{size} k={args.factors}, {n_threads} thread(s): installed "
-                      f"{np.median(new) * 1e3:.1f} ms, {args.rev} {np.median(old) * 1e3:.1f} ms, "
-                      f"ratio {np.median(new / old):.3f}; largest relative difference "
-                      f"{difference:.1e}", flush=True)
+                difference = max(float(np.abs(a - b).max() / np.abs(b).max())
+                                 for a, b in zip(*results.values()))
+                for p, part in enumerate(parts):
+                    print(f"{size} k={args.factors}, {n_threads} thread(s), {part}: installed "
+                          f"{np.median(new[:, p]) * 1e3:.1f} ms, {args.rev} "
+                          f"{np.median(old[:, p]) * 1e3:.1f} ms, ratio "
+                          f"{np.median(new[:, p] / old[:, p]):.3f}", flush=True)
+                if args.als:
+                    print(f"{size} k={args.factors}, {n_threads} thread(s), sweep: ratio "
+                          f"{np.median(new.sum(axis=1) / old.sum(axis=1)):.3f}", flush=True)
+                print(f"largest relative difference {difference:.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1090,7 +1090,8 @@ def test_a_diverging_solver_stops_with_an_error_naming_it_and_the_iteration(
         _poison_als(monkeypatch)
     model = MatrixFactorization(3, solver=solver, max_iter=50, tol=0, random_state=0)
     checkpoint = tmp_path / "run.npz"
-    with pytest.raises(DivergenceError, match=rf"^{name} diverged at iteration \d+: the cost is nan"):
+    expected = rf"^{name} diverged at iteration \d+: the cost is nan"
+    with pytest.raises(DivergenceError, match=expected):
         model.fit(_problem(), make_objective=_PoisonedObjective, checkpoint=checkpoint,
                   checkpoint_every=1)
     assert not hasattr(model, "item_factors_") or np.all(np.isfinite(model.item_factors_))
@@ -1175,7 +1176,7 @@ def test_normal_products_of_a_tile_match_numpy(seed, n, width, dtype):
     for with_squares in (True, False):
         product = np.full(n, np.nan, dtype)
         out = np.full(width, np.nan, dtype)
-        squares = np.full(width, np.nan)
+        squares = np.full(width, np.nan, dtype)
         if with_squares:
             _compiled_normal_products(part, x, product, out, squares)
             np.testing.assert_allclose(squares, (wide**2).sum(axis=0), rtol=tolerance,

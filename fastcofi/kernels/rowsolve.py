@@ -16,8 +16,12 @@ from .bfloat16 import _scratch_for, _widened_row, _widening_target
 # still passes.
 _PIVOT_FLOOR = 1e-13
 
+# The helpers a sweep calls for every row are compiled without numba's reference counts
+# (``_nrt=False``): they allocate nothing, and each array they were passed or sliced cost an
+# atomic increment and decrement, 13 % of the users' half-sweep at 1e7 ratings (rows of a
+# handful of ratings; 5 % after, perf). Such a function can neither allocate nor return an array.
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _cholesky_in_place(A, d):
     """Cholesky factor ``L`` (``A = L L^T``) written over the lower triangle of the symmetric
     leading d x d block of ``A`` (scratch may be larger); the upper triangle is not read.
@@ -46,7 +50,7 @@ def _cholesky_in_place(A, d):
 _TILE_ROWS = 256
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _cholesky_solve(A, b, d):
     """Solve ``A z = b`` in place (``z`` into ``b``) for the symmetric leading d x d block of
     ``A`` (lower triangle read, overwritten by its Cholesky factor); False when that block is
@@ -58,7 +62,7 @@ def _cholesky_solve(A, b, d):
     return True
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _forward_solve(L, b, d):
     """``b = L^-1 b`` in place, ``L`` the Cholesky factor in the lower triangle of ``L``'s leading
     d x d block."""
@@ -69,7 +73,7 @@ def _forward_solve(L, b, d):
         b[r] = acc / L[r, r]
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _backward_solve(L, b, d):
     """``b = L^-T b`` in place (see `_forward_solve`)."""
     for r in range(d - 1, -1, -1):
@@ -129,12 +133,15 @@ _AHEAD = 16
 def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
     """Ratings ``start:start + m`` of a row into the first ``m`` rows of ``tile``
     (`_scratch_for` ``F``): their factor rows, a 1 for the bias when ``fit_bias``, and last
-    what the factors must explain (the rating less the offsets)."""
+    what the factors must explain (the rating less the offsets). The rows it asks the cache
+    for run on past the row's end into the ratings that follow in ``cols`` (the next rows a
+    sweep solves): a row of a handful of ratings had none asked for ahead."""
     k = F.shape[1]
     last = k + 1 if fit_bias else k
     target = _widening_target(F, tile)
+    reach = cols.shape[0] - start
     for q in range(m):
-        if q + _AHEAD < m:
+        if q + _AHEAD < reach:
             ahead = cols[start + q + _AHEAD]
             prefetch(F, ahead)
             prefetch(col_offset, ahead)
@@ -145,7 +152,7 @@ def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
         tile[q, last] = values[start + q] - col_offset[col] - row_offset
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, z, out):
     """The row's solution through the n x n system of its ratings, for n < d.
 
@@ -294,22 +301,24 @@ def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penal
 def _normal_products(part, x, product, out, squares=None):
     """``product = part @ x``, then ``out = part.T @ product``: one conjugate-gradient step's
     products with a row's gathered tile ``part`` (n, width), in the tile's type. With
-    ``squares`` (width,) float64, also each column's sum of squares (the first pass of a row
-    gives its diagonal preconditioner too)."""
+    ``squares`` (width,) of the tile's type, also each column's sum of squares (the first pass
+    of a row gives its diagonal preconditioner too)."""
     np.dot(part, x, product)
     np.dot(part.T, product, out)
     if squares is not None:
-        np.einsum("qf,qf->f", part, part, out=squares, dtype=np.float64)
+        np.einsum("qf,qf->f", part, part, out=squares)
 
 
-@overload(_normal_products, jit_options={"fastmath": _FASTMATH})
+@overload(_normal_products, jit_options={"fastmath": _FASTMATH, "_nrt": False})
 def _normal_products_jit(part, x, product, out, squares=None):
     # Compiled, both products come from one pass over the tile, four ratings at a time: four
     # dot products over the width vectorize as one reduction (a single one of 33 does not:
     # LLVM leaves loops that short scalar), and each width-long update of ``out`` then adds
     # four ratings. Two BLAS matrix-vector calls took three times as long on rows of
     # hundreds of ratings at k = 32, six times on rows of a dozen. Fused multiply-adds
-    # (`muladd`) took a tenth off a pass.
+    # (`muladd`) took a tenth off a pass. The squares are summed in the tile's type too: they
+    # only scale the steps (a preconditioner), and widening each to float64 made the first
+    # pass half as long again as the others.
     cast = np.float32 if part.dtype == types.float32 else np.float64
     with_squares = not (squares is None or isinstance(squares, types.NoneType))
 
@@ -333,7 +342,8 @@ def _normal_products_jit(part, x, product, out, squares=None):
                 a0, a1, a2, a3 = part[q, f], part[q + 1, f], part[q + 2, f], part[q + 3, f]
                 out[f] = muladd(s3, a3, muladd(s2, a2, muladd(s1, a1, muladd(s0, a0, out[f]))))
                 if with_squares:
-                    squares[f] += np.float64((a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3))
+                    squares[f] = muladd(a3, a3, muladd(a2, a2, muladd(a1, a1, muladd(
+                        a0, a0, squares[f]))))
             q += 4
         while q < n:
             s = cast(0.0)
@@ -343,7 +353,7 @@ def _normal_products_jit(part, x, product, out, squares=None):
             for f in range(width):
                 out[f] = muladd(s, part[q, f], out[f])
                 if with_squares:
-                    squares[f] += np.float64(part[q, f]) * part[q, f]
+                    squares[f] = muladd(part[q, f], part[q, f], squares[f])
             q += 1
     return fused
 
@@ -377,7 +387,7 @@ def _takes_steps(n, d, cg_steps):
     return 0 < cg_steps < d and _CG_MIN <= n <= _CG_ROWS
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     """``steps`` conjugate-gradient steps on a row's normal equations from its current factors
     ``out`` and ``bias``, preconditioned by their diagonal, on the tile of all its n gathered
@@ -386,16 +396,16 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
 
     A step costs two matrix-vector products with the tile (`_normal_products`) where the
     row's Gram matrix costs a matrix product; warm-started rows of an ALS sweep need only a
-    few (Takacs, Pilaszy and Tikk, RecSys 2011). ``scratch`` (4, at least max(n, d + 1)) of
-    the tile's type: the residuals, a step's products, the vector they are taken of and its
-    image; ``vectors`` (5, d + 1) float64.
+    few (Takacs, Pilaszy and Tikk, RecSys 2011). ``scratch`` (5, at least max(n, d + 1)) of
+    the tile's type: the residuals, a step's products, the vector they are taken of, its
+    image and the tile's column sums of squares; ``vectors`` (5, d + 1) float64.
     """
     reg, reg_bias = penalty[0], penalty[1]
     d = tile.shape[1] - 1
     k = d - 1 if fit_bias else d
     part = tile[:n]
     residual, product, x = scratch[0, :n], scratch[1, :n], scratch[2, :d + 1]
-    products = scratch[3, :d + 1]
+    products, squares = scratch[3, :d + 1], scratch[4, :d + 1]
     r, z, p, Ap, scale = vectors[0], vectors[1], vectors[2], vectors[3], vectors[4]
     beta = bias if fit_bias else 0.0
     # Through the tile's columns of ones and targets: x = (w, beta, -1) gives the residuals.
@@ -405,14 +415,14 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
         x[k] = beta
     x[d] = -1.0
     # The tile's column sums of squares, the Gram matrix's diagonal, come with that pass.
-    _normal_products(part, x, residual, products, scale)
+    _normal_products(part, x, residual, products, squares)
     for f in range(d):
         Ap[f] = products[f]
     rz = 0.0
     for f in range(d):
         pen = reg if f < k else reg_bias
         r[f] = -(Ap[f] + pen * (out[f] if f < k else beta))
-        curvature = scale[f] + pen
+        curvature = squares[f] + pen
         scale[f] = 1.0 / curvature if curvature > 0.0 else 0.0
         z[f] = r[f] * scale[f]
         p[f] = z[f]
@@ -524,7 +534,7 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
         b = np.empty(2 * d)
         gram = _scratch_for(F, (d + 1, d + 1))
         tile = _scratch_for(F, (max(_TILE_ROWS, d, longest), d + 1))
-        scratch = _scratch_for(F, (4, max(longest, d + 1)))
+        scratch = _scratch_for(F, (5, max(longest, d + 1)))
         vectors = np.empty((5, d + 1))
         while c < n_chunks:
             chunk_squares = 0.0
