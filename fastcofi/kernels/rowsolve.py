@@ -219,6 +219,17 @@ def _solve_dual(n, k, reg, reg_bias, fit_bias, S, tile, z, out):
     return beta * inv_bias, squares
 
 
+@nb.njit(cache=True, nogil=True)
+def _singular_by_count(n, k, reg, reg_bias, fit_bias):
+    """Whether a row of n ratings has fewer than its unpenalized unknowns (the k factors when
+    ``reg`` is 0, the bias when ``fit_bias`` and ``reg_bias`` is 0): its system is then singular
+    whatever the ratings. Its last pivot is rounding only, but rounding amplified by small
+    earlier pivots can pass any fixed floor (5.7e-13 of its diagonal for 3 ratings and k = 4
+    with random factors; 1.02e-13 for 2 ratings and k = 3), so the count decides."""
+    free = (k if reg == 0.0 else 0) + (1 if fit_bias and reg_bias == 0.0 else 0)
+    return n < free
+
+
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
 def _row_gram(cols, values, start, stop, F, col_offset, row_offset, fit_bias, A, gram, tile):
     """The lower triangle of ``[T 1 t]' [T 1 t]`` into the leading d + 1 block of ``A``
@@ -269,10 +280,7 @@ def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penal
         return beta, squares
     _row_gram(cols, values, start, stop, F, col_offset, row_offset, fit_bias, A, gram, tile)
     targets_squared = A[d, d]
-    if reg == 0.0 and (n < k or (fit_bias and reg_bias == 0.0 and n < d)):
-        # Fewer ratings than unpenalized unknowns: singular by count. Its last pivot is rounding
-        # only, but rounding amplified by small earlier pivots can pass any fixed floor
-        # (5.7e-13 of its diagonal for 3 ratings and k = 4 with random factors).
+    if _singular_by_count(n, k, reg, reg_bias, fit_bias):
         for f in range(k):
             out[f] = 0.0
         return np.nan, targets_squared
@@ -618,7 +626,9 @@ def row_preconditioners(rows, other, penalty, row_weight, out):
                 for i in range(d):
                     for j in range(d):
                         block[i, j] = 0.0
-                if _cholesky_in_place(A, d):
+                if not _singular_by_count(indptr[r + 1] - indptr[r], k, reg * row_weight[r],
+                                          reg_bias * row_weight[r], fit_bias) and (
+                        _cholesky_in_place(A, d)):
                     # Column j of L^-1 by forward substitution, stored as row j of L^-T.
                     for j in range(d):
                         block[j, j] = 1.0 / A[j, j]
