@@ -3,9 +3,10 @@ the widening of their rows, or of float32 ones, as a row solve gathers them."""
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
 from numba import prange
 from numba.core import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ._jit import _FASTMATH
 
@@ -47,40 +48,40 @@ def _scratch_for_jit(F, shape):
     return lambda F, shape: np.empty(shape, F.dtype)
 
 
-def _widening_target(F, tile):
-    """What `_widened_row` writes into for a gather of ``F``'s rows into ``tile``: the tile
-    itself, or for bfloat16 bits (uint16, `to_bfloat16`) the tile's float32 values as their
-    uint32 bits. Taken once per gather: a view taken per row cost more than the copy."""
-    return tile.view(np.uint32) if F.dtype == np.uint16 else tile
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bits are the low 32 of ``bits``: a bfloat16 value widened exactly once
+    its bits are shifted up by 16. A view of the tile as uint32 did it before, at the cost of an
+    array taken, and reference-counted, per gather."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low = context.cast(builder, args[0], signature.args[0], types.uint32)
+        return builder.bitcast(low, ir.FloatType())
+    return types.float32(bits), codegen
 
 
-@overload(_widening_target)
-def _widening_target_jit(F, tile):
-    if F.dtype == types.uint16:
-        return lambda F, tile: tile.view(np.uint32)
-    return lambda F, tile: tile
-
-
-def _widened_row(F, col, target, q):
-    """Row ``col`` of ``F`` into ``target[q, :k]`` (`_widening_target`): as it is, or, for
-    bfloat16 bits, as the bits of the float32 values whose upper halves they are (exact)."""
+def _widened_row(F, col, tile, q):
+    """Row ``col`` of ``F`` into ``tile[q, :k]`` (`_scratch_for` ``F``): as it is, or, for
+    bfloat16 bits, as the float32 values whose upper halves they are (exact)."""
     k = F.shape[1]
     if F.dtype == np.uint16:
-        target[q, :k] = F[col].astype(np.uint32) << 16
+        tile[q, :k] = (F[col].astype(np.uint32) << 16).view(np.float32)
     else:
-        target[q, :k] = F[col]
+        tile[q, :k] = F[col]
 
 
 # Inlined: compiled on its own, the copy ran 2-3x as slow as in the gather's loop.
 @overload(_widened_row, jit_options={"fastmath": _FASTMATH}, inline="always")
-def _widened_row_jit(F, col, target, q):
+def _widened_row_jit(F, col, tile, q):
     if F.dtype == types.uint16:
-        def widen(F, col, target, q):
+        def widen(F, col, tile, q):
             for f in range(F.shape[1]):
-                target[q, f] = np.uint32(F[col, f]) << np.uint32(16)
+                tile[q, f] = _float32_from_bits(np.uint32(F[col, f]) << np.uint32(16))
         return widen
 
-    def copy(F, col, target, q):
+    def copy(F, col, tile, q):
         for f in range(F.shape[1]):
-            target[q, f] = F[col, f]
+            tile[q, f] = F[col, f]
     return copy

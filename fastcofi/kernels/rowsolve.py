@@ -9,7 +9,7 @@ from numba.core import types
 from numba.extending import overload
 
 from ._jit import _FASTMATH, muladd, prefetch, take_next
-from .bfloat16 import _scratch_for, _widened_row, _widening_target
+from .bfloat16 import _scratch_for, _widened_row
 
 # A pivot at most this fraction of its diagonal entry counts as zero: rounding leaves about
 # 1e-16 of it in an exactly singular system, while a penalty of 1e-10 of a row's Gram diagonal
@@ -129,7 +129,7 @@ class SolveSummary(NamedTuple):
 _AHEAD = 16
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
     """Ratings ``start:start + m`` of a row into the first ``m`` rows of ``tile``
     (`_scratch_for` ``F``): their factor rows, a 1 for the bias when ``fit_bias``, and last
@@ -138,7 +138,6 @@ def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
     sweep solves): a row of a handful of ratings had none asked for ahead."""
     k = F.shape[1]
     last = k + 1 if fit_bias else k
-    target = _widening_target(F, tile)
     reach = cols.shape[0] - start
     for q in range(m):
         if q + _AHEAD < reach:
@@ -146,7 +145,7 @@ def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
             prefetch(F, ahead)
             prefetch(col_offset, ahead)
         col = cols[start + q]
-        _widened_row(F, col, target, q)
+        _widened_row(F, col, tile, q)
         if fit_bias:
             tile[q, k] = 1.0
         tile[q, last] = values[start + q] - col_offset[col] - row_offset
@@ -230,7 +229,9 @@ def _singular_by_count(n, k, reg, reg_bias, fit_bias):
     return n < free
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+# Reference-counted even when called from `_solve_row_tiled`: numba's matrix product returns
+# its output array.
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=True)
 def _row_gram(cols, values, start, stop, F, col_offset, row_offset, fit_bias, A, gram, tile):
     """The lower triangle of ``[T 1 t]' [T 1 t]`` into the leading d + 1 block of ``A``
     (float64), for the ratings ``start:stop`` of a row gathered as `_gather` does (``T`` their
@@ -255,7 +256,7 @@ def _row_gram(cols, values, start, stop, F, col_offset, row_offset, fit_bias, A,
                 A[r, c] += gram[r, c]
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penalty, A, b,
                      gram, tile, out):
     """`solve_row` of the ratings ``start:stop`` with all its scratch given.
@@ -544,6 +545,9 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
         tile = _scratch_for(F, (max(_TILE_ROWS, d, longest), d + 1))
         scratch = _scratch_for(F, (5, max(longest, d + 1)))
         vectors = np.empty((5, d + 1))
+        # Each row is solved into this and copied out: a view of row r of ``out_factors``
+        # would count a reference on an array both threads share, a contended atomic per row.
+        solution = np.empty(k)
         while c < n_chunks:
             chunk_squares = 0.0
             chunk_penalty = 0.0
@@ -553,16 +557,17 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
                 weight = row_weight[r]
                 row_penalty = (reg * weight, reg_bias * weight, fit_bias)
                 if _takes_steps(n, d, cg_steps):
+                    for f in range(k):
+                        solution[f] = out_factors[r, f]
                     _gather(cols, values, F, col_offset, row_offset[r], start, n, fit_bias,
                             tile)
                     beta, row_squares = _cg_row(n, fit_bias, row_penalty, cg_steps, tile,
-                                                out_factors[r],
-                                                out_bias[r] if fit_bias else 0.0, scratch,
-                                                vectors)
+                                                solution, out_bias[r] if fit_bias else 0.0,
+                                                scratch, vectors)
                 else:
                     beta, row_squares = _solve_row_tiled(
                         cols, values, start, stop, F, col_offset, row_offset[r], row_penalty,
-                        A, b, gram, tile, out_factors[r],
+                        A, b, gram, tile, solution,
                     )
                 if np.isnan(beta):
                     failures[c] += 1
@@ -571,7 +576,8 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
                     out_bias[r] = beta
                 norm2 = 0.0
                 for f in range(k):
-                    norm2 += out_factors[r, f] * out_factors[r, f]
+                    out_factors[r, f] = solution[f]
+                    norm2 += solution[f] * solution[f]
                 chunk_squares += row_squares
                 chunk_penalty += row_penalty[0] * norm2 + row_penalty[1] * beta * beta
             squares[c] = chunk_squares
