@@ -18,8 +18,9 @@ _PIVOT_FLOOR = 1e-13
 
 # The helpers a sweep calls for every row are compiled without numba's reference counts
 # (``_nrt=False``): they allocate nothing, and each array they were passed or sliced cost an
-# atomic increment and decrement, 13 % of the users' half-sweep at 1e7 ratings (rows of a
-# handful of ratings; 5 % after, perf). Such a function can neither allocate nor return an array.
+# atomic increment and decrement, among the hottest spots of a profile of the users'
+# half-sweep (rows of a handful of ratings). Such a function can neither allocate nor return
+# an array.
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True, _nrt=False)
 def _cholesky_in_place(A, d):
@@ -325,9 +326,8 @@ def _normal_products_jit(part, x, product, out, squares=None):
     # LLVM leaves loops that short scalar), and each width-long update of ``out`` then adds
     # four ratings. Two BLAS matrix-vector calls took three times as long on rows of
     # hundreds of ratings at k = 32, six times on rows of a dozen. Fused multiply-adds
-    # (`muladd`) took a tenth off a pass. The squares are summed in the tile's type too: they
-    # only scale the steps (a preconditioner), and widening each to float64 made the first
-    # pass half as long again as the others.
+    # (`muladd`) took a tenth off a pass. The squares are summed in the tile's type too, not
+    # widened one by one: they only scale the steps (a preconditioner).
     cast = np.float32 if part.dtype == types.float32 else np.float64
     with_squares = not (squares is None or isinstance(squares, types.NoneType))
 
