@@ -12,13 +12,13 @@ between their costs and gradients. The evaluation goes through ``train.objective
 with its default plan and float32 reads (``--float64``: float64 ones), so REV must have that
 function with today's arguments (2026-12-05 and later do).
 
-``--als`` times one ALS sweep's two halves instead, as `minimize_als` runs them: every user
-row solved with the items fixed, then every item row with the users fixed
-(``kernels.rowsolve.solve_rows`` with ``train.solvers.CG_STEPS``, the fixed side read through
-the copy ``train.objective._read_copy`` makes, included in the time), from the same random
-factors, zero biases, the global mean as offset and square-root weighted penalties, as
-``bench/rowsolve_ab.py`` sets them up. It prints each half's medians and ratios and the
-largest relative difference between the factors and biases the two revisions reach.
+``--als`` times one ALS sweep's two halves instead, through each revision's
+``train.objective.RowSolves`` as `minimize_als` drives it: every user row solved with the
+items fixed, then every item row with the users fixed (``train.solvers.CG_STEPS`` steps on
+mid-length rows, the fixed side's copy included in the time), from the same random factors,
+zero biases and square-root weighted penalties as ``bench/rowsolve_ab.py`` sets them. It
+prints each half's medians and ratios and the largest relative difference between the
+parameters the two revisions reach.
 """
 
 import argparse
@@ -36,13 +36,11 @@ from problems import factors_for, ratings_for
 from threadpoolctl import threadpool_limits
 
 import fastcofi
-import fastcofi.kernels.rowsolve
-import fastcofi.kernels.sparse
-import fastcofi.train.objective
-import fastcofi.train.solvers  # noqa: F401  (the modules the timings reach through the package)
 from fastcofi._parallel import threads
 
 REPO = Path(__file__).resolve().parent.parent
+# What the timings reach through a package, imported for the installed one and REV's alike.
+MODULES = ("train.objective", "train.solvers")
 
 
 def import_revision(rev, folder):
@@ -59,8 +57,6 @@ def import_revision(rev, folder):
     module = importlib.util.module_from_spec(spec)
     sys.modules["fastcofi_rev"] = module
     spec.loader.exec_module(module)
-    for name in ("train.objective", "train.solvers", "kernels.rowsolve", "kernels.sparse"):
-        importlib.import_module(f"fastcofi_rev.{name}")
     return module
 
 
@@ -87,37 +83,30 @@ def time_objective(packages, ratings, args):
 
 
 def time_als(packages, ratings, args):
-    """One ALS sweep's halves per package and call (users, then items); returns the seconds of
-    each half and the factors and biases after the last call's sweep."""
-    X0, Theta0 = factors_for(ratings, args.factors)
-    mu = float(ratings.values.mean())
-    reg = 1.15 * float(ratings.values.std())
-    user_weight = np.sqrt(np.diff(ratings.by_user[0]).astype(float))
-    item_weight = np.sqrt(np.diff(ratings.by_item[0]).astype(float))
+    """One ALS sweep's halves per package and call (users, then items), through the package's
+    own ``RowSolves`` as `minimize_als` drives it; returns the seconds of each half and the
+    parameters after the last call's sweep."""
+    X, Theta = factors_for(ratings, args.factors)
+    biases = (np.zeros(ratings.n_items), np.zeros(ratings.n_users))
     times = {name: [] for name in packages}
     results = {}
-    for call in range(args.repeats + 1):
+    for call in range(args.repeats + 1):  # the first call compiles
         for name, package in packages.items():
-            rowsolve, objective = package.kernels.rowsolve, package.train.objective
-            X, Theta = X0.copy(), Theta0.copy()
-            item_bias, user_bias = np.zeros(ratings.n_items), np.zeros(ratings.n_users)
+            train = package.train
+            objective = train.objective.FlatObjective(
+                ratings, args.factors, 1.15 * float(ratings.values.std()),
+                mu=float(ratings.values.mean()), learn_biases=True, reg_bias=0.8,
+                reg_weighting="sqrt")
+            params = objective.pack(X, Theta, *biases)
+            solves = train.objective.RowSolves(objective, params, half_reads=True)
             halves = []
-            for (indptr, cols, values), chunks, F, F_bias, out, out_bias, weight in (
-                    (ratings.by_user, ratings._user_chunks, X, item_bias, Theta, user_bias,
-                     user_weight),
-                    (ratings.by_item, ratings._item_chunks, Theta, user_bias, X, item_bias,
-                     item_weight)):
+            for side in ("users", "items"):
                 t = time.perf_counter()
-                copy = objective._copy_into(objective._read_copy(F, True, True), F)
-                rowsolve.solve_rows(
-                    package.kernels.sparse.Rows(indptr, cols, values, chunks),
-                    rowsolve.Other(copy, mu + F_bias), rowsolve.Penalty(reg, 0.8, True),
-                    np.zeros(out.shape[0]), weight, rowsolve.Solved(out, out_bias),
-                    package.train.solvers.CG_STEPS)
+                solves.solve(side, train.solvers.CG_STEPS)
                 halves.append(time.perf_counter() - t)
             if call:
                 times[name].append(halves)
-            results[name] = [X, Theta, item_bias, user_bias]
+            results[name] = [params]
     return times, results
 
 
@@ -140,6 +129,9 @@ def main():
     parts = ("users", "items") if args.als else ("evaluation",)
     with tempfile.TemporaryDirectory() as folder:
         packages = {"installed": fastcofi, args.rev: import_revision(args.rev, folder)}
+        for package in packages.values():
+            for name in MODULES:
+                importlib.import_module(f"{package.__name__}.{name}")
         for size in args.sizes.split(","):
             ratings = ratings_for(size)
             for n_threads in (int(v) for v in args.threads.split(",")):
