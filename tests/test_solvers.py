@@ -1149,44 +1149,52 @@ def test_muladd_rounds_once_compiled_and_twice_with_the_jit_off(dtype, eps):
 
 
 @nb.njit
-def _compiled_normal_products(part, x, product, out, squares):
-    _normal_products(part, x, product, out, squares)
+def _compiled_normal_products(part, k, x, x_bias, x_target, product, out, squares):
+    return _normal_products(part, k, x, x_bias, x_target, product, out, squares)
 
 
 @nb.njit
-def _compiled_normal_products_only(part, x, product, out):
-    _normal_products(part, x, product, out)
+def _compiled_normal_products_only(part, k, x, x_bias, x_target, product, out):
+    return _normal_products(part, k, x, x_bias, x_target, product, out)
 
 
-@given(st.integers(0, 10_000), st.integers(0, 11), st.integers(1, 40),
+@given(st.integers(0, 10_000), st.integers(0, 11), st.integers(1, 40), st.booleans(),
        st.sampled_from([np.float32, np.float64]))
-def test_normal_products_of_a_tile_match_numpy(seed, n, width, dtype):
-    """The conjugate-gradient step's products with a gathered tile, ``part @ x`` and
-    ``part.T @ (part @ x)``, and the column sums of squares, compiled (four ratings at a time,
-    then the rest one by one: every remainder from 0 to 3) against float64 numpy; with and
-    without the squares asked for."""
+def test_normal_products_of_a_tile_match_numpy(seed, n, k, ones_column, dtype):
+    """A conjugate-gradient pass over a gathered tile ``[T 1 t]`` (or ``[T t]``):
+    ``product = T @ x + x_bias + x_target * t``, ``T.T @ product``, ``product``'s sum and the
+    factor columns' sums of squares, compiled (four ratings at a time, then the rest one by
+    one: every remainder from 0 to 3) against float64 numpy; with and without the squares
+    asked for. The column of ones is not read (NaN here): the bias enters as ``x_bias``."""
     rng = np.random.default_rng(seed)
-    part = rng.normal(size=(n, width)).astype(dtype)
-    x = rng.normal(size=width).astype(dtype)
-    wide = part.astype(np.float64)
-    expected_product = wide @ x.astype(np.float64)
+    part = rng.normal(size=(n, k + 2 if ones_column else k + 1)).astype(dtype)
+    if ones_column:
+        part[:, k] = np.nan
+    x = rng.normal(size=k).astype(dtype)
+    x_bias, x_target = rng.normal(), rng.normal()
+    wide = part[:, :k].astype(np.float64)
+    targets = part[:, -1].astype(np.float64)
+    expected_product = wide @ x.astype(np.float64) + x_bias + x_target * targets
     expected_out = wide.T @ expected_product
     tolerance = 1e-12 if dtype == np.float64 else 1e-5
-    scale = 1.0 + np.abs(wide).sum(axis=0) * (np.abs(wide) @ np.abs(x)).max(initial=0.0)
+    size = 1 + np.abs(wide) @ np.abs(x) + abs(x_bias) + abs(x_target) * np.abs(targets)
+    scale = 1.0 + np.abs(wide).sum(axis=0) * size.max(initial=0.0)
     for with_squares in (True, False):
         product = np.full(n, np.nan, dtype)
-        out = np.full(width, np.nan, dtype)
-        squares = np.full(width, np.nan, dtype)
+        out = np.full(k, np.nan, dtype)
+        squares = np.full(k, np.nan, dtype)
         if with_squares:
-            _compiled_normal_products(part, x, product, out, squares)
+            total = _compiled_normal_products(part, k, x, x_bias, x_target, product, out,
+                                              squares)
             np.testing.assert_allclose(squares, (wide**2).sum(axis=0), rtol=tolerance,
                                        atol=tolerance)
         else:
-            _compiled_normal_products_only(part, x, product, out)
+            total = _compiled_normal_products_only(part, k, x, x_bias, x_target, product, out)
             assert np.isnan(squares).all()
         np.testing.assert_allclose(product, expected_product, rtol=0,
-                                   atol=tolerance * (1 + np.abs(wide) @ np.abs(x)).max(initial=1))
+                                   atol=tolerance * size.max(initial=1))
         assert np.all(np.abs(out - expected_out) <= tolerance * scale)
+        assert abs(total - expected_product.sum()) <= tolerance * size.sum()
 
 
 @pytest.mark.parametrize("large_sides", [False, True])

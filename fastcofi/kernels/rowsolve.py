@@ -308,46 +308,62 @@ def _solve_row_tiled(cols, values, start, stop, F, col_offset, row_offset, penal
     return (b[k] if fit_bias else 0.0), max(targets_squared - explained - penalized, 0.0)
 
 
-def _normal_products(part, x, product, out, squares=None):
-    """``product = part @ x``, then ``out = part.T @ product``: one conjugate-gradient step's
-    products with a row's gathered tile ``part`` (n, width), in the tile's type. With
-    ``squares`` (width,) of the tile's type, also each column's sum of squares (the first pass
-    of a row gives its diagonal preconditioner too)."""
-    np.dot(part, x, product)
-    np.dot(part.T, product, out)
+def _normal_products(part, k, x, x_bias, x_target, product, out, squares=None):
+    """One conjugate-gradient pass over a row's gathered tile ``part`` (n, width; `_gather`):
+    ``product = T @ x + x_bias + x_target * t`` with ``T`` its first k columns (the factor
+    rows) and ``t`` its last (the targets), then ``out = T.T @ product`` (k,), in the tile's
+    type. Returns ``product``'s sum, its product with the column of ones when the tile has one.
+    With ``squares`` (k,) of the tile's type, also each factor column's sum of squares (the
+    first pass of a row gives its diagonal preconditioner too)."""
+    factors, targets = part[:, :k], part[:, -1]
+    np.dot(factors, x, product)
+    product += x_bias
+    product += x_target * targets
+    np.dot(factors.T, product, out)
     if squares is not None:
-        np.einsum("qf,qf->f", part, part, out=squares)
+        np.einsum("qf,qf->f", factors, factors, out=squares)
+    return product.sum()
 
 
 @overload(_normal_products, jit_options={"fastmath": _FASTMATH, "_nrt": False})
-def _normal_products_jit(part, x, product, out, squares=None):
+def _normal_products_jit(part, k, x, x_bias, x_target, product, out, squares=None):
     # Compiled, both products come from one pass over the tile, four ratings at a time: four
-    # dot products over the width vectorize as one reduction (a single one of 33 does not:
-    # LLVM leaves loops that short scalar), and each width-long update of ``out`` then adds
-    # four ratings. Two BLAS matrix-vector calls took three times as long on rows of
-    # hundreds of ratings at k = 32, six times on rows of a dozen. Fused multiply-adds
-    # (`muladd`) took a tenth off a pass. The squares are summed in the tile's type too, not
-    # widened one by one: they only scale the steps (a preconditioner).
+    # dot products over the factors vectorize as one reduction (a single one of k = 32 does
+    # not: LLVM leaves loops that short scalar), and each k-long update of ``out`` then adds
+    # four ratings. The loops run over the k factor columns only, the bias and the target
+    # added as scalars: over all k + 2 columns, the two past a whole number of vectors ran as a
+    # scalar tail for every four ratings. Two BLAS matrix-vector calls took three times as
+    # long on rows of hundreds of ratings at k = 32, six times on rows of a dozen. Fused
+    # multiply-adds (`muladd`) took a tenth off a pass. The squares are summed in the tile's
+    # type too, not widened one by one: they only scale the steps (a preconditioner).
     cast = np.float32 if part.dtype == types.float32 else np.float64
     with_squares = not (squares is None or isinstance(squares, types.NoneType))
 
-    def fused(part, x, product, out, squares=None):
-        n, width = part.shape
-        for f in range(width):
+    def fused(part, k, x, x_bias, x_target, product, out, squares=None):
+        n = part.shape[0]
+        last = part.shape[1] - 1
+        shift, weight = cast(x_bias), cast(x_target)
+        for f in range(k):
             out[f] = 0.0
             if with_squares:
                 squares[f] = 0.0
+        total = cast(0.0)
         q = 0
         while q + 4 <= n:
             s0, s1, s2, s3 = cast(0.0), cast(0.0), cast(0.0), cast(0.0)
-            for f in range(width):
+            for f in range(k):
                 xf = x[f]
                 s0 = muladd(part[q, f], xf, s0)
                 s1 = muladd(part[q + 1, f], xf, s1)
                 s2 = muladd(part[q + 2, f], xf, s2)
                 s3 = muladd(part[q + 3, f], xf, s3)
+            s0 = muladd(weight, part[q, last], s0 + shift)
+            s1 = muladd(weight, part[q + 1, last], s1 + shift)
+            s2 = muladd(weight, part[q + 2, last], s2 + shift)
+            s3 = muladd(weight, part[q + 3, last], s3 + shift)
             product[q], product[q + 1], product[q + 2], product[q + 3] = s0, s1, s2, s3
-            for f in range(width):
+            total += (s0 + s1) + (s2 + s3)
+            for f in range(k):
                 a0, a1, a2, a3 = part[q, f], part[q + 1, f], part[q + 2, f], part[q + 3, f]
                 out[f] = muladd(s3, a3, muladd(s2, a2, muladd(s1, a1, muladd(s0, a0, out[f]))))
                 if with_squares:
@@ -356,14 +372,17 @@ def _normal_products_jit(part, x, product, out, squares=None):
             q += 4
         while q < n:
             s = cast(0.0)
-            for f in range(width):
+            for f in range(k):
                 s = muladd(part[q, f], x[f], s)
+            s = muladd(weight, part[q, last], s + shift)
             product[q] = s
-            for f in range(width):
+            total += s
+            for f in range(k):
                 out[f] = muladd(s, part[q, f], out[f])
                 if with_squares:
                     squares[f] = muladd(part[q, f], part[q, f], squares[f])
             q += 1
+        return total
     return fused
 
 
@@ -405,33 +424,34 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
 
     A step costs two matrix-vector products with the tile (`_normal_products`) where the
     row's Gram matrix costs a matrix product; warm-started rows of an ALS sweep need only a
-    few (Takacs, Pilaszy and Tikk, RecSys 2011). ``scratch`` (5, at least max(n, d + 1)) of
-    the tile's type: the residuals, a step's products, the vector they are taken of, its
-    image and the tile's column sums of squares; ``vectors`` (5, d + 1) float64.
+    few (Takacs, Pilaszy and Tikk, RecSys 2011). ``scratch`` (5, at least max(n, k)) of the
+    tile's type: the residuals, a step's products, the factors' part of the vector they are
+    taken of, their image and the tile's factor columns' sums of squares; ``vectors``
+    (5, d + 1) float64.
     """
     reg, reg_bias = penalty[0], penalty[1]
     d = tile.shape[1] - 1
     k = d - 1 if fit_bias else d
     part = tile[:n]
-    residual, product, x = scratch[0, :n], scratch[1, :n], scratch[2, :d + 1]
-    products, squares = scratch[3, :d + 1], scratch[4, :d + 1]
+    residual, product, x = scratch[0, :n], scratch[1, :n], scratch[2, :k]
+    products, squares = scratch[3, :k], scratch[4, :k]
     r, z, p, Ap, scale = vectors[0], vectors[1], vectors[2], vectors[3], vectors[4]
     beta = bias if fit_bias else 0.0
-    # Through the tile's columns of ones and targets: x = (w, beta, -1) gives the residuals.
+    # x = (w, beta) against the target's -1: the residuals.
     for f in range(k):
         x[f] = out[f]
-    if fit_bias:
-        x[k] = beta
-    x[d] = -1.0
-    # The tile's column sums of squares, the Gram matrix's diagonal, come with that pass.
-    _normal_products(part, x, residual, products, squares)
-    for f in range(d):
-        Ap[f] = products[f]
+    # The factor columns' sums of squares, the Gram matrix's diagonal, come with that pass;
+    # the bias column's is the count.
+    bias_product = _normal_products(part, k, x, beta, -1.0, residual, products, squares)
     rz = 0.0
     for f in range(d):
-        pen = reg if f < k else reg_bias
-        r[f] = -(Ap[f] + pen * (out[f] if f < k else beta))
-        curvature = squares[f] + pen
+        if f < k:
+            Ap[f] = products[f]
+            pen, curvature, at = reg, squares[f] + reg, out[f]
+        else:
+            Ap[f] = bias_product
+            pen, curvature, at = reg_bias, n + reg_bias, beta
+        r[f] = -(Ap[f] + pen * at)
         scale[f] = 1.0 / curvature if curvature > 0.0 else 0.0
         z[f] = r[f] * scale[f]
         p[f] = z[f]
@@ -439,13 +459,16 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     for _ in range(steps):
         if rz <= 0.0:
             break
-        for f in range(d):
+        for f in range(k):
             x[f] = p[f]
-        x[d] = 0.0
-        _normal_products(part, x, product, products)
+        bias_product = _normal_products(part, k, x, p[k] if fit_bias else 0.0, 0.0, product,
+                                        products)
         pAp = 0.0
         for f in range(d):
-            Ap[f] = products[f] + (reg if f < k else reg_bias) * p[f]
+            if f < k:
+                Ap[f] = products[f] + reg * p[f]
+            else:
+                Ap[f] = bias_product + reg_bias * p[f]
             pAp += p[f] * Ap[f]
         if pAp <= 0.0:
             break
