@@ -427,7 +427,8 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     few (Takacs, Pilaszy and Tikk, RecSys 2011). ``scratch`` (5, at least max(n, k)) of the
     tile's type: the residuals, a step's products, the factors' part of the vector they are
     taken of, their image and the tile's factor columns' sums of squares; ``vectors``
-    (5, d + 1) float64.
+    (5, at least k) float64: the factors' part of the residual, the preconditioned residual,
+    the direction, its image and the preconditioner.
     """
     reg, reg_bias = penalty[0], penalty[1]
     d = tile.shape[1] - 1
@@ -435,7 +436,11 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     part = tile[:n]
     residual, product, x = scratch[0, :n], scratch[1, :n], scratch[2, :k]
     products, squares = scratch[3, :k], scratch[4, :k]
-    r, z, p, Ap, scale = vectors[0], vectors[1], vectors[2], vectors[3], vectors[4]
+    r, z, p, Ap, scale = vectors[0, :k], vectors[1, :k], vectors[2, :k], vectors[3, :k], \
+        vectors[4, :k]
+    # The factors' coordinates in k-long loops, the bias's (the last when ``fit_bias``) as
+    # scalars beside them: a branch between the two in every loop kept the loops scalar, which
+    # cost more than a short row's passes.
     beta = bias if fit_bias else 0.0
     # x = (w, beta) against the target's -1: the residuals.
     for f in range(k):
@@ -444,49 +449,50 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     # the bias column's is the count.
     bias_product = _normal_products(part, k, x, beta, -1.0, residual, products, squares)
     rz = 0.0
-    for f in range(d):
-        if f < k:
-            Ap[f] = products[f]
-            pen, curvature, at = reg, squares[f] + reg, out[f]
-        else:
-            Ap[f] = bias_product
-            pen, curvature, at = reg_bias, n + reg_bias, beta
-        r[f] = -(Ap[f] + pen * at)
+    for f in range(k):
+        r[f] = -(products[f] + reg * out[f])
+        curvature = squares[f] + reg
         scale[f] = 1.0 / curvature if curvature > 0.0 else 0.0
         z[f] = r[f] * scale[f]
         p[f] = z[f]
         rz += r[f] * z[f]
+    r_bias = z_bias = p_bias = scale_bias = 0.0
+    if fit_bias:
+        r_bias = -(bias_product + reg_bias * beta)
+        scale_bias = 1.0 / (n + reg_bias)
+        z_bias = p_bias = r_bias * scale_bias
+        rz += r_bias * z_bias
     for _ in range(steps):
         if rz <= 0.0:
             break
         for f in range(k):
             x[f] = p[f]
-        bias_product = _normal_products(part, k, x, p[k] if fit_bias else 0.0, 0.0, product,
-                                        products)
+        bias_product = _normal_products(part, k, x, p_bias, 0.0, product, products)
         pAp = 0.0
-        for f in range(d):
-            if f < k:
-                Ap[f] = products[f] + reg * p[f]
-            else:
-                Ap[f] = bias_product + reg_bias * p[f]
+        for f in range(k):
+            Ap[f] = products[f] + reg * p[f]
             pAp += p[f] * Ap[f]
+        Ap_bias = bias_product + reg_bias * p_bias if fit_bias else 0.0
+        pAp += p_bias * Ap_bias
         if pAp <= 0.0:
             break
         alpha = rz / pAp
         for q in range(n):
             residual[q] += alpha * product[q]
         rz_next = 0.0
-        for f in range(d):
-            if f < k:
-                out[f] += alpha * p[f]
-            else:
-                beta += alpha * p[f]
+        for f in range(k):
+            out[f] += alpha * p[f]
             r[f] -= alpha * Ap[f]
             z[f] = r[f] * scale[f]
             rz_next += r[f] * z[f]
+        beta += alpha * p_bias
+        r_bias -= alpha * Ap_bias
+        z_bias = r_bias * scale_bias
+        rz_next += r_bias * z_bias
         ratio = rz_next / rz
-        for f in range(d):
+        for f in range(k):
             p[f] = z[f] + ratio * p[f]
+        p_bias = z_bias + ratio * p_bias
         rz = rz_next
     squares = 0.0
     for q in range(n):
