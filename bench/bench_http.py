@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import RESULTS, environment
+from harness import RESULTS, environment, output_path
 
 from fastcofi import MatrixFactorization, Ratings
 
@@ -276,7 +276,7 @@ def main(argv=None):
     parser.add_argument("--servers", nargs="+", choices=("new", "old"), default=["new", "old"])
     parser.add_argument("--threads", type=int, default=None, help="the new server's --threads")
     parser.add_argument("--legacy-serve", metavar="MODEL", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(RESULTS / "http.jsonl"),
+    parser.add_argument("--out", type=output_path, default=str(RESULTS / "http.jsonl"),
                         help="append the results as JSON lines here ('' to skip)")
     args = parser.parse_args(argv)
     if args.legacy_serve:

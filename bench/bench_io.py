@@ -30,7 +30,7 @@ import tempfile
 import time
 
 import numpy as np
-from harness import environment
+from harness import environment, output_path
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -129,7 +129,8 @@ def main(argv=None):
     parser.add_argument("--file", help="the file to read: written first unless it exists")
     parser.add_argument("--keep", action="store_true",
                         help="keep the file written to --file (without --file it is temporary)")
-    parser.add_argument("--out", help="append the JSON result to this file")
+    parser.add_argument("--out", type=output_path,
+                        help="append the JSON result to this file")
     args = parser.parse_args(argv)
     if args.keep and not args.file:
         parser.error("--keep needs --file: without it the file lives in a temporary folder")

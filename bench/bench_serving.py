@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import RESULTS, environment
+from harness import RESULTS, environment, output_path
 
 from fastcofi import MatrixFactorization
 
@@ -147,7 +147,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="10k users in the batch, fewer repeats")
-    parser.add_argument("--out", default=str(RESULTS / "serving.json"))
+    parser.add_argument("--out", type=output_path, default=str(RESULTS / "serving.json"))
     args = parser.parse_args(argv)
     single = bench_single(repeats=500 if args.quick else 2000)
     fold = bench_fold_in(repeats=1000 if args.quick else 5000)

@@ -38,7 +38,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from harness import RESULTS, environment, write_json
+from harness import RESULTS, environment, output_path, write_json
 
 SHAPE = (480_189, 17_770)
 
@@ -185,7 +185,8 @@ def main(argv=None):
                         help="fastcofi runs to do, of " + ",".join(FASTCOFI_RUNS) + " (empty: "
                              "none)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per fit")
-    parser.add_argument("--out", default=str(RESULTS / "compare_scale.json"))
+    parser.add_argument("--out", type=output_path,
+                        default=str(RESULTS / "compare_scale.json"))
     parser.add_argument("--merge", action="store_true",
                         help="add these rows to those already at --out instead of replacing it")
     parser.add_argument("--replot", action="store_true",

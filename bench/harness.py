@@ -19,6 +19,17 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 
 
+def output_path(value):
+    """A script's ``--out`` path: a relative one is taken from this folder, not from the current
+    directory, so that ``results/NAME.json`` (as bench/README.md writes its commands) lands in
+    bench/results wherever the script is run from; an absolute one is kept as given, an empty
+    one (no file) too."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else BENCH / path)
+
+
 def write_json(path, doc, indent=1):
     """Write ``doc`` as JSON to ``path`` through a temporary file, so that a run cut short
     never leaves half a result behind."""

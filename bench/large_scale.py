@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import RESULTS, environment, sample_seconds, write_json
+from harness import RESULTS, environment, output_path, sample_seconds, write_json
 
 NOISE = 0.5
 
@@ -211,7 +211,8 @@ def main(argv=None):
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "fastcofi-large"),
                         help="where prepare writes train.csv and probe.csv and train reads them "
                              "(default: fastcofi-large in the temporary directory)")
-    parser.add_argument("--out", default=str(RESULTS / "large_scale.json"))
+    parser.add_argument("--out", type=output_path,
+                        default=str(RESULTS / "large_scale.json"))
     parser.add_argument("--record", action="store_true",
                         help="with prepare or train alone: write that step's result into --out "
                              "(all always writes)")

@@ -2,7 +2,7 @@
 
     python3 bench/scaling.py [--sizes ml100k,1e5,1e6,1e7] [--factors 10,50,100] [--repeats 7]
     python3 bench/scaling.py --sizes 1e5,1e6,1e7,1e8 --factors 10 \
-        --out bench/results/ratings_scaling
+        --out results/ratings_scaling
     python3 bench/scaling.py --markdown bench/results/objective_scaling.json   # bench/README.md's table
 
 Writes bench/results/objective_scaling.json (medians, ratios, environment) and, when matplotlib
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from harness import RESULTS, environment, median_seconds, write_json
+from harness import RESULTS, environment, median_seconds, output_path, write_json
 from problems import (
     DEFAULT_SIZES,
     MEMORY_LIMIT,
@@ -192,7 +192,8 @@ def main():
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES))
     parser.add_argument("--factors", default="10,50,100")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default=str(RESULTS / "objective_scaling"))
+    parser.add_argument("--out", type=output_path,
+                        default=str(RESULTS / "objective_scaling"))
     args = parser.parse_args()
     rows = run(args.sizes.split(","), [int(k) for k in args.factors.split(",")], args.repeats)
     out = Path(args.out)

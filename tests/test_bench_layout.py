@@ -89,3 +89,42 @@ def test_large_scale_records_its_folder_and_output_without_their_paths(monkeypat
     ) == ["train", "--folder", "DIR", "--solver", "als", "--out", "a.json", "--record"]
     assert large_scale.recorded_argv(["all", "--folder=/data/n", "--out=/x/b.json"]) == [
         "all", "--folder=DIR", "--out=b.json"]
+
+
+def _load(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # its siblings, as `python3 bench/...` finds them
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_relative_output_path_is_taken_from_bench_wherever_the_script_runs(monkeypatch,
+                                                                             tmp_path):
+    # bench/README.md writes its commands as `python3 bench/NAME.py ... --out results/...`.
+    harness = _load("harness", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert harness.output_path("results/a.json") == str(BENCH / "results" / "a.json")
+    assert harness.output_path(str(tmp_path / "b.json")) == str(tmp_path / "b.json")
+    assert harness.output_path("") == ""
+
+
+def _output_arguments(tree):
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument" and node.args
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--out"):
+            yield node
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_output_paths_are_resolved_alike(path):
+    # An --out that takes a path goes through harness.output_path; one that takes a stem (a
+    # name in bench/results, no folder) needs none.
+    for call in _output_arguments(ast.parse(path.read_text())):
+        keywords = {k.arg: k.value for k in call.keywords}
+        resolved = isinstance(keywords.get("type"), ast.Name) and keywords["type"].id == (
+            "output_path")
+        default = keywords.get("default")
+        stem = isinstance(default, ast.Constant) and "/" not in str(default.value)
+        assert resolved or stem, f"{path.name}: --out takes a path without output_path"
