@@ -436,11 +436,11 @@ def _cg_row(n, fit_bias, penalty, steps, tile, out, bias, scratch, vectors):
     part = tile[:n]
     residual, product, x = scratch[0, :n], scratch[1, :n], scratch[2, :k]
     products, squares = scratch[3, :k], scratch[4, :k]
-    r, z, p, Ap, scale = vectors[0, :k], vectors[1, :k], vectors[2, :k], vectors[3, :k], \
-        vectors[4, :k]
+    r, z, p, Ap, scale = (vectors[0, :k], vectors[1, :k], vectors[2, :k], vectors[3, :k],
+                          vectors[4, :k])
     # The factors' coordinates in k-long loops, the bias's (the last when ``fit_bias``) as
-    # scalars beside them: a branch between the two in every loop kept the loops scalar, which
-    # cost more than a short row's passes.
+    # scalars beside them: a branch between the two in every loop kept those loops from
+    # vectorizing.
     beta = bias if fit_bias else 0.0
     # x = (w, beta) against the target's -1: the residuals.
     for f in range(k):
