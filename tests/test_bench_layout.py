@@ -78,25 +78,22 @@ def test_recorded_results_name_no_paths_of_the_machine_that_ran_them(path):
     assert not found, f"{path.name}: {found}"
 
 
-def test_large_scale_records_its_folder_and_output_without_their_paths(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # its siblings, as `python3 bench/...` finds them
-    spec = importlib.util.spec_from_file_location("large_scale", BENCH / "large_scale.py")
-    large_scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(large_scale)
-    assert large_scale.recorded_argv(
-        ["train", "--folder", "/data/netflix", "--solver", "als", "--out", "/x/results/a.json",
-         "--record"]
-    ) == ["train", "--folder", "DIR", "--solver", "als", "--out", "a.json", "--record"]
-    assert large_scale.recorded_argv(["all", "--folder=/data/n", "--out=/x/b.json"]) == [
-        "all", "--folder=DIR", "--out=b.json"]
-
-
 def _load(name, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))  # its siblings, as `python3 bench/...` finds them
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_large_scale_records_its_folder_and_output_without_their_paths(monkeypatch):
+    large_scale = _load("large_scale", monkeypatch)
+    assert large_scale.recorded_argv(
+        ["train", "--folder", "/data/netflix", "--solver", "als", "--out", "/x/results/a.json",
+         "--record"]
+    ) == ["train", "--folder", "DIR", "--solver", "als", "--out", "a.json", "--record"]
+    assert large_scale.recorded_argv(["all", "--folder=/data/n", "--out=/x/b.json"]) == [
+        "all", "--folder=DIR", "--out=b.json"]
 
 
 def test_a_relative_output_path_is_taken_from_bench_wherever_the_script_runs(monkeypatch,
