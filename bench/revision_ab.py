@@ -88,15 +88,16 @@ def time_als(packages, ratings, args):
     parameters after the last call's sweep."""
     X, Theta = factors_for(ratings, args.factors)
     biases = (np.zeros(ratings.n_items), np.zeros(ratings.n_users))
+    objectives = {name: package.train.objective.FlatObjective(
+        ratings, args.factors, 1.15 * float(ratings.values.std()),
+        mu=float(ratings.values.mean()), learn_biases=True, reg_bias=0.8, reg_weighting="sqrt")
+        for name, package in packages.items()}
     times = {name: [] for name in packages}
     results = {}
     for call in range(args.repeats + 1):  # the first call compiles
         for name, package in packages.items():
-            train = package.train
-            objective = train.objective.FlatObjective(
-                ratings, args.factors, 1.15 * float(ratings.values.std()),
-                mu=float(ratings.values.mean()), learn_biases=True, reg_bias=0.8,
-                reg_weighting="sqrt")
+            train, objective = package.train, objectives[name]
+            # Each call starts from the same factors: the solves write into ``params``.
             params = objective.pack(X, Theta, *biases)
             solves = train.objective.RowSolves(objective, params, half_reads=True)
             halves = []

@@ -572,8 +572,8 @@ def solve_rows(rows, other, penalty, row_offset, row_weight, out, cg_steps):
         b = np.empty(2 * d)
         gram = _scratch_for(F, (d + 1, d + 1))
         tile = _scratch_for(F, (max(_TILE_ROWS, d, longest), d + 1))
-        scratch = _scratch_for(F, (5, max(longest, d + 1)))
-        vectors = np.empty((5, d + 1))
+        scratch = _scratch_for(F, (5, max(longest, k)))  # as `_cg_row` takes them
+        vectors = np.empty((5, k))
         # Each row is solved into this and copied out: a view of row r of ``out_factors``
         # would count a reference on an array both threads share, a contended atomic per row.
         solution = np.empty(k)
@@ -652,18 +652,18 @@ def row_preconditioners(rows, other, penalty, row_weight, out):
         tile = _scratch_for(F, (_TILE_ROWS, d + 1))
         while c < n_chunks:
             for r in range(chunks[c], chunks[c + 1]):
+                row_reg, row_reg_bias = reg * row_weight[r], reg_bias * row_weight[r]
                 _row_gram(cols, values, indptr[r], indptr[r + 1], F, col_offset, 0.0,
                           fit_bias, A, gram, tile)
                 for f in range(d):
-                    A[f, f] += (reg if f < k else reg_bias) * row_weight[r]
+                    A[f, f] += row_reg if f < k else row_reg_bias
                     diagonal[f] = A[f, f]
                 block = out[r]
                 for i in range(d):
                     for j in range(d):
                         block[i, j] = 0.0
-                if not _singular_by_count(indptr[r + 1] - indptr[r], k, reg * row_weight[r],
-                                          reg_bias * row_weight[r], fit_bias) and (
-                        _cholesky_in_place(A, d)):
+                if not _singular_by_count(indptr[r + 1] - indptr[r], k, row_reg, row_reg_bias,
+                                          fit_bias) and _cholesky_in_place(A, d):
                     # Column j of L^-1 by forward substitution, stored as row j of L^-T.
                     for j in range(d):
                         block[j, j] = 1.0 / A[j, j]
