@@ -106,6 +106,27 @@ def test_float32_reads_round_like_float32_not_worse():
         assert 0 < relative_error(got, want) <= 1e-6
 
 
+def test_float32_reads_are_a_copy_on_cache_lines(monkeypatch):
+    """The float32 copy that the one-pass kernel reads at random starts on a cache line (its
+    rows at k = 32 then take two lines each, not three) and holds the other side's factors."""
+    import fastcofi.train.objective as train_objective
+
+    ratings, X, Theta = _random_problem(3, n_items=40, n_users=30, nnz=300, k=32)
+    seen = {}
+
+    def record(walked, other, walked_grad, other_grad, groups, blocks, mu, reg, reg_bias, reads):
+        seen["reads"], seen["other"] = reads, other.factors
+        return 0.0
+
+    monkeypatch.setattr(train_objective, "cost_and_grad_buffered", record)
+    grads = (np.empty_like(X), np.empty_like(Theta), np.empty(40), np.empty(30))
+    _evaluate(X, Theta, np.zeros(40), np.zeros(30), 0.0, ratings, 0.1, 0.1,
+              (np.ones(40), np.ones(30)), grads, buffered=True, single=True)
+    reads = seen["reads"]
+    assert reads.dtype == np.float32 and reads.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(reads, seen["other"].astype(np.float32))
+
+
 def _poisoned_empty(empty):
     """``np.empty`` whose memory is filled first (NaN, or -2**30 for integers), so that a kernel
     run as Python that reads what it never wrote shows it in its result."""

@@ -12,6 +12,9 @@ from numba.core.extending import intrinsic
 # the same fit would give other bits depending on the cache.
 _FASTMATH = {"reassoc"}
 
+# Cache line size in bytes of every x86-64 and ARM server core.
+_LINE = 64
+
 
 @intrinsic
 def _prefetch(typingctx, array, index):

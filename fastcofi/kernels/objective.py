@@ -21,7 +21,7 @@ import numba as nb
 import numpy as np
 from numba import prange
 
-from ._jit import _FASTMATH, muladd, prefetch
+from ._jit import _FASTMATH, _LINE, muladd, prefetch
 
 
 class Side(NamedTuple):
@@ -98,17 +98,20 @@ _AHEAD = 8
 
 
 @nb.njit(cache=True, nogil=True)
-def _fetch_ahead(columns, first, reads, buffer, g):
+def _fetch_ahead(columns, first, reads, buffer, g, lined_rows):
     """Ask the cache for every line of the rows of ``reads`` and of group ``g``'s ``buffer``
-    that the four ratings from ``first`` will touch."""
+    that the four ratings from ``first`` will touch; ``lined_rows``: each row of ``reads``
+    starts a cache line and fills whole ones (its last value then needs no request of its
+    own)."""
     k = reads.shape[1]
-    line = max(1, 64 // reads.itemsize)
+    line = max(1, _LINE // reads.itemsize)
     for q in range(first, first + 4):
         j = columns[q]
         for f in range(0, k, line):
             prefetch(reads, (j, f))
             prefetch(buffer, (g, j, f))
-        prefetch(reads, (j, k - 1))
+        if not lined_rows:
+            prefetch(reads, (j, k - 1))
         prefetch(buffer, (g, j, k))
 
 
@@ -133,9 +136,11 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
 
     ``reads`` is ``other.factors`` as the walk reads them: that float64 array itself, or a
     float32 copy. With a copy the residuals' dot products (summed in float32), the walked
-    row's copy and the buffer are float32 (the penalties, the residuals, their sums and the
-    walked side's gradient stay float64): half the bytes read at random, at about 1e-7 of each
-    term's size in rounding.
+    row's copy, the buffer and each four ratings' terms of the walked row's gradient are float32
+    (the penalties, the residuals, their sums and the walked side's gradient stay float64):
+    half the bytes read at random, at about 1e-7 of each term's size in rounding. A copy whose
+    rows start cache lines and fill whole ones (``train.objective._line_aligned_empty`` at
+    k = 32) is read two lines a row, not three.
     """
     # Every field the parallel loops touch is bound to a local first: numba's parallel loops lose
     # writes made through a tuple's field inside them (numba 0.68).
@@ -149,6 +154,7 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
     n_other = B.shape[0]
     n_blocks = blocks.shape[0] - 1
     buffer = np.empty((n_groups, n_other, k + 1), dtype=reads.dtype)
+    lined_rows = reads.ctypes.data % _LINE == 0 and (k * reads.itemsize) % _LINE == 0
     partial = np.zeros(n_groups)
     # Where each row's walk resumes in the next block.
     resume = np.empty(A.shape[0], dtype=np.int64)
@@ -192,7 +198,7 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
                 p = start
                 while p + 4 <= stop:
                     if p + _AHEAD + 4 <= stop:
-                        _fetch_ahead(columns, p + _AHEAD, reads, buffer, g)
+                        _fetch_ahead(columns, p + _AHEAD, reads, buffer, g, lined_rows)
                     j0, j1, j2, j3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
                     s0, s1, s2, s3 = zero, zero, zero, zero
                     for f in range(k):
@@ -207,11 +213,14 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
                     e3 = offset + other_bias[j3] - values[p + 3] + s3
                     total += 0.5 * ((e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3))
                     bias_grad += (e0 + e1) + (e2 + e3)
-                    for f in range(k):
-                        row_grad[f] += ((e0 * reads[j0, f] + e1 * reads[j1, f])
-                                        + (e2 * reads[j2, f] + e3 * reads[j3, f]))
-                    # A loop per updated row: a single loop over the four was no faster.
                     t0, t1, t2, t3 = cast(e0), cast(e1), cast(e2), cast(e3)
+                    # The four ratings' terms summed in the reads' type, then added to the
+                    # float64 gradient: from float32 reads, widening each value first took a
+                    # conversion per value and twice the vector multiply-adds.
+                    for f in range(k):
+                        row_grad[f] += ((t0 * reads[j0, f] + t1 * reads[j1, f])
+                                        + (t2 * reads[j2, f] + t3 * reads[j3, f]))
+                    # A loop per updated row: a single loop over the four was no faster.
                     for f in range(k):
                         buffer[g, j0, f] += t0 * row[f]
                     for f in range(k):

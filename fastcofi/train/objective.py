@@ -7,6 +7,7 @@ import numpy as np
 
 from .._parallel import threads
 from ..data.ratings import Ratings, balanced_bounds
+from ..kernels._jit import _LINE
 from ..kernels.bfloat16 import to_bfloat16
 from ..kernels.objective import (
     Gradient,
@@ -163,7 +164,8 @@ def _evaluate(
         (items, users, item_grad, user_grad) if plan.walk_items
         else (users, items, user_grad, item_grad)
     )
-    reads = other.factors.astype(np.float32) if single else other.factors
+    reads = (_copy_into(_read_copy(other.factors, single=True, half_reads=False), other.factors)
+             if single else other.factors)
     return cost_and_grad_buffered(walked, other, walked_grad, other_grad, plan.groups,
                                   plan.single_blocks if single else plan.blocks, mu, reg,
                                   reg_bias, reads)
@@ -406,10 +408,6 @@ class FlatObjective:
 # memory, where half the bytes is what a half sweep saves (`bench/rowsolve_ab.py`). A smaller
 # side stays in the cache, where widening each value costs more than the bytes it saves.
 _HALF_READS_BYTES = 32 << 20
-
-
-# Cache line size in bytes of every x86-64 and ARM server core.
-_LINE = 64
 
 
 def _line_aligned_empty(shape, dtype):
