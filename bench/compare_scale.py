@@ -22,7 +22,11 @@ that loads them, so that each wall time and peak RSS is its own:
   constant for every pair here. Rows it never saw (NaN factors) predict 0, the global mean.
 
 Writes bench/results/compare_scale.json (every curve, seconds per sweep or epoch, peak RSS,
-environment) and compare_scale.png (probe RMSE against seconds, one panel per size).
+environment) and compare_scale.png (probe RMSE against seconds, one panel per size). With
+``--rounds N`` every fit runs N times in turn (all of round 1, then all of round 2, ...), and the
+JSON adds each round's seconds per iteration and, per round, the ratio of each fastcofi row's
+seconds per iteration to each LIBMF row's seconds per epoch, with their median printed: on a
+shared host whose speed drifts, the two sides of one round are measured minutes apart.
 """
 
 import argparse
@@ -184,6 +188,10 @@ def main(argv=None):
     parser.add_argument("--only", default=",".join(FASTCOFI_RUNS),
                         help="fastcofi runs to do, of " + ",".join(FASTCOFI_RUNS) + " (empty: "
                              "none)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every fit this many times, in turn; the JSON keeps the first "
+                             "round's curves, each round's seconds per iteration and, for each "
+                             "fastcofi row against each LIBMF row, their ratio in each round")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per fit")
     parser.add_argument("--out", type=output_path,
                         default=str(RESULTS / "compare_scale.json"))
@@ -213,33 +221,17 @@ def main(argv=None):
             t = time.perf_counter()
             arrays = prepare(size, folder)
             print(f"{size:.0e}: arrays in {time.perf_counter() - t:.1f}s", flush=True)
-            low, high = 1.0, 5.0
-            rows = {}
-            for label in filter(None, args.only.split(",")):
-                params, budget = FASTCOFI_RUNS[label]
-                spec = {"arrays": arrays, "params": params, "iterations": budget,
-                        "k": args.factors, "threads": args.threads}
-                rows[f"fastcofi {label}"] = {
-                    "params": params,
-                    **run_fresh([sys.executable, __file__, "--worker"], spec, args.timeout),
-                }
-                print(f"  fastcofi {label}: {summary(rows[f'fastcofi {label}'])}", flush=True)
-            if args.libmf_python:
-                with tempfile.TemporaryDirectory() as tmp:
-                    script = Path(tmp) / "libmf_fit.py"
-                    script.write_text(LIBMF_SCRIPT)
-                    for lam in [float(v) for v in args.lambdas.split(",")]:
-                        curve = []
-                        for epochs in [int(e) for e in args.libmf_epochs.split(",")]:
-                            spec = {**arrays, "k": args.factors, "threads": args.threads,
-                                    "epochs": epochs, "lambda": lam, "eta": 0.05, "low": low,
-                                    "high": high}
-                            curve.append({"epochs": epochs, **run_fresh(
-                                [args.libmf_python, str(script)], spec, args.timeout)})
-                        rows[f"LIBMF lambda {lam:g}"] = libmf_row(curve, lam)
-                        print(f"  LIBMF lambda {lam:g}: {summary(rows[f'LIBMF lambda {lam:g}'])}",
-                              flush=True)
-            doc["sizes"][str(size)] = rows
+            rounds = []
+            for number in range(1, args.rounds + 1):
+                if args.rounds > 1:
+                    print(f" round {number} of {args.rounds}", flush=True)
+                rounds.append(run_round(arrays, args))
+            doc["sizes"][str(size)] = merged_rounds(rounds)
+            if args.rounds > 1:
+                doc.setdefault("paired_ratios", {})[str(size)] = paired_ratios(rounds)
+                for pair, ratios in doc["paired_ratios"][str(size)].items():
+                    print(f"  {pair}, per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+                          f"median {np.median(ratios):.2f}", flush=True)
     if args.merge and Path(args.out).exists():
         old = json.loads(Path(args.out).read_text())
         for size, rows in doc["sizes"].items():
@@ -249,6 +241,74 @@ def main(argv=None):
     write_json(Path(args.out), doc)
     plot(doc, Path(args.out).with_suffix(".png"))
     return 0
+
+
+def run_round(arrays, args):
+    """Every fastcofi run of ``--only``, then LIBMF at each lambda, each fit in a fresh process
+    in that order; returns their rows by label."""
+    low, high = 1.0, 5.0
+    rows = {}
+    for label in filter(None, args.only.split(",")):
+        params, budget = FASTCOFI_RUNS[label]
+        spec = {"arrays": arrays, "params": params, "iterations": budget,
+                "k": args.factors, "threads": args.threads}
+        rows[f"fastcofi {label}"] = {
+            "params": params,
+            **run_fresh([sys.executable, __file__, "--worker"], spec, args.timeout),
+        }
+        print(f"  fastcofi {label}: {summary(rows[f'fastcofi {label}'])}", flush=True)
+    if args.libmf_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            script = Path(tmp) / "libmf_fit.py"
+            script.write_text(LIBMF_SCRIPT)
+            for lam in [float(v) for v in args.lambdas.split(",")]:
+                curve = []
+                for epochs in [int(e) for e in args.libmf_epochs.split(",")]:
+                    spec = {**arrays, "k": args.factors, "threads": args.threads,
+                            "epochs": epochs, "lambda": lam, "eta": 0.05, "low": low,
+                            "high": high}
+                    curve.append({"epochs": epochs, **run_fresh(
+                        [args.libmf_python, str(script)], spec, args.timeout)})
+                rows[f"LIBMF lambda {lam:g}"] = libmf_row(curve, lam)
+                print(f"  LIBMF lambda {lam:g}: {summary(rows[f'LIBMF lambda {lam:g}'])}",
+                      flush=True)
+    return rows
+
+
+def merged_rounds(rounds):
+    """One row per label from the rows of every round: the first round's curve, with
+    ``seconds_per_iteration`` the median over the rounds that have one, each round's value in
+    ``rounds_seconds_per_iteration`` (None where it failed)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = {}
+    for label, first in rounds[0].items():
+        per_round = [rows.get(label, {}).get("seconds_per_iteration") for rows in rounds]
+        known = [v for v in per_round if v is not None]
+        merged[label] = {**first, "rounds_seconds_per_iteration": per_round,
+                         "seconds_per_iteration": float(np.median(known)) if known else None}
+    return merged
+
+
+def paired_ratios(rounds):
+    """For each fastcofi row and each LIBMF row: its seconds per iteration over LIBMF's seconds
+    per epoch within each round (a sweep's cost in epochs, both measured minutes apart at
+    most, so a host that slows down between rounds moves both); rounds where either failed
+    are left out."""
+    labels = list(rounds[0])
+    ours = [label for label in labels if label.startswith("fastcofi")]
+    theirs = [label for label in labels if label.startswith("LIBMF")]
+    out = {}
+    for mine in ours:
+        for peer in theirs:
+            ratios = []
+            for rows in rounds:
+                a = rows.get(mine, {}).get("seconds_per_iteration")
+                b = rows.get(peer, {}).get("seconds_per_iteration")
+                if a is not None and b:
+                    ratios.append(a / b)
+            out[f"{mine} s/iteration / {peer} s/epoch"] = ratios
+    return out
 
 
 def libmf_row(curve, lam):

@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -125,3 +126,30 @@ def test_output_paths_are_resolved_alike(path):
         default = keywords.get("default")
         stem = isinstance(default, ast.Constant) and "/" not in str(default.value)
         assert resolved or stem, f"{path.name}: --out takes a path without output_path"
+
+
+def test_compare_scale_rounds_pair_each_sweep_with_the_same_rounds_epoch(monkeypatch):
+    """``--rounds``: each row keeps its first curve and the median of its rounds' seconds per
+    iteration, and a sweep is set against LIBMF's epoch of the same round, a failed fit left
+    out."""
+    compare_scale = _load("compare_scale", monkeypatch)
+    rounds = [
+        {"fastcofi als": {"seconds": [1.0, 2.0], "seconds_per_iteration": 0.5},
+         "LIBMF lambda 0.02": {"seconds": [3.0], "seconds_per_iteration": 0.4}},
+        {"fastcofi als": {"seconds": [9.0], "seconds_per_iteration": 0.9},
+         "LIBMF lambda 0.02": {"seconds": [9.0], "seconds_per_iteration": 1.0}},
+        {"fastcofi als": {"error": ["Killed"]},
+         "LIBMF lambda 0.02": {"seconds": [9.0], "seconds_per_iteration": 0.6}},
+        {"fastcofi als": {"seconds": [9.0], "seconds_per_iteration": 0.7},
+         "LIBMF lambda 0.02": {"seconds": [9.0], "seconds_per_iteration": 0.5}},
+    ]
+    merged = compare_scale.merged_rounds(rounds)
+    assert merged["fastcofi als"]["seconds"] == [1.0, 2.0]
+    assert merged["fastcofi als"]["rounds_seconds_per_iteration"] == [0.5, 0.9, None, 0.7]
+    assert merged["fastcofi als"]["seconds_per_iteration"] == 0.7
+    assert merged["LIBMF lambda 0.02"]["seconds_per_iteration"] == 0.55
+    ratios = compare_scale.paired_ratios(rounds)
+    assert list(ratios) == ["fastcofi als s/iteration / LIBMF lambda 0.02 s/epoch"]
+    assert np.allclose(ratios["fastcofi als s/iteration / LIBMF lambda 0.02 s/epoch"],
+                       [1.25, 0.9, 1.4])
+    assert compare_scale.merged_rounds(rounds[:1]) is rounds[0]
