@@ -201,6 +201,8 @@ def main(argv=None):
                         help="only redraw the PNG from the JSON at --out")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, found {args.rounds}")
     if args.worker:
         fastcofi_worker(*args.worker)
         return 0
@@ -230,12 +232,15 @@ def main(argv=None):
             if args.rounds > 1:
                 doc.setdefault("paired_ratios", {})[str(size)] = paired_ratios(rounds)
                 for pair, ratios in doc["paired_ratios"][str(size)].items():
+                    median = f"median {np.median(ratios):.2f}" if ratios else "no round"
                     print(f"  {pair}, per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
-                          f"median {np.median(ratios):.2f}", flush=True)
+                          f"{median}", flush=True)
     if args.merge and Path(args.out).exists():
         old = json.loads(Path(args.out).read_text())
         for size, rows in doc["sizes"].items():
             old["sizes"].setdefault(size, {}).update(rows)
+        for size, pairs in doc.get("paired_ratios", {}).items():
+            old.setdefault("paired_ratios", {}).setdefault(size, {}).update(pairs)
         old.setdefault("merged_runs", []).append(doc["environment"])
         doc = old
     write_json(Path(args.out), doc)
@@ -275,25 +280,34 @@ def run_round(arrays, args):
     return rows
 
 
+def _positive(value):
+    """``value`` when it is a positive number, else None: a failed fit has none, and LIBMF's
+    epoch, a difference of two wall times, can come out at 0 or below on a drifting host."""
+    return value if value is not None and value > 0 else None
+
+
 def merged_rounds(rounds):
-    """One row per label from the rows of every round: the first round's curve, with
-    ``seconds_per_iteration`` the median over the rounds that have one, each round's value in
-    ``rounds_seconds_per_iteration`` (None where it failed)."""
+    """One row per label from the rows of every round: the curve of the first round whose fit
+    of it has one (else the first round's row), with ``seconds_per_iteration`` the median over
+    the rounds with a positive one, each round's value in ``rounds_seconds_per_iteration``
+    (None where it has none)."""
     if len(rounds) == 1:
         return rounds[0]
     merged = {}
-    for label, first in rounds[0].items():
-        per_round = [rows.get(label, {}).get("seconds_per_iteration") for rows in rounds]
+    for label in rounds[0]:
+        rows = [round_rows.get(label, {}) for round_rows in rounds]
+        shown = next((row for row in rows if row.get("probe_rmse")), rows[0])
+        per_round = [_positive(row.get("seconds_per_iteration")) for row in rows]
         known = [v for v in per_round if v is not None]
-        merged[label] = {**first, "rounds_seconds_per_iteration": per_round,
+        merged[label] = {**shown, "rounds_seconds_per_iteration": per_round,
                          "seconds_per_iteration": float(np.median(known)) if known else None}
     return merged
 
 
 def paired_ratios(rounds):
     """For each fastcofi row and each LIBMF row: its seconds per iteration over LIBMF's seconds
-    per epoch within each round (a sweep's cost in epochs, both measured minutes apart at
-    most, so a host that slows down between rounds moves both); rounds where either failed
+    per epoch within each round (a sweep's cost in epochs, both measured within one round, so a
+    host that slows down between rounds moves both); rounds where either has no positive value
     are left out."""
     labels = list(rounds[0])
     ours = [label for label in labels if label.startswith("fastcofi")]
@@ -303,9 +317,9 @@ def paired_ratios(rounds):
         for peer in theirs:
             ratios = []
             for rows in rounds:
-                a = rows.get(mine, {}).get("seconds_per_iteration")
-                b = rows.get(peer, {}).get("seconds_per_iteration")
-                if a is not None and b:
+                a = _positive(rows.get(mine, {}).get("seconds_per_iteration"))
+                b = _positive(rows.get(peer, {}).get("seconds_per_iteration"))
+                if a is not None and b is not None:
                     ratios.append(a / b)
             out[f"{mine} s/iteration / {peer} s/epoch"] = ratios
     return out

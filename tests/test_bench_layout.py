@@ -129,27 +129,32 @@ def test_output_paths_are_resolved_alike(path):
 
 
 def test_compare_scale_rounds_pair_each_sweep_with_the_same_rounds_epoch(monkeypatch):
-    """``--rounds``: each row keeps its first curve and the median of its rounds' seconds per
-    iteration, and a sweep is set against LIBMF's epoch of the same round, a failed fit left
-    out."""
+    """``--rounds``: each row keeps the first curve it has and the median of its rounds'
+    seconds per iteration, and a sweep is set against LIBMF's epoch of the same round; a failed
+    fit, or an epoch of 0 s or less (a difference of two wall times), is left out."""
     compare_scale = _load("compare_scale", monkeypatch)
+
+    def row(seconds, per_iteration):
+        return {"seconds": seconds, "probe_rmse": [0.8] * len(seconds),
+                "seconds_per_iteration": per_iteration}
+
     rounds = [
-        {"fastcofi als": {"seconds": [1.0, 2.0], "seconds_per_iteration": 0.5},
-         "LIBMF lambda 0.02": {"seconds": [3.0], "seconds_per_iteration": 0.4}},
-        {"fastcofi als": {"seconds": [9.0], "seconds_per_iteration": 0.9},
-         "LIBMF lambda 0.02": {"seconds": [9.0], "seconds_per_iteration": 1.0}},
-        {"fastcofi als": {"error": ["Killed"]},
-         "LIBMF lambda 0.02": {"seconds": [9.0], "seconds_per_iteration": 0.6}},
-        {"fastcofi als": {"seconds": [9.0], "seconds_per_iteration": 0.7},
-         "LIBMF lambda 0.02": {"seconds": [9.0], "seconds_per_iteration": 0.5}},
+        {"fastcofi als": {"error": ["Killed"]}, "LIBMF lambda 0.02": row([3.0], 0.4)},
+        {"fastcofi als": row([1.0, 2.0], 0.9), "LIBMF lambda 0.02": row([9.0], 1.0)},
+        {"fastcofi als": row([9.0], 0.5), "LIBMF lambda 0.02": row([9.0], -0.1)},
+        {"fastcofi als": row([9.0], 0.7), "LIBMF lambda 0.02": row([9.0], 0.5)},
+        {"fastcofi als": row([9.0], 0.6), "LIBMF lambda 0.02": row([9.0], 0.6)},
     ]
     merged = compare_scale.merged_rounds(rounds)
     assert merged["fastcofi als"]["seconds"] == [1.0, 2.0]
-    assert merged["fastcofi als"]["rounds_seconds_per_iteration"] == [0.5, 0.9, None, 0.7]
-    assert merged["fastcofi als"]["seconds_per_iteration"] == 0.7
-    assert merged["LIBMF lambda 0.02"]["seconds_per_iteration"] == 0.55
+    assert merged["fastcofi als"]["rounds_seconds_per_iteration"] == [None, 0.9, 0.5, 0.7, 0.6]
+    assert merged["fastcofi als"]["seconds_per_iteration"] == pytest.approx(0.65)
+    assert merged["LIBMF lambda 0.02"]["seconds"] == [3.0]
+    assert merged["LIBMF lambda 0.02"]["seconds_per_iteration"] == pytest.approx(0.55)
     ratios = compare_scale.paired_ratios(rounds)
     assert list(ratios) == ["fastcofi als s/iteration / LIBMF lambda 0.02 s/epoch"]
     assert np.allclose(ratios["fastcofi als s/iteration / LIBMF lambda 0.02 s/epoch"],
-                       [1.25, 0.9, 1.4])
+                       [0.9, 1.4, 1.0])
     assert compare_scale.merged_rounds(rounds[:1]) is rounds[0]
+    with pytest.raises(SystemExit):
+        compare_scale.main(["--rounds", "0"])

@@ -107,23 +107,30 @@ def test_float32_reads_round_like_float32_not_worse():
 
 
 def test_float32_reads_are_a_copy_on_cache_lines(monkeypatch):
-    """The float32 copy that the one-pass kernel reads at random starts on a cache line (its
-    rows at k = 32 then take two lines each, not three) and holds the other side's factors."""
+    """The float32 copy that the one-pass kernel reads at random is made on a cache line (its
+    rows at k = 32 then take two lines each, not three) and holds the other side's factors. A
+    plain copy lands on a line by chance only, so where it was made is checked too."""
     import fastcofi.train.objective as train_objective
 
-    ratings, X, Theta = _random_problem(3, n_items=40, n_users=30, nnz=300, k=32)
-    seen = {}
+    ratings, X, Theta = _random_problem(3, n_items=60, n_users=50, nnz=600, k=32)
+    seen = {"lined": []}
 
     def record(walked, other, walked_grad, other_grad, groups, blocks, mu, reg, reg_bias, reads):
         seen["reads"], seen["other"] = reads, other.factors
         return 0.0
 
+    def lined(shape, dtype, made=train_objective._line_aligned_empty):
+        seen["lined"].append(made(shape, dtype))
+        return seen["lined"][-1]
+
     monkeypatch.setattr(train_objective, "cost_and_grad_buffered", record)
-    grads = (np.empty_like(X), np.empty_like(Theta), np.empty(40), np.empty(30))
-    _evaluate(X, Theta, np.zeros(40), np.zeros(30), 0.0, ratings, 0.1, 0.1,
-              (np.ones(40), np.ones(30)), grads, buffered=True, single=True)
+    monkeypatch.setattr(train_objective, "_line_aligned_empty", lined)
+    grads = tuple(np.empty_like(a) for a in (X, Theta, X[:, 0], Theta[:, 0]))
+    _evaluate(X, Theta, np.zeros(60), np.zeros(50), 0.0, ratings, 0.1, 0.1,
+              (np.ones(60), np.ones(50)), grads, buffered=True, single=True)
     reads = seen["reads"]
     assert reads.dtype == np.float32 and reads.ctypes.data % 64 == 0
+    assert any(reads is made for made in seen["lined"])
     np.testing.assert_array_equal(reads, seen["other"].astype(np.float32))
 
 

@@ -12,7 +12,8 @@ from numba.core.extending import intrinsic
 # the same fit would give other bits depending on the cache.
 _FASTMATH = {"reassoc"}
 
-# Cache line size in bytes of every x86-64 and ARM server core.
+# Cache line size in bytes of x86-64 and most ARM cores (a hint for alignment and prefetch only:
+# on a core with longer lines a 64-byte aligned row still ends within its last line).
 _LINE = 64
 
 

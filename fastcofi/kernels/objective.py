@@ -101,7 +101,7 @@ _AHEAD = 8
 def _fetch_ahead(columns, first, reads, buffer, g, lined_rows):
     """Ask the cache for every line of the rows of ``reads`` and of group ``g``'s ``buffer``
     that the four ratings from ``first`` will touch; ``lined_rows``: each row of ``reads``
-    starts a cache line and fills whole ones (its last value then needs no request of its
+    starts a cache line and ends where one does (its last value then needs no request of its
     own)."""
     k = reads.shape[1]
     line = max(1, _LINE // reads.itemsize)
@@ -138,9 +138,10 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
     float32 copy. With a copy the residuals' dot products (summed in float32), the walked
     row's copy, the buffer and each four ratings' terms of the walked row's gradient are float32
     (the penalties, the residuals, their sums and the walked side's gradient stay float64):
-    half the bytes read at random, at about 1e-7 of each term's size in rounding. A copy whose
-    rows start cache lines and fill whole ones (``train.objective._line_aligned_empty`` at
-    k = 32) is read two lines a row, not three.
+    half the bytes read at random, at about 1e-7 of each term's size in rounding (a row's last
+    one to three ratings add their terms in float64). A copy whose rows start cache lines and
+    end where one does (``train.objective._line_aligned_empty`` at k = 32) is read two lines a
+    row, not three.
     """
     # Every field the parallel loops touch is bound to a local first: numba's parallel loops lose
     # writes made through a tuple's field inside them (numba 0.68).
@@ -154,7 +155,8 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
     n_other = B.shape[0]
     n_blocks = blocks.shape[0] - 1
     buffer = np.empty((n_groups, n_other, k + 1), dtype=reads.dtype)
-    lined_rows = reads.ctypes.data % _LINE == 0 and (k * reads.itemsize) % _LINE == 0
+    lined_rows = (reads.ctypes.data % _LINE == 0 and reads.strides[0] % _LINE == 0
+                  and reads.strides[1] == reads.itemsize and (k * reads.itemsize) % _LINE == 0)
     partial = np.zeros(n_groups)
     # Where each row's walk resumes in the next block.
     resume = np.empty(A.shape[0], dtype=np.int64)

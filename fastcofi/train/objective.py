@@ -164,7 +164,7 @@ def _evaluate(
         (items, users, item_grad, user_grad) if plan.walk_items
         else (users, items, user_grad, item_grad)
     )
-    reads = (_copy_into(_read_copy(other.factors, single=True, half_reads=False), other.factors)
+    reads = (_copy_into(_line_aligned_empty(other.factors.shape, np.float32), other.factors)
              if single else other.factors)
     return cost_and_grad_buffered(walked, other, walked_grad, other_grad, plan.groups,
                                   plan.single_blocks if single else plan.blocks, mu, reg,
