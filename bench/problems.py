@@ -34,6 +34,13 @@ def ratings_for(name):
     return synthetic(n_users, n_items, n_ratings, rank=10, noise=0.5, seed=0)
 
 
+def als_penalty(ratings):
+    """The penalty ALS's row solves are timed with (`rowsolve_ab.py`, `revision_ab.py --als`),
+    as `FlatObjective` takes it: 1.15 rating standard deviations on the factors, 0.8 on the
+    biases, each row's weighted by the square root of its count."""
+    return {"reg": 1.15 * float(ratings.values.std()), "reg_bias": 0.8, "reg_weighting": "sqrt"}
+
+
 def factors_for(ratings, k, seed=0):
     rng = np.random.default_rng(seed)
     return (

@@ -16,8 +16,8 @@ function with today's arguments (2026-12-05 and later do).
 ``train.objective.RowSolves`` as `minimize_als` drives it: every user row solved with the
 items fixed, then every item row with the users fixed (``train.solvers.CG_STEPS`` steps on
 mid-length rows, the fixed side's copy included in the time), from the same random factors,
-zero biases and square-root weighted penalties as ``bench/rowsolve_ab.py`` sets them. It
-prints each half's medians and ratios and the largest relative difference between the
+zero biases and penalties (``problems.als_penalty``) as ``bench/rowsolve_ab.py`` sets them.
+It prints each half's medians and ratios and the largest relative difference between the
 parameters the two revisions reach.
 """
 
@@ -32,7 +32,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from problems import factors_for, ratings_for
+from problems import als_penalty, factors_for, ratings_for
 from threadpoolctl import threadpool_limits
 
 import fastcofi
@@ -89,8 +89,8 @@ def time_als(packages, ratings, args):
     X, Theta = factors_for(ratings, args.factors)
     biases = (np.zeros(ratings.n_items), np.zeros(ratings.n_users))
     objectives = {name: package.train.objective.FlatObjective(
-        ratings, args.factors, 1.15 * float(ratings.values.std()),
-        mu=float(ratings.values.mean()), learn_biases=True, reg_bias=0.8, reg_weighting="sqrt")
+        ratings, args.factors, mu=float(ratings.values.mean()), learn_biases=True,
+        **als_penalty(ratings))
         for name, package in packages.items()}
     times = {name: [] for name in packages}
     results = {}

@@ -3,10 +3,10 @@
     python3 bench/rowsolve_ab.py [--ratings 1e6] [--factors 32] [--threads 2] [--repeats 5]
 
 Protocol S's Netflix shape (``fastcofi.datasets.synthetic(480_189, 17_770, n, rank=10,
-noise=0.5, seed=1)``), learned biases, square-root weighted penalties. Both kernels solve the
-same half-sweeps from the same factors, alternating, in one process (timings on a shared
-machine are only comparable as ratios); prints the median seconds of the user half, the item
-half and their sum (one ALS sweep), and the largest difference between the kernels' results.
+noise=0.5, seed=1)``), learned biases, the penalties of ``problems.als_penalty``. Both kernels
+solve the same half-sweeps from the same factors, alternating, in one process (timings on a
+shared machine are only comparable as ratios); prints the median seconds of the user half, the
+item half and their sum (one ALS sweep), and the largest difference between the kernels' results.
 The package's kernel runs five times: exact solves reading float64 factors (fold-in's
 solve), exact solves reading a float32 copy of them, the sweep of `CG_STEPS`
 conjugate-gradient steps on mid-length rows through float32 copies ("sweep32"), that sweep as
@@ -25,12 +25,13 @@ import time
 import numba as nb
 import numpy as np
 from numba import prange
+from problems import als_penalty
 from threadpoolctl import threadpool_limits
 
 from fastcofi import datasets
 from fastcofi.kernels.rowsolve import Other, Penalty, Solved, _cholesky_solve, solve_rows
 from fastcofi.kernels.sparse import Rows
-from fastcofi.train.objective import _copy_into, _read_copy, threads
+from fastcofi.train.objective import FlatObjective, _copy_into, _read_copy, threads
 from fastcofi.train.solvers import CG_STEPS
 
 _FASTMATH = {"reassoc", "contract"}
@@ -107,9 +108,9 @@ def main(argv=None):
     Theta = rng.normal(0, 0.1, (r.n_users, k))
     item_bias, user_bias = np.zeros(r.n_items), np.zeros(r.n_users)
     mu = float(r.values.mean())
-    reg = 1.15 * float(r.values.std())
-    user_weight = np.sqrt(np.diff(r.by_user[0]).astype(float))
-    item_weight = np.sqrt(np.diff(r.by_item[0]).astype(float))
+    penalty = als_penalty(r)
+    reg, reg_bias = penalty["reg"], penalty["reg_bias"]
+    item_weight, user_weight = FlatObjective(r, k, mu=mu, learn_biases=True, **penalty).weights
 
     def tiled(copy, cg_steps):
         def kernel(indptr, cols, values, chunks, F, col_offset, row_offset, reg, reg_bias,
@@ -122,11 +123,11 @@ def main(argv=None):
 
     def halves(kernel, X, Theta, item_bias, user_bias):
         t0 = time.perf_counter()
-        kernel(*r.by_user, r._user_chunks, X, mu + item_bias, np.zeros(r.n_users), reg, 0.8,
-               user_weight, True, Theta, user_bias)
+        kernel(*r.by_user, r._user_chunks, X, mu + item_bias, np.zeros(r.n_users), reg,
+               reg_bias, user_weight, True, Theta, user_bias)
         t1 = time.perf_counter()
-        kernel(*r.by_item, r._item_chunks, Theta, mu + user_bias, np.zeros(r.n_items), reg, 0.8,
-               item_weight, True, X, item_bias)
+        kernel(*r.by_item, r._item_chunks, Theta, mu + user_bias, np.zeros(r.n_items), reg,
+               reg_bias, item_weight, True, X, item_bias)
         return t1 - t0, time.perf_counter() - t1
 
     def astype(factor_type):
