@@ -26,7 +26,7 @@ environment) and compare_scale.png (probe RMSE against seconds, one panel per si
 ``--rounds N`` every fit runs N times in turn (all of round 1, then all of round 2, ...), and the
 JSON adds each round's seconds per iteration and, per round, the ratio of each fastcofi row's
 seconds per iteration to each LIBMF row's seconds per epoch, with their median printed: on a
-shared host whose speed drifts, the two sides of one round are measured minutes apart.
+shared host whose speed drifts, the two sides of a ratio are measured within one round.
 """
 
 import argparse

@@ -101,8 +101,7 @@ _AHEAD = 8
 def _fetch_ahead(columns, first, reads, buffer, g, lined_rows):
     """Ask the cache for every line of the rows of ``reads`` and of group ``g``'s ``buffer``
     that the four ratings from ``first`` will touch; ``lined_rows``: each row of ``reads``
-    starts a cache line and ends where one does (its last value then needs no request of its
-    own)."""
+    starts a cache line (its last value then lies in a line already asked for)."""
     k = reads.shape[1]
     line = max(1, _LINE // reads.itemsize)
     for q in range(first, first + 4):
@@ -139,9 +138,8 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
     row's copy, the buffer and each four ratings' terms of the walked row's gradient are float32
     (the penalties, the residuals, their sums and the walked side's gradient stay float64):
     half the bytes read at random, at about 1e-7 of each term's size in rounding (a row's last
-    one to three ratings add their terms in float64). A copy whose rows start cache lines and
-    end where one does (``train.objective._line_aligned_empty`` at k = 32) is read two lines a
-    row, not three.
+    one to three ratings add their terms in float64). A copy whose rows start cache lines
+    (``train.objective._line_aligned_empty`` at k = 32) is read two lines a row, not three.
     """
     # Every field the parallel loops touch is bound to a local first: numba's parallel loops lose
     # writes made through a tuple's field inside them (numba 0.68).
@@ -156,7 +154,7 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
     n_blocks = blocks.shape[0] - 1
     buffer = np.empty((n_groups, n_other, k + 1), dtype=reads.dtype)
     lined_rows = (reads.ctypes.data % _LINE == 0 and reads.strides[0] % _LINE == 0
-                  and reads.strides[1] == reads.itemsize and (k * reads.itemsize) % _LINE == 0)
+                  and reads.strides[1] == reads.itemsize)
     partial = np.zeros(n_groups)
     # Where each row's walk resumes in the next block.
     resume = np.empty(A.shape[0], dtype=np.int64)
@@ -217,8 +215,8 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
                     bias_grad += (e0 + e1) + (e2 + e3)
                     t0, t1, t2, t3 = cast(e0), cast(e1), cast(e2), cast(e3)
                     # The four ratings' terms summed in the reads' type, then added to the
-                    # float64 gradient: from float32 reads, widening each value first took a
-                    # conversion per value and twice the vector multiply-adds.
+                    # float64 gradient: from float32 reads, widening each value first needs a
+                    # conversion per value, and a float64 vector holds half as many values.
                     for f in range(k):
                         row_grad[f] += ((t0 * reads[j0, f] + t1 * reads[j1, f])
                                         + (t2 * reads[j2, f] + t3 * reads[j3, f]))
