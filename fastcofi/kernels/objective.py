@@ -92,6 +92,11 @@ def _own_rows(own, other, grad, start, stop, mu, reg, reg_bias, residual_cost):
     return total
 
 
+# How many groups of four ratings the one-pass walk sums the walked row's gradient terms over in
+# the reads' type before adding them to its float64 gradient: a float32 sum of 16 terms rounds
+# to about 1e-7 of their size, as each term's float32 read already does.
+_FLUSH_GROUPS = 4
+
 # How many ratings ahead the one-pass walk asks for the rows it will read and update: far
 # enough for the cache's latency, near enough that they are still there when used.
 _AHEAD = 8
@@ -135,11 +140,12 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
 
     ``reads`` is ``other.factors`` as the walk reads them: that float64 array itself, or a
     float32 copy. With a copy the residuals' dot products (summed in float32), the walked
-    row's copy, the buffer and each four ratings' terms of the walked row's gradient are float32
-    (the penalties, the residuals, their sums and the walked side's gradient stay float64):
-    half the bytes read at random, at about 1e-7 of each term's size in rounding (a row's last
-    one to three ratings add their terms in float64). A copy whose rows start cache lines
-    (``train.objective._line_aligned_empty`` at k = 32) is read two lines a row, not three.
+    row's copy, the buffer and the walked row's gradient terms, summed sixteen ratings at a time
+    (`_FLUSH_GROUPS`), are float32 (the penalties, the residuals, their sums and the walked
+    side's gradient stay float64): half the bytes read at random, at about 1e-7 of each term's
+    size in rounding (a row's last one to three ratings add their terms in float64). A copy
+    whose rows start cache lines (``train.objective._line_aligned_empty`` at k = 32) is read
+    two lines a row, not three.
     """
     # Every field the parallel loops touch is bound to a local first: numba's parallel loops lose
     # writes made through a tuple's field inside them (numba 0.68).
@@ -171,6 +177,7 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
         # previous one's store (an evaluation at 1e8 ratings took 2.4x as long at k = 10).
         row = np.empty(k, dtype=reads.dtype)
         row_grad = np.empty(k)
+        row_grad_part = np.empty(k, dtype=reads.dtype)
         zero = reads.dtype.type(0.0)
         cast = reads.dtype.type
         for b in range(n_blocks):
@@ -188,8 +195,10 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
                 for f in range(k):
                     row[f] = A[i, f]
                     row_grad[f] = A_grad[i, f]
+                    row_grad_part[f] = 0.0
                 offset = mu + own_bias[i]
                 bias_grad = own_bias_grad[i]
+                unflushed = 0
                 # Four ratings at a time: their four dot products vectorize as one loop over the
                 # factors, where a single one of k = 32 is mostly its horizontal sum, and the
                 # walked row's gradient takes four ratings per load and store. With the rows
@@ -214,12 +223,20 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
                     total += 0.5 * ((e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3))
                     bias_grad += (e0 + e1) + (e2 + e3)
                     t0, t1, t2, t3 = cast(e0), cast(e1), cast(e2), cast(e3)
-                    # The four ratings' terms summed in the reads' type, then added to the
-                    # float64 gradient: from float32 reads, widening each value first needs a
-                    # conversion per value, and a float64 vector holds half as many values.
+                    # The walked row's gradient terms are summed in the reads' type over
+                    # `_FLUSH_GROUPS` groups of four ratings, then added to the float64
+                    # gradient: from float32 reads, widening each group's sum took a conversion
+                    # per value and twice the vectors (an evaluation at 1e8 ratings took 1.1x
+                    # as long, bench/README.md).
                     for f in range(k):
-                        row_grad[f] += ((t0 * reads[j0, f] + t1 * reads[j1, f])
-                                        + (t2 * reads[j2, f] + t3 * reads[j3, f]))
+                        row_grad_part[f] += ((t0 * reads[j0, f] + t1 * reads[j1, f])
+                                             + (t2 * reads[j2, f] + t3 * reads[j3, f]))
+                    unflushed += 1
+                    if unflushed == _FLUSH_GROUPS:
+                        unflushed = 0
+                        for f in range(k):
+                            row_grad[f] += row_grad_part[f]
+                            row_grad_part[f] = 0.0
                     # A loop per updated row: a single loop over the four was no faster.
                     for f in range(k):
                         buffer[g, j0, f] += t0 * row[f]
@@ -249,7 +266,7 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
                     buffer[g, j, k] += step
                     p += 1
                 for f in range(k):
-                    A_grad[i, f] = row_grad[f]
+                    A_grad[i, f] = row_grad[f] + row_grad_part[f]
                 own_bias_grad[i] = bias_grad
         partial[g] = total
 
