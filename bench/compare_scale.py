@@ -13,7 +13,10 @@ that loads them, so that each wall time and peak RSS is its own:
   predictions are a small part of the time); the iteration budget is fixed per solver and early
   stopping is off, so every curve runs its whole budget. Solvers: ALS, CG and L-BFGS with
   defaults, and ALS with LIBMF's own objective (``reg_weighting="count"``, ``reg=0.05``).
-  VB is left out: it keeps a 33 x 33 covariance per user (4 GB at 480k users).
+  VB is left out: it keeps a 33 x 33 covariance per user (4 GB at 480k users). The runs of
+  ``UNWATCHED`` fit without the probe and score it once, after the fit (one point): their
+  seconds per iteration are the sweeps alone, as LIBMF's epochs are (its fits score the probe
+  once, at their end).
 - LIBMF (the pip package ``libmf``, in its own virtualenv, never a fastcofi dependency):
   ``MF(k, lambda_p2 = lambda_q2 = l, lambda_p1 = lambda_q1 = 0, eta = 0.05, nr_threads)`` on
   ``rating - global mean``, one fresh fit per (lambda, epoch count), since its bindings do not
@@ -66,7 +69,11 @@ FASTCOFI_RUNS = {
                                      "reg_bias": 1e4}, 12) for reg in (0.02, 0.03)},
     "item-mean-0.03": ({"solver": "als", "reg_weighting": "count", "reg": 0.03,
                         "normalize": "item_mean"}, 12),
+    "als-unwatched": ({"solver": "als"}, 12),
 }
+# Fitted without the probe: after each iteration a watched fit scores it and copies the best
+# parameters so far, which LIBMF's epochs do not do.
+UNWATCHED = frozenset({"als-unwatched"})
 LIBMF_EPOCHS = (5, 10, 20, 40)
 
 LIBMF_SCRIPT = r"""
@@ -131,6 +138,7 @@ def fastcofi_worker(spec_path, out_path):
     spec = json.loads(Path(spec_path).read_text())
     arrays = {key: np.load(path) for key, path in spec["arrays"].items()}
     params, budget = spec["params"], spec["iterations"]
+    watched = spec.get("watched", True)
     start = time.perf_counter()
     train = Ratings.from_arrays(arrays["train_users"], arrays["train_items"],
                                 arrays["train_values"], all_users=range(SHAPE[0]),
@@ -144,12 +152,19 @@ def fastcofi_worker(spec_path, out_path):
                                 **fixed, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(train, validation=probe)
-    total = time.perf_counter() - start
+        model.fit(train, validation=probe if watched else None)
     seconds = [build + s for s in model.history_["seconds"]]
     steps = np.diff([build] + seconds)
+    if watched:
+        probe_rmse = model.history_["val_rmse"]
+    else:
+        users, items, values = probe.coo()
+        errors = model.predict(probe.user_ids[users], probe.item_ids[items]) - values
+        probe_rmse = [float(np.sqrt(np.mean(errors ** 2)))]
+        seconds = [time.perf_counter() - start]
+    total = time.perf_counter() - start
     Path(out_path).write_text(json.dumps({
-        "build_seconds": build, "seconds": seconds, "probe_rmse": model.history_["val_rmse"],
+        "build_seconds": build, "seconds": seconds, "probe_rmse": probe_rmse,
         "cost": model.history_["cost"], "wall_seconds": total,
         "seconds_per_iteration": float(np.median(steps)) if steps.size else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -256,7 +271,7 @@ def run_round(arrays, args):
     for label in filter(None, args.only.split(",")):
         params, budget = FASTCOFI_RUNS[label]
         spec = {"arrays": arrays, "params": params, "iterations": budget,
-                "k": args.factors, "threads": args.threads}
+                "k": args.factors, "threads": args.threads, "watched": label not in UNWATCHED}
         rows[f"fastcofi {label}"] = {
             "params": params,
             **run_fresh([sys.executable, __file__, "--worker"], spec, args.timeout),

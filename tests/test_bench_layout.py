@@ -158,3 +158,46 @@ def test_compare_scale_rounds_pair_each_sweep_with_the_same_rounds_epoch(monkeyp
     assert compare_scale.merged_rounds(rounds[:1]) is rounds[0]
     with pytest.raises(SystemExit):
         compare_scale.main(["--rounds", "0"])
+
+
+def test_compare_scale_unwatched_fit_scores_the_probe_once_after_training(monkeypatch,
+                                                                          tmp_path):
+    """A run of ``UNWATCHED`` fits without the probe (its seconds per iteration are the sweeps
+    alone, as LIBMF's epochs are) and scores the probe once at the end: the RMSE the watched
+    fit records after its last iteration, from the same parameters."""
+    import fastcofi
+
+    compare_scale = _load("compare_scale", monkeypatch)
+    monkeypatch.setattr(compare_scale, "SHAPE", (40, 30))
+    rng = np.random.default_rng(0)
+    pairs = rng.choice(40 * 30, size=680, replace=False)
+    arrays = {}
+    for part, chosen in (("train", pairs[:600]), ("probe", pairs[600:])):
+        for name, values in (("users", chosen // 30), ("items", chosen % 30),
+                             ("values", rng.integers(1, 6, chosen.size).astype(float))):
+            arrays[f"{part}_{name}"] = str(tmp_path / f"{part}_{name}.npy")
+            np.save(arrays[f"{part}_{name}"], values)
+    validations = []
+    fit = fastcofi.MatrixFactorization.fit
+
+    def recording_fit(self, ratings, **kwargs):
+        validations.append(kwargs.get("validation"))
+        return fit(self, ratings, **kwargs)
+
+    monkeypatch.setattr(fastcofi.MatrixFactorization, "fit", recording_fit)
+    rows = {}
+    for watched in (True, False):
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps({"arrays": arrays, "params": {"solver": "als"},
+                                    "iterations": 3, "k": 2, "threads": 1,
+                                    "watched": watched}))
+        compare_scale.fastcofi_worker(spec, tmp_path / "out.json")
+        rows[watched] = json.loads((tmp_path / "out.json").read_text())
+    assert validations[0] is not None and validations[1] is None
+    assert len(rows[True]["probe_rmse"]) == 3 and len(rows[False]["probe_rmse"]) == 1
+    assert rows[False]["probe_rmse"][0] == pytest.approx(rows[True]["probe_rmse"][-1],
+                                                         rel=1e-12)
+    assert len(rows[False]["cost"]) == 3 and rows[False]["seconds_per_iteration"] > 0
+    assert rows[False]["seconds"][0] >= rows[False]["build_seconds"]
+    assert "als-unwatched" in compare_scale.UNWATCHED
+    assert "als-unwatched" in compare_scale.FASTCOFI_RUNS
