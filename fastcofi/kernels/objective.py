@@ -93,8 +93,8 @@ def _own_rows(own, other, grad, start, stop, mu, reg, reg_bias, residual_cost):
 
 
 # How many groups of four ratings the one-pass walk sums the walked row's gradient terms over in
-# the reads' type before adding them to its float64 gradient: a float32 sum of 16 terms rounds
-# to about 1e-7 of their size, as each term's float32 read already does.
+# the reads' type before adding them to its float64 gradient: a float32 sum of 16 terms is
+# within about 1e-6 of their size (a few 1e-7 typically), each term's float32 read within 6e-8.
 _FLUSH_GROUPS = 4
 
 # How many ratings ahead the one-pass walk asks for the rows it will read and update: far
@@ -135,8 +135,8 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
     whatever is left, so every rating counts once in any case; with columns sorted within each
     row (as every `Ratings` builds them) each other row's gradient is also summed in the same
     order for any ``blocks``, so it does not depend on them. The walked rows' gradients add
-    their ratings four at a time from where a block starts, so they (and the cost) do, by
-    rounding.
+    their ratings in groups of four, and with float32 reads sixteen (`_FLUSH_GROUPS` groups),
+    from where a block starts, so they (and the cost) do, by rounding.
 
     ``reads`` is ``other.factors`` as the walk reads them: that float64 array itself, or a
     float32 copy. With a copy the residuals' dot products (summed in float32), the walked
