@@ -134,6 +134,7 @@ def prepare(n, folder):
 def fastcofi_worker(spec_path, out_path):
     """One fastcofi fit (run in a fresh process): writes its curve to ``out_path``."""
     from fastcofi import ConvergenceWarning, MatrixFactorization, Ratings
+    from fastcofi.evaluate.metrics import rating_metrics
 
     spec = json.loads(Path(spec_path).read_text())
     arrays = {key: np.load(path) for key, path in spec["arrays"].items()}
@@ -154,16 +155,13 @@ def fastcofi_worker(spec_path, out_path):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(train, validation=probe if watched else None)
     trained = time.perf_counter() - start
-    seconds = [build + s for s in model.history_["seconds"]]
-    steps = np.diff([build] + seconds)
+    iterations = [build + s for s in model.history_["seconds"]]
+    steps = np.diff([build] + iterations)
     if watched:
-        probe_rmse = model.history_["val_rmse"]
+        seconds, probe_rmse = iterations, model.history_["val_rmse"]
     else:
-        users, items, values = probe.coo()
-        errors = model.predict(probe.user_ids[users], probe.item_ids[items]) - values
-        probe_rmse = [float(np.sqrt(np.mean(errors ** 2)))]
         # Its training's end, as LIBMF's point is taken before it scores the probe.
-        seconds = [trained]
+        seconds, probe_rmse = [trained], [rating_metrics(model, probe)["rmse"]]
     total = time.perf_counter() - start
     Path(out_path).write_text(json.dumps({
         "build_seconds": build, "seconds": seconds, "probe_rmse": probe_rmse,

@@ -2,6 +2,7 @@
 nothing from ``tests`` (or a ``bench`` package: siblings are imported by their own names), and
 every study script answers ``--help`` without starting its measurements."""
 
+import argparse
 import ast
 import importlib.util
 import json
@@ -209,7 +210,7 @@ def test_compare_scale_unwatched_fit_scores_the_probe_once_after_training(monkey
         return {}
 
     monkeypatch.setattr(compare_scale, "run_fresh", fake_run)
-    args = compare_scale.argparse.Namespace(only="als,als-unwatched", factors=2, threads=1,
-                                            timeout=1.0, libmf_python=None)
+    args = argparse.Namespace(only="als,als-unwatched", factors=2, threads=1, timeout=1.0,
+                              libmf_python=None)
     compare_scale.run_round(arrays, args)
     assert [spec["watched"] for spec in specs] == [True, False]

@@ -143,9 +143,9 @@ def cost_and_grad_buffered(walked, other, walked_grad, other_grad, groups, block
     row's copy, the buffer and the walked row's gradient terms, summed sixteen ratings at a time
     (`_FLUSH_GROUPS`), are float32 (the penalties, the residuals, their sums and the walked
     side's gradient stay float64): half the bytes read at random, at about 1e-7 of each term's
-    size in rounding (a row's last one to three ratings add their terms in float64). A copy
-    whose rows start cache lines (``train.objective._line_aligned_empty`` at k = 32) is read
-    two lines a row, not three.
+    size in rounding, and within about 1e-6 of a sixteen-rating sum's (a row's last one to
+    three ratings add their terms in float64). A copy whose rows start cache lines
+    (``train.objective._line_aligned_empty`` at k = 32) is read two lines a row, not three.
     """
     # Every field the parallel loops touch is bound to a local first: numba's parallel loops lose
     # writes made through a tuple's field inside them (numba 0.68).
