@@ -1158,14 +1158,17 @@ def _compiled_normal_products_only(part, k, x, x_bias, x_target, product, out):
     return _normal_products(part, k, x, x_bias, x_target, product, out)
 
 
-@given(st.integers(0, 10_000), st.integers(0, 11), st.integers(1, 40), st.booleans(),
+@given(st.integers(0, 10_000), st.integers(0, 11), st.integers(1, 70), st.booleans(),
        st.sampled_from([np.float32, np.float64]))
 def test_normal_products_of_a_tile_match_numpy(seed, n, k, ones_column, dtype):
     """A conjugate-gradient pass over a gathered tile ``[T 1 t]`` (or ``[T t]``):
     ``product = T @ x + x_bias + x_target * t``, ``T.T @ product``, ``product``'s sum and the
     factor columns' sums of squares, compiled (four ratings at a time, then the rest one by
-    one: every remainder from 0 to 3) against float64 numpy; with and without the squares
-    asked for. The column of ones is not read (NaN here): the bias enters as ``x_bias``."""
+    one: every remainder from 0 to 3; float32 tiles of up to 64 columns two at a time in
+    registers, every width of `_REGISTER_WIDTHS` and past it) against float64 numpy; with and
+    without the squares asked for. The column of ones is not read (NaN here): the bias enters
+    as ``x_bias``. Nothing is written past ``out`` and the squares, which are views of longer
+    arrays here (the vectors' stores are masked to k)."""
     rng = np.random.default_rng(seed)
     part = rng.normal(size=(n, k + 2 if ones_column else k + 1)).astype(dtype)
     if ones_column:
@@ -1181,8 +1184,9 @@ def test_normal_products_of_a_tile_match_numpy(seed, n, k, ones_column, dtype):
     scale = 1.0 + np.abs(wide).sum(axis=0) * size.max(initial=0.0)
     for with_squares in (True, False):
         product = np.full(n, np.nan, dtype)
-        out = np.full(k, np.nan, dtype)
-        squares = np.full(k, np.nan, dtype)
+        out_buffer = np.full(k + 8, np.nan, dtype)
+        squares_buffer = np.full(k + 8, np.nan, dtype)
+        out, squares = out_buffer[:k], squares_buffer[:k]
         if with_squares:
             total = _compiled_normal_products(part, k, x, x_bias, x_target, product, out,
                                               squares)
@@ -1195,6 +1199,7 @@ def test_normal_products_of_a_tile_match_numpy(seed, n, k, ones_column, dtype):
                                    atol=tolerance * size.max(initial=1))
         assert np.all(np.abs(out - expected_out) <= tolerance * scale)
         assert abs(total - expected_product.sum()) <= tolerance * size.sum()
+        assert np.isnan(out_buffer[k:]).all() and np.isnan(squares_buffer[k:]).all()
 
 
 @pytest.mark.parametrize("large_sides", [False, True])

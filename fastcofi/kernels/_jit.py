@@ -4,6 +4,8 @@ from llvmlite import ir
 from numba.core import cgutils, config, types
 from numba.core.extending import intrinsic
 
+from .vectors import Float32Vector
+
 # Reassociation lets the k-long dot products vectorize; tests compare against the dense
 # reference at a relative 1e-9, far above the rounding differences it causes. No "contract":
 # whether LLVM fuses a multiply and an add into one FMA depends on what it inlined, which
@@ -66,15 +68,18 @@ def _muladd(typingctx, a, b, c):
     one type. Fused or not is the target's choice alone, not the optimizer's as with fastmath's
     "contract" (see `_FASTMATH`), so a kernel gives the same bits from numba's cache as when
     compiled in the process. Reassociable, like `_FASTMATH`: a loop summing with it
-    vectorizes."""
-    if not (isinstance(a, types.Float) and a == b == c):
+    vectorizes. Lane by lane for `Float32Vector` values."""
+    if not (isinstance(a, (types.Float, Float32Vector)) and a == b == c):
         return None
 
     def codegen(context, builder, signature, args):
         value_type = args[0].type
-        bits = 32 if value_type == ir.FloatType() else 64
+        if isinstance(value_type, ir.VectorType):
+            name = f"v{value_type.count}f32"
+        else:
+            name = "f32" if value_type == ir.FloatType() else "f64"
         function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(value_type, [value_type] * 3), f"llvm.fmuladd.f{bits}",
+            builder.module, ir.FunctionType(value_type, [value_type] * 3), f"llvm.fmuladd.{name}",
         )
         return builder.call(function, args, fastmath=("reassoc",))
 

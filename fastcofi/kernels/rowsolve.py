@@ -1,5 +1,6 @@
 """The regularized least-squares solve of one row (ALS sweeps, fold-in of a new user)."""
 
+from functools import cache
 from typing import NamedTuple
 
 import numba as nb
@@ -10,6 +11,7 @@ from numba.extending import overload
 
 from ._jit import _FASTMATH, muladd, prefetch, take_next
 from .bfloat16 import _scratch_for, _widened_row
+from .vectors import lane_sum, load_row, load_vector, splat, store_vector
 
 # A pivot at most this fraction of its diagonal entry counts as zero: rounding leaves about
 # 1e-16 of it in an exactly singular system, while a penalty of 1e-10 of a row's Gram diagonal
@@ -383,7 +385,71 @@ def _normal_products_jit(part, k, x, x_bias, x_target, product, out, squares=Non
                     squares[f] = muladd(part[q, f], part[q, f], squares[f])
             q += 1
         return total
-    return fused
+
+    vectors = [part, x, out] + ([squares] if with_squares else [])
+    if not all(array.dtype == types.float32 and array.layout == "C" for array in vectors):
+        return fused
+    fused = nb.njit(fastmath=_FASTMATH, _nrt=False)(fused)
+    by_width = [_pass_in_registers(lanes, with_squares) for lanes in _REGISTER_WIDTHS]
+    narrow, mid, wide, widest = by_width
+
+    def by_k(part, k, x, x_bias, x_target, product, out, squares=None):
+        if k <= _REGISTER_WIDTHS[0]:
+            return narrow(part, k, x, x_bias, x_target, product, out, squares)
+        if k <= _REGISTER_WIDTHS[1]:
+            return mid(part, k, x, x_bias, x_target, product, out, squares)
+        if k <= _REGISTER_WIDTHS[2]:
+            return wide(part, k, x, x_bias, x_target, product, out, squares)
+        if k <= _REGISTER_WIDTHS[3]:
+            return widest(part, k, x, x_bias, x_target, product, out, squares)
+        return fused(part, k, x, x_bias, x_target, product, out, squares)
+    return by_k
+
+
+# The widths of `_pass_in_registers`: a float32 tile of k columns takes the first that holds k.
+_REGISTER_WIDTHS = (8, 16, 32, 64)
+
+
+@cache
+def _pass_in_registers(lanes, with_squares):
+    """`_normal_products` of a float32 tile of at most ``lanes`` factor columns, each rating's
+    row loaded once as a `Float32Vector` and ``x``, ``out`` and the squares held as such for
+    the whole pass. Where the pass of `_normal_products_jit` reads a row twice and loads and
+    stores ``out`` every four ratings, this reads the tile once (a quarter less time for the
+    whole CG row at k = 32: bench/README.md). Two ratings at a time, each with its own sum into
+    ``out``: one chain of dependent multiply-adds through the whole row would wait on each."""
+    def fused(part, k, x, x_bias, x_target, product, out, squares):
+        n = part.shape[0]
+        last = part.shape[1] - 1
+        shift, weight = np.float32(x_bias), np.float32(x_target)
+        x_lanes = load_vector(x, k, lanes)
+        zero = splat(0.0, x_lanes)
+        even, odd, diagonal = zero, zero, zero
+        total = np.float32(0.0)
+        for q in range(0, n - 1, 2):
+            a, b = load_row(part, q, k, lanes), load_row(part, q + 1, k, lanes)
+            sa = muladd(weight, part[q, last], lane_sum(a * x_lanes) + shift)
+            sb = muladd(weight, part[q + 1, last], lane_sum(b * x_lanes) + shift)
+            product[q], product[q + 1] = sa, sb
+            total += sa + sb
+            even = muladd(splat(sa, a), a, even)
+            odd = muladd(splat(sb, b), b, odd)
+            if with_squares:
+                diagonal = muladd(b, b, muladd(a, a, diagonal))
+        if n % 2:
+            q = n - 1
+            a = load_row(part, q, k, lanes)
+            sa = muladd(weight, part[q, last], lane_sum(a * x_lanes) + shift)
+            product[q] = sa
+            total += sa
+            even = muladd(splat(sa, a), a, even)
+            if with_squares:
+                diagonal = muladd(a, a, diagonal)
+        store_vector(out, k, even + odd)
+        if with_squares:
+            store_vector(squares, k, diagonal)
+        return total
+    return nb.njit(fastmath=_FASTMATH, _nrt=False)(fused)
 
 
 # The rows that take conjugate-gradient steps in a training sweep (`solve_rows`): from this many

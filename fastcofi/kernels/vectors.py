@@ -1,0 +1,200 @@
+"""Float32 vectors of a width fixed at compile time, for kernels that keep a short row in
+registers.
+
+LLVM's loop vectorizer leaves a k-long loop with a runtime k in memory: each pass over a
+row reloads it and reloads what it accumulates. A value of `Float32Vector` is one LLVM vector
+(``<lanes x float>``), which the backend keeps in registers (four 256-bit ones for 32 lanes):
+a row loaded once serves every product it takes part in. Rows shorter than the width are
+loaded and stored under a mask, the lanes past them 0. Only for compiled kernels: with the JIT
+off nothing here runs.
+"""
+
+import operator
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, models, overload, register_model
+
+
+class Float32Vector(types.Type):
+    """``lanes`` float32 values held as one value."""
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        super().__init__(name=f"Float32Vector({lanes})")
+
+
+@register_model(Float32Vector)
+class _Float32VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.lanes))
+
+
+_INT32 = ir.IntType(32)
+
+
+def _lanes_of(lanes):
+    """The width asked for: a literal positive int, else None."""
+    if isinstance(lanes, types.IntegerLiteral) and lanes.literal_value > 0:
+        return lanes.literal_value
+    return None
+
+
+def _float32_rows(array, ndim):
+    """Whether ``array`` is a float32 array of ``ndim`` dimensions whose last one is contiguous."""
+    return (isinstance(array, types.Array) and array.ndim == ndim
+            and array.dtype == types.float32 and array.layout == "C")
+
+
+def _mask(builder, count, count_type, lanes):
+    """``<lanes x i1>``: lane ``j`` is set when ``j < count``."""
+    wide = ir.IntType(64)
+    count = builder.sext(count, wide) if count_type.signed else builder.zext(count, wide)
+    limit = builder.insert_element(ir.Constant(ir.VectorType(wide, lanes), ir.Undefined), count,
+                                   ir.Constant(_INT32, 0))
+    limit = builder.shuffle_vector(limit, limit,
+                                   ir.Constant(ir.VectorType(_INT32, lanes), [0] * lanes))
+    index = ir.Constant(ir.VectorType(wide, lanes), list(range(lanes)))
+    return builder.icmp_signed("<", index, limit)
+
+
+def _first_pointer(context, builder, array_type, array, row=None, row_type=None):
+    """Pointer to the first element of ``array`` (1-d) or of its row ``row`` (2-d)."""
+    view = context.make_array(array_type)(context, builder, array)
+    where = [context.get_constant(types.intp, 0)] * array_type.ndim
+    if row is not None:
+        where[0] = context.cast(builder, row, row_type, types.intp)
+    return cgutils.get_item_pointer2(
+        context, builder, view.data, cgutils.unpack_tuple(builder, view.shape),
+        cgutils.unpack_tuple(builder, view.strides), array_type.layout, where,
+    )
+
+
+def _masked_load(builder, pointer, mask, lanes):
+    vector = ir.VectorType(ir.FloatType(), lanes)
+    function = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vector, [pointer.type, _INT32, mask.type, vector]),
+        f"llvm.masked.load.v{lanes}f32.p0",
+    )
+    return builder.call(function, [pointer, ir.Constant(_INT32, 4), mask,
+                                   ir.Constant(vector, None)])
+
+
+@intrinsic(prefer_literal=True)
+def load_row(typingctx, array, row, count, lanes):
+    """Row ``row`` of a 2-d float32 array (last dimension contiguous) as a
+    ``Float32Vector(lanes)``: its first ``count`` values, 0 in the lanes after them. ``count``
+    must not pass the row's end (not checked)."""
+    width = _lanes_of(lanes)
+    if not (width and _float32_rows(array, 2) and isinstance(row, types.Integer)
+            and isinstance(count, types.Integer)):
+        return None
+    result = Float32Vector(width)
+
+    def codegen(context, builder, signature, args):
+        pointer = _first_pointer(context, builder, signature.args[0], args[0], args[1],
+                                 signature.args[1])
+        return _masked_load(builder, pointer, _mask(builder, args[2], signature.args[2], width),
+                            width)
+    return result(array, row, count, lanes), codegen
+
+
+@intrinsic(prefer_literal=True)
+def load_vector(typingctx, array, count, lanes):
+    """`load_row` of a 1-d float32 array."""
+    width = _lanes_of(lanes)
+    if not (width and _float32_rows(array, 1) and isinstance(count, types.Integer)):
+        return None
+    result = Float32Vector(width)
+
+    def codegen(context, builder, signature, args):
+        pointer = _first_pointer(context, builder, signature.args[0], args[0])
+        return _masked_load(builder, pointer, _mask(builder, args[1], signature.args[1], width),
+                            width)
+    return result(array, count, lanes), codegen
+
+
+@intrinsic
+def store_vector(typingctx, array, count, vector):
+    """The first ``count`` lanes of ``vector`` into the start of a 1-d float32 array; the rest
+    of the array is not written."""
+    if not (isinstance(vector, Float32Vector) and _float32_rows(array, 1)
+            and isinstance(count, types.Integer)):
+        return None
+    width = vector.lanes
+
+    def codegen(context, builder, signature, args):
+        pointer = _first_pointer(context, builder, signature.args[0], args[0])
+        mask = _mask(builder, args[1], signature.args[1], width)
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [args[2].type, pointer.type, _INT32, mask.type]),
+            f"llvm.masked.store.v{width}f32.p0",
+        )
+        builder.call(function, [args[2], pointer, ir.Constant(_INT32, 4), mask])
+        return context.get_dummy_value()
+    return types.void(array, count, vector), codegen
+
+
+@intrinsic
+def splat(typingctx, value, like):
+    """A vector as wide as ``like`` with ``value`` (a float, rounded to float32) in each lane."""
+    if not (isinstance(value, types.Float) and isinstance(like, Float32Vector)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes = signature.args[1].lanes
+        single = context.cast(builder, args[0], signature.args[0], types.float32)
+        vector = ir.VectorType(ir.FloatType(), lanes)
+        one = builder.insert_element(ir.Constant(vector, ir.Undefined), single,
+                                     ir.Constant(_INT32, 0))
+        return builder.shuffle_vector(one, one,
+                                      ir.Constant(ir.VectorType(_INT32, lanes), [0] * lanes))
+    return like(value, like), codegen
+
+
+@intrinsic
+def lane_sum(typingctx, vector):
+    """The sum of a vector's lanes (float32), in any order (a tree of shuffles and adds)."""
+    if not isinstance(vector, Float32Vector):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes = signature.args[0].lanes
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.FloatType(), [ir.FloatType(), args[0].type]),
+            f"llvm.vector.reduce.fadd.v{lanes}f32",
+        )
+        return builder.call(function, [ir.Constant(ir.FloatType(), -0.0), args[0]],
+                            fastmath=("reassoc",))
+    return types.float32(vector), codegen
+
+
+def _lanewise(instruction):
+    @intrinsic
+    def apply(typingctx, a, b):
+        if not (isinstance(a, Float32Vector) and a == b):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, instruction)(args[0], args[1], flags=("reassoc",))
+        return a(a, b), codegen
+    return apply
+
+
+_add = _lanewise("fadd")
+_multiply = _lanewise("fmul")
+
+
+@overload(operator.add)
+def _add_vectors(a, b):
+    if isinstance(a, Float32Vector) and a == b:
+        return lambda a, b: _add(a, b)
+
+
+@overload(operator.mul)
+def _multiply_vectors(a, b):
+    if isinstance(a, Float32Vector) and a == b:
+        return lambda a, b: _multiply(a, b)
