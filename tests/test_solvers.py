@@ -16,6 +16,7 @@ from fastcofi._parallel import threads
 from fastcofi.data.synthetic import planted
 from fastcofi.kernels._jit import muladd, take_next
 from fastcofi.kernels.bfloat16 import to_bfloat16
+from fastcofi.kernels.cgpass import _normal_products
 from fastcofi.kernels.rowsolve import (
     _CG_MIN,
     _CG_ROWS,
@@ -23,7 +24,6 @@ from fastcofi.kernels.rowsolve import (
     Other,
     Penalty,
     Solved,
-    _normal_products,
     solve_row,
     solve_rows,
 )
@@ -314,7 +314,7 @@ def test_bfloat16_copies_round_to_nearest_with_ties_to_even(values, k):
 
 
 @settings(max_examples=25)
-@given(st.integers(0, 10_000), st.integers(1, 9), st.booleans(),
+@given(st.integers(0, 10_000), st.sampled_from([1, 5, 8, 9, 17, 32, 33, 64, 65]), st.booleans(),
        st.lists(st.sampled_from([0, 1, 5, 11, _CG_MIN, 40, _TILE_ROWS + 3, _CG_ROWS + 1]),
                 min_size=1, max_size=5),
        st.sampled_from([0, 2]))
@@ -322,7 +322,8 @@ def test_row_solves_read_bfloat16_bits_as_the_float32_values_they_widen_to(seed,
                                                                           lengths, cg_steps):
     """A fixed side given as bfloat16 bits (uint16) is read as the float32 numbers they are
     the upper halves of: every path (short rows, CG steps, tiles) gives bit for bit what the
-    float32 copy of those numbers gives."""
+    float32 copy of those numbers gives, for k of each of `vectors.WIDTHS` (whose rows are
+    widened as vectors) and past them."""
     rng = np.random.default_rng(seed)
     rows, F, col_offset, row_offset, weight = _row_problem(rng, k, fit_bias, lengths,
                                                            np.float64)
@@ -1165,7 +1166,7 @@ def test_normal_products_of_a_tile_match_numpy(seed, n, k, ones_column, dtype):
     ``product = T @ x + x_bias + x_target * t``, ``T.T @ product``, ``product``'s sum and the
     factor columns' sums of squares, compiled (four ratings at a time, then the rest one by
     one: every remainder from 0 to 3; float32 tiles of up to 64 columns two at a time in
-    registers, every width of `_REGISTER_WIDTHS` and past it) against float64 numpy; with and
+    registers, every width of `vectors.WIDTHS` and past it) against float64 numpy; with and
     without the squares asked for. The column of ones is not read (NaN here): the bias enters
     as ``x_bias``. Nothing is written past ``out`` and the squares, which are views of longer
     arrays here (the vectors' stores are masked to k)."""

@@ -9,6 +9,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 
 from ._jit import _FASTMATH
+from .vectors import WIDTHS, load_bfloat16_row, load_row, store_row
 
 # Rows converted per task in `to_bfloat16`, through one float32 buffer.
 _CONVERT_ROWS = 4096
@@ -79,9 +80,31 @@ def _widened_row_jit(F, col, tile, q):
         def widen(F, col, tile, q):
             for f in range(F.shape[1]):
                 tile[q, f] = _float32_from_bits(np.uint32(F[col, f]) << np.uint32(16))
-        return widen
+        row = widen
+    else:
+        def copy(F, col, tile, q):
+            for f in range(F.shape[1]):
+                tile[q, f] = F[col, f]
+        row = copy
+    if not (tile.dtype == types.float32 and tile.layout == F.layout == "C"
+            and F.dtype in (types.uint16, types.float32)):
+        return row
+    # A row of at most 64 values as one vector (`vectors`): the loops above, with k known only
+    # at run time, spend more on their bounds than on the copy.
+    load = load_bfloat16_row if F.dtype == types.uint16 else load_row
+    narrow, mid, wide, widest = WIDTHS
+    row = nb.njit(fastmath=_FASTMATH, _nrt=False)(row)
 
-    def copy(F, col, tile, q):
-        for f in range(F.shape[1]):
-            tile[q, f] = F[col, f]
-    return copy
+    def by_k(F, col, tile, q):
+        k = F.shape[1]
+        if k <= narrow:
+            store_row(tile, q, k, load(F, col, k, narrow))
+        elif k <= mid:
+            store_row(tile, q, k, load(F, col, k, mid))
+        elif k <= wide:
+            store_row(tile, q, k, load(F, col, k, wide))
+        elif k <= widest:
+            store_row(tile, q, k, load(F, col, k, widest))
+        else:
+            row(F, col, tile, q)
+    return by_k

@@ -15,6 +15,10 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, models, overload, register_model
 
+# The widths kernels are compiled for: a row of k values takes the first that holds it, a
+# longer one their scalar loops. A width is a vector type, and every kernel compiled for each.
+WIDTHS = (8, 16, 32, 64)
+
 
 class Float32Vector(types.Type):
     """``lanes`` float32 values held as one value."""
@@ -70,15 +74,24 @@ def _first_pointer(context, builder, array_type, array, row=None, row_type=None)
     )
 
 
-def _masked_load(builder, pointer, mask, lanes):
-    vector = ir.VectorType(ir.FloatType(), lanes)
+def _masked_load(builder, pointer, mask, lanes, element=None, name="f32", size=4):
+    vector = ir.VectorType(element or ir.FloatType(), lanes)
     function = cgutils.get_or_insert_function(
         builder.module,
         ir.FunctionType(vector, [pointer.type, _INT32, mask.type, vector]),
-        f"llvm.masked.load.v{lanes}f32.p0",
+        f"llvm.masked.load.v{lanes}{name}.p0",
     )
-    return builder.call(function, [pointer, ir.Constant(_INT32, 4), mask,
+    return builder.call(function, [pointer, ir.Constant(_INT32, size), mask,
                                    ir.Constant(vector, None)])
+
+
+def _masked_store(builder, vector, pointer, mask):
+    function = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [vector.type, pointer.type, _INT32, mask.type]),
+        f"llvm.masked.store.v{vector.type.count}f32.p0",
+    )
+    builder.call(function, [vector, pointer, ir.Constant(_INT32, 4), mask])
 
 
 @intrinsic(prefer_literal=True)
@@ -98,6 +111,45 @@ def load_row(typingctx, array, row, count, lanes):
         return _masked_load(builder, pointer, _mask(builder, args[2], signature.args[2], width),
                             width)
     return result(array, row, count, lanes), codegen
+
+
+@intrinsic(prefer_literal=True)
+def load_bfloat16_row(typingctx, array, row, count, lanes):
+    """`load_row` of a 2-d uint16 array of bfloat16 bits (`bfloat16.to_bfloat16`), each value
+    widened exactly to the float32 whose upper half it is."""
+    width = _lanes_of(lanes)
+    if not (width and isinstance(array, types.Array) and array.ndim == 2
+            and array.dtype == types.uint16 and array.layout == "C"
+            and isinstance(row, types.Integer) and isinstance(count, types.Integer)):
+        return None
+    result = Float32Vector(width)
+
+    def codegen(context, builder, signature, args):
+        pointer = _first_pointer(context, builder, signature.args[0], args[0], args[1],
+                                 signature.args[1])
+        mask = _mask(builder, args[2], signature.args[2], width)
+        bits = _masked_load(builder, pointer, mask, width, ir.IntType(16), "i16", 2)
+        wide = builder.zext(bits, ir.VectorType(_INT32, width))
+        wide = builder.shl(wide, ir.Constant(ir.VectorType(_INT32, width), [16] * width))
+        return builder.bitcast(wide, ir.VectorType(ir.FloatType(), width))
+    return result(array, row, count, lanes), codegen
+
+
+@intrinsic
+def store_row(typingctx, array, row, count, vector):
+    """The first ``count`` lanes of ``vector`` into the start of row ``row`` of a 2-d float32
+    array (last dimension contiguous); the rest of the row is not written."""
+    if not (isinstance(vector, Float32Vector) and _float32_rows(array, 2)
+            and isinstance(row, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _first_pointer(context, builder, signature.args[0], args[0], args[1],
+                                 signature.args[1])
+        _masked_store(builder, args[3], pointer,
+                      _mask(builder, args[2], signature.args[2], vector.lanes))
+        return context.get_dummy_value()
+    return types.void(array, row, count, vector), codegen
 
 
 @intrinsic(prefer_literal=True)
@@ -126,13 +178,7 @@ def store_vector(typingctx, array, count, vector):
 
     def codegen(context, builder, signature, args):
         pointer = _first_pointer(context, builder, signature.args[0], args[0])
-        mask = _mask(builder, args[1], signature.args[1], width)
-        function = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [args[2].type, pointer.type, _INT32, mask.type]),
-            f"llvm.masked.store.v{width}f32.p0",
-        )
-        builder.call(function, [args[2], pointer, ir.Constant(_INT32, 4), mask])
+        _masked_store(builder, args[2], pointer, _mask(builder, args[1], signature.args[1], width))
         return context.get_dummy_value()
     return types.void(array, count, vector), codegen
 
