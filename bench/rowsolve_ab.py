@@ -29,7 +29,8 @@ from problems import als_penalty
 from threadpoolctl import threadpool_limits
 
 from fastcofi import datasets
-from fastcofi.kernels.rowsolve import Other, Penalty, Solved, _cholesky_solve, solve_rows
+from fastcofi.kernels.cholesky import _cholesky_solve
+from fastcofi.kernels.rowsolve import Other, Penalty, Solved, solve_rows
 from fastcofi.kernels.sparse import Rows
 from fastcofi.train.objective import FlatObjective, _copy_into, _read_copy, threads
 from fastcofi.train.solvers import CG_STEPS

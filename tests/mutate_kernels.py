@@ -39,11 +39,17 @@ GROUPS = {
     ),
     "solvers-kernels": (
         "fastcofi.kernels.rowsolve",
-        ["_cholesky_in_place", "_gather", "_solve_dual", "_solve_row_tiled", "_cg_row",
+        ["_gather", "_solve_dual", "_solve_row_tiled", "_cg_row",
          "solve_row", "solve_rows"],
         ["tests/test_solvers.py", "-k",
          "row_solve or training_rows or jacobi or als_sweep_ends or fewer_ratings_than_unknowns "
          "or as_many_ratings or bfloat16"],
+    ),
+    "cholesky-kernels": (
+        "fastcofi.kernels.cholesky",
+        ["_cholesky_in_place"],
+        ["tests/test_solvers.py", "-k",
+         "row_solve or training_rows or fewer_ratings_than_unknowns or as_many_ratings"],
     ),
     "bfloat16-kernels": (
         "fastcofi.kernels.bfloat16",

@@ -143,6 +143,13 @@ def _dense_rows(rows, F, col_offset, row_offset, weight, reg, reg_bias, fit_bias
          dtype=np.float32)
 @example(seed=62, k=9, fit_bias=True, lengths=[0, 0, 0], reg=0.0, reg_bias=0.0,
          dtype=np.float32)
+# Float32 short rows at the widths of `vectors.WIDTHS` past the drawn k, and past the last.
+@example(seed=3, k=32, fit_bias=True, lengths=[1, 6, 11, 31], reg=0.05, reg_bias=0.3,
+         dtype=np.float32)
+@example(seed=4, k=40, fit_bias=False, lengths=[2, 9, 39], reg=1.0, reg_bias=0.0,
+         dtype=np.float32)
+@example(seed=5, k=65, fit_bias=True, lengths=[1, 11, 64], reg=0.05, reg_bias=0.3,
+         dtype=np.float32)
 def test_row_solves_match_a_dense_solve(seed, k, fit_bias, lengths, reg, reg_bias, dtype):
     """Every path of the exact row solve (the n x n system of a short row, the tiled normal
     equations of a long one, several tiles, a zero penalty) against numpy, rows of a CSR solved

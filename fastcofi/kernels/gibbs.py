@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import _FASTMATH
-from .rowsolve import _backward_solve, _cholesky_in_place, _forward_solve
+from .cholesky import _backward_solve, _cholesky_in_place, _forward_solve
 from .sparse import Rows
 
 __all__ = ["Draws", "Noise", "Other", "Prior", "Rows", "row_normals", "sample_row", "sample_rows",

@@ -11,7 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import _FASTMATH
-from .rowsolve import _cholesky_in_place
+from .cholesky import _cholesky_in_place
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, nogil=True)

@@ -85,13 +85,18 @@ def _masked_load(builder, pointer, mask, lanes, element=None, name="f32", size=4
                                    ir.Constant(vector, None)])
 
 
-def _masked_store(builder, vector, pointer, mask):
+def _masked_store(builder, vector, pointer, mask, widen=False):
+    """Store the lanes of ``vector`` that ``mask`` sets; ``widen``: as float64 values."""
+    name, size = "f32", 4
+    if widen:
+        vector = builder.fpext(vector, ir.VectorType(ir.DoubleType(), vector.type.count))
+        name, size = "f64", 8
     function = cgutils.get_or_insert_function(
         builder.module,
         ir.FunctionType(ir.VoidType(), [vector.type, pointer.type, _INT32, mask.type]),
-        f"llvm.masked.store.v{vector.type.count}f32.p0",
+        f"llvm.masked.store.v{vector.type.count}{name}.p0",
     )
-    builder.call(function, [vector, pointer, ir.Constant(_INT32, 4), mask])
+    builder.call(function, [vector, pointer, ir.Constant(_INT32, size), mask])
 
 
 @intrinsic(prefer_literal=True)
@@ -169,16 +174,21 @@ def load_vector(typingctx, array, count, lanes):
 
 @intrinsic
 def store_vector(typingctx, array, count, vector):
-    """The first ``count`` lanes of ``vector`` into the start of a 1-d float32 array; the rest
-    of the array is not written."""
-    if not (isinstance(vector, Float32Vector) and _float32_rows(array, 1)
+    """The first ``count`` lanes of ``vector`` into the start of a contiguous 1-d float32
+    array, or float64 one (each value widened exactly); the rest of the array is not
+    written."""
+    if not (isinstance(vector, Float32Vector) and isinstance(array, types.Array)
+            and array.ndim == 1 and array.layout == "C"
+            and array.dtype in (types.float32, types.float64)
             and isinstance(count, types.Integer)):
         return None
     width = vector.lanes
+    widen = array.dtype == types.float64
 
     def codegen(context, builder, signature, args):
         pointer = _first_pointer(context, builder, signature.args[0], args[0])
-        _masked_store(builder, args[2], pointer, _mask(builder, args[1], signature.args[1], width))
+        _masked_store(builder, args[2], pointer, _mask(builder, args[1], signature.args[1], width),
+                      widen)
         return context.get_dummy_value()
     return types.void(array, count, vector), codegen
 
@@ -244,3 +254,4 @@ def _add_vectors(a, b):
 def _multiply_vectors(a, b):
     if isinstance(a, Float32Vector) and a == b:
         return lambda a, b: _multiply(a, b)
+
