@@ -39,17 +39,18 @@ GROUPS = {
     ),
     "solvers-kernels": (
         "fastcofi.kernels.rowsolve",
-        ["_gather", "_solve_dual", "_solve_row_tiled", "_cg_row",
-         "solve_row", "solve_rows"],
+        ["_gather", "_dual_system", "_dual_combination", "_solve_dual", "_solve_row_tiled",
+         "_cg_row", "solve_row", "solve_rows"],
         ["tests/test_solvers.py", "-k",
          "row_solve or training_rows or jacobi or als_sweep_ends or fewer_ratings_than_unknowns "
          "or as_many_ratings or bfloat16"],
     ),
     "cholesky-kernels": (
         "fastcofi.kernels.cholesky",
-        ["_cholesky_in_place"],
+        ["_cholesky_in_place", "_cholesky_solve", "_forward_solve", "_backward_solve"],
         ["tests/test_solvers.py", "-k",
-         "row_solve or training_rows or fewer_ratings_than_unknowns or as_many_ratings"],
+         "row_solve or training_rows or jacobi or als_sweep_ends or fewer_ratings_than_unknowns "
+         "or as_many_ratings or bfloat16"],
     ),
     "bfloat16-kernels": (
         "fastcofi.kernels.bfloat16",

@@ -1,5 +1,6 @@
 """The compiled float32 vectors of `fastcofi.kernels.vectors` against numpy: masked loads and
-stores of rows shorter, as long as and longer than each width, bfloat16 widening, lane sums."""
+stores of rows shorter than and as long as each width, bfloat16 widening, float64 stores,
+lane sums."""
 
 import numba as nb
 import numpy as np
@@ -26,15 +27,17 @@ pytestmark = pytest.mark.skipif(JIT_DISABLED, reason="intrinsics run compiled on
 
 def _compiled(lanes):
     @nb.njit
-    def combine(rows, bits, count, x, out_rows, out):
+    def combine(rows, bits, count, x, out_rows, out, wide):
         """Row 0 plus twice the widened bits of row 1 into ``out_rows[1]``; row 0 as it is into
-        ``out_rows[0]``; ``x`` times 3 into ``out``; returns the lane sum of row 0 times x."""
+        ``out_rows[0]``; ``x`` times 3 into ``out`` and, widened, ``wide`` (float64); returns
+        the lane sum of row 0 times x."""
         a = load_row(rows, 0, count, lanes)
         b = load_bfloat16_row(bits, 1, count, lanes)
         x_lanes = load_vector(x, count, lanes)
         store_row(out_rows, 0, count, a)
         store_row(out_rows, 1, count, muladd(splat(2.0, b), b, a))
         store_vector(out, count, x_lanes * splat(3.0, x_lanes))
+        store_vector(wide, count, x_lanes * splat(3.0, x_lanes))
         return lane_sum(a * x_lanes)
     return combine
 
@@ -46,7 +49,7 @@ _BY_WIDTH = {lanes: _compiled(lanes) for lanes in WIDTHS}
 def test_vectors_read_and_write_the_first_count_values_only(seed, lanes, count):
     """Each intrinsic at each width with 0 to ``lanes`` values: what it loads, stores, adds,
     multiplies and sums is numpy's, and nothing past ``count`` is read or written."""
-    count = min(count, lanes)
+    count %= lanes + 1
     rng = np.random.default_rng(seed)
     # Rows as long as the width: the lanes from ``count`` on hold NaN, which a load must not
     # take in, and a store must leave the sentinels after ``count`` as they are.
@@ -57,12 +60,15 @@ def test_vectors_read_and_write_the_first_count_values_only(seed, lanes, count):
     x[:count] = rng.normal(size=count)
     out_rows = np.full((2, lanes + 3), 7.0, np.float32)
     out = np.full(lanes + 3, 7.0, np.float32)
-    total = _BY_WIDTH[lanes](rows, bits, count, x, out_rows, out)
+    wide = np.full(lanes + 3, 7.0)
+    total = _BY_WIDTH[lanes](rows, bits, count, x, out_rows, out, wide)
     widened = (bits[1, :count].astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(out_rows[0, :count], rows[0, :count])
     np.testing.assert_allclose(out_rows[1, :count], rows[0, :count] + 2 * widened,
                                rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[:count], 3 * x[:count], rtol=1e-6)
+    np.testing.assert_array_equal(wide[:count], out[:count].astype(np.float64))
     assert (out_rows[:, count:] == 7.0).all() and (out[count:] == 7.0).all()
+    assert (wide[count:] == 7.0).all()
     expected = float(rows[0, :count].astype(np.float64) @ x[:count])
     assert abs(total - expected) <= 1e-5 * (1 + np.abs(rows[0, :count]) @ np.abs(x[:count]))

@@ -9,7 +9,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 
 from ._jit import _FASTMATH
-from .vectors import WIDTHS, load_bfloat16_row, load_row, store_row
+from .vectors import NATIVE_HALF_MASKS, NATIVE_MASKS, WIDTHS, load_bfloat16_row, load_row, store_row
 
 # Rows converted per task in `to_bfloat16`, through one float32 buffer.
 _CONVERT_ROWS = 4096
@@ -76,24 +76,22 @@ def _widened_row(F, col, tile, q):
 # Inlined: compiled on its own, the copy ran 2-3x as slow as in the gather's loop.
 @overload(_widened_row, jit_options={"fastmath": _FASTMATH}, inline="always")
 def _widened_row_jit(F, col, tile, q):
-    if F.dtype == types.uint16:
-        def widen(F, col, tile, q):
-            for f in range(F.shape[1]):
+    bits = F.dtype == types.uint16
+
+    def loops(F, col, tile, q):
+        for f in range(F.shape[1]):
+            if bits:
                 tile[q, f] = _float32_from_bits(np.uint32(F[col, f]) << np.uint32(16))
-        row = widen
-    else:
-        def copy(F, col, tile, q):
-            for f in range(F.shape[1]):
+            else:
                 tile[q, f] = F[col, f]
-        row = copy
     if not (tile.dtype == types.float32 and tile.layout == F.layout == "C"
-            and F.dtype in (types.uint16, types.float32)):
-        return row
-    # A row of at most 64 values as one vector (`vectors`): the loops above, with k known only
-    # at run time, spend more on their bounds than on the copy.
-    load = load_bfloat16_row if F.dtype == types.uint16 else load_row
+            and (NATIVE_HALF_MASKS if bits else NATIVE_MASKS and F.dtype == types.float32)):
+        return loops
+    # A row of at most 64 values as one vector (`vectors`): the loops, with k known only at run
+    # time, spend more on their bounds than on the copy.
+    load = load_bfloat16_row if bits else load_row
     narrow, mid, wide, widest = WIDTHS
-    row = nb.njit(fastmath=_FASTMATH, _nrt=False)(row)
+    inlined = nb.njit(fastmath=_FASTMATH, inline="always")(loops)
 
     def by_k(F, col, tile, q):
         k = F.shape[1]
@@ -106,5 +104,5 @@ def _widened_row_jit(F, col, tile, q):
         elif k <= widest:
             store_row(tile, q, k, load(F, col, k, widest))
         else:
-            row(F, col, tile, q)
+            inlined(F, col, tile, q)
     return by_k

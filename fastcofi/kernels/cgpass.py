@@ -9,7 +9,7 @@ from numba.core import types
 from numba.extending import overload
 
 from ._jit import _FASTMATH, muladd
-from .vectors import WIDTHS, lane_sum, load_row, load_vector, splat, store_vector
+from .vectors import NATIVE_MASKS, WIDTHS, lane_sum, load_row, load_vector, splat, store_vector
 
 
 def _normal_products(part, k, x, x_bias, x_target, product, out, squares=None):
@@ -90,7 +90,8 @@ def _normal_products_jit(part, k, x, x_bias, x_target, product, out, squares=Non
         return total
 
     vectors = [part, x, out] + ([squares] if with_squares else [])
-    if not all(array.dtype == types.float32 and array.layout == "C" for array in vectors):
+    if not (NATIVE_MASKS and all(array.dtype == types.float32 and array.layout == "C"
+                                 for array in vectors)):
         return fused
     fused = nb.njit(fastmath=_FASTMATH, _nrt=False)(fused)
     narrow, mid, wide, widest = (_pass_in_registers(lanes, with_squares) for lanes in WIDTHS)
@@ -114,7 +115,7 @@ def _pass_in_registers(lanes, with_squares):
     row loaded once as a `Float32Vector` and ``x``, ``out`` and the squares held as such for
     the whole pass. Where the pass of `_normal_products_jit` reads a row twice and loads and
     stores ``out`` every four ratings, this reads the tile once (an ALS sweep at 1e7 ratings and
-    k = 32 took a tenth less time: bench/README.md). Two ratings at a time, each with its own
+    k = 32 in 0.89 of the time: bench/README.md). Two ratings at a time, each with its own
     sum into ``out``: one chain of dependent multiply-adds through the whole row would wait on
     each."""
     def fused(part, k, x, x_bias, x_target, product, out, squares):

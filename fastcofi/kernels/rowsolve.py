@@ -13,7 +13,7 @@ from ._jit import _FASTMATH, muladd, prefetch, take_next
 from .bfloat16 import _scratch_for, _widened_row
 from .cgpass import _normal_products
 from .cholesky import _cholesky_in_place, _cholesky_solve
-from .vectors import WIDTHS, lane_sum, load_row, splat, store_vector
+from .vectors import NATIVE_MASKS, WIDTHS, lane_sum, load_row, splat, store_vector
 
 # The helpers a sweep calls for every row are compiled without numba's reference counts
 # (``_nrt=False``): they allocate nothing, and each array they were passed or sliced cost an
@@ -97,8 +97,9 @@ def _gather(cols, values, F, col_offset, row_offset, start, m, fit_bias, tile):
 
 
 def _dual_system(n, k, inv_reg, inv_bias, S, tile):
-    """The lower triangle of ``T T' / reg + 1 / reg_bias + I`` (`_solve_dual`) into the leading
-    n x n block of ``S`` (float64), ``T`` the first k columns of the tile's first n rows."""
+    """The lower triangle of ``T T' / reg + 1 / reg_bias + I`` (`_solve_dual`; ``inv_bias`` is 0
+    without a bias) into the leading n x n block of ``S`` (float64), ``T`` the first k columns
+    of the tile's first n rows."""
     zero = tile.dtype.type(0.0)
     for p in range(n):
         # Summed in the tile's type: k products of float32 factors lose less than their own
@@ -147,7 +148,7 @@ def _dual_combination(n, k, tile, z, out):
 @overload(_dual_system, jit_options={"fastmath": _FASTMATH, "_nrt": False})
 def _dual_system_jit(n, k, inv_reg, inv_bias, S, tile):
     loops = nb.njit(fastmath=_FASTMATH, _nrt=False)(_dual_system)
-    if not (tile.dtype == types.float32 and tile.layout == "C"):
+    if not (NATIVE_MASKS and tile.dtype == types.float32 and tile.layout == "C"):
         return lambda n, k, inv_reg, inv_bias, S, tile: loops(n, k, inv_reg, inv_bias, S, tile)
     narrow, mid, wide, widest = (_dual_in_registers(lanes)[0] for lanes in WIDTHS)
 
@@ -168,7 +169,7 @@ def _dual_system_jit(n, k, inv_reg, inv_bias, S, tile):
 @overload(_dual_combination, jit_options={"fastmath": _FASTMATH, "_nrt": False})
 def _dual_combination_jit(n, k, tile, z, out):
     loops = nb.njit(fastmath=_FASTMATH, _nrt=False)(_dual_combination)
-    if not (tile.dtype == types.float32 and tile.layout == out.layout == "C"):
+    if not (NATIVE_MASKS and tile.dtype == types.float32 and tile.layout == out.layout == "C"):
         return lambda n, k, tile, z, out: loops(n, k, tile, z, out)
     narrow, mid, wide, widest = (_dual_in_registers(lanes)[1] for lanes in WIDTHS)
 
@@ -189,10 +190,11 @@ def _dual_combination_jit(n, k, tile, z, out):
 @cache
 def _dual_in_registers(lanes):
     """`_dual_system` and `_dual_combination` of a float32 tile of at most ``lanes`` factor
-    columns, each row of it a `Float32Vector`: a rows of 1 to 11 ratings at k = 32 took a
-    sixth less time than with the loops (whose k-long loops cost as much to enter as to run).
-    The combination is summed in float32 (z rounded to it), within about n 2^-24 of the
-    float64 sum relative to the sum of magnitudes."""
+    columns, each row of it a `Float32Vector`, where the loops' k-long loops cost about as much
+    to enter as to run (a few per cent of the users' half at 1e7, k = 32: bench/README.md).
+    The combination is summed in float32 (z rounded to it), within about (n + 1) 2^-24 of the
+    float64 sum relative to the sum of magnitudes. The zero vector's type comes from the
+    tile's first row, which every caller's tile has (at least d rows), rated or not."""
     def system(n, k, inv_reg, inv_bias, S, tile):
         for p in range(n):
             a = load_row(tile, p, k, lanes)
@@ -458,9 +460,9 @@ def solve_row(cols, values, other, row_offset, penalty, out):
     A row with fewer ratings n than d = k + fit_bias is solved through the n x n system of its
     ratings (see `_solve_dual`), a longer one through the d x d normal equations, whose Gram
     matrix is summed from tiles of gathered factor rows; both by Cholesky factorization in
-    float64. With float32 factors the tile products are rounded to float32 (about 1e-6
-    relative; training sweeps read such a copy), with float64 ones the solve is exact to
-    rounding (fold-in).
+    float64. With float32 factors the tile products, and a short row's solution from its n x n
+    system, are summed in float32 (about 1e-6 relative; training sweeps read such a copy), with
+    float64 ones the solve is exact to rounding (fold-in).
     """
     F = other.factors
     k = F.shape[1]

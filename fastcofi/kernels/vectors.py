@@ -4,20 +4,40 @@ registers.
 LLVM's loop vectorizer leaves a k-long loop with a runtime k in memory: each pass over a
 row reloads it and reloads what it accumulates. A value of `Float32Vector` is one LLVM vector
 (``<lanes x float>``), which the backend keeps in registers (four 256-bit ones for 32 lanes):
-a row loaded once serves every product it takes part in. Rows shorter than the width are
-loaded and stored under a mask, the lanes past them 0. Only for compiled kernels: with the JIT
-off nothing here runs.
+a row loaded once serves every product it takes part in, when the CPU has the registers (32
+of 256 bits with AVX-512; with 16, the widest widths spill some to the stack). Rows shorter
+than the width are loaded and stored under a mask, the lanes past them 0 (see
+`NATIVE_MASKS`). Only for compiled kernels: with the JIT off nothing here runs.
 """
 
 import operator
 
+import llvmlite.binding as ll
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import cgutils, config, types
 from numba.extending import intrinsic, models, overload, register_model
 
 # The widths kernels are compiled for: a row of k values takes the first that holds it, a
-# longer one their scalar loops. A width is a vector type, and every kernel compiled for each.
+# longer one their loops. The kernels' dispatches name each of the four.
 WIDTHS = (8, 16, 32, 64)
+
+
+def _target_features():
+    """The CPU features numba compiles for: NUMBA_CPU_FEATURES when set, else the host's."""
+    if config.CPU_FEATURES is not None:
+        return set(config.CPU_FEATURES.split(","))
+    try:
+        return set(ll.get_host_cpu_features().flatten().split(","))
+    except RuntimeError:  # a host whose features LLVM cannot read
+        return set()
+
+
+# Whether the target has masked loads and stores as instructions, of float32 lanes (x86 from
+# AVX) and of 16-bit ones (AVX-512BW): elsewhere (AVX2's 16-bit lanes, ARM) LLVM splits each into
+# a test and a load per lane, slower than the loops the kernels would replace, so they keep
+# those loops there.
+NATIVE_MASKS = "+avx" in _target_features()
+NATIVE_HALF_MASKS = "+avx512bw" in _target_features()
 
 
 class Float32Vector(types.Type):
@@ -45,7 +65,7 @@ def _lanes_of(lanes):
 
 
 def _float32_rows(array, ndim):
-    """Whether ``array`` is a float32 array of ``ndim`` dimensions whose last one is contiguous."""
+    """Whether ``array`` is a C-contiguous float32 array of ``ndim`` dimensions."""
     return (isinstance(array, types.Array) and array.ndim == ndim
             and array.dtype == types.float32 and array.layout == "C")
 
@@ -75,6 +95,10 @@ def _first_pointer(context, builder, array_type, array, row=None, row_type=None)
 
 
 def _masked_load(builder, pointer, mask, lanes, element=None, name="f32", size=4):
+    """The lanes of ``<lanes x element>`` at ``pointer`` that ``mask`` sets, 0 in the others
+    (``name`` the element's in the intrinsic's name, ``size`` its bytes, its alignment). The
+    call has the alignment as an argument, which LLVM upgrades to its newer form as it reads
+    the call."""
     vector = ir.VectorType(element or ir.FloatType(), lanes)
     function = cgutils.get_or_insert_function(
         builder.module,
@@ -101,9 +125,9 @@ def _masked_store(builder, vector, pointer, mask, widen=False):
 
 @intrinsic(prefer_literal=True)
 def load_row(typingctx, array, row, count, lanes):
-    """Row ``row`` of a 2-d float32 array (last dimension contiguous) as a
-    ``Float32Vector(lanes)``: its first ``count`` values, 0 in the lanes after them. ``count``
-    must not pass the row's end (not checked)."""
+    """Row ``row`` of a C-contiguous 2-d float32 array as a ``Float32Vector(lanes)``: its
+    first ``count`` values, 0 in the lanes after them. ``count`` at most ``lanes`` (more are
+    cut to ``lanes``) and not past the row's end (neither is checked)."""
     width = _lanes_of(lanes)
     if not (width and _float32_rows(array, 2) and isinstance(row, types.Integer)
             and isinstance(count, types.Integer)):
@@ -142,8 +166,8 @@ def load_bfloat16_row(typingctx, array, row, count, lanes):
 
 @intrinsic
 def store_row(typingctx, array, row, count, vector):
-    """The first ``count`` lanes of ``vector`` into the start of row ``row`` of a 2-d float32
-    array (last dimension contiguous); the rest of the row is not written."""
+    """The first ``count`` lanes of ``vector`` into the start of row ``row`` of a C-contiguous
+    2-d float32 array; the rest of the row is not written."""
     if not (isinstance(vector, Float32Vector) and _float32_rows(array, 2)
             and isinstance(row, types.Integer) and isinstance(count, types.Integer)):
         return None
