@@ -49,8 +49,8 @@ GROUPS = {
         "fastcofi.kernels.cholesky",
         ["_cholesky_in_place", "_cholesky_solve", "_forward_solve", "_backward_solve"],
         ["tests/test_solvers.py", "-k",
-         "row_solve or training_rows or jacobi or als_sweep_ends or fewer_ratings_than_unknowns "
-         "or as_many_ratings or bfloat16"],
+         "cholesky or row_solve or training_rows or jacobi or als_sweep_ends "
+         "or fewer_ratings_than_unknowns or as_many_ratings or bfloat16"],
     ),
     "bfloat16-kernels": (
         "fastcofi.kernels.bfloat16",

@@ -17,6 +17,7 @@ from fastcofi.data.synthetic import planted
 from fastcofi.kernels._jit import muladd, take_next
 from fastcofi.kernels.bfloat16 import to_bfloat16
 from fastcofi.kernels.cgpass import _normal_products
+from fastcofi.kernels.cholesky import _cholesky_in_place
 from fastcofi.kernels.rowsolve import (
     _CG_MIN,
     _CG_ROWS,
@@ -404,6 +405,19 @@ def test_conjugate_gradient_steps_are_jacobi_preconditioned_cg(seed, k, fit_bias
     assert relative_error(out[0], w[:k]) <= 1e-9
     if fit_bias:
         assert out_bias[0] == pytest.approx(w[k], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1.0, 1e20])
+def test_cholesky_tells_singular_from_definite_at_any_scale(scale):
+    """The pivot test is relative to the system's own diagonal: a positive definite 2 x 2
+    factors and a rank-one 3 x 3 (rounding leaves its later pivots) fails, however both are
+    scaled."""
+    definite = scale * np.array([[4.0, 2.0], [2.0, 3.0]])
+    assert _cholesky_in_place(definite, 2)
+    np.testing.assert_allclose(np.tril(definite) @ np.tril(definite).T,
+                               scale * np.array([[4.0, 2.0], [2.0, 3.0]]), rtol=1e-12)
+    v = np.array([1 / 3, 1 / 7, 1 / 11])
+    assert not _cholesky_in_place(scale * np.outer(v, v), 3)
 
 
 def test_row_solve_reports_a_singular_system():
