@@ -36,8 +36,9 @@ def _target_features():
 # AVX) and of 16-bit ones (AVX-512BW): elsewhere (AVX2's 16-bit lanes, ARM) LLVM splits each into
 # a test and a load per lane, which need not beat the loops the kernels would replace (every
 # timing so far is from an AVX-512 host), so they keep those loops there.
-NATIVE_MASKS = "+avx" in _target_features()
-NATIVE_HALF_MASKS = "+avx512bw" in _target_features()
+_FEATURES = _target_features()
+NATIVE_MASKS = "+avx" in _FEATURES
+NATIVE_HALF_MASKS = "+avx512bw" in _FEATURES
 
 
 class Float32Vector(types.Type):
